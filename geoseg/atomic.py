@@ -1,0 +1,69 @@
+"""Atomic outputs: write under a temporary name, rename into place only when complete.
+
+A crash or Ctrl-C therefore never leaves a truncated file that looks finished, and never leaves the
+temporary file behind either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from geoseg.errors import OutputError
+
+
+def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
+    """Fail early (before any work) when ``path`` exists without ``overwrite`` or its folder is unwritable."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: output exists; pass --overwrite to replace it")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a directory, expected a file name")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OutputError(f"{path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: folder {parent} is not writable")
+    return path
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A hidden name in the same folder (so the final rename stays on one file system)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove a file or a folder tree (some formats write folders, GDAL writes side-car files)."""
+    import shutil
+
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+    for sidecar in path.parent.glob(path.name + ".*"):
+        with contextlib.suppress(OSError):
+            sidecar.unlink()
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``, on any failure remove it.
+
+    ``BaseException`` is caught on purpose so that Ctrl-C (KeyboardInterrupt) also cleans up.
+    """
+    final = check_output_path(path, overwrite)
+    tmp = temporary_sibling(final)
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise OutputError(f"{final}: nothing was written")
+        if final.is_dir():
+            raise OutputError(f"{final}: is a directory, expected a file name")
+        os.replace(tmp, final)
+    except BaseException:
+        remove_quietly(tmp)
+        raise

@@ -1,0 +1,1 @@
+"""The ``geoseg`` command line: thin commands that parse options and call :mod:`geoseg.api`."""

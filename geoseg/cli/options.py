@@ -1,0 +1,135 @@
+"""Options and parameter types shared by several commands, defined once."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from geoseg.model.presets import PRESET_NAMES
+
+overwrite_option = click.option(
+    "--overwrite", "-f", is_flag=True, help="Replace outputs that already exist (otherwise an error)."
+)
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON object per result on stdout (for pipelines)."
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+device_option = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU.",
+)
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="Mixed precision on GPUs (auto: bf16 where supported, else fp16; fp32 on the CPU). "
+    "The kernel attention always runs in float32.",
+)
+preset_option = click.option(
+    "--preset",
+    type=click.Choice(PRESET_NAMES, case_sensitive=False),
+    default=None,
+    help="Dataset preset giving classes, colours and bands to a foreign checkpoint.",
+)
+card_option = click.option(
+    "--card",
+    "card_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="JSON model card giving classes, colours and bands to a foreign checkpoint.",
+)
+
+
+class IntListType(click.ParamType):
+    """A comma-separated list of integers, such as ``--bands 4,3,2``."""
+
+    name = "LIST"
+
+    def convert(self, value: Any, param, ctx) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            items = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers (e.g. 1,2,3)", param, ctx)
+        if not items:
+            self.fail("the list is empty", param, ctx)
+        return items
+
+
+class NameListType(click.ParamType):
+    """A comma-separated list of names (class names may contain spaces)."""
+
+    name = "NAMES"
+
+    def convert(self, value: Any, param, ctx) -> list[str]:
+        if isinstance(value, list):
+            return value
+        items = [v.strip() for v in str(value).split(",") if v.strip()]
+        if not items:
+            self.fail("the list is empty", param, ctx)
+        return items
+
+
+def emit_json(record: dict[str, Any]) -> None:
+    """One JSON object per line on stdout."""
+    click.echo(json.dumps(record, default=str))
+
+
+def stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+def progress_reporter(description: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A ``(done, total)`` progress callback drawing a rich bar on stderr, and a function that closes it.
+
+    Returns ``(None, noop)`` when quiet or when stderr is not a terminal, so pipelines get clean output.
+    The library only ever sees the callback; rich lives here.
+    """
+    if quiet or not stderr_is_terminal():
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    class _RateColumn(TextColumn):
+        def __init__(self) -> None:
+            super().__init__("")
+
+        def render(self, task):
+            speed = task.finished_speed or task.speed
+            from rich.text import Text
+
+            return Text(f"{speed:.1f}/s" if speed else "-/s", style="progress.data.speed")
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+    progress.start()
+    task_id = progress.add_task(description, total=None)
+
+    def update(done: int, total: int) -> None:
+        progress.update(task_id, completed=done, total=total)
+
+    return update, progress.stop

@@ -1,0 +1,35 @@
+"""One exception hierarchy for the whole library.
+
+The CLI turns every ``GeosegError`` into a one-line message and exit code 1; nothing here knows about click.
+Messages say what was received, what is allowed and, where possible, what to do.
+"""
+
+from __future__ import annotations
+
+
+class GeosegError(Exception):
+    """Base class of every error geoseg raises on purpose."""
+
+
+class InputError(GeosegError):
+    """An input file (raster, label, card) is missing, unreadable or unsuitable."""
+
+
+class CheckpointError(GeosegError):
+    """A checkpoint is missing, corrupt, unsafe or does not match the network."""
+
+
+class CardError(GeosegError):
+    """A model card is malformed or contradicts the weights."""
+
+
+class OutputError(GeosegError):
+    """An output cannot be written (exists without overwrite, unwritable folder, unknown format)."""
+
+
+class ConfigurationError(GeosegError):
+    """Options that cannot work together, or values outside what is allowed (tile size, device...)."""
+
+
+class GeosegWarning(UserWarning):
+    """Something worth telling the user that does not stop the work (a raster without CRS...)."""

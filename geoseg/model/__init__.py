@@ -1,0 +1,1 @@
+"""The network (MANet), its model card and the checkpoint formats."""
