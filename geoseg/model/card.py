@@ -86,7 +86,9 @@ class ModelCard:
             raise CardError(f"card: class names are not unique: {names}")
         for c in self.classes:
             if len(c.color) != 3 or not all(0 <= int(v) <= 255 for v in c.color):
-                raise CardError(f"card: colour of class {c.name!r} must be three values 0..255, got {c.color}")
+                raise CardError(
+                    f"card: colour of class {c.name!r} must be three values 0..255, got {c.color}"
+                )
         if not self.bands:
             raise CardError("card: 'bands' is empty; name the bands the model expects, e.g. red,green,blue")
         if len(self.mean) != len(self.bands) or len(self.std) != len(self.bands):
@@ -122,7 +124,9 @@ class ModelCard:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise CardError(f"card: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+            raise CardError(
+                f"card: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
         if "classes" not in data:
             raise CardError("card: missing 'classes' (a list of {name, color} in index order)")
         values = dict(data)
@@ -165,10 +169,14 @@ class ModelCard:
 
 def _parse_class(index: int, entry: Any) -> ClassInfo:
     if isinstance(entry, str):
-        raise CardError(f"card: class {index} ({entry!r}) needs a colour: {{'name': ..., 'color': [r, g, b]}}")
+        raise CardError(
+            f"card: class {index} ({entry!r}) needs a colour: {{'name': ..., 'color': [r, g, b]}}"
+        )
     if not isinstance(entry, dict) or "name" not in entry or "color" not in entry:
         raise CardError(f"card: class {index} must be an object with 'name' and 'color', got {entry!r}")
     color = tuple(int(v) for v in entry["color"])
     if len(color) != 3:
-        raise CardError(f"card: colour of class {entry['name']!r} must have three values, got {entry['color']}")
+        raise CardError(
+            f"card: colour of class {entry['name']!r} must have three values, got {entry['color']}"
+        )
     return ClassInfo(name=str(entry["name"]), color=color)  # type: ignore[arg-type]

@@ -1,0 +1,42 @@
+"""``geoseg convert``: a foreign checkpoint becomes a self-describing geoseg checkpoint."""
+
+from __future__ import annotations
+
+import click
+
+from geoseg.cli.options import card_option, emit_json, json_option, overwrite_option, preset_option
+
+
+@click.command(short_help="Turn a foreign checkpoint into a geoseg .safetensors file.")
+@click.argument("source", type=click.Path(dir_okay=False))
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file."
+)
+@preset_option
+@card_option
+@click.option("--half", is_flag=True, help="Store weights as float16 (half the size).")
+@overwrite_option
+@json_option
+def convert(source, output, preset, card_path, half, overwrite, as_json) -> None:
+    """Convert SOURCE (the authors' raw state dict or a GeoSeg Lightning .ckpt) into a geoseg checkpoint.
+
+    The file is read with torch.load(weights_only=True): pickles that could run code are refused. Key names
+    are mapped, the backbone and class count read from tensor shapes; classes, colours and bands come from
+    --preset or --card.
+
+    \b
+    geoseg convert manet_vaihingen.ckpt -o manet_vaihingen.safetensors --preset vaihingen
+    geoseg convert model_weights.pth -o mine.safetensors --card my_card.json
+    """
+    from geoseg.api import convert_checkpoint
+
+    if not (preset or card_path):
+        raise click.UsageError("pass --preset NAME or --card FILE: a foreign checkpoint has no class names")
+    result = convert_checkpoint(source, output, preset=preset, card=card_path, half=half, overwrite=overwrite)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(
+            f"Wrote {result['output']}: MANet {result['backbone']}, {result['classes']} classes "
+            f"({', '.join(result['class_names'])}), {result['parameters']:,} parameters"
+        )

@@ -1,0 +1,72 @@
+"""What ``geoseg info`` reports: a checkpoint's card and shape, or a raster's grid, bands and masks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import CheckpointError, InputError
+
+
+def describe(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON-ready description of a checkpoint or a raster, decided by the file's content."""
+    text = str(path)
+    local = Path(text)
+    if not text.startswith("/vsi") and not local.exists():
+        raise InputError(f"{text}: file not found")
+    if not text.startswith("/vsi") and local.is_file():
+        from geoseg.model.checkpoint import checkpoint_summary
+
+        try:
+            return checkpoint_summary(local)
+        except CheckpointError as error:
+            if "not a checkpoint" not in str(error):
+                raise
+    return describe_raster(text)
+
+
+def describe_raster(path: str) -> dict[str, Any]:
+    import rasterio
+    from rasterio.enums import MaskFlags
+    from rasterio.errors import RasterioIOError
+
+    from geoseg.raster.classes import read_class_names
+
+    try:
+        dataset = rasterio.open(path)
+    except RasterioIOError as error:
+        raise InputError(f"{path}: neither a checkpoint nor a raster GDAL can read ({error})") from error
+    with dataset:
+        crs = dataset.crs
+        mask_kinds = []
+        for flags in dataset.mask_flag_enums:
+            names = [f.name for f in flags if f != MaskFlags.all_valid]
+            mask_kinds.append("+".join(names) or "all_valid")
+        res_x, res_y = dataset.res
+        return {
+            "path": path,
+            "format": dataset.driver,
+            "width": dataset.width,
+            "height": dataset.height,
+            "count": dataset.count,
+            "dtype": ",".join(sorted(set(dataset.dtypes))),
+            "crs": (crs.to_string() if crs.to_epsg() else crs.to_wkt()) if crs else None,
+            "transform": list(dataset.transform)[:6],
+            "pixel_size": [res_x, res_y],
+            "bounds": list(dataset.bounds),
+            "nodata": dataset.nodata,
+            "masks": mask_kinds,
+            "block_shape": [list(shape) for shape in sorted(set(dataset.block_shapes))],
+            "overviews": dataset.overviews(1) if dataset.count else [],
+            "compression": dataset.compression.value if dataset.compression else None,
+            "class_names": read_class_names(dataset),
+            "bands": [
+                {
+                    "index": i,
+                    "colorinterp": dataset.colorinterp[i - 1].name,
+                    "description": dataset.descriptions[i - 1],
+                }
+                for i in dataset.indexes
+            ],
+        }
