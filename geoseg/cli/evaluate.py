@@ -1,0 +1,148 @@
+"""``geoseg evaluate``: accuracy of a class raster against ground truth, as the MANet paper reports it."""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from geoseg.cli.options import (
+    NameListType,
+    card_option,
+    emit_json,
+    json_option,
+    overwrite_option,
+    preset_option,
+    progress_reporter,
+    quiet_option,
+)
+
+
+@click.command(short_help="Accuracy of a class raster against ground truth.")
+@click.argument("prediction", type=click.Path(dir_okay=False))
+@click.argument("truth", type=click.Path(dir_okay=False))
+@preset_option
+@card_option
+@click.option(
+    "--ignore-index",
+    type=click.IntRange(0, 254),
+    default=None,
+    help="Truth class index left out of the scores (after --label-offset). Default: the card's.",
+)
+@click.option(
+    "--label-offset",
+    type=click.IntRange(0, 254),
+    default=0,
+    show_default=True,
+    help="Subtract N from truth values; values below N are ignored (1 for ISPRS and LoveDA index labels).",
+)
+@click.option(
+    "--exclude-classes",
+    type=NameListType(),
+    default=None,
+    help="Classes (names or indices) left out of mean F1 and mIoU but kept in overall accuracy, "
+    "e.g. clutter for the paper's ISPRS figures.",
+)
+@click.option(
+    "--confusion",
+    "confusion_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the confusion matrix (rows truth, columns prediction) as CSV.",
+)
+@overwrite_option
+@json_option
+@quiet_option
+def evaluate(
+    prediction: str,
+    truth: str,
+    preset: str | None,
+    card_path: str | None,
+    ignore_index: int | None,
+    label_offset: int,
+    exclude_classes: list[str] | None,
+    confusion_path: str | None,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Compare PREDICTION (a class raster, e.g. from geoseg predict) with TRUTH (class indices, or RGB
+    colours converted with the preset's or card's colours) on the same grid.
+
+    Reports overall accuracy over all classes, per-class precision, recall, F1, IoU and truth pixel counts,
+    and mean F1 and mIoU over the classes not excluded. Prediction nodata (255) and ignored truth pixels are
+    left out. A class with neither truth nor predicted pixels has no F1/IoU and is not averaged.
+
+    \b
+    geoseg evaluate classes.tif truth.tif --preset vaihingen --exclude-classes clutter
+    geoseg evaluate classes.tif label.png --preset loveda --label-offset 1 --json
+    """
+    from geoseg.atomic import check_output_path
+    from geoseg.evaluation import evaluate as run_evaluation
+    from geoseg.evaluation import write_confusion_csv
+
+    if preset and card_path:
+        raise click.UsageError("give either --preset or --card, not both")
+    if confusion_path:
+        check_output_path(confusion_path, overwrite)
+    callback, close = progress_reporter("evaluating", quiet or as_json)
+    try:
+        result = run_evaluation(
+            prediction,
+            truth,
+            preset=preset,
+            card=card_path,
+            ignore_index=ignore_index,
+            label_offset=label_offset,
+            exclude_classes=exclude_classes or (),
+            progress=callback,
+        )
+    finally:
+        close()
+    if confusion_path:
+        write_confusion_csv(result, confusion_path, overwrite=overwrite)
+    if as_json:
+        record = result.to_dict()
+        if confusion_path:
+            record["confusion_csv"] = confusion_path
+        emit_json(record)
+        return
+    _render(result, confusion_path)
+
+
+def _percent(value: float) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+
+
+def _render(result, confusion_path: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # a file or pipe: no wrapping at 80 columns
+        console.width = max(console.width, 120)
+    table = Table(title=f"{result.prediction} vs {result.truth} (scores in %)", title_justify="left")
+    table.add_column("class", no_wrap=True)
+    for header in ("precision", "recall", "F1", "IoU", "truth pixels", "predicted pixels"):
+        table.add_column(header, justify="right")
+    for c in result.per_class:
+        name = f"{c.name} (excluded)" if c.excluded else c.name
+        table.add_row(
+            name,
+            _percent(c.precision),
+            _percent(c.recall),
+            _percent(c.f1),
+            _percent(c.iou),
+            f"{c.pixels:,}",
+            f"{c.predicted_pixels:,}",
+        )
+    console.print(table)
+    scope = f" without {', '.join(result.excluded_classes)}" if result.excluded_classes else ""
+    console.print(
+        f"overall accuracy {_percent(result.overall_accuracy)} %  ·  "
+        f"mean F1{scope} {_percent(result.mean_f1)} %"
+        f"  ·  mIoU{scope} {_percent(result.mean_iou)} %"
+    )
+    console.print(f"{result.pixels_evaluated:,} pixels compared, {result.pixels_ignored:,} ignored")
+    if confusion_path:
+        console.print(f"confusion matrix: {confusion_path}")

@@ -1,0 +1,315 @@
+"""Measuring a class raster against a ground-truth raster, block by block, in bounded memory.
+
+The rasters must share a grid (size, and CRS and transform when both carry them). Ground truth may hold class
+indices or colours (see :mod:`geoseg.labels`). Pixels are left out where the prediction is nodata (255 or the
+raster's nodata value) or the truth is ignored (ignore index, nodata, values below the label offset, black in
+colour labels). The maths lives in :mod:`geoseg.metrics`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.atomic import atomic_output
+from geoseg.errors import ConfigurationError, InputError
+from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, decode_labels
+from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
+from geoseg.model.card import ModelCard
+from geoseg.raster.classes import NODATA_CLASS, read_class_names
+
+ProgressCallback = Callable[[int, int], None]
+DEFAULT_BLOCK = 1024
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    """Scores of one class; NaN where the ratio is undefined (no pixels on either side)."""
+
+    index: int
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    iou: float
+    pixels: int  # truth pixels of this class among the evaluated ones
+    predicted_pixels: int
+    excluded: bool  # left out of the means
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What ``geoseg evaluate`` reports; ``to_dict`` gives its JSON form (NaN becomes null)."""
+
+    prediction: str
+    truth: str
+    class_names: list[str]
+    confusion: np.ndarray
+    overall_accuracy: float
+    mean_f1: float
+    mean_iou: float
+    per_class: list[ClassResult]
+    excluded_classes: list[str]
+    pixels_evaluated: int
+    pixels_ignored: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prediction": self.prediction,
+            "truth": self.truth,
+            "overall_accuracy": _finite(self.overall_accuracy),
+            "mean_f1": _finite(self.mean_f1),
+            "mean_iou": _finite(self.mean_iou),
+            "excluded_classes": list(self.excluded_classes),
+            "pixels_evaluated": self.pixels_evaluated,
+            "pixels_ignored": self.pixels_ignored,
+            "per_class": [
+                {
+                    "index": c.index,
+                    "name": c.name,
+                    "precision": _finite(c.precision),
+                    "recall": _finite(c.recall),
+                    "f1": _finite(c.f1),
+                    "iou": _finite(c.iou),
+                    "pixels": c.pixels,
+                    "predicted_pixels": c.predicted_pixels,
+                    "excluded": c.excluded,
+                }
+                for c in self.per_class
+            ],
+            "confusion": self.confusion.tolist(),
+        }
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+def resolve_card(
+    preset: str | None = None, card: ModelCard | str | os.PathLike | None = None
+) -> ModelCard | None:
+    """The card named by ``preset`` or given as ``card`` (object or JSON file), or None."""
+    if preset and card is not None:
+        raise ConfigurationError("give either a preset or a card, not both")
+    if preset:
+        from geoseg.model.presets import preset_card
+
+        return preset_card(preset)
+    if card is None or isinstance(card, ModelCard):
+        return card
+    return ModelCard.from_file(card)
+
+
+def evaluate(
+    prediction: str | os.PathLike,
+    truth: str | os.PathLike,
+    *,
+    card: ModelCard | str | os.PathLike | None = None,
+    preset: str | None = None,
+    ignore_index: int | None = None,
+    label_offset: int = 0,
+    exclude_classes: Iterable[str] = (),
+    block_size: int = DEFAULT_BLOCK,
+    progress: ProgressCallback | None = None,
+) -> EvaluationResult:
+    """Overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU of a class raster against truth.
+
+    Class names and colours come from ``card``/``preset``, else from the prediction raster (names tag and
+    colour table written by ``geoseg predict``), else classes are numbered. ``ignore_index`` defaults to
+    the card's. ``exclude_classes`` (names or indices) are left out of the means but not of the overall
+    accuracy, the paper's convention. Memory depends on ``block_size``, not on the raster size.
+    """
+    model_card = resolve_card(preset, card)
+    if block_size <= 0:
+        raise ConfigurationError(f"block size must be positive, got {block_size}")
+    with _open(prediction, "prediction") as pred_ds, _open(truth, "truth") as truth_ds:
+        check_same_grid(pred_ds, truth_ds, str(prediction), str(truth))
+        if pred_ds.count != 1:
+            raise InputError(f"{prediction}: a class raster has 1 band, this one has {pred_ds.count}")
+        if not np.issubdtype(np.dtype(pred_ds.dtypes[0]), np.integer):
+            raise InputError(f"{prediction}: class values must be integers, got {pred_ds.dtypes[0]}")
+        names, colors = _class_names_and_colors(model_card, pred_ds)
+        if ignore_index is None and model_card is not None:
+            ignore_index = model_card.ignore_index
+        encoding = LabelEncoding(
+            num_classes=len(names) if names else None,
+            colors=tuple(tuple(int(v) for v in c) for c in colors) if colors else None,  # type: ignore[misc]
+            ignore_index=ignore_index,
+            offset=label_offset,
+            nodata=truth_ds.nodata,
+        )
+        limit = encoding.limit
+        pred_nodata = {NODATA_CLASS} | ({int(pred_ds.nodata)} if _is_integral(pred_ds.nodata) else set())
+        confusion = np.zeros((limit, limit), dtype=np.int64)
+        ignored = 0
+        windows = list(_blocks(pred_ds.height, pred_ds.width, block_size))
+        for done, window in enumerate(windows, start=1):
+            predicted = pred_ds.read(1, window=window)
+            labels = decode_labels(truth_ds.read(window=window), encoding, str(truth))
+            valid = labels != IGNORE
+            for value in pred_nodata:
+                valid &= predicted != value
+            values = predicted[valid]
+            if values.size and (values.min() < 0 or values.max() >= limit):
+                bad = np.unique(values[(values < 0) | (values >= limit)])
+                raise InputError(
+                    f"{prediction}: class value(s) {', '.join(str(v) for v in bad[:5])} outside the "
+                    f"{limit} classes 0..{limit - 1}; check --preset/--card"
+                )
+            confusion += confusion_matrix(labels[valid], values, limit)
+            ignored += int(valid.size - np.count_nonzero(valid))
+            if progress is not None:
+                progress(done, len(windows))
+    if not names:
+        seen = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
+        count = int(seen.max()) + 1 if seen.size else 1
+        confusion = confusion[:count, :count]
+        names = [str(i) for i in range(count)]
+    return _result(str(prediction), str(truth), names, confusion, exclude_classes, ignored)
+
+
+def _result(
+    prediction: str,
+    truth: str,
+    names: list[str],
+    confusion: np.ndarray,
+    exclude_classes: Iterable[str],
+    ignored: int,
+) -> EvaluationResult:
+    try:
+        excluded = class_indices(names, exclude_classes)
+    except ValueError as error:
+        raise ConfigurationError(f"--exclude-classes: {error}") from error
+    total = int(confusion.sum())
+    if total == 0:
+        raise InputError(
+            f"{truth}: no pixels to compare (every pixel is ignored in the truth or nodata in the "
+            "prediction); check --ignore-index/--label-offset"
+        )
+    scores = scores_from_confusion(confusion, excluded)
+    per_class = [
+        ClassResult(
+            index=i,
+            name=name,
+            precision=float(scores.precision[i]),
+            recall=float(scores.recall[i]),
+            f1=float(scores.f1[i]),
+            iou=float(scores.iou[i]),
+            pixels=int(scores.truth_pixels[i]),
+            predicted_pixels=int(scores.predicted_pixels[i]),
+            excluded=not bool(scores.included[i]),
+        )
+        for i, name in enumerate(names)
+    ]
+    return EvaluationResult(
+        prediction=prediction,
+        truth=truth,
+        class_names=list(names),
+        confusion=confusion,
+        overall_accuracy=scores.overall_accuracy,
+        mean_f1=scores.mean_f1,
+        mean_iou=scores.mean_iou,
+        per_class=per_class,
+        excluded_classes=[names[i] for i in sorted(set(excluded))],
+        pixels_evaluated=total,
+        pixels_ignored=ignored,
+    )
+
+
+def write_confusion_csv(result: EvaluationResult, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """The confusion matrix as CSV (rows: truth, columns: prediction, headed by class names), atomically."""
+    with (
+        atomic_output(path, overwrite=overwrite) as tmp,
+        tmp.open("w", newline="", encoding="utf-8") as handle,
+    ):
+        writer = csv.writer(handle)
+        writer.writerow(["truth \\ prediction", *result.class_names])
+        for name, row in zip(result.class_names, result.confusion.tolist(), strict=True):
+            writer.writerow([name, *row])
+    return Path(path)
+
+
+# --- rasters -------------------------------------------------------------------------------------------
+
+
+def _open(path: str | os.PathLike, role: str):
+    import warnings
+
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    if not str(path).startswith("/vsi") and not Path(path).exists():
+        raise InputError(f"{path}: {role} raster not found")
+    try:
+        with warnings.catch_warnings():
+            # Plain PNG labels are common; the grid check compares transforms only when both have one.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as error:
+        raise InputError(f"{path}: cannot open the {role} raster ({_first_line(error)})") from error
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def _is_integral(value: float | None) -> bool:
+    return value is not None and not math.isnan(value) and float(value).is_integer()
+
+
+def check_same_grid(a, b, a_name: str, b_name: str) -> None:
+    """Both rasters cover the same pixels: same size; same CRS and transform when both carry them."""
+    if (a.width, a.height) != (b.width, b.height):
+        raise InputError(
+            f"{a_name} is {a.width}×{a.height} pixels but {b_name} is "
+            f"{b.width}×{b.height}; both must cover the same grid"
+        )
+    if a.crs and b.crs and a.crs != b.crs:
+        raise InputError(
+            f"{a_name} is in {a.crs.to_string()} but {b_name} is in {b.crs.to_string()}; reproject one"
+        )
+    if _georeferenced(a) and _georeferenced(b) and not a.transform.almost_equals(b.transform, precision=1e-6):
+        raise InputError(
+            f"{a_name} and {b_name} have different transforms (origin {a.transform.c:.3f},"
+            f"{a.transform.f:.3f} vs {b.transform.c:.3f},{b.transform.f:.3f}; pixel {a.res} vs {b.res}); "
+            "both must cover the same grid"
+        )
+
+
+def _georeferenced(dataset) -> bool:
+    from affine import Affine
+
+    return dataset.transform != Affine.identity()
+
+
+def _class_names_and_colors(card: ModelCard | None, prediction) -> tuple[list[str] | None, list | None]:
+    if card is not None:
+        return card.class_names, [c.color for c in card.classes]
+    names = read_class_names(prediction)
+    if not names:
+        return None, None
+    if len(names) > MAX_CLASSES:
+        raise InputError(
+            f"{prediction.name}: {len(names)} class names; at most {MAX_CLASSES} classes are supported"
+        )
+    try:
+        table = prediction.colormap(1)
+    except ValueError:
+        return names, None
+    return names, [tuple(table[i][:3]) for i in range(len(names))]
+
+
+def _blocks(height: int, width: int, size: int) -> Iterator:
+    from rasterio.windows import Window
+
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))

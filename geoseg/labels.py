@@ -1,0 +1,159 @@
+"""Ground-truth label rasters as class indices: one decoding shared by ``evaluate`` and ``train``.
+
+Label rasters come in two forms: class indices (one band) and colours (three bands, as the ISPRS benchmarks
+distribute them). Index rasters often reserve low values for "unlabelled" (ISPRS index crops: 0 = ignore and
+1..6 = the six classes; LoveDA: 0 = no-data and 1..7 = the seven classes); ``offset`` handles that: stored
+values below ``offset`` are ignored and the others have ``offset`` subtracted. ``ignore_index`` is then a
+class-index value (after the offset) that is ignored, as in the model card. The raster's nodata value is
+ignored too.
+
+Colour rasters map each pixel's (r, g, b) to the class with that colour. Black (0, 0, 0), when it is not a
+class colour, is ignored: it marks the eroded boundaries of the ISPRS "noBoundary" ground truth. Any other
+colour that is not a class colour is an error naming the colour, never silently dropped, because it usually
+means the wrong preset. A fourth band is read as alpha (0 = ignored).
+
+Decoded labels are uint8 with :data:`IGNORE` (255) for ignored pixels (a class raster holds at most 255
+classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from geoseg.errors import InputError
+
+IGNORE = 255
+MAX_CLASSES = 255
+_BLACK = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class LabelEncoding:
+    """How the stored values of a label raster become class indices."""
+
+    num_classes: int | None = None  # None: any index 0..254 is accepted
+    colors: tuple[tuple[int, int, int], ...] | None = None
+    ignore_index: int | None = None
+    offset: int = 0
+    nodata: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.offset < 0:
+            raise InputError(f"label offset must be 0 or more, got {self.offset}")
+        if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
+            raise InputError(f"number of classes must be 1..{MAX_CLASSES}, got {self.num_classes}")
+
+    @property
+    def limit(self) -> int:
+        return self.num_classes if self.num_classes is not None else MAX_CLASSES
+
+
+def decode_labels(data: np.ndarray, encoding: LabelEncoding, source: str) -> np.ndarray:
+    """``(bands, h, w)`` stored label values → ``(h, w)`` uint8 class indices with IGNORE for ignored pixels.
+
+    ``source`` names the raster in error messages.
+    """
+    if data.ndim != 3:
+        raise ValueError(f"expected (bands, height, width), got shape {data.shape}")
+    bands = data.shape[0]
+    if bands == 1:
+        return _decode_indices(data[0], encoding, source)
+    if bands in (3, 4):
+        return _decode_colors(data, encoding, source)
+    raise InputError(
+        f"{source}: a label raster has 1 band (class indices) or 3 bands (colours, 4 with alpha), not {bands}"
+    )
+
+
+def _decode_indices(values: np.ndarray, encoding: LabelEncoding, source: str) -> np.ndarray:
+    ignored = np.zeros(values.shape, dtype=bool)
+    if np.issubdtype(values.dtype, np.floating):
+        ignored = np.isnan(values)
+        if not np.all(ignored | (values == np.round(values))):
+            raise InputError(f"{source}: label values must be whole numbers (class indices), got fractions")
+        values = np.where(ignored, 0, values)
+    elif not np.issubdtype(values.dtype, np.integer):
+        raise InputError(f"{source}: label values must be integers (class indices), got {values.dtype}")
+    values = values.astype(np.int64, copy=False)
+    if encoding.nodata is not None and not np.isnan(encoding.nodata):
+        ignored |= values == int(encoding.nodata)
+    if encoding.offset:
+        ignored |= values < encoding.offset
+        values = values - encoding.offset
+    if encoding.ignore_index is not None:
+        ignored |= values == encoding.ignore_index
+    bad = ~ignored & ((values < 0) | (values >= encoding.limit))
+    if bad.any():
+        stored = np.unique(values[bad] + encoding.offset)
+        listed = ", ".join(str(v) for v in stored[:5]) + (", …" if stored.size > 5 else "")
+        where = f", less the label offset {encoding.offset}, fall" if encoding.offset else " lie"
+        raise InputError(
+            f"{source}: {int(bad.sum())} label pixels hold value(s) {listed} that{where} outside the "
+            f"{encoding.limit} classes 0..{encoding.limit - 1}; pass --label-offset N when labels start at N "
+            "(1 for ISPRS/LoveDA index labels, where 0 is unlabelled) or --ignore-index V"
+        )
+    out = values.astype(np.uint8)
+    out[ignored] = IGNORE
+    return out
+
+
+def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str) -> np.ndarray:
+    if encoding.colors is None:
+        raise InputError(
+            f"{source}: is a colour label raster ({data.shape[0]} bands) but no class colours are known; "
+            "pass --preset or --card"
+        )
+    if not np.issubdtype(data.dtype, np.integer) or data.dtype.itemsize > 2:
+        raise InputError(f"{source}: colour labels must be 8-bit RGB, got {data.dtype}")
+    rgb = data[:3].astype(np.int64)
+    keys = (rgb[0] << 16) | (rgb[1] << 8) | rgb[2]
+    palette = np.array([(r << 16) | (g << 8) | b for r, g, b in encoding.colors], dtype=np.int64)
+    if np.unique(palette).size != palette.size:
+        raise InputError(f"{source}: two classes share a colour, so colour labels are ambiguous")
+    order = np.argsort(palette)
+    sorted_palette = palette[order]
+    position = np.clip(np.searchsorted(sorted_palette, keys), 0, sorted_palette.size - 1)
+    matched = sorted_palette[position] == keys
+    classes = order[position]
+    ignored = ~matched
+    black_is_class = _BLACK in [tuple(c) for c in encoding.colors]
+    unknown = ~matched if black_is_class else ~matched & (keys != 0)
+    if data.shape[0] == 4:
+        transparent = data[3] == 0
+        ignored |= transparent
+        unknown &= ~transparent
+    if unknown.any():
+        found, counts = np.unique(keys[unknown], return_counts=True)
+        first = int(found[np.argmax(counts)])
+        colour = ((first >> 16) & 255, (first >> 8) & 255, first & 255)
+        known = ", ".join(f"{c}" for c in encoding.colors)
+        raise InputError(
+            f"{source}: {int(unknown.sum())} label pixels have colours that are not class colours, "
+            f"e.g. {colour} ({len(found)} unknown colour(s)); class colours are {known}; "
+            "check --preset/--card"
+        )
+    out = classes.astype(np.uint8)
+    if encoding.ignore_index is not None:
+        ignored |= classes == encoding.ignore_index
+    out[ignored] = IGNORE
+    return out
+
+
+def encoding_for(
+    num_classes: int | None,
+    colors: Sequence[tuple[int, int, int]] | None,
+    ignore_index: int | None,
+    offset: int,
+    nodata: float | None,
+) -> LabelEncoding:
+    """A :class:`LabelEncoding` from loose arguments (colours as any sequence of triples)."""
+    return LabelEncoding(
+        num_classes=num_classes,
+        colors=tuple(tuple(int(v) for v in c) for c in colors) if colors else None,  # type: ignore[misc]
+        ignore_index=ignore_index,
+        offset=offset,
+        nodata=nodata,
+    )

@@ -1,0 +1,108 @@
+"""``geoseg evaluate`` on the command line: exit codes, messages, JSON keys, the confusion CSV."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geoseg.cli.main import cli
+
+TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]], dtype=np.uint8)
+PREDICTION = np.array([[0, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2], [2, 2, 2, 1]], dtype=np.uint8)
+
+
+def write(path, data):
+    data = np.asarray(data)
+    data = data[None] if data.ndim == 2 else data
+    profile = dict(
+        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return str(path)
+
+
+@pytest.fixture()
+def rasters(tmp_path):
+    return write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", TRUTH)
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["evaluate", *map(str, args)])
+
+
+def test_json_report_has_the_documented_keys_and_values(rasters):
+    result = run(*rasters, "--json", "--exclude-classes", "2")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert {"overall_accuracy", "mean_f1", "mean_iou", "per_class"} <= set(record)
+    assert record["overall_accuracy"] == 0.75
+    assert record["mean_iou"] == pytest.approx((3 / 5 + 1 / 2) / 2)
+    assert record["per_class"][1] == {
+        "index": 1,
+        "name": "1",
+        "precision": 0.6,
+        "recall": 0.75,
+        "f1": pytest.approx(2 / 3),
+        "iou": 0.5,
+        "pixels": 4,
+        "predicted_pixels": 5,
+        "excluded": False,
+    }
+    assert record["excluded_classes"] == ["2"]
+
+
+def test_table_names_preset_classes_and_the_means(rasters):
+    result = run(*rasters, "--preset", "vaihingen", "--exclude-classes", "clutter")
+    assert result.exit_code == 0, result.output
+    assert "impervious surfaces" in result.output
+    assert "clutter (excluded)" in result.output
+    assert "overall accuracy 75.00 %" in result.output
+    assert "without clutter" in result.output
+
+
+def test_confusion_csv_is_written_and_not_overwritten_without_flag(rasters, tmp_path):
+    csv_path = tmp_path / "confusion.csv"
+    assert run(*rasters, "--confusion", csv_path, "-q").exit_code == 0
+    assert csv_path.read_text().splitlines()[1] == "0,3,1,0"
+    again = run(*rasters, "--confusion", csv_path)
+    assert again.exit_code == 1
+    assert "confusion.csv: output exists; pass --overwrite" in again.output
+    assert run(*rasters, "--confusion", csv_path, "--overwrite").exit_code == 0
+
+
+def test_rasters_of_different_sizes_fail_with_one_line(tmp_path):
+    result = run(write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", np.zeros((5, 4), np.uint8)))
+    assert result.exit_code == 1
+    assert "p.tif is 4×4 pixels but" in result.output and "t.tif is 4×5" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_truth_raster_is_an_error(rasters, tmp_path):
+    result = run(rasters[0], tmp_path / "nope.tif")
+    assert result.exit_code == 1
+    assert "nope.tif: truth raster not found" in result.output
+
+
+def test_label_offset_ignores_unlabelled_pixels(tmp_path):
+    truth = TRUTH + 1
+    truth[0, 0] = 0
+    result = run(
+        write(tmp_path / "p.tif", PREDICTION),
+        write(tmp_path / "t.tif", truth),
+        "--label-offset",
+        "1",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pixels_ignored"] == 1
+
+
+def test_preset_and_card_together_are_a_usage_error(rasters, tmp_path):
+    result = run(*rasters, "--preset", "potsdam", "--card", tmp_path / "card.json")
+    assert result.exit_code == 2
+    assert "either --preset or --card" in result.output
