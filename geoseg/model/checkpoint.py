@@ -149,7 +149,8 @@ def _sniff(path: Path) -> str:
                 raise CheckpointError(f"{path}: safetensors file is truncated (header runs past the end)")
             return "safetensors"
     raise CheckpointError(
-        f"{path}: not a checkpoint (expected a geoseg .safetensors file, a PyTorch state dict or a Lightning .ckpt)"
+        f"{path}: not a checkpoint "
+        "(expected a geoseg .safetensors file, a PyTorch state dict or a Lightning .ckpt)"
     )
 
 
@@ -241,7 +242,8 @@ def infer_architecture(
     backbone = by_shape.get((bottleneck, blocks))
     if backbone is None:
         raise CheckpointError(
-            f"{path}: unsupported encoder ({'bottleneck' if bottleneck else 'basic'} blocks, {blocks} in stage 3); "
+            f"{path}: unsupported encoder ({'bottleneck' if bottleneck else 'basic'} blocks, "
+            f"{blocks} in stage 3); "
             "supported: resnet18, resnet34, resnet50, resnet101"
         )
     return backbone, int(head.shape[0]), int(stem.shape[1])

@@ -27,7 +27,9 @@ ENCODERS: dict[str, tuple[int, int, int, int]] = {
 
 def _float32_region(x: torch.Tensor) -> tuple[torch.Tensor, torch.autocast]:
     """Attention in float32 even under bf16/fp16 autocast: its sums over all positions overflow in fp16."""
-    return x.float(), torch.autocast(device_type=x.device.type, enabled=False)
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    return x, torch.autocast(device_type=x.device.type, enabled=False)
 
 
 class KernelAttention(nn.Module):

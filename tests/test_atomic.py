@@ -1,0 +1,40 @@
+"""Atomic outputs: complete files appear under their name, failures and Ctrl-C leave nothing behind."""
+
+from __future__ import annotations
+
+import pytest
+
+from geoseg.atomic import atomic_output, check_output_path
+from geoseg.errors import OutputError
+
+
+def test_output_appears_only_when_complete(tmp_path):
+    target = tmp_path / "out.tif"
+    with atomic_output(target) as tmp:
+        tmp.write_text("data")
+        assert not target.exists()
+        assert tmp.parent == tmp_path and tmp.name.startswith(".") and tmp.suffix == ".tif"
+    assert target.read_text() == "data"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
+def test_failure_or_interrupt_removes_the_temporary_file_and_keeps_the_old_output(tmp_path, failure):
+    target = tmp_path / "out.tif"
+    target.write_text("old")
+    with pytest.raises(type(failure)), atomic_output(target, overwrite=True) as tmp:
+        tmp.write_text("half")
+        (tmp.parent / (tmp.name + ".aux.xml")).write_text("sidecar")
+        raise failure
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+def test_existing_output_without_overwrite_and_missing_folder_are_refused(tmp_path):
+    (tmp_path / "out.tif").write_text("x")
+    with pytest.raises(OutputError, match="output exists; pass --overwrite"):
+        check_output_path(tmp_path / "out.tif", overwrite=False)
+    with pytest.raises(OutputError, match="does not exist"):
+        check_output_path(tmp_path / "nope" / "out.tif", overwrite=False)
+    with pytest.raises(OutputError, match="is a directory"):
+        check_output_path(tmp_path, overwrite=True)

@@ -1,0 +1,71 @@
+"""``geoseg info`` describes rasters (grid, bands, masks) and checkpoints; ``--version`` works."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geoseg import __version__
+from geoseg.cli.main import cli
+
+
+@pytest.fixture()
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_version(runner):
+    result = runner.invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.strip() == f"geoseg, version {__version__}"
+
+
+def test_info_json_reports_the_raster_grid_exactly(runner, shared_data):
+    path = shared_data / "variants" / "naip_rgbn_5m_nodata0.tif"
+    result = runner.invoke(cli, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.output)
+    with rasterio.open(path) as src:
+        assert described["width"] == src.width == 934
+        assert described["height"] == src.height == 723
+        assert described["transform"] == list(src.transform)[:6]
+    assert described["crs"] == "EPSG:26914"
+    assert described["count"] == 4
+    assert described["nodata"] == 0
+    assert described["masks"] == ["nodata"] * 4
+    assert described["block_shape"] == [[512, 512]]
+    assert described["overviews"] == [2]
+
+
+def test_info_shows_the_alpha_band_as_a_mask(runner, shared_data):
+    result = runner.invoke(
+        cli, ["info", str(shared_data / "variants" / "colorado_hro_0p15m_alpha.tif"), "--json"]
+    )
+    described = json.loads(result.output)
+    assert described["bands"][3]["colorinterp"] == "alpha"
+    assert described["masks"][0] == "per_dataset+alpha"
+
+
+def test_info_table_names_the_crs_and_size(runner, shared_data):
+    result = runner.invoke(cli, ["info", str(shared_data / "aerial" / "netherlands_0p25m_epsg28992.tif")])
+    assert result.exit_code == 0, result.output
+    assert "EPSG:28992" in result.output
+    assert "1000" in result.output
+
+
+def test_info_on_a_missing_file_is_one_line_exit_1(runner, tmp_path):
+    result = runner.invoke(cli, ["info", str(tmp_path / "nothing.tif")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"Error: {tmp_path / 'nothing.tif'}: file not found"
+
+
+def test_info_on_a_file_that_is_neither_raster_nor_checkpoint(runner, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("just words")
+    result = runner.invoke(cli, ["info", str(path)])
+    assert result.exit_code == 1
+    assert "neither a checkpoint nor a raster" in result.output
+    assert "Traceback" not in result.output
