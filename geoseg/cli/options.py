@@ -87,7 +87,9 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def progress_reporter(description: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+def progress_reporter(
+    description: str, quiet: bool
+) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
     """A ``(done, total)`` progress callback drawing a rich bar on stderr, and a function that closes it.
 
     Returns ``(None, noop)`` when quiet or when stderr is not a terminal, so pipelines get clean output.
