@@ -29,7 +29,8 @@ def _float32_region(x: torch.Tensor) -> tuple[torch.Tensor, torch.autocast]:
     """Attention in float32 even under bf16/fp16 autocast: its sums over all positions overflow in fp16."""
     if x.dtype in (torch.float16, torch.bfloat16):
         x = x.float()
-    return x, torch.autocast(device_type=x.device.type, enabled=False)
+    device_type = x.device.type if x.device.type in ("cuda", "mps", "xpu") else "cpu"
+    return x, torch.autocast(device_type=device_type, enabled=False)
 
 
 class KernelAttention(nn.Module):
