@@ -1,0 +1,263 @@
+"""``geoseg train``: train or fine-tune MANet on labelled orthophotos into a checkpoint predict runs."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from geoseg.cli.options import (
+    card_option,
+    device_option,
+    emit_json,
+    json_option,
+    overwrite_option,
+    precision_option,
+    preset_option,
+    quiet_option,
+    stderr_is_terminal,
+)
+from geoseg.model.card import BACKBONES
+
+
+@click.command(short_help="Train MANet on image/label rasters.")
+@click.option(
+    "--images",
+    multiple=True,
+    required=True,
+    help="Training images: files, folders or quoted glob patterns (repeat the option for more).",
+)
+@click.option(
+    "--labels", multiple=True, required=True, help="Label rasters (class indices or colours), as --images."
+)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
+@preset_option
+@card_option
+@click.option("--backbone", type=click.Choice(BACKBONES), default="resnet50", show_default=True)
+@click.option("--val-images", multiple=True, help="Validation images (scored after every epoch).")
+@click.option("--val-labels", multiple=True, help="Validation labels, paired like --labels.")
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Hold out this fraction of the image pairs (whole images) for validation instead.",
+)
+@click.option("--crop", type=int, default=512, show_default=True, help="Training crop size (multiple of 32).")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option(
+    "--epochs", type=int, default=None, help="Epochs (one epoch draws about the training area once). [50]"
+)
+@click.option("--steps", type=int, default=None, help="Optimizer steps instead of --epochs.")
+@click.option(
+    "--lr", type=float, default=6e-4, show_default=True, help="Learning rate (the encoder gets a tenth)."
+)
+@device_option
+@precision_option
+@click.option(
+    "--resume",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Continue an interrupted run from its state file (OUTPUT's NAME.state.pt).",
+)
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from the weights of a checkpoint (fine-tuning) or a torchvision ResNet state dict (encoder).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--label-offset",
+    type=click.IntRange(0, 254),
+    default=0,
+    show_default=True,
+    help="Subtract N from label values; values below N are ignored (1 for ISPRS and LoveDA index labels).",
+)
+@click.option(
+    "--ignore-index",
+    type=click.IntRange(0, 254),
+    default=None,
+    help="Label class index (after --label-offset) left out of the loss. Default: the card's.",
+)
+@click.option("--half", is_flag=True, help="Store the checkpoint's weights as float16 (half the size).")
+@overwrite_option
+@json_option
+@quiet_option
+def train(
+    images: tuple[str, ...],
+    labels: tuple[str, ...],
+    output: str,
+    preset: str | None,
+    card_path: str | None,
+    backbone: str,
+    val_images: tuple[str, ...],
+    val_labels: tuple[str, ...],
+    val_fraction: float,
+    crop: int,
+    batch_size: int,
+    epochs: int | None,
+    steps: int | None,
+    lr: float,
+    device: str,
+    precision: str,
+    resume: str | None,
+    init: str | None,
+    seed: int,
+    label_offset: int,
+    ignore_index: int | None,
+    half: bool,
+    overwrite: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Train MANet on image/label pairs and write the best checkpoint (by validation mIoU) with a complete
+    model card, ready for geoseg predict. The classes, colours, bands and normalisation come from --preset or
+    --card. Images pair with labels by name (a.tif ↔ a.png, image_3.png ↔ label_3.png). Every pair is checked
+    before the first step. A state file beside the output lets --resume continue an interrupted run.
+
+    \b
+    geoseg train --images tiles/images --labels tiles/labels --preset vaihingen \\
+        --val-fraction 0.2 --epochs 100 -o vaihingen.safetensors
+    geoseg train --images 'img/*.png' --labels 'lbl/*.png' --preset loveda --label-offset 1 \\
+        --backbone resnet18 --crop 256 --steps 2000 -o loveda_r18.safetensors
+    """
+    from geoseg.evaluation import resolve_card
+    from geoseg.training.loop import TrainingConfig
+    from geoseg.training.loop import train as run_training
+
+    if preset and card_path:
+        raise click.UsageError("give either --preset or --card, not both")
+    if not preset and not card_path:
+        raise click.UsageError("name the classes with --preset NAME or --card FILE")
+    card = resolve_card(preset, card_path)
+    config = TrainingConfig(
+        crop=crop,
+        batch_size=batch_size,
+        epochs=epochs,
+        steps=steps,
+        lr=lr,
+        label_offset=label_offset,
+        ignore_index=ignore_index,
+        val_fraction=val_fraction,
+        seed=seed,
+        device=device,
+        precision=precision,
+        half=half,
+    )
+    display = _Display(quiet or as_json)
+    try:
+        result = run_training(
+            images,
+            labels,
+            output,
+            card=card,
+            backbone=backbone,
+            val_images=val_images,
+            val_labels=val_labels,
+            config=config,
+            resume=resume,
+            init=init,
+            overwrite=overwrite,
+            progress=display.update,
+        )
+    finally:
+        display.close()
+    summary = {
+        "output": str(result.output),
+        "state": str(result.state),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 1),
+        "first_loss": result.losses[0] if result.losses else None,
+        "last_loss": result.losses[-1] if result.losses else None,
+        "validation": result.validation,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    best = result.validation
+    scores = (
+        f" (validation mIoU {_pct(best['mean_iou'])} %, mean F1 {_pct(best['mean_f1'])} %, OA "
+        if best
+        else ""
+    )
+    scores += f"{_pct(best['overall_accuracy'])} % at step {best['step']})" if best else ""
+    click.echo(f"wrote {result.output}{scores}")
+    click.echo(f"resumable state: {result.state} (delete it when the run is final)")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.2f}"
+
+
+class _Display:
+    """A rich progress bar on a terminal; plain log lines (every 30 s and after each validation) otherwise."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+        self.last_line = 0.0
+        self.started = time.monotonic()
+        if quiet or not stderr_is_terminal():
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("epoch {task.fields[epoch]} · loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("training", total=None, epoch=0, loss=float("nan"))
+
+    def update(self, event) -> None:
+        if self.quiet:
+            return
+        if self.progress is not None:
+            self.progress.update(
+                self.task, completed=event.step, total=event.total_steps, epoch=event.epoch, loss=event.loss
+            )
+            if event.phase == "validate":
+                self.progress.console.print(self._validation_line(event))
+            return
+        now = time.monotonic()
+        if event.phase == "validate":
+            click.echo(self._validation_line(event), err=True)
+        elif now - self.last_line >= 30 or event.step == 1:
+            rate = (now - self.started) / event.step
+            click.echo(
+                f"step {event.step}/{event.total_steps} · epoch {event.epoch} · loss {event.loss:.4f} · "
+                f"lr {event.lr:.2e} · {rate:.2f} s/step",
+                err=True,
+            )
+            self.last_line = now
+
+    @staticmethod
+    def _validation_line(event) -> str:
+        saved = " · saved" if event.saved else ""
+        if not event.validation:
+            return f"epoch {event.epoch} (step {event.step}) · loss {event.loss:.4f}{saved}"
+        v = event.validation
+        return (
+            f"epoch {event.epoch} (step {event.step}) · loss {event.loss:.4f} · validation mIoU "
+            f"{_pct(v['mean_iou'])} % · mF1 {_pct(v['mean_f1'])} % · "
+            f"OA {_pct(v['overall_accuracy'])} %{saved}"
+        )
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()

@@ -1,0 +1,1 @@
+"""Training MANet on labelled rasters: pairing and cropping data, the loss, the loop."""

@@ -1,0 +1,326 @@
+"""Training data: image/label raster pairs, checked up front, and random augmented crops drawn from them.
+
+Pairing rule (explicit, so a wrong pair is an error rather than a silent mix-up):
+
+1. Identical file stems pair (``images/a.tif`` with ``labels/a.png``).
+2. Otherwise each stem is split into tokens at ``_``, ``-``, ``.`` and spaces; the tokens that start and end
+   *every* image name are dropped, likewise for the labels, and what remains must match:
+   ``image_3.png`` ↔ ``label_3.png``, ``top_potsdam_2_10_RGB.tif`` ↔ ``top_potsdam_2_10_label.tif``,
+   ``area1.tif`` ↔ ``area1_mask.tif``.
+3. One image and one label pair directly.
+
+Anything left unpaired is an error naming it. Every pair is checked before training starts: readable, same
+size, the image has the card's number of bands, no smaller than the crop, and every label value decodes to a
+class (see :mod:`geoseg.labels`). Rasters up to :data:`CACHE_PIXELS` pixels are held in memory after that
+check; larger ones are read by windows, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from geoseg.errors import InputError
+from geoseg.labels import IGNORE, LabelEncoding, decode_labels
+
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img")
+CACHE_PIXELS = 16 * 1024 * 1024  # per raster; a 4096² RGB uint8 tile is 48 MiB
+SCAN_BLOCK = 2048
+_TOKEN = re.compile(r"[_\-. ]+")
+
+
+# --- finding and pairing files ----------------------------------------------------------------------
+
+
+def expand_paths(specs: Sequence[str | os.PathLike], role: str) -> list[Path]:
+    """Files named directly, every raster inside a named folder, or the matches of a quoted glob pattern."""
+    found: list[Path] = []
+    for spec in specs:
+        text = str(spec)
+        path = Path(text)
+        if path.is_dir():
+            inside = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in RASTER_SUFFIXES)
+            if not inside:
+                raise InputError(
+                    f"{path}: no raster files ({', '.join(RASTER_SUFFIXES)}) in this {role} folder"
+                )
+            found.extend(inside)
+        elif path.is_file():
+            found.append(path)
+        elif any(ch in text for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+            if not matches:
+                raise InputError(f"{text}: the {role} pattern matches no file")
+            found.extend(matches)
+        else:
+            raise InputError(f"{path}: {role} file not found")
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    if not unique:
+        raise InputError(f"no {role} given")
+    return unique
+
+
+def _tokens(path: Path) -> list[str]:
+    return [t for t in _TOKEN.split(path.stem) if t]
+
+
+def _varying_keys(paths: Sequence[Path]) -> list[str]:
+    """Each name without the tokens that start and end every name of the set."""
+    tokens = [_tokens(p) for p in paths]
+    shortest = min(len(t) for t in tokens)
+    head = 0
+    while head < shortest and len({t[head] for t in tokens}) == 1:
+        head += 1
+    tail = 0
+    while tail < shortest - head and len({t[len(t) - 1 - tail] for t in tokens}) == 1:
+        tail += 1
+    return ["_".join(t[head : len(t) - tail]) for t in tokens]
+
+
+def pair_files(images: Sequence[Path], labels: Sequence[Path]) -> list[tuple[Path, Path]]:
+    """Pair images with labels by name (see the module docstring); unpaired files are an error."""
+    if len(images) == 1 and len(labels) == 1:
+        return [(images[0], labels[0])]
+    image_stems = [p.stem for p in images]
+    label_stems = [p.stem for p in labels]
+    if len(set(image_stems)) == len(images) and set(image_stems) == set(label_stems):
+        by_stem = {p.stem: p for p in labels}
+        return [(image, by_stem[image.stem]) for image in images]
+    image_keys = _varying_keys(images) if len(images) > 1 else image_stems
+    label_keys = _varying_keys(labels) if len(labels) > 1 else label_stems
+    for keys, paths, role in ((image_keys, images, "image"), (label_keys, labels, "label")):
+        if len(set(keys)) != len(keys) or "" in keys:
+            raise InputError(
+                f"cannot pair by name: {role} names {', '.join(p.name for p in paths[:4])} do not differ "
+                "in one part; name each image and its label alike (a.tif ↔ a.png, image_3.png ↔ label_3.png)"
+            )
+    by_key = dict(zip(label_keys, labels, strict=True))
+    pairs = [(image, by_key[key]) for image, key in zip(images, image_keys, strict=True) if key in by_key]
+    unpaired_images = [image.name for image, key in zip(images, image_keys, strict=True) if key not in by_key]
+    unpaired_labels = [
+        label.name for label, key in zip(labels, label_keys, strict=True) if key not in image_keys
+    ]
+    if unpaired_images or unpaired_labels:
+        parts = []
+        if unpaired_images:
+            parts.append(f"images without a label: {', '.join(unpaired_images[:5])}")
+        if unpaired_labels:
+            parts.append(f"labels without an image: {', '.join(unpaired_labels[:5])}")
+        raise InputError(
+            f"unpaired files ({'; '.join(parts)}); images and labels are paired by the part of the name that "
+            "varies (image_3.png ↔ label_3.png)"
+        )
+    return pairs
+
+
+# --- checking pairs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelledRaster:
+    """One checked image/label pair; arrays are filled when the pair is small enough to keep in memory."""
+
+    image: Path
+    label: Path
+    width: int
+    height: int
+    bands: int
+    class_pixels: np.ndarray
+    gsd: float | None
+    encoding: LabelEncoding
+    image_data: np.ndarray | None = field(default=None, repr=False)
+    label_data: np.ndarray | None = field(default=None, repr=False)  # decoded uint8, IGNORE for ignored
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+    def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Image (bands, size, size) as stored and decoded labels (size, size) of a square window."""
+        if self.image_data is not None and self.label_data is not None:
+            image = self.image_data[:, row : row + size, col : col + size]
+            return image, self.label_data[row : row + size, col : col + size]
+        from rasterio.windows import Window
+
+        window = Window(col, row, size, size)
+        with _open(self.image) as src:
+            image = src.read(window=window)
+        with _open(self.label) as src:
+            labels = decode_labels(src.read(window=window), self.encoding, str(self.label))
+        return image, labels
+
+
+def _open(path: Path):
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except RasterioIOError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"{path}: cannot read this raster ({first})") from error
+
+
+def _gsd(dataset) -> float | None:
+    from affine import Affine
+
+    if dataset.transform == Affine.identity() or dataset.crs is None or not dataset.crs.is_projected:
+        return None
+    x, y = abs(dataset.transform.a), abs(dataset.transform.e)
+    return float(x) if math.isclose(x, y, rel_tol=0.01) else None
+
+
+def check_pairs(
+    pairs: Sequence[tuple[Path, Path]], encoding: LabelEncoding, num_bands: int, crop: int
+) -> list[LabelledRaster]:
+    """Open and check every pair before any training (one-line errors naming the file), counting classes."""
+    if encoding.num_classes is None:
+        raise ValueError("training needs the number of classes")
+    checked = []
+    for image_path, label_path in pairs:
+        with _open(image_path) as image, _open(label_path) as label:
+            if (image.width, image.height) != (label.width, label.height):
+                raise InputError(
+                    f"{label_path}: is {label.width}×{label.height} pixels but its image {image_path.name} "
+                    f"is {image.width}×{image.height}; a label must cover its image pixel for pixel"
+                )
+            if image.count != num_bands:
+                raise InputError(
+                    f"{image_path}: has {image.count} bands but the model takes {num_bands}; "
+                    "give a card whose bands match the imagery"
+                )
+            if min(image.width, image.height) < crop:
+                raise InputError(
+                    f"{image_path}: is {image.width}×{image.height} pixels, smaller than the {crop}-pixel "
+                    "crop; pass a smaller --crop or leave this image out"
+                )
+            pair_encoding = LabelEncoding(
+                num_classes=encoding.num_classes,
+                colors=encoding.colors,
+                ignore_index=encoding.ignore_index,
+                offset=encoding.offset,
+                nodata=label.nodata,
+            )
+            keep = image.width * image.height <= CACHE_PIXELS
+            counts = np.zeros(encoding.num_classes + 1, dtype=np.int64)
+            decoded = np.empty((label.height, label.width), dtype=np.uint8) if keep else None
+            for window in _blocks(label.height, label.width, SCAN_BLOCK):
+                block = decode_labels(label.read(window=window), pair_encoding, str(label_path))
+                values = np.where(block == IGNORE, encoding.num_classes, block)
+                counts += np.bincount(values.ravel(), minlength=encoding.num_classes + 1)
+                if decoded is not None:
+                    r, c = int(window.row_off), int(window.col_off)
+                    decoded[r : r + block.shape[0], c : c + block.shape[1]] = block
+            if counts[:-1].sum() == 0:
+                raise InputError(f"{label_path}: every pixel is ignored; check --label-offset/--ignore-index")
+            checked.append(
+                LabelledRaster(
+                    image=image_path,
+                    label=label_path,
+                    width=image.width,
+                    height=image.height,
+                    bands=image.count,
+                    class_pixels=counts[:-1],
+                    gsd=_gsd(image),
+                    encoding=pair_encoding,
+                    image_data=image.read() if keep else None,
+                    label_data=decoded,
+                )
+            )
+    return checked
+
+
+def _blocks(height: int, width: int, size: int) -> Iterator:
+    from rasterio.windows import Window
+
+    for row in range(0, height, size):
+        for col in range(0, width, size):
+            yield Window(col, row, min(size, width - col), min(size, height - row))
+
+
+# --- random crops -----------------------------------------------------------------------------------
+
+
+class CropSampler:
+    """Random square crops with scale jitter, 90° rotations and flips (the D4 group), drawn area-weighted.
+
+    A crop reads a window of ``crop / s`` pixels for a scale ``s`` drawn log-uniformly from ``scales``
+    (clamped to the raster) and resizes it to ``crop``: bilinear for the image, nearest for the labels.
+    All randomness comes from ``rng``, so a saved generator state resumes the same sequence.
+    """
+
+    def __init__(
+        self,
+        rasters: Sequence[LabelledRaster],
+        crop: int,
+        rng: np.random.Generator,
+        scales: tuple[float, float] = (0.5, 1.5),
+    ) -> None:
+        self.rasters = list(rasters)
+        self.crop = crop
+        self.rng = rng
+        self.scales = scales
+        weights = np.array([r.pixels for r in self.rasters], dtype=np.float64)
+        self.weights = weights / weights.sum()
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(images float32 B×C×crop×crop in stored units, labels int64 B×crop×crop with IGNORE)``."""
+        images, labels = zip(*(self._one() for _ in range(batch_size)), strict=True)
+        return torch.stack(images), torch.stack(labels)
+
+    def _one(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raster = self.rasters[int(self.rng.choice(len(self.rasters), p=self.weights))]
+        lo, hi = np.log(self.scales[0]), np.log(self.scales[1])
+        scale = float(np.exp(self.rng.uniform(lo, hi)))
+        side = min(round(self.crop / scale), raster.width, raster.height)
+        row = int(self.rng.integers(0, raster.height - side + 1))
+        col = int(self.rng.integers(0, raster.width - side + 1))
+        image, label = raster.read(row, col, side)
+        image_t = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32)
+        label_t = torch.from_numpy(np.ascontiguousarray(label)).to(torch.int64)
+        if side != self.crop:
+            image_t = F.interpolate(
+                image_t[None],
+                size=(self.crop, self.crop),
+                mode="bilinear",
+                align_corners=False,
+                antialias=True,
+            )[0]
+            label_t = F.interpolate(label_t[None, None].float(), size=(self.crop, self.crop), mode="nearest")[
+                0, 0
+            ]
+            label_t = label_t.to(torch.int64)
+        turns = int(self.rng.integers(0, 4))
+        if turns:
+            image_t = torch.rot90(image_t, turns, dims=(1, 2))
+            label_t = torch.rot90(label_t, turns, dims=(0, 1))
+        if self.rng.random() < 0.5:
+            image_t = torch.flip(image_t, dims=(2,))
+            label_t = torch.flip(label_t, dims=(1,))
+        return image_t.contiguous(), label_t.contiguous()
+
+
+def tile_starts(length: int, tile: int) -> list[tuple[int, int]]:
+    """Tile origins covering ``0..length`` with the last tile pulled back inside, and where each tile's own
+    (not yet covered) pixels begin relative to its origin."""
+    starts = list(range(0, max(length - tile, 0) + 1, tile))
+    if starts[-1] + tile < length:
+        starts.append(length - tile)
+    result = []
+    covered = 0
+    for start in starts:
+        result.append((start, covered - start))
+        covered = start + tile
+    return result

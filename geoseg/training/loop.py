@@ -1,0 +1,530 @@
+"""Training MANet on labelled rasters: AdamW, soft cross-entropy + Dice, validation after every epoch.
+
+An *epoch* is as many steps as it takes to draw about as many crop pixels as the training rasters hold.
+After each epoch the model is scored on the validation rasters (whole images, tiled, with
+:mod:`geoseg.metrics`) and written to the output when its mIoU improves (without validation rasters: after
+every epoch), atomically and with a complete card. A *state file* next to the output (``NAME.state.pt``:
+model, optimizer, step, random generators; plain tensors and strings, loaded with ``weights_only=True``)
+is refreshed at epoch ends (at most every ``state_every_s`` seconds, and always at the end), so an
+interrupted run continues with ``resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from geoseg.atomic import atomic_output, check_output_path
+from geoseg.device import autocast_dtype, resolve_device
+from geoseg.errors import CheckpointError, ConfigurationError, InputError
+from geoseg.labels import IGNORE, LabelEncoding
+from geoseg.metrics import confusion_matrix, scores_from_confusion
+from geoseg.model.card import ModelCard
+from geoseg.model.normalize import normalize
+from geoseg.training.dataset import (
+    CropSampler,
+    LabelledRaster,
+    check_pairs,
+    expand_paths,
+    pair_files,
+    tile_starts,
+)
+from geoseg.training.losses import segmentation_loss
+
+ENCODER_PREFIXES = ("firstconv", "firstbn", "encoder")
+STATE_FORMAT = 1
+DEFAULT_EPOCHS = 50
+LOSS_NAME = "soft cross-entropy (label smoothing 0.05) + Dice"
+
+
+@dataclass
+class TrainingConfig:
+    """Hyper-parameters; defaults follow the authors' setup (AdamW 6e-4, encoder ×0.1, weight decay 0.01)."""
+
+    crop: int = 512
+    batch_size: int = 8
+    epochs: int | None = None  # default DEFAULT_EPOCHS when steps is None too
+    steps: int | None = None
+    lr: float = 6e-4
+    encoder_lr_factor: float = 0.1
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.05
+    scales: tuple[float, float] = (0.5, 1.5)
+    warmup_steps: int | None = None  # default: 5 % of the steps, at most 100
+    label_offset: int = 0
+    ignore_index: int | None = None  # default: the card's
+    val_fraction: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    half: bool = False  # store the checkpoint's weights as float16
+    state_every_s: float = 60.0
+
+    def check(self) -> None:
+        if self.crop < 32 or self.crop % 32:
+            raise ConfigurationError(
+                f"--crop must be a positive multiple of 32 (MANet's stride), got {self.crop}"
+            )
+        if self.batch_size < 1:
+            raise ConfigurationError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.epochs is not None and self.steps is not None:
+            raise ConfigurationError("give either --epochs or --steps, not both")
+        for name in ("epochs", "steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigurationError(f"--{name} must be at least 1, got {value}")
+        if not self.lr > 0:
+            raise ConfigurationError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigurationError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+        lo, hi = self.scales
+        if not 0 < lo <= hi:
+            raise ConfigurationError(f"scale range must be 0 < low <= high, got {self.scales}")
+
+
+@dataclass(frozen=True)
+class TrainingProgress:
+    """What the loop reports to its callback after every step (phase "train") and validation ("validate")."""
+
+    phase: str
+    step: int
+    total_steps: int
+    epoch: int
+    loss: float
+    lr: float
+    validation: dict[str, Any] | None = None
+    saved: bool = False
+
+
+@dataclass
+class TrainingResult:
+    output: Path
+    state: Path
+    steps: int
+    losses: list[float]
+    validation: dict[str, Any] | None
+    card: ModelCard
+    seconds: float
+    pairs: int
+    validation_pairs: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[TrainingProgress], None]
+
+
+def state_path_for(output: str | os.PathLike) -> Path:
+    """Where the resumable state of a run writing ``output`` lives: ``NAME.state.pt`` beside it."""
+    output = Path(output)
+    return output.with_name(output.stem + ".state.pt")
+
+
+# --- the entry point ----------------------------------------------------------------------------------
+
+
+def train(
+    images: Sequence[str | os.PathLike],
+    labels: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    card: ModelCard,
+    backbone: str = "resnet50",
+    val_images: Sequence[str | os.PathLike] = (),
+    val_labels: Sequence[str | os.PathLike] = (),
+    config: TrainingConfig | None = None,
+    resume: str | os.PathLike | None = None,
+    init: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    progress: ProgressCallback | None = None,
+) -> TrainingResult:
+    """Train MANet on image/label rasters and write the best checkpoint (with its card) to ``output``.
+
+    ``card`` gives classes, colours, bands and normalisation (a preset's or the user's). Every input is
+    checked before the first step. ``resume`` continues from a state file; ``init`` starts from the weights
+    of another checkpoint (any geoseg or foreign MANet file, or a torchvision ResNet state dict for the
+    encoder), loading every tensor whose name and shape match.
+    """
+    config = config or TrainingConfig()
+    config.check()
+    output = Path(output)
+    state_path = state_path_for(output)
+    if resume is None:
+        check_output_path(output, overwrite)
+        check_output_path(state_path, overwrite)
+    else:
+        check_output_path(output, overwrite=True)
+    card = ModelCard.from_dict({**card.to_dict(), "backbone": backbone})
+    ignore_index = config.ignore_index if config.ignore_index is not None else card.ignore_index
+    encoding = LabelEncoding(
+        num_classes=card.num_classes,
+        colors=tuple(c.color for c in card.classes),
+        ignore_index=ignore_index,
+        offset=config.label_offset,
+    )
+    pairs, val_pairs = _split_pairs(images, labels, val_images, val_labels, config)
+    rasters = check_pairs(pairs, encoding, card.num_bands, config.crop)
+    val_rasters = check_pairs(val_pairs, encoding, card.num_bands, config.crop) if val_pairs else []
+    state = _load_state(resume, card) if resume is not None else None
+
+    device = resolve_device(config.device)
+    amp = autocast_dtype(config.precision, device)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    from geoseg.model.manet import build_manet
+
+    model = build_manet(card.num_classes, backbone, in_channels=card.num_bands)
+    init_note = initialise_from(model, init) if init is not None and state is None else None
+    model.to(device)
+    optimizer = _optimizer(model, config)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16 and device.type == "cuda")
+    steps_per_epoch = max(1, math.ceil(sum(r.pixels for r in rasters) / (config.crop**2 * config.batch_size)))
+    total = config.steps or (config.epochs or DEFAULT_EPOCHS) * steps_per_epoch
+    warmup = config.warmup_steps if config.warmup_steps is not None else min(100, total // 20)
+
+    step, best_score, best, history, out_card = 0, -math.inf, None, [], card
+    if state is not None:
+        step, best_score, best, history = _restore(state, model, optimizer, scaler, rng, device, resume)
+        if step >= total:
+            raise ConfigurationError(
+                f"{resume}: the run already made {step} steps; pass a larger --steps/--epochs to continue it"
+            )
+    sampler = CropSampler(rasters, config.crop, rng, config.scales)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    started, last_state_save = time.monotonic(), time.monotonic()
+    losses: list[float] = []
+    epoch_losses: list[float] = []
+    model.train()
+    while step < total:
+        factor = _lr_factor(step, total, warmup)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
+        batch, target = sampler.sample(config.batch_size)
+        x = normalize(batch.to(device, non_blocking=True), card.value_range, card.mean, card.std)
+        target = target.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(x)
+        loss = segmentation_loss(logits.float(), target, config.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        step += 1
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise ConfigurationError(
+                f"the loss became {value} at step {step}; try a lower --lr or --precision fp32"
+            )
+        losses.append(value)
+        epoch_losses.append(value)
+        epoch = math.ceil(step / steps_per_epoch)
+        lr_now = optimizer.param_groups[-1]["lr"]
+        if progress is not None:
+            progress(TrainingProgress("train", step, total, epoch, float(np.mean(epoch_losses)), lr_now))
+        if step % steps_per_epoch and step != total:
+            continue
+        # --- end of an epoch: validate, keep the best checkpoint, refresh the state file ---
+        metrics = None
+        if val_rasters:
+            metrics = validate(model, val_rasters, card, config.crop, config.batch_size, device, amp)
+            metrics.update(step=step, epoch=epoch)
+            model.train()
+        score = metrics["mean_iou"] if metrics else float(step)
+        score = -1.0 if score is None else score
+        saved = score > best_score
+        history.append(
+            {"step": step, "epoch": epoch, "loss": float(np.mean(epoch_losses)), "validation": metrics}
+        )
+        if saved:
+            best_score, best = score, metrics
+            elapsed = time.monotonic() - started
+            out_card = _trained_card(
+                card, config, rasters, val_rasters, step, epoch, best, elapsed, init_note, device
+            )
+            from geoseg.model.checkpoint import save_checkpoint
+
+            save_checkpoint(model, out_card, output, half=config.half, overwrite=True)
+        if progress is not None:
+            progress(
+                TrainingProgress(
+                    "validate", step, total, epoch, float(np.mean(epoch_losses)), lr_now, metrics, saved
+                )
+            )
+        epoch_losses = []
+        if step == total or time.monotonic() - last_state_save >= config.state_every_s:
+            _save_state(state_path, model, optimizer, scaler, rng, step, best_score, best, history, card)
+            last_state_save = time.monotonic()
+    return TrainingResult(
+        output=output,
+        state=state_path,
+        steps=step,
+        losses=losses,
+        validation=best,
+        card=out_card,
+        seconds=time.monotonic() - started,
+        pairs=len(rasters),
+        validation_pairs=len(val_rasters),
+        history=history,
+    )
+
+
+# --- pieces -------------------------------------------------------------------------------------------
+
+
+def _split_pairs(images, labels, val_images, val_labels, config: TrainingConfig):
+    pairs = pair_files(expand_paths(images, "image"), expand_paths(labels, "label"))
+    if bool(val_images) != bool(val_labels):
+        raise ConfigurationError("give both --val-images and --val-labels, or neither")
+    if val_images:
+        if config.val_fraction:
+            raise ConfigurationError("give either --val-images/--val-labels or --val-fraction, not both")
+        val_pairs = pair_files(
+            expand_paths(val_images, "validation image"), expand_paths(val_labels, "label")
+        )
+        overlap = {p[0] for p in pairs} & {p[0] for p in val_pairs}
+        if overlap:
+            raise InputError(f"{sorted(overlap)[0]}: is both a training and a validation image")
+        return pairs, val_pairs
+    if config.val_fraction:
+        if len(pairs) < 2:
+            raise ConfigurationError(
+                "--val-fraction holds out whole images but only one pair was given; "
+                "pass --val-images/--val-labels or more pairs"
+            )
+        count = min(len(pairs) - 1, max(1, round(config.val_fraction * len(pairs))))
+        chosen = set(
+            np.random.default_rng(config.seed).choice(len(pairs), size=count, replace=False).tolist()
+        )
+        return [p for i, p in enumerate(pairs) if i not in chosen], [
+            p for i, p in enumerate(pairs) if i in chosen
+        ]
+    return pairs, []
+
+
+def _optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW with the encoder (pre-trained part in the authors' setup) at a tenth of the learning rate."""
+    encoder, rest = [], []
+    for name, parameter in model.named_parameters():
+        (encoder if name.startswith(ENCODER_PREFIXES) else rest).append(parameter)
+    groups = [
+        {"params": encoder, "lr": config.lr * config.encoder_lr_factor},
+        {"params": rest, "lr": config.lr},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to zero; a pure function of the step, so resuming needs no state."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.inference_mode()
+def validate(
+    model: torch.nn.Module,
+    rasters: Sequence[LabelledRaster],
+    card: ModelCard,
+    tile: int,
+    batch_size: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+) -> dict[str, Any]:
+    """Scores of the model on whole validation rasters, tiled without overlap (edge tiles pulled inside)."""
+    model.eval()
+    k = card.num_classes
+    confusion = np.zeros((k, k), dtype=np.int64)
+    for raster in rasters:
+        jobs = [
+            (r, c, dr, dc)
+            for r, dr in tile_starts(raster.height, tile)
+            for c, dc in tile_starts(raster.width, tile)
+        ]
+        for first in range(0, len(jobs), batch_size):
+            chunk = jobs[first : first + batch_size]
+            reads = [raster.read(r, c, tile) for r, c, _, _ in chunk]
+            batch = torch.from_numpy(np.stack([image for image, _ in reads])).to(device)
+            x = normalize(batch, card.value_range, card.mean, card.std)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                predicted = model(x).argmax(dim=1).to(torch.uint8).cpu().numpy()
+            for (_, _, dr, dc), (_, labels), pred in zip(chunk, reads, predicted, strict=True):
+                truth = labels[dr:, dc:]
+                guess = pred[dr:, dc:]
+                valid = truth != IGNORE
+                confusion += confusion_matrix(truth[valid], guess[valid], k)
+    scores = scores_from_confusion(confusion)
+    return {
+        "overall_accuracy": _finite(scores.overall_accuracy),
+        "mean_f1": _finite(scores.mean_f1),
+        "mean_iou": _finite(scores.mean_iou),
+        "per_class_iou": {name: _finite(v) for name, v in zip(card.class_names, scores.iou, strict=True)},
+        "per_class_f1": {name: _finite(v) for name, v in zip(card.class_names, scores.f1, strict=True)},
+        "pixels": int(confusion.sum()),
+    }
+
+
+def _finite(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def _trained_card(
+    card: ModelCard,
+    config: TrainingConfig,
+    rasters: Sequence[LabelledRaster],
+    val_rasters: Sequence[LabelledRaster],
+    step: int,
+    epoch: int,
+    metrics: dict[str, Any] | None,
+    seconds: float,
+    init_note: str | None,
+    device: torch.device,
+) -> ModelCard:
+    from geoseg import __version__
+
+    gsds = {round(r.gsd, 6) for r in rasters if r.gsd is not None}
+    gsd = gsds.pop() if len(gsds) == 1 and all(r.gsd is not None for r in rasters) else card.gsd
+    class_pixels = np.sum([r.class_pixels for r in rasters], axis=0)
+    training = {
+        "trainer": f"geoseg {__version__} train",
+        "steps": step,
+        "epochs": epoch,
+        "crop": config.crop,
+        "batch_size": config.batch_size,
+        "optimizer": f"AdamW (lr {config.lr:g}, encoder lr {config.lr * config.encoder_lr_factor:g}, "
+        f"weight decay {config.weight_decay:g}), linear warm-up then cosine decay",
+        "loss": LOSS_NAME,
+        "augmentation": f"crops at scale {config.scales[0]:g}-{config.scales[1]:g}, 90° rotations, flips",
+        "label_offset": config.label_offset,
+        "seed": config.seed,
+        "initial_weights": init_note or "random (no pre-trained encoder)",
+        "images": [r.image.name for r in rasters],
+        "validation_images": [r.image.name for r in val_rasters],
+        "class_pixels": {name: int(n) for name, n in zip(card.class_names, class_pixels, strict=True)},
+        "device": device.type,
+        "precision": config.precision,
+        "seconds": round(seconds, 1),
+    }
+    accuracy = {"validation": {**metrics, "images": training["validation_images"]}} if metrics else {}
+    values = card.to_dict()
+    values.update(
+        gsd=gsd,
+        training=training,
+        accuracy=accuracy,
+        description=card.description
+        or f"MANet ({card.backbone}) trained with geoseg on {len(rasters)} labelled image(s)",
+    )
+    return ModelCard.from_dict(values)
+
+
+# --- initial weights ----------------------------------------------------------------------------------
+
+_TORCHVISION_NAMES = (
+    (re.compile(r"^conv1\."), "firstconv."),
+    (re.compile(r"^bn1\."), "firstbn."),
+    (re.compile(r"^layer([1-4])\."), r"encoder\1."),
+)
+
+
+def initialise_from(model: torch.nn.Module, path: str | os.PathLike) -> str:
+    """Copy every tensor of ``path`` whose name and shape match into ``model`` (fine-tuning, or an ImageNet
+    ResNet for the encoder); a file with nothing in common is an error. Returns a note for the card."""
+    from geoseg.model.checkpoint import read_state_dict
+
+    path = Path(path)
+    state, _ = read_state_dict(path)
+    own = model.state_dict()
+    matched = {}
+    for key, tensor in state.items():
+        name = key
+        for pattern, replacement in _TORCHVISION_NAMES:
+            name = pattern.sub(replacement, name)
+        if name in own and tuple(own[name].shape) == tuple(tensor.shape):
+            matched[name] = tensor.to(own[name].dtype)
+    if not matched:
+        raise CheckpointError(f"{path}: no tensor matches MANet ({model.backbone_name}) by name and shape")
+    model.load_state_dict(matched, strict=False)
+    return f"{path.name} ({len(matched)} of {len(own)} tensors)"
+
+
+# --- state file ---------------------------------------------------------------------------------------
+
+
+def _signature(card: ModelCard) -> dict[str, Any]:
+    return {"backbone": card.backbone, "classes": card.class_names, "bands": card.bands}
+
+
+def _save_state(path, model, optimizer, scaler, rng, step, best_score, best, history, card) -> None:
+    payload = {
+        "format": STATE_FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "step": step,
+        "best_score": float(best_score),
+        "best": json.dumps(best),
+        "history": json.dumps(history),
+        "signature": json.dumps(_signature(card)),
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "torch_rng": torch.get_rng_state(),
+    }
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(payload, tmp)
+
+
+def _load_state(path: str | os.PathLike, card: ModelCard) -> dict[str, Any]:
+    import pickle
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: state file not found (it is written beside the output as NAME.state.pt)"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointError(f"{path}: refused: not a plain geoseg training state") from error
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(
+            f"{path}: corrupt or truncated training state ({str(error).splitlines()[0]})"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a geoseg training state (format {STATE_FORMAT})")
+    saved = json.loads(state["signature"])
+    wanted = _signature(card)
+    for key in wanted:
+        if saved.get(key) != wanted[key]:
+            raise ConfigurationError(
+                f"{path}: the interrupted run had {key} {saved.get(key)} but this one has {wanted[key]}; "
+                "resume with the same options"
+            )
+    return state
+
+
+def _restore(state, model, optimizer, scaler, rng, device, path) -> tuple[int, float, Any, list]:
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"{path}: the state does not fit this model ({str(error).splitlines()[0]})"
+        ) from error
+    model.to(device)
+    rng.bit_generator.state = json.loads(state["numpy_rng"])
+    torch.set_rng_state(state["torch_rng"])
+    return (
+        int(state["step"]),
+        float(state["best_score"]),
+        json.loads(state["best"]),
+        json.loads(state["history"]),
+    )
