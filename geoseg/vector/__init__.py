@@ -1,0 +1,1 @@
+"""Class rasters to polygons: blockwise sieve, polygonizing, seam merge, coverage simplification, outputs."""

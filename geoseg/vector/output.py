@@ -1,0 +1,193 @@
+"""Writing polygons in batches to the format the output suffix names, atomically.
+
+GeoPackage is written directly, batch by batch, each batch inside one transaction (pyogrio's raw writer
+with ``append``). FlatGeobuf cannot be appended to and GeoJSON appends by rewriting, so those and
+Shapefile are first staged in a hidden GeoPackage and then streamed into the final format by GDAL
+(``open_arrow`` -> ``write_arrow``), which never holds the whole layer in memory. GeoParquet is written
+with pyarrow (pyogrio's wheels carry no Parquet driver), one row group per batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from geoseg.atomic import atomic_output, remove_quietly, temporary_sibling
+from geoseg.errors import OutputError
+
+DRIVERS = {
+    ".gpkg": "GPKG",
+    ".fgb": "FlatGeobuf",
+    ".geojson": "GeoJSON",
+    ".parquet": "Parquet",
+    ".shp": "ESRI Shapefile",
+}
+SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
+SHAPEFILE_STALE = (".qix", ".sbn", ".sbx", ".qmd")
+FIELDS = ("class_id", "class_name", "area_m2")
+
+
+def output_driver(path: str | os.PathLike) -> str:
+    """The OGR driver (or "Parquet") that the suffix of ``path`` names; an OutputError for anything else."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in DRIVERS:
+        known = ", ".join(DRIVERS)
+        raise OutputError(f"{path}: unknown output format {suffix or '(no suffix)'!r}; use one of {known}")
+    if DRIVERS[suffix] == "Parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise OutputError(
+                f"{path}: writing GeoParquet needs pyarrow (pip install pyarrow); or write .gpkg or .fgb"
+            ) from None
+    return DRIVERS[suffix]
+
+
+@contextlib.contextmanager
+def atomic_vector_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """``atomic_output`` that also moves (or on failure removes) a shapefile's side-car files."""
+    final = Path(path)
+    with atomic_output(final, overwrite) as tmp:
+        try:
+            yield tmp
+            if final.suffix.lower() == ".shp":
+                for ext in SHAPEFILE_STALE:
+                    with contextlib.suppress(FileNotFoundError):
+                        final.with_suffix(ext).unlink()
+                for ext in SHAPEFILE_SIDECARS:
+                    if tmp.with_suffix(ext).exists():
+                        os.replace(tmp.with_suffix(ext), final.with_suffix(ext))
+        except BaseException:
+            for ext in SHAPEFILE_SIDECARS:
+                remove_quietly(tmp.with_suffix(ext))
+            raise
+
+
+class FeatureWriter:
+    """Appends batches of (WKB polygon, class id, class name, area) to one layer; ``finish`` completes it."""
+
+    def __init__(
+        self,
+        path: Path,
+        driver: str,
+        *,
+        layer: str,
+        crs_wkt: str | None,
+        projjson: dict | None,
+        geometry_type: str,
+        wide_ids: bool,
+        rfc7946: bool = False,
+    ) -> None:
+        self.path = path
+        self.driver = driver
+        self.layer = layer
+        self.crs_wkt = crs_wkt
+        self.projjson = projjson
+        self.geometry_type = geometry_type
+        self.id_dtype = np.int64 if wide_ids else np.int32
+        self.rfc7946 = rfc7946
+        self.started = False
+        self._parquet = None
+        staged = driver not in ("GPKG", "Parquet")
+        self.target = temporary_sibling(path.with_suffix(".gpkg")) if staged else path
+
+    def write(
+        self, wkb: np.ndarray, class_ids: np.ndarray, class_names: np.ndarray, areas: np.ndarray
+    ) -> None:
+        columns = [class_ids.astype(self.id_dtype), class_names.astype(object), areas.astype(np.float64)]
+        if self.driver == "Parquet":
+            self._write_parquet(wkb, columns)
+        else:
+            from pyogrio import raw
+
+            raw.write(
+                str(self.target),
+                wkb,
+                columns,
+                list(FIELDS),
+                layer=self.layer,
+                driver="GPKG",
+                geometry_type=self.geometry_type,
+                crs=self.crs_wkt,
+                append=self.started,
+            )
+        self.started = True
+
+    def _write_parquet(self, wkb: np.ndarray, columns: list[np.ndarray]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._parquet is None:
+            geo = {
+                "version": "1.1.0",
+                "primary_column": "geometry",
+                "columns": {
+                    "geometry": {
+                        "encoding": "WKB",
+                        "geometry_types": [self.geometry_type],
+                        "crs": self.projjson,
+                    }
+                },
+            }
+            id_type = pa.int64() if self.id_dtype == np.int64 else pa.int32()
+            schema = pa.schema(
+                [
+                    (FIELDS[0], id_type),
+                    (FIELDS[1], pa.string()),
+                    (FIELDS[2], pa.float64()),
+                    ("geometry", pa.binary()),
+                ],
+                metadata={b"geo": json.dumps(geo).encode()},
+            )
+            self._parquet = pq.ParquetWriter(str(self.target), schema)
+        table = pa.Table.from_arrays(
+            [
+                pa.array(columns[0]),
+                pa.array(columns[1], pa.string()),
+                pa.array(columns[2]),
+                pa.array(wkb, pa.binary()),
+            ],
+            schema=self._parquet.schema,
+        )
+        self._parquet.write_table(table)
+
+    def finish(self) -> None:
+        """Close the layer; for staged formats, stream the staging GeoPackage into the final file."""
+        if not self.started:
+            self.write(np.empty(0, object), np.empty(0, np.int64), np.empty(0, object), np.empty(0))
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet = None
+        if self.target == self.path:
+            return
+        from pyogrio import raw
+
+        options = {"RFC7946": "YES"} if self.rfc7946 else None
+        with raw.open_arrow(str(self.target)) as (meta, stream):
+            raw.write_arrow(
+                stream,
+                str(self.path),
+                layer=self.layer,
+                driver=self.driver,
+                geometry_name=meta["geometry_name"] or "wkb_geometry",
+                geometry_type=self.geometry_type,
+                crs=meta["crs"],
+                layer_options=options,
+            )
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove what this writer left besides its final path (the staging file, an open Parquet writer)."""
+        if self._parquet is not None:
+            with contextlib.suppress(Exception):
+                self._parquet.close()
+            self._parquet = None
+        if self.target != self.path:
+            remove_quietly(self.target)
+            for extra in ("-journal", "-wal", "-shm"):
+                remove_quietly(self.target.with_name(self.target.name + extra))
