@@ -1,0 +1,184 @@
+"""``geoseg predict``: class rasters from orthophotos of any size, aligned pixel for pixel with the input."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from geoseg.cli.options import (
+    IntListType,
+    card_option,
+    device_option,
+    emit_json,
+    json_option,
+    overwrite_option,
+    precision_option,
+    preset_option,
+    progress_reporter,
+    quiet_option,
+)
+
+
+class ScaleType(click.ParamType):
+    """``MIN,MAX`` (raw values mapped onto the model's 0..1 range) or ``auto`` (2-98 percentile stretch)."""
+
+    name = "MIN,MAX|auto"
+
+    def convert(self, value: Any, param, ctx) -> tuple[float, float] | str:
+        if isinstance(value, tuple) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            lo, hi = (float(v) for v in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not MIN,MAX (e.g. 0,4000) or auto", param, ctx)
+        if not hi > lo:
+            self.fail(f"{value!r}: MAX must be greater than MIN", param, ctx)
+        return lo, hi
+
+
+def _check_tile(ctx, param, value: int | None) -> int | None:
+    if value is not None and (value <= 0 or value % 32):
+        lower = max(32, value // 32 * 32)
+        raise click.BadParameter(
+            f"{value} is not a positive multiple of 32 (the network needs it); try {lower}"
+        )
+    return value
+
+
+@click.command(short_help="Segment orthophotos into class rasters.")
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    help="Class raster for one input; a folder for several (<stem>.classes.tif, <stem>.confidence.tif...).",
+)
+@click.option(
+    "-m",
+    "--model",
+    "model_path",
+    default=None,
+    help="Checkpoint (.safetensors, or a foreign .ckpt/.pth with --preset/--card). Default: the bundled one.",
+)
+@preset_option
+@card_option
+@click.option(
+    "--tile", type=int, default=None, callback=_check_tile, help="Tile size in px. Default: the card's."
+)
+@click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Overlap of neighbouring tiles. Default: the card's.",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch."
+)
+@device_option
+@precision_option
+@click.option(
+    "--tta",
+    type=click.Choice(["none", "flip", "d4"]),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: average over a horizontal flip, or all 8 flips and rotations.",
+)
+@click.option(
+    "--bands", type=IntListType(), default=None, help="Input bands in the model's order, e.g. 4,1,2."
+)
+@click.option(
+    "--scale",
+    type=ScaleType(),
+    default=None,
+    help="Raw value range for 16-bit or float imagery (e.g. 0,4000), or auto (2-98 percentile).",
+)
+@click.option("--confidence", is_flag=True, help="Also write the top class probability (uint8, 0-255).")
+@click.option(
+    "--probabilities", is_flag=True, help="Also write one uint8 band per class (probability x 255)."
+)
+@overwrite_option
+@click.option("--keep-going", is_flag=True, help="Carry on past a failing scene; exit code 1 at the end.")
+@json_option
+@quiet_option
+@click.pass_context
+def predict(
+    ctx: click.Context,
+    inputs: tuple[str, ...],
+    output: str,
+    model_path: str | None,
+    preset: str | None,
+    card_path: str | None,
+    tile: int | None,
+    overlap: int | None,
+    batch_size: int,
+    device: str,
+    precision: str,
+    tta: str,
+    bands: list[int] | None,
+    scale: tuple[float, float] | str | None,
+    confidence: bool,
+    probabilities: bool,
+    overwrite: bool,
+    keep_going: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Segment INPUT rasters (GeoTIFF or anything GDAL reads, /vsizip/ paths included) with a MANet
+    checkpoint. Outputs have the input's CRS, transform and size, nodata 255 where the input has no data,
+    colours and class names, overviews and a cloud-optimized layout. Scenes of any size run in bounded
+    memory; overlapping tiles are blended without seams.
+
+    \b
+    geoseg predict scene.tif -o classes.tif
+    geoseg predict scene.tif -o classes.tif -m model.safetensors --confidence
+    geoseg predict tiles/*.tif -o results/ --keep-going --json
+    geoseg predict landsat.tif -o classes.tif --scale auto --bands 4,3,2
+    """
+    from geoseg.inference.predict import iter_predict
+
+    if preset and card_path:
+        raise click.UsageError("give either --preset or --card, not both")
+    if tile is not None and overlap is not None and overlap >= tile:
+        raise click.BadParameter(f"{overlap} must be smaller than --tile {tile}", param_hint="'--overlap'")
+
+    callback, close = progress_reporter("predicting", quiet)
+    failures = 0
+    try:
+        for result in iter_predict(
+            list(inputs),
+            output,
+            model=model_path,
+            preset=preset,
+            card=card_path,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            tta=tta,
+            bands=bands,
+            scale=scale,
+            confidence=confidence,
+            probabilities=probabilities,
+            overwrite=overwrite,
+            keep_going=keep_going,
+            progress=callback,
+        ):
+            if result.error is not None:
+                failures += 1
+                click.echo(f"Error: {result.error}", err=True)
+            if as_json:
+                emit_json(result.to_dict())
+            elif result.error is None and not quiet:
+                click.echo(
+                    f"{result.input} -> {result.outputs['classes']} ({result.width}x{result.height} px, "
+                    f"{result.tiles} tiles, {result.seconds:.1f} s on {result.device})"
+                )
+    finally:
+        close()
+    if failures:
+        ctx.exit(1)

@@ -1,0 +1,1 @@
+"""Streaming sliding-window inference: tile grid, blending, the engine and the predict API."""

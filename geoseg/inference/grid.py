@@ -1,0 +1,146 @@
+"""One global tile grid over a scene, and the chunks that compute and finish it piece by piece.
+
+Tiles of size T start every S = T - overlap pixels; the last tile of each row and column is pulled back
+inside the scene, so no tile is ragged or padded with zeros (a scene smaller than a tile is one tile,
+reflect-padded by the reader). The output is cut into block-aligned chunks processed in row-major order. Each
+tile belongs to the chunk holding its top-left corner and is computed exactly once; its contributions
+beyond that chunk are carried to the chunk on the right (in memory) or the chunk row below (the frontier).
+A chunk's pixels are final once the chunk is done, because no later tile starts above or left of it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from geoseg.errors import ConfigurationError
+
+NETWORK_MULTIPLE = 32
+DEFAULT_CHUNK = 2048
+CHUNK_MULTIPLE = 512  # the output's block size: chunks write whole blocks, never a block twice
+
+
+def check_tiling(tile: int, overlap: int) -> None:
+    """Tile sizes the network accepts and overlaps that leave a positive stride."""
+    if tile <= 0 or tile % NETWORK_MULTIPLE:
+        lower = max(NETWORK_MULTIPLE, tile // NETWORK_MULTIPLE * NETWORK_MULTIPLE)
+        raise ConfigurationError(
+            f"tile size {tile} is not a positive multiple of {NETWORK_MULTIPLE} (the network needs it); "
+            f"use e.g. {lower} or {lower + NETWORK_MULTIPLE}"
+        )
+    if not 0 <= overlap < tile:
+        raise ConfigurationError(
+            f"overlap {overlap} must be at least 0 and smaller than the tile size {tile}"
+        )
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Start offsets along one axis: every ``stride`` px, the last one pulled back to end at ``size``."""
+    if size <= tile:
+        return [0]
+    return [*range(0, size - tile, stride), size - tile]
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One network input: its extent inside the scene (smaller than the tile size only for tiny scenes)."""
+
+    y: int
+    x: int
+    height: int
+    width: int
+    chunk: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A block-aligned piece of the output and the tiles it computes.
+
+    ``y0:y1, x0:x1`` are the output pixels finished by this chunk; the accumulator spans ``y0:ext_y1,
+    x0:ext_x1`` (the same for every chunk of a row or column), because the chunk's tiles reach further.
+    """
+
+    index: int
+    row: int
+    col: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    ext_y1: int
+    ext_x1: int
+    tiles: tuple[Tile, ...]
+
+    @property
+    def read_window(self) -> tuple[int, int, int, int]:
+        """(row_off, col_off, height, width) of the input covering all of this chunk's tiles."""
+        top = min(t.y for t in self.tiles)
+        left = min(t.x for t in self.tiles)
+        bottom = max(t.y + t.height for t in self.tiles)
+        right = max(t.x + t.width for t in self.tiles)
+        return top, left, bottom - top, right - left
+
+
+def _axis_chunks(starts: list[int], tile_extent: int, size: int, chunk: int):
+    """Per chunk along one axis: (begin, end, accumulator end, first tile index, tile index stop)."""
+    n = max(1, -(-size // chunk))
+    out = []
+    for i in range(n):
+        begin, end = i * chunk, min(size, (i + 1) * chunk)
+        first = bisect.bisect_left(starts, begin)
+        stop = bisect.bisect_left(starts, end)
+        reach = max((starts[t] + tile_extent for t in range(first, stop)), default=end)
+        out.append((begin, end, max(end, reach), first, stop))
+    return out
+
+
+class TileGrid:
+    """The tiles and chunks of one scene; chunks are generated lazily, so huge scenes cost nothing here."""
+
+    def __init__(self, height: int, width: int, tile: int, overlap: int, chunk_size: int = DEFAULT_CHUNK):
+        check_tiling(tile, overlap)
+        if height <= 0 or width <= 0:
+            raise ConfigurationError(f"scene size {width}x{height} is empty")
+        self.height, self.width = height, width
+        self.tile, self.overlap = tile, overlap
+        self.stride = tile - overlap
+        self.chunk_size = -(-max(chunk_size, tile) // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
+        self.ys = tile_starts(height, tile, self.stride)
+        self.xs = tile_starts(width, tile, self.stride)
+        self.tile_height, self.tile_width = min(tile, height), min(tile, width)
+        self._rows = _axis_chunks(self.ys, self.tile_height, height, self.chunk_size)
+        self._cols = _axis_chunks(self.xs, self.tile_width, width, self.chunk_size)
+
+    @property
+    def num_tiles(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def chunk_rows(self) -> int:
+        return len(self._rows)
+
+    @property
+    def chunk_cols(self) -> int:
+        return len(self._cols)
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_rows * self.chunk_cols
+
+    def chunk(self, row: int, col: int) -> Chunk:
+        y0, y1, ey1, r0, r1 = self._rows[row]
+        x0, x1, ex1, c0, c1 = self._cols[col]
+        index = row * self.chunk_cols + col
+        tiles = tuple(
+            Tile(self.ys[r], self.xs[c], self.tile_height, self.tile_width, index)
+            for r in range(r0, r1)
+            for c in range(c0, c1)
+        )
+        return Chunk(index, row, col, y0, y1, x0, x1, ey1, ex1, tiles)
+
+    def chunks(self) -> Iterator[Chunk]:
+        """All chunks in processing (row-major) order."""
+        for row in range(self.chunk_rows):
+            for col in range(self.chunk_cols):
+                yield self.chunk(row, col)

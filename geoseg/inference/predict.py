@@ -1,0 +1,256 @@
+"""``predict``: many scenes, one checkpoint, predictable output names; what ``geoseg predict`` calls.
+
+Every output is checked before any work starts (an existing file without ``overwrite`` fails at once, not
+after an hour of inference on the first scene), and every scene is planned (bands, scaling) before the first
+one runs.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePath
+
+import torch
+
+from geoseg.atomic import check_output_path
+from geoseg.device import resolve_device
+from geoseg.errors import ConfigurationError, GeosegError, OutputError
+from geoseg.inference.engine import (
+    OutputPaths,
+    PredictResult,
+    Progress,
+    ScenePlan,
+    plan_scene,
+    run_scene,
+)
+from geoseg.inference.grid import DEFAULT_CHUNK
+from geoseg.model.card import ModelCard
+from geoseg.raster.reading import Scale, is_gdal_path
+
+SUFFIXES = {"classes": ".classes.tif", "confidence": ".confidence.tif", "probabilities": ".probabilities.tif"}
+
+
+def prepare_outputs(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    confidence: bool = False,
+    probabilities: bool = False,
+    overwrite: bool = False,
+) -> list[OutputPaths]:
+    """Output names per input, checked before any work.
+
+    One input writes ``output`` itself (``<stem>.confidence.tif`` etc. beside it); several inputs, or an
+    existing folder as ``output``, write ``<stem>.classes.tif`` etc. into that folder, created if needed. An
+    existing output without ``overwrite``, an unwritable folder, two inputs with the same stem or an output
+    that would replace its input fail here.
+    """
+    inputs = [str(i) for i in inputs]
+    output_text = str(output)
+    output = Path(output)
+    into_folder = len(inputs) > 1 or output.is_dir() or output_text.endswith(("/", os.sep))
+    if into_folder and output.exists() and not output.is_dir():
+        raise OutputError(f"{output}: with several inputs, -o must be a folder (it is a file)")
+    plans = []
+    for source in inputs:
+        if into_folder:
+            folder, base = output, PurePath(source).stem
+            classes = folder / f"{base}{SUFFIXES['classes']}"
+        else:
+            folder, base, classes = output.parent, output.stem if output.suffix else output.name, output
+        plans.append(
+            OutputPaths(
+                classes,
+                folder / f"{base}{SUFFIXES['confidence']}" if confidence else None,
+                folder / f"{base}{SUFFIXES['probabilities']}" if probabilities else None,
+            )
+        )
+
+    seen: dict[Path, str] = {}
+    for source, paths in zip(inputs, plans, strict=True):
+        for _, path in paths.items():
+            if path in seen:
+                raise ConfigurationError(
+                    f"{seen[path]} and {source} would both write {path}; rename one or run them separately"
+                )
+            seen[path] = source
+            if not is_gdal_path(source) and path.exists() and path.resolve() == Path(source).resolve():
+                raise ConfigurationError(f"{source}: the output {path} would replace the input")
+
+    if into_folder and not output.exists():
+        parent = output.parent
+        if not parent.is_dir():
+            raise OutputError(f"{output}: cannot create the output folder, {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise OutputError(f"{output}: cannot create the output folder, {parent} is not writable")
+        output.mkdir()
+    for paths in plans:
+        for _, path in paths.items():
+            check_output_path(path, overwrite)
+    return plans
+
+
+def load_model(
+    model: str | os.PathLike | None, preset: str | None, card: ModelCard | str | os.PathLike | None
+) -> tuple[torch.nn.Module, ModelCard]:
+    """The checkpoint ``model`` (the bundled one when None) with its card, or one from ``preset``/``card``."""
+    from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
+
+    path = default_checkpoint_path() if model is None else Path(model)
+    return load_checkpoint(path, preset=preset, card=card)
+
+
+def iter_predict(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike | torch.nn.Module | None = None,
+    preset: str | None = None,
+    card: ModelCard | str | os.PathLike | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    tta: str = "none",
+    bands: list[int] | None = None,
+    scale: Scale = None,
+    confidence: bool = False,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    keep_going: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Progress | None = None,
+) -> Iterator[PredictResult]:
+    """Like :func:`predict`, yielding each scene's result as soon as it is written (for ``--json`` pipelines).
+
+    ``model`` may also be an in-memory network, then ``card`` must be a :class:`ModelCard`. With
+    ``keep_going`` a failing scene yields a result whose ``error`` holds the one-line message.
+    """
+    inputs = [str(i) for i in inputs]
+    if not inputs:
+        raise ConfigurationError("no input rasters given")
+    plans = prepare_outputs(
+        inputs, output, confidence=confidence, probabilities=probabilities, overwrite=overwrite
+    )
+    resolved = device if isinstance(device, torch.device) else resolve_device(device)
+    if isinstance(model, torch.nn.Module):
+        if not isinstance(card, ModelCard):
+            raise ConfigurationError("an in-memory model needs its ModelCard (card=...)")
+        network, model_card = model, card
+    else:
+        network, model_card = load_model(model, preset, card)
+
+    scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError]] = []
+    for source, paths in zip(inputs, plans, strict=True):
+        try:
+            plan = plan_scene(
+                model_card,
+                source,
+                tile=tile,
+                overlap=overlap,
+                bands=bands,
+                scale=scale,
+                chunk_size=chunk_size,
+            )
+        except GeosegError as error:
+            if not keep_going:
+                raise
+            plan = error
+        scenes.append((source, paths, plan))
+
+    total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))
+    done_before = 0
+    for source, paths, plan in scenes:
+        if isinstance(plan, GeosegError):
+            yield _failure(source, resolved, plan)
+            continue
+        scene_progress = None
+        if progress is not None:
+
+            def scene_progress(done: int, _total: int, offset: int = done_before) -> None:
+                progress(offset + done, total)
+
+        try:
+            yield run_scene(
+                network,
+                model_card,
+                plan,
+                paths,
+                batch_size=batch_size,
+                device=resolved,
+                precision=precision,
+                tta=tta,
+                overwrite=overwrite,
+                progress=scene_progress,
+            )
+        except Exception as error:
+            if not keep_going:
+                raise
+            yield _failure(source, resolved, error)
+        done_before += plan.grid.num_tiles
+
+
+def predict(
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    model: str | os.PathLike | torch.nn.Module | None = None,
+    preset: str | None = None,
+    card: ModelCard | str | os.PathLike | None = None,
+    tile: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    tta: str = "none",
+    bands: list[int] | None = None,
+    scale: Scale = None,
+    confidence: bool = False,
+    probabilities: bool = False,
+    overwrite: bool = False,
+    keep_going: bool = False,
+    chunk_size: int = DEFAULT_CHUNK,
+    progress: Progress | None = None,
+) -> list[PredictResult]:
+    """Segment GeoTIFFs (or anything GDAL reads) into class rasters aligned pixel for pixel with the inputs.
+
+    One input writes the file ``output``; several write ``<stem>.classes.tif`` (and ``.confidence.tif``,
+    ``.probabilities.tif``) into the folder ``output``. ``model`` is a checkpoint path (None: the bundled
+    one); ``preset``/``card`` describe a foreign checkpoint. Tile size and overlap default to the card's.
+    ``scale`` is ``(min, max)`` of the raw values or ``"auto"`` (2-98 percentile). ``progress(done, total)``
+    counts tiles over all scenes.
+    """
+    return list(
+        iter_predict(
+            inputs,
+            output,
+            model=model,
+            preset=preset,
+            card=card,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            tta=tta,
+            bands=bands,
+            scale=scale,
+            confidence=confidence,
+            probabilities=probabilities,
+            overwrite=overwrite,
+            keep_going=keep_going,
+            chunk_size=chunk_size,
+            progress=progress,
+        )
+    )
+
+
+def _failure(source: str, device: torch.device, error: BaseException) -> PredictResult:
+    message = " ".join(str(error).split())
+    if not isinstance(error, GeosegError):
+        message = f"{source}: {type(error).__name__}: {message}"
+    return PredictResult(
+        input=source, outputs={}, width=0, height=0, tiles=0, seconds=0.0, device=str(device), error=message
+    )

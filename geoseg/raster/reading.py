@@ -1,0 +1,263 @@
+"""Reading imagery the way a model expects it: chosen bands, a value range, and GDAL's validity mask.
+
+Shared by inference and training, so both see the same bands, scaling and valid pixels. Nothing here
+holds a scene in memory: everything reads windows (or a bounded sample of them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.windows import Window
+
+from geoseg.errors import InputError
+
+Scale = tuple[float, float] | Literal["auto"] | None
+
+EIGHT_BIT_RANGE = (0.0, 255.0)
+
+# Band names as people write them in cards and band descriptions -> one canonical name.
+_BAND_ALIASES = {
+    "r": "red",
+    "g": "green",
+    "b": "blue",
+    "ir": "nir",
+    "nir": "nir",
+    "infrared": "nir",
+    "near-infrared": "nir",
+    "near infrared": "nir",
+    "near_infrared": "nir",
+    "nearinfrared": "nir",
+    "re": "rededge",
+    "red edge": "rededge",
+    "red-edge": "rededge",
+}
+# Colour interpretations that say nothing about what a band holds.
+_UNNAMED_INTERPS = {ColorInterp.undefined, ColorInterp.gray, ColorInterp.palette, ColorInterp.alpha}
+
+
+def is_gdal_path(path: str | os.PathLike) -> bool:
+    """GDAL virtual paths and URLs (``/vsizip/...``, ``s3://...``) that only GDAL can check."""
+    text = str(path)
+    return text.startswith("/vsi") or "://" in text
+
+
+def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
+    """Open a raster for reading, turning GDAL's failures into one-line :class:`InputError` messages."""
+    text = str(path)
+    if not is_gdal_path(text):
+        if not Path(text).exists():
+            raise InputError(f"{text}: file not found")
+        if Path(text).is_dir():
+            raise InputError(f"{text}: is a folder, expected a raster file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(text)
+    except RasterioError as error:
+        message = " ".join(str(error).split())
+        raise InputError(f"{text}: not a raster GDAL can read ({message})") from error
+
+
+def canonical_band_name(name: str) -> str:
+    """Lower-case name with aliases folded (``NIR``, ``near-infrared`` -> ``nir``; ``R`` -> ``red``)."""
+    key = " ".join(name.strip().lower().split())
+    return _BAND_ALIASES.get(key, key)
+
+
+def data_band_indexes(dataset) -> list[int]:
+    """1-based indexes of the bands holding data (alpha bands excluded: they are masks)."""
+    return [i for i, ci in zip(dataset.indexes, dataset.colorinterp, strict=True) if ci != ColorInterp.alpha]
+
+
+def band_names(dataset) -> list[str | None]:
+    """What each band holds, from its description or else its colour interpretation; None when unknown."""
+    names: list[str | None] = []
+    for description, interp in zip(dataset.descriptions, dataset.colorinterp, strict=True):
+        if description and description.strip():
+            names.append(canonical_band_name(description))
+        elif interp not in _UNNAMED_INTERPS:
+            names.append(canonical_band_name(interp.name))
+        else:
+            names.append(None)
+    return names
+
+
+def select_bands(
+    dataset, expected: Sequence[str], bands: Sequence[int] | None = None, path: str | None = None
+) -> list[int]:
+    """The 1-based band indexes to feed a model expecting ``expected`` bands (names such as red,green,nir).
+
+    ``bands`` (from ``--bands``) wins when given. Otherwise bands are matched by name (description or colour
+    interpretation); unnamed rasters with exactly as many data bands as expected use them in order. Anything
+    else is an error asking for ``--bands``, because a silent wrong guess (RGB fed to an IRRG model) gives
+    plausible-looking nonsense.
+    """
+    path = path or dataset.name
+    wanted = [canonical_band_name(b) for b in expected]
+    listing = ",".join(expected)
+    if bands is not None:
+        bands = [int(b) for b in bands]
+        if len(bands) != len(wanted):
+            raise InputError(
+                f"{path}: --bands lists {len(bands)} band(s) but the model expects {len(wanted)} ({listing})"
+            )
+        bad = [b for b in bands if not 1 <= b <= dataset.count]
+        if bad:
+            raise InputError(
+                f"{path}: --bands {','.join(map(str, bad))} out of range; "
+                f"the raster has bands 1..{dataset.count}"
+            )
+        return bands
+
+    names = band_names(dataset)
+    data = data_band_indexes(dataset)
+    by_name: dict[str, list[int]] = {}
+    for index, name in zip(dataset.indexes, names, strict=True):
+        if name is not None and index in data:
+            by_name.setdefault(name, []).append(index)
+    if all(len(by_name.get(w, [])) == 1 for w in wanted):
+        return [by_name[w][0] for w in wanted]
+
+    example = ",".join(str(i) for i in data[: len(wanted)]) if len(data) >= len(wanted) else "1,2,3"
+    if by_name:
+        described = ",".join(n or "?" for i, n in zip(dataset.indexes, names, strict=True) if i in data)
+        missing = [w for w in wanted if len(by_name.get(w, [])) != 1]
+        raise InputError(
+            f"{path}: the model expects bands {listing} but the raster's bands are {described} "
+            f"(no single {'/'.join(missing)} band); choose them with --bands, e.g. --bands {example}"
+        )
+    if len(data) == len(wanted):
+        return data
+    raise InputError(
+        f"{path}: the raster has {len(data)} data band(s) but the model expects {len(wanted)} ({listing}); "
+        f"choose them with --bands, e.g. --bands {example}"
+    )
+
+
+def has_mask(dataset) -> bool:
+    """True when some pixels may be invalid (nodata value, internal mask or alpha band)."""
+    return any(MaskFlags.all_valid not in flags for flags in dataset.mask_flag_enums)
+
+
+def read_bands(dataset, window: Window, indexes: Sequence[int]) -> np.ndarray:
+    """Bands ``indexes`` inside ``window`` as (C, h, w) in the raster's dtype; NaN and inf become 0."""
+    data = dataset.read(list(indexes), window=window)
+    if data.dtype.kind == "f":
+        np.nan_to_num(data, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return data
+
+
+def read_valid_mask(dataset, window: Window, indexes: Sequence[int] | None = None) -> np.ndarray | None:
+    """Boolean (h, w) mask of valid pixels, or None when the whole window is valid.
+
+    Follows GDAL: a pixel is invalid when *all* bands are at the nodata value, or the internal mask or alpha
+    band is 0 (``dataset_mask``). For floating-point data, a pixel whose chosen ``indexes`` hold a NaN or
+    infinity is invalid as well: its value is undefined, whatever the metadata says.
+    """
+    valid = None
+    if has_mask(dataset):
+        valid = dataset.dataset_mask(window=window) > 0
+    if indexes is not None and np.dtype(dataset.dtypes[0]).kind == "f":
+        finite = np.isfinite(dataset.read(list(indexes), window=window)).all(axis=0)
+        valid = finite if valid is None else valid & finite
+    if valid is not None and valid.all():
+        return None
+    return valid
+
+
+def _sample_windows(dataset, count: int = 64, size: int = 128) -> list[Window]:
+    """Up to ``count`` windows of ``size`` px spread on a regular grid over the raster."""
+    per_side = max(1, int(math.sqrt(count)))
+    windows = []
+    height, width = dataset.height, dataset.width
+    h, w = min(size, height), min(size, width)
+    for i in range(per_side):
+        for j in range(per_side):
+            row = round(i * (height - h) / max(1, per_side - 1)) if per_side > 1 else (height - h) // 2
+            col = round(j * (width - w) / max(1, per_side - 1)) if per_side > 1 else (width - w) // 2
+            windows.append(Window(col, row, w, h))
+    return list(dict.fromkeys(windows))
+
+
+def sample_values(dataset, indexes: Sequence[int], max_side: int = 1024) -> np.ndarray:
+    """A bounded sample of valid pixel values of ``indexes`` (all bands pooled), for percentile stretches.
+
+    Uses an overview when the raster has one (GDAL picks it for a decimated read); otherwise reads a grid of
+    small windows, so the cost stays bounded for rasters of any size.
+    """
+    indexes = list(indexes)
+    chunks = []
+    if dataset.overviews(indexes[0]):
+        scale = max(dataset.width, dataset.height) / max_side
+        shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
+        if scale <= 1:
+            shape = (dataset.height, dataset.width)
+        data = dataset.read(indexes, out_shape=(len(indexes), *shape))
+        mask = dataset.dataset_mask(out_shape=shape) > 0 if has_mask(dataset) else None
+        chunks.append(data[:, mask] if mask is not None else data.reshape(len(indexes), -1))
+    else:
+        for window in _sample_windows(dataset):
+            data = dataset.read(indexes, window=window)
+            mask = read_valid_mask(dataset, window)
+            chunks.append(data[:, mask] if mask is not None else data.reshape(len(indexes), -1))
+    values = np.concatenate(chunks, axis=1).ravel()
+    if values.dtype.kind == "f":
+        values = values[np.isfinite(values)]
+    return values
+
+
+def percentile_range(
+    dataset, indexes: Sequence[int], low: float = 2.0, high: float = 98.0
+) -> tuple[float, float]:
+    """The ``low``..``high`` percentile range of the valid values of ``indexes`` (one range for all bands,
+    so colour balance is kept), estimated from a bounded sample."""
+    values = sample_values(dataset, indexes)
+    if values.size == 0:
+        raise InputError(f"{dataset.name}: no valid pixels to estimate --scale auto from")
+    lo, hi = np.percentile(values, [low, high]).tolist()
+    if not hi > lo:
+        raise InputError(
+            f"{dataset.name}: --scale auto found a constant image (value {lo:g}); "
+            "pass --scale MIN,MAX instead"
+        )
+    return float(lo), float(hi)
+
+
+def resolve_value_range(
+    dataset,
+    indexes: Sequence[int],
+    scale: Scale,
+    model_range: tuple[float, float] = EIGHT_BIT_RANGE,
+    path: str | None = None,
+) -> tuple[float, float]:
+    """The raw value range mapped onto [0, 1] before normalisation.
+
+    An explicit ``scale`` wins; ``"auto"`` is a 2-98 percentile stretch. Without a scale, 8-bit data uses the
+    model's range, and so does any data when the model was trained on a non-8-bit range (its card says so);
+    16-bit or float data fed to an 8-bit model is an error, since guessing would silently produce garbage.
+    """
+    path = path or dataset.name
+    if scale == "auto":
+        return percentile_range(dataset, indexes)
+    if scale is not None:
+        lo, hi = float(scale[0]), float(scale[1])
+        if not hi > lo:
+            raise InputError(f"{path}: --scale {lo:g},{hi:g} needs MAX > MIN")
+        return lo, hi
+    dtype = np.dtype(dataset.dtypes[indexes[0] - 1])
+    if dtype == np.uint8 or tuple(model_range) != EIGHT_BIT_RANGE:
+        return float(model_range[0]), float(model_range[1])
+    raise InputError(
+        f"{path}: {dtype.name} data but the model expects 8-bit values 0..255; pass --scale MIN,MAX "
+        f"(raw values mapped to 0..255, e.g. --scale 0,4000) or --scale auto (2-98 percentile stretch)"
+    )

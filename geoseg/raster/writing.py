@@ -1,0 +1,143 @@
+"""Writing result rasters: georeferencing copied exactly, tiled and compressed, then cloud-optimized.
+
+Rasters are written window by window into a tiled GeoTIFF under a hidden temporary name, then copied into
+COG layout (overviews built by GDAL from the finished data, which chunked writers get wrong otherwise), and
+only then renamed into place by :func:`geoseg.atomic.atomic_output`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+import rasterio
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import MemoryFile
+from rasterio.shutil import copy as gdal_copy
+
+from geoseg.atomic import atomic_output
+from geoseg.errors import GeosegWarning, OutputError
+
+BLOCK_SIZE = 512
+
+
+@functools.lru_cache(maxsize=1)
+def compression() -> str:
+    """ZSTD where this GDAL build has it (smaller and faster than DEFLATE), else DEFLATE."""
+    profile = dict(driver="GTiff", width=1, height=1, count=1, dtype="uint8", compress="ZSTD")
+    try:
+        with warnings.catch_warnings(), MemoryFile() as memory:
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with memory.open(**profile) as probe:
+                probe.write(np.zeros((1, 1, 1), np.uint8))
+            with memory.open() as probe:
+                found = probe.compression.name.lower() if probe.compression else ""
+    except RasterioError:
+        found = ""
+    return "ZSTD" if found == "zstd" else "DEFLATE"
+
+
+def georeferencing(dataset, name: str | None = None) -> dict[str, Any]:
+    """CRS and transform (or GCPs) of ``dataset`` to copy onto an output, exactly as they are.
+
+    A raster with no CRS yields an output with none, and a :class:`GeosegWarning` says so; a custom WKT
+    CRS without an EPSG code is copied as WKT.
+    """
+    name = name or dataset.name
+    gcps, gcp_crs = dataset.gcps
+    if dataset.crs is None and not gcp_crs:
+        georeferenced = dataset.transform != rasterio.Affine.identity() or bool(gcps)
+        detail = "" if georeferenced else " and no georeferencing"
+        warnings.warn(f"{name}: has no CRS{detail}; the output will have none", GeosegWarning, stacklevel=2)
+    if gcps and dataset.transform == rasterio.Affine.identity():
+        return {"crs": None, "transform": None, "gcps": (gcps, gcp_crs)}
+    return {"crs": dataset.crs, "transform": dataset.transform, "gcps": None}
+
+
+def tiled_profile(width: int, height: int, count: int, nodata: float | None, georef: dict[str, Any]) -> dict:
+    """Profile of the intermediate tiled GeoTIFF (BigTIFF when it could pass 4 GB)."""
+    profile = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": "uint8",
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCK_SIZE,
+        "blockysize": BLOCK_SIZE,
+        "compress": compression(),
+        "predictor": 2,
+        "interleave": "pixel" if count > 1 else "band",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if georef.get("crs") is not None:
+        profile["crs"] = georef["crs"]
+    if georef.get("transform") is not None:
+        profile["transform"] = georef["transform"]
+    return profile
+
+
+def open_tiled(path: str | os.PathLike, profile: dict, gcps=None):
+    """Create the intermediate GeoTIFF; folder problems become :class:`OutputError`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            dataset = rasterio.open(path, "w", **profile)
+    except RasterioError as error:
+        raise OutputError(f"{path}: cannot create output ({' '.join(str(error).split())})") from error
+    if gcps is not None:
+        dataset.gcps = gcps
+    return dataset
+
+
+def to_cog(source: str | os.PathLike, target: str | os.PathLike, resampling: str = "MODE") -> None:
+    """Copy a finished tiled GeoTIFF into cloud-optimized layout with overviews (``MODE`` for classes)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            gdal_copy(
+                str(source),
+                str(target),
+                driver="COG",
+                COMPRESS=compression(),
+                PREDICTOR="YES",
+                BLOCKSIZE=BLOCK_SIZE,
+                OVERVIEW_RESAMPLING=resampling,
+                BIGTIFF="IF_SAFER",
+                NUM_THREADS="ALL_CPUS",
+            )
+    except RasterioError as error:
+        raise OutputError(f"{target}: cannot write output ({' '.join(str(error).split())})") from error
+
+
+def category_names_xml(names: Sequence[str]) -> str:
+    """GDAL PAM XML giving band 1 its category names (what QGIS uses to label a paletted raster)."""
+    items = "".join(f"      <Category>{escape(n)}</Category>\n" for n in names)
+    return (
+        "<PAMDataset>\n"
+        '  <PAMRasterBand band="1">\n'
+        "    <CategoryNames>\n"
+        f"{items}"
+        "    </CategoryNames>\n"
+        "  </PAMRasterBand>\n"
+        "</PAMDataset>\n"
+    )
+
+
+def write_category_names(raster_path: str | os.PathLike, names: Sequence[str]) -> Path:
+    """Write ``<raster>.aux.xml`` with the class names, replacing a stale one (it belongs to the raster).
+
+    GeoTIFF cannot hold GDAL category names internally, so QGIS only shows class names in its legend from
+    this side-car; the names are also inside the GeoTIFF as a tag (see :mod:`geoseg.raster.classes`).
+    """
+    target = Path(str(raster_path) + ".aux.xml")
+    with atomic_output(target, overwrite=True) as tmp:
+        tmp.write_text(category_names_xml(names), encoding="utf-8")
+    return target

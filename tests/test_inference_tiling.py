@@ -1,0 +1,280 @@
+"""Seamless tiling: the global grid, chunks, window weights, and exact equality with a whole-scene pass.
+
+A network that works pixel by pixel cannot see tile borders, so whatever the tile size, overlap, chunking or
+test-time augmentation, the tiled result must equal the result of one pass over the whole scene, exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+
+from geoseg.errors import ConfigurationError
+from geoseg.inference.blending import WindowWeights, axis_weight
+from geoseg.inference.engine import predict_scene
+from geoseg.inference.grid import TileGrid, check_tiling, tile_starts
+from geoseg.model.card import ClassInfo, ModelCard
+from geoseg.model.normalize import normalize
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small tensors on a shared 2-core machine run far faster single-threaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+class PixelNet(torch.nn.Module):
+    """A fixed random two-layer network applied to each pixel on its own (1x1 'convolutions' written with
+    element-wise operations, so a pixel's logits are bit-identical whatever the tensor around it)."""
+
+    def __init__(self, bands: int, classes: int, hidden: int = 8, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("w1", torch.randn(hidden, bands, generator=g) * 2)
+        self.register_buffer("b1", torch.randn(hidden, generator=g))
+        self.register_buffer("w2", torch.randn(classes, hidden, generator=g))
+        self.register_buffer("b2", torch.randn(classes, generator=g))
+
+    @staticmethod
+    def _dense(x, weight, bias):
+        out = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[2:]).clone()
+        for c in range(x.shape[1]):
+            out += weight[:, c].view(1, -1, 1, 1) * x[:, c : c + 1]
+        return out
+
+    def forward(self, x):
+        return self._dense(torch.relu(self._dense(x, self.w1, self.b1)), self.w2, self.b2)
+
+
+CARD = ModelCard(
+    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
+    backbone="resnet18",
+    tile_size=64,
+    overlap=16,
+)
+
+
+def _scene(path, width, height, seed=0):
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, 256, (3, height, width), dtype=np.uint8)
+    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8")
+    with rasterio.open(
+        path, "w", crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000), **profile
+    ) as d:
+        d.write(data)
+    return data
+
+
+def _whole_scene(model, data):
+    x = normalize(torch.from_numpy(data)[None], CARD.value_range, CARD.mean, CARD.std)
+    with torch.inference_mode():
+        return torch.softmax(model(x), dim=1).argmax(1)[0].numpy().astype(np.uint8)
+
+
+# --- the grid ---------------------------------------------------------------------------------------------
+
+
+def test_last_tile_is_pulled_back_inside_the_scene():
+    assert tile_starts(1000, 256, 192) == [0, 192, 384, 576, 744]
+    assert tile_starts(1024, 256, 256) == [0, 256, 512, 768]
+    assert tile_starts(256, 256, 192) == [0]
+    assert tile_starts(33, 512, 384) == [0]
+
+
+@pytest.mark.parametrize("tile", [0, 100, 500, -32])
+def test_tile_size_must_be_a_positive_multiple_of_32(tile):
+    with pytest.raises(ConfigurationError, match=f"tile size {tile} is not a positive multiple of 32"):
+        check_tiling(tile, 0)
+
+
+@pytest.mark.parametrize("overlap", [-1, 64, 100])
+def test_overlap_must_be_smaller_than_the_tile(overlap):
+    with pytest.raises(ConfigurationError, match=f"overlap {overlap} must be at least 0 and smaller"):
+        check_tiling(64, overlap)
+
+
+@pytest.mark.parametrize(
+    "height, width, tile, overlap, chunk",
+    [(777, 1000, 64, 16, 512), (1200, 33, 64, 16, 512), (40, 50, 64, 16, 512), (1030, 600, 256, 64, 512)],
+)
+def test_chunks_cover_the_scene_once_and_own_every_tile_once(height, width, tile, overlap, chunk):
+    grid = TileGrid(height, width, tile, overlap, chunk)
+    owner = np.zeros((height, width), np.int32)
+    tiles = []
+    for c in grid.chunks():
+        owner[c.y0 : c.y1, c.x0 : c.x1] += 1
+        assert c.y1 <= c.ext_y1 <= height and c.x1 <= c.ext_x1 <= width
+        for t in c.tiles:
+            # a tile starts inside its chunk and stays inside the chunk's accumulator
+            assert c.y0 <= t.y < c.y1 and c.x0 <= t.x < c.x1
+            assert t.y + t.height <= c.ext_y1 and t.x + t.width <= c.ext_x1
+            tiles.append((t.y, t.x))
+    assert (owner == 1).all()
+    assert sorted(tiles) == sorted((y, x) for y in grid.ys for x in grid.xs)
+    assert len(tiles) == grid.num_tiles == len(set(tiles))
+
+
+def test_a_chunk_row_without_tiles_of_its_own_exists_in_the_zero_tile_case():
+    grid = TileGrid(1030, 600, 256, 64, 512)
+    last_row = [grid.chunk(grid.chunk_rows - 1, col) for col in range(grid.chunk_cols)]
+    assert [c.tiles for c in last_row] == [(), ()]
+
+
+# --- window weights ---------------------------------------------------------------------------------------
+
+
+def test_weights_taper_only_inside_the_overlap_and_neighbours_sum_to_one():
+    left = axis_weight(64, 16, taper_start=False, taper_end=True)
+    right = axis_weight(64, 16, taper_start=True, taper_end=False)
+    assert (left[:48] == 1).all() and (right[16:] == 1).all()
+    np.testing.assert_allclose(left[48:] + right[:16], 1.0, atol=1e-6)
+    assert left.min() > 0 and right.min() > 0
+
+
+def test_weights_are_flat_at_the_scene_border():
+    weights = WindowWeights(height=100, width=100, overlap=16, device=torch.device("cpu"))
+    corner = weights(0, 0, 64, 64)  # top-left tile: scene border on top and left
+    assert (corner[:48, :48] == 1).all()
+    assert (corner[0, :48] == 1).all() and (corner[:48, 0] == 1).all()
+    assert corner[63, 63] < 0.01
+    small = WindowWeights(height=40, width=50, overlap=16, device=torch.device("cpu"))
+    assert (small(0, 0, 40, 50) == 1).all()  # a scene smaller than a tile: all border
+
+
+def test_no_overlap_means_flat_weights():
+    assert (axis_weight(64, 0, True, True) == 1).all()
+
+
+# --- exact equality with the whole-scene pass ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "width, height, tile, overlap",
+    [
+        (1000, 777, 64, 16),
+        (1000, 777, 96, 32),
+        (1000, 777, 128, 0),
+        (1000, 777, 64, 48),
+        (33, 1200, 64, 16),
+        (1200, 33, 128, 32),
+        (50, 40, 64, 16),
+        (600, 1030, 256, 64),
+    ],
+)
+def test_tiled_prediction_equals_the_whole_scene_exactly(tmp_path, width, height, tile, overlap):
+    data = _scene(tmp_path / "scene.tif", width, height)
+    model = PixelNet(3, 6)
+    result = predict_scene(
+        model,
+        CARD,
+        tmp_path / "scene.tif",
+        tmp_path / "classes.tif",
+        tile=tile,
+        overlap=overlap,
+        batch_size=8,
+        chunk_size=512,
+    )
+    with rasterio.open(tmp_path / "classes.tif") as out:
+        classes = out.read(1)
+    expected = _whole_scene(model, data)
+    assert np.array_equal(classes, expected)
+    assert len(np.unique(expected)) >= 4  # the test network really tells pixels apart
+    assert result.tiles == len(tile_starts(height, tile, tile - overlap)) * len(
+        tile_starts(width, tile, tile - overlap)
+    )
+
+
+@pytest.mark.parametrize("tta", ["flip", "d4"])
+def test_test_time_augmentation_puts_every_pixel_back_in_place(tmp_path, tta):
+    data = _scene(tmp_path / "scene.tif", 300, 200, seed=3)
+    model = PixelNet(3, 6, seed=1)
+    predict_scene(model, CARD, tmp_path / "scene.tif", tmp_path / "classes.tif", tile=64, overlap=16, tta=tta)
+    with rasterio.open(tmp_path / "classes.tif") as out:
+        assert np.array_equal(out.read(1), _whole_scene(model, data))
+
+
+class TileAwareNet(PixelNet):
+    """PixelNet plus a logit bias growing across each tile: tiles now disagree, so the blend shows."""
+
+    def forward(self, x):
+        ramp = torch.linspace(0.0, 3.0, x.shape[-1]).view(1, 1, 1, -1)
+        logits = super().forward(x)
+        return torch.cat([logits[:, :1] + ramp, logits[:, 1:]], dim=1)
+
+
+def _direct_blend(model, data, tile, overlap):
+    """The blend computed the obvious way: whole-scene float64 accumulators, every tile of the grid."""
+    _, height, width = data.shape
+    ys, xs = tile_starts(height, tile, tile - overlap), tile_starts(width, tile, tile - overlap)
+    acc = np.zeros((CARD.num_classes, height, width))
+    total = np.zeros((height, width))
+    for y in ys:
+        for x in xs:
+            h, w = min(tile, height), min(tile, width)
+            part = np.pad(
+                data[:, y : y + h, x : x + w], ((0, 0), (0, tile - h), (0, tile - w)), mode="reflect"
+            )
+            inputs = normalize(torch.from_numpy(part)[None], CARD.value_range, CARD.mean, CARD.std)
+            with torch.inference_mode():
+                probs = torch.softmax(model(inputs), dim=1)[0, :, :h, :w].double().numpy()
+            wy = axis_weight(h, overlap, y > 0, y + h < height)
+            wx = axis_weight(w, overlap, x > 0, x + w < width)
+            weight = np.outer(wy, wx)
+            acc[:, y : y + h, x : x + w] += probs * weight
+            total[y : y + h, x : x + w] += weight
+    return acc / total
+
+
+@pytest.mark.parametrize(
+    "width, height, tile, overlap", [(1000, 777, 64, 16), (600, 1030, 256, 64), (50, 40, 64, 16)]
+)
+def test_chunked_blending_equals_one_global_blend(tmp_path, width, height, tile, overlap):
+    data = _scene(tmp_path / "scene.tif", width, height, seed=7)
+    model = TileAwareNet(3, 6, seed=4)
+    predict_scene(
+        model,
+        CARD,
+        tmp_path / "scene.tif",
+        tmp_path / "classes.tif",
+        tile=tile,
+        overlap=overlap,
+        chunk_size=512,
+        probabilities_path=tmp_path / "probabilities.tif",
+    )
+    expected = _direct_blend(model, data, tile, overlap)
+    with rasterio.open(tmp_path / "classes.tif") as c, rasterio.open(tmp_path / "probabilities.tif") as p:
+        classes, probabilities = c.read(1), p.read().astype(int)
+    assert np.abs(probabilities - np.round(expected * 255)).max() <= 1
+    top2 = np.sort(expected, axis=0)[-2:]
+    clear = top2[1] - top2[0] > 1e-5
+    assert np.array_equal(classes[clear], expected.argmax(0)[clear])
+    assert clear.mean() > 0.999
+
+
+def test_confidence_and_probabilities_match_the_softmax(tmp_path):
+    data = _scene(tmp_path / "scene.tif", 200, 150, seed=5)
+    model = PixelNet(3, 6, seed=2)
+    predict_scene(
+        model,
+        CARD,
+        tmp_path / "scene.tif",
+        tmp_path / "classes.tif",
+        tile=64,
+        overlap=16,
+        confidence_path=tmp_path / "confidence.tif",
+        probabilities_path=tmp_path / "probabilities.tif",
+    )
+    x = normalize(torch.from_numpy(data)[None], CARD.value_range, CARD.mean, CARD.std)
+    with torch.inference_mode():
+        probs = torch.softmax(model(x), dim=1)[0].numpy()
+    with rasterio.open(tmp_path / "confidence.tif") as c, rasterio.open(tmp_path / "probabilities.tif") as p:
+        confidence, probabilities = c.read(1).astype(int), p.read().astype(int)
+        assert p.count == 6 and p.descriptions == tuple(CARD.class_names)
+    assert np.abs(confidence - np.round(probs.max(0) * 255)).max() <= 1
+    assert np.abs(probabilities - np.round(probs * 255)).max() <= 1
