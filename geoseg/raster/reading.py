@@ -175,42 +175,43 @@ def read_valid_mask(dataset, window: Window, indexes: Sequence[int] | None = Non
     return valid
 
 
-def _sample_windows(dataset, count: int = 64, size: int = 128) -> list[Window]:
-    """Up to ``count`` windows of ``size`` px spread on a regular grid over the raster."""
-    per_side = max(1, int(math.sqrt(count)))
+def _sample_windows(dataset, per_side: int = 8, size: int = 256) -> list[Window]:
+    """``per_side``² non-overlapping windows of ``size`` px spread evenly over a large raster."""
     windows = []
-    height, width = dataset.height, dataset.width
-    h, w = min(size, height), min(size, width)
+    h, w = min(size, dataset.height), min(size, dataset.width)
     for i in range(per_side):
         for j in range(per_side):
-            row = round(i * (height - h) / max(1, per_side - 1)) if per_side > 1 else (height - h) // 2
-            col = round(j * (width - w) / max(1, per_side - 1)) if per_side > 1 else (width - w) // 2
+            row = i * (dataset.height - h) // max(1, per_side - 1)
+            col = j * (dataset.width - w) // max(1, per_side - 1)
             windows.append(Window(col, row, w, h))
-    return list(dict.fromkeys(windows))
+    return windows
 
 
-def sample_values(dataset, indexes: Sequence[int], max_side: int = 1024) -> np.ndarray:
+def sample_values(dataset, indexes: Sequence[int], max_pixels: int = 2048 * 2048) -> np.ndarray:
     """A bounded sample of valid pixel values of ``indexes`` (all bands pooled), for percentile stretches.
 
-    Uses an overview when the raster has one (GDAL picks it for a decimated read); otherwise reads a grid of
-    small windows, so the cost stays bounded for rasters of any size.
+    Small rasters are read whole; larger ones through an overview when they have one (GDAL picks it for a
+    decimated read), else as a grid of windows, so the cost stays bounded for rasters of any size.
     """
     indexes = list(indexes)
-    chunks = []
-    if dataset.overviews(indexes[0]):
-        scale = max(dataset.width, dataset.height) / max_side
-        shape = (max(1, round(dataset.height / scale)), max(1, round(dataset.width / scale)))
-        if scale <= 1:
-            shape = (dataset.height, dataset.width)
-        data = dataset.read(indexes, out_shape=(len(indexes), *shape))
-        mask = dataset.dataset_mask(out_shape=shape) > 0 if has_mask(dataset) else None
-        chunks.append(data[:, mask] if mask is not None else data.reshape(len(indexes), -1))
+    masked = has_mask(dataset)
+    if dataset.width * dataset.height <= max_pixels or dataset.overviews(indexes[0]):
+        factor = max(1.0, math.sqrt(dataset.width * dataset.height / max_pixels))
+        shape = (max(1, round(dataset.height / factor)), max(1, round(dataset.width / factor)))
+        parts = [
+            (
+                dataset.read(indexes, out_shape=(len(indexes), *shape)),
+                dataset.dataset_mask(out_shape=shape) > 0 if masked else None,
+            )
+        ]
     else:
+        parts = []
         for window in _sample_windows(dataset):
-            data = dataset.read(indexes, window=window)
-            mask = read_valid_mask(dataset, window)
-            chunks.append(data[:, mask] if mask is not None else data.reshape(len(indexes), -1))
-    values = np.concatenate(chunks, axis=1).ravel()
+            parts.append((dataset.read(indexes, window=window), read_valid_mask(dataset, window)))
+    values = np.concatenate(
+        [d[:, m] if m is not None else d.reshape(len(indexes), -1) for d, m in parts], axis=1
+    )
+    values = values.ravel()
     if values.dtype.kind == "f":
         values = values[np.isfinite(values)]
     return values

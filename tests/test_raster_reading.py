@@ -1,0 +1,212 @@
+"""Reading imagery for a model: band choice, value ranges and GDAL's validity mask, on real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.windows import Window
+
+from geoseg.errors import InputError
+from geoseg.raster.reading import (
+    open_raster,
+    percentile_range,
+    read_bands,
+    read_valid_mask,
+    resolve_value_range,
+    select_bands,
+)
+
+RGB = ["red", "green", "blue"]
+
+
+def _write(path, data, **profile):
+    count, height, width = data.shape
+    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
+    base.update(crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0))
+    base.update(profile)
+    with rasterio.open(path, "w", **base) as dst:
+        dst.write(data)
+    return path
+
+
+# --- opening ---------------------------------------------------------------------------------------------
+
+
+def test_a_missing_file_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match=r"missing\.tif: file not found$"):
+        open_raster(tmp_path / "missing.tif")
+
+
+def test_a_file_that_is_not_a_raster_is_one_clear_error(tmp_path):
+    (tmp_path / "notes.tif").write_text("not an image")
+    with pytest.raises(InputError, match=r"notes\.tif: not a raster GDAL can read"):
+        open_raster(tmp_path / "notes.tif")
+
+
+def test_gdal_virtual_paths_are_opened_by_gdal(shared_data, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "scenes.zip", "w") as archive:
+        archive.write(shared_data / "variants" / "colorado_hro_0p15m.tif", "colorado.tif")
+    with open_raster(f"/vsizip/{tmp_path}/scenes.zip/colorado.tif") as dataset:
+        assert (dataset.width, dataset.height) == (383, 232)
+    with pytest.raises(InputError, match=r"scenes\.zip/absent\.tif: not a raster GDAL can read"):
+        open_raster(f"/vsizip/{tmp_path}/scenes.zip/absent.tif")
+
+
+# --- bands -----------------------------------------------------------------------------------------------
+
+
+def test_rgb_bands_are_matched_by_colour_interpretation(shared_data):
+    with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m.tif") as d:
+        assert select_bands(d, RGB) == [1, 2, 3]
+        assert select_bands(d, ["blue", "green", "red"]) == [3, 2, 1]
+
+
+def test_alpha_is_a_mask_not_a_data_band(shared_data):
+    with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m_alpha.tif") as d:
+        assert select_bands(d, RGB) == [1, 2, 3]
+
+
+def test_band_names_come_from_descriptions_with_aliases(tmp_path):
+    path = _write(tmp_path / "nrg.tif", np.zeros((3, 8, 8), np.uint8))
+    with rasterio.open(path, "r+") as d:
+        for band, name in enumerate(["Near-Infrared", "R", "G"], start=1):
+            d.set_band_description(band, name)
+    with rasterio.open(path) as d:
+        assert select_bands(d, ["nir", "red", "green"]) == [1, 2, 3]
+        assert select_bands(d, ["green", "red", "nir"]) == [3, 2, 1]
+
+
+def test_unnamed_rgbn_needs_bands_for_an_rgb_model(shared_data):
+    path = shared_data / "variants" / "naip_rgbn_5m_nodata0.tif"
+    with rasterio.open(path) as d:
+        with pytest.raises(
+            InputError, match=r"has 4 data band\(s\) but the model expects 3 \(red,green,blue\); "
+        ):
+            select_bands(d, RGB)
+        assert select_bands(d, RGB, [1, 2, 3]) == [1, 2, 3]
+        assert select_bands(d, ["nir", "red", "green"], [4, 1, 2]) == [4, 1, 2]
+
+
+def test_unnamed_bands_are_used_in_order_when_the_count_fits(tmp_path):
+    path = _write(tmp_path / "plain.tif", np.zeros((3, 8, 8), np.uint8), photometric="MINISBLACK")
+    with rasterio.open(path) as d:
+        assert select_bands(d, ["nir", "red", "green"]) == [1, 2, 3]
+
+
+def test_named_bands_that_contradict_the_model_are_not_guessed(shared_data):
+    with (
+        rasterio.open(shared_data / "variants" / "colorado_hro_0p15m.tif") as d,
+        pytest.raises(
+            InputError, match=r"expects bands nir,red,green but the raster's bands are red,green,blue"
+        ),
+    ):
+        select_bands(d, ["nir", "red", "green"])
+
+
+def test_band_list_is_checked_against_the_model_and_the_raster(shared_data):
+    with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m.tif") as d:
+        with pytest.raises(InputError, match=r"--bands lists 2 band\(s\) but the model expects 3"):
+            select_bands(d, RGB, [1, 2])
+        with pytest.raises(InputError, match=r"--bands 5 out of range; the raster has bands 1\.\.3"):
+            select_bands(d, RGB, [1, 2, 5])
+
+
+# --- value ranges ----------------------------------------------------------------------------------------
+
+
+def test_eight_bit_data_uses_the_models_range(shared_data):
+    with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m.tif") as d:
+        assert resolve_value_range(d, [1, 2, 3], None) == (0.0, 255.0)
+
+
+def test_sixteen_bit_data_without_a_scale_is_refused(shared_data):
+    with rasterio.open(shared_data / "variants" / "landsat_rgb_uint16_60m.tif") as d:
+        with pytest.raises(
+            InputError, match=r"uint16 data but the model expects 8-bit values 0\.\.255; pass --scale"
+        ):
+            resolve_value_range(d, [1, 2, 3], None)
+        assert resolve_value_range(d, [1, 2, 3], (0, 40000)) == (0.0, 40000.0)
+        # a model trained on another range (its card says so) takes the data as it is
+        assert resolve_value_range(d, [1, 2, 3], None, (0.0, 10000.0)) == (0.0, 10000.0)
+
+
+def test_auto_scale_is_the_2_98_percentile_of_a_bounded_sample(shared_data):
+    with rasterio.open(shared_data / "variants" / "landsat_rgb_uint16_60m.tif") as d:
+        lo, hi = resolve_value_range(d, [1, 2, 3], "auto")
+        everything = d.read().ravel()
+    exact_lo, exact_hi = np.percentile(everything, [2, 98])
+    span = exact_hi - exact_lo
+    assert abs(lo - exact_lo) < 0.05 * span and abs(hi - exact_hi) < 0.05 * span
+    assert 5000 < lo < hi < 40000
+
+
+def test_auto_scale_uses_overviews_when_present_and_ignores_nodata(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(1000, 3000, (3, 600, 600)).astype(np.uint16)
+    data[:, :300] = 0  # half the scene is nodata: must not drag the low percentile to 0
+    path = _write(tmp_path / "u16.tif", data, nodata=0, tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "r+") as d:
+        d.build_overviews([2, 4])
+    with rasterio.open(path) as d:
+        lo, hi = percentile_range(d, [1, 2, 3])
+    assert 1000 <= lo < 1100 and 2900 < hi <= 3000
+
+
+def test_a_constant_image_cannot_be_auto_scaled(tmp_path):
+    path = _write(tmp_path / "flat.tif", np.full((3, 64, 64), 7, np.uint16))
+    with rasterio.open(path) as d, pytest.raises(InputError, match="constant image"):
+        percentile_range(d, [1, 2, 3])
+
+
+# --- validity ------------------------------------------------------------------------------------------
+
+
+def test_nodata_marks_a_pixel_invalid_only_when_all_bands_are_nodata(shared_data):
+    with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m_nodata0.tif") as d:
+        data = d.read()
+        valid = read_valid_mask(d, Window(0, 0, d.width, d.height), [1, 2, 3])
+    assert np.array_equal(~valid, (data == 0).all(axis=0))
+    assert (~valid).sum() == 2364  # and 375 pixels with a zero in some band stay valid
+    assert ((data == 0).any(axis=0) & valid).sum() == 375
+
+
+def test_alpha_zero_is_invalid(shared_data):
+    with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m_alpha.tif") as d:
+        alpha = d.read(4)
+        valid = read_valid_mask(d, Window(0, 0, d.width, d.height), [1, 2, 3])
+    assert np.array_equal(~valid, alpha == 0)
+    assert (~valid).sum() == 10044
+
+
+def test_internal_mask_zero_is_invalid(tmp_path):
+    path = tmp_path / "masked.tif"
+    mask = np.full((40, 50), 255, np.uint8)
+    mask[5:15, 10:30] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        _write(path, np.full((3, 40, 50), 9, np.uint8))
+        with rasterio.open(path, "r+") as d:
+            d.write_mask(mask)
+    assert not (tmp_path / "masked.tif.msk").exists()
+    with rasterio.open(path) as d:
+        valid = read_valid_mask(d, Window(0, 0, 50, 40), [1, 2, 3])
+    assert np.array_equal(valid, mask > 0)
+
+
+def test_a_fully_valid_window_has_no_mask(shared_data):
+    with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m.tif") as d:
+        assert read_valid_mask(d, Window(0, 0, 100, 100), [1, 2, 3]) is None
+
+
+def test_nan_in_float_data_is_invalid_and_read_as_zero(tmp_path):
+    data = np.ones((3, 20, 20), np.float32)
+    data[1, 3, 4] = np.nan
+    path = _write(tmp_path / "float.tif", data)
+    with rasterio.open(path) as d:
+        valid = read_valid_mask(d, Window(0, 0, 20, 20), [1, 2, 3])
+        values = read_bands(d, Window(0, 0, 20, 20), [1, 2, 3])
+    assert (~valid).sum() == 1 and not valid[3, 4]
+    assert values[1, 3, 4] == 0
