@@ -22,7 +22,7 @@ from geoseg.vector.blocks import BlockGrid, BlockReader, Window, label_regions
 
 
 def shapes_to_polygons(shapes: list[tuple[dict, float]]) -> tuple[np.ndarray, np.ndarray]:
-    """GeoJSON-like polygons from ``rasterio.features.shapes`` to shapely, building all of them in one call."""
+    """GeoJSON-like polygons from ``rasterio.features.shapes`` to shapely, all built in one call."""
     if not shapes:
         return np.empty(0, object), np.empty(0, np.int64)
     ring_ends: list[int] = []

@@ -4,13 +4,13 @@ The rule (every step is decided on the original map, so it has one answer whatev
 
 * A *region* is a connected set of pixels of one class (4- or 8-connectivity); it is *small* when it has
   fewer than ``min_pixels`` pixels.
-* A small region that touches at least one large region takes the class that the large regions around it
-  share the most neighbouring pixel pairs with (its longest border; ties go to the lower class value).
-* A small region that touches only small regions follows its strongest neighbour (most pixel pairs, then
-  the larger, then the lower class, then the first in raster order) and takes the class that neighbour
-  receives, following at most ``MAX_CHAIN`` steps. This clears specks nested in other specks, such as a
-  dot inside a thin ring inside a field. A small region with no neighbour at all (surrounded by nodata),
-  or whose chain ends nowhere, keeps its class.
+* A small region that touches a large region takes the class it shares the most neighbouring pixel pairs
+  with among the large regions around it (its longest border; ties go to the lower class value).
+* The small regions are then filled layer by layer: a small region that touches only small regions takes,
+  among its neighbours one layer closer to a large region, the class (as they receive it) it shares the
+  most pixel pairs with, up to ``MAX_LEVEL`` layers. This clears specks nested in specks, such as a dot
+  inside a thin ring inside a field. A small region with no large region within ``MAX_LEVEL`` layers (a
+  patch of pure noise, or a speck alone in nodata) keeps its class.
 * Nodata pixels stay nodata and are nobody's neighbour, so the map stays gap-free: every valid pixel keeps
   a class.
 
@@ -18,7 +18,7 @@ Blockwise exactness: a block is decided from a window around it (its *halo*). A 
 block has all its pixels within ``min_pixels`` of it, so a window wide enough sees it whole, and a region
 cut by the window edge that already counts ``min_pixels`` pixels inside is certainly large. Whenever a
 decision depends on a region cut by the window edge that is still under the minimum inside it, the window
-grows; at ``(MAX_CHAIN + 2) * (min_pixels + 1)`` pixels of halo every such region is provably large. So the
+grows; at ``(MAX_LEVEL + 2) * (min_pixels + 1)`` pixels of halo every such region is provably large. So the
 result equals a single pass over the whole raster, and memory depends on the block size and the minimum
 size, never on the raster size.
 """
@@ -29,12 +29,12 @@ import numpy as np
 
 from geoseg.vector.blocks import BlockReader, Window, label_regions
 
-MAX_CHAIN = 3
+MAX_LEVEL = 4
 
 
 def halos(min_pixels: int) -> tuple[int, int]:
     """The first halo tried (enough for regions with a large neighbour) and the halo that always suffices."""
-    return 2 * min_pixels + 2, (MAX_CHAIN + 2) * (min_pixels + 1) + 2
+    return 2 * min_pixels + 2, (MAX_LEVEL + 2) * (min_pixels + 1) + 2
 
 
 def sieved_reader(
@@ -117,48 +117,35 @@ def sieve_window(
         return None
 
     src, dst, count = _neighbour_pairs(labels, small, connectivity)
-    has_unsure = np.zeros(n, bool)
-    has_unsure[src[unsure[dst]]] = True
-    # the class each small region with a large neighbour receives
+    # Regions whose answer may depend on an unsure region: those next to one, and (through small regions)
+    # everything within MAX_LEVEL steps of those.
+    tainted = unsure.copy()
+    tainted[src[unsure[dst]]] = True
+    between_small = small[dst]
+    for _ in range(MAX_LEVEL):
+        spread = tainted[dst] & between_small
+        if not spread.any():
+            break
+        tainted[src[spread]] = True
+    if tainted[targets].any():
+        return None
+
+    # Layer by layer: level 1 touches a large region and takes the class it shares most pixel pairs with;
+    # level k takes the class (as received) it shares most pairs with among its level k-1 neighbours.
     new_class = label_class.copy()
-    decided = np.zeros(n, bool)
-    to_large = large[dst]
-    if to_large.any():
-        s, cls, cnt = src[to_large], label_class[dst[to_large]], count[to_large]
-        key, inverse = np.unique(np.stack([s, cls], axis=1), axis=0, return_inverse=True)
+    level = np.where(large, 0, np.iinfo(np.int64).max)
+    for k in range(1, MAX_LEVEL + 1):
+        from_previous = (level[dst] == k - 1) & (level[src] > k - 1)
+        if not from_previous.any():
+            break
+        s, received, cnt = src[from_previous], new_class[dst[from_previous]], count[from_previous]
+        key, inverse = np.unique(np.stack([s, received], axis=1), axis=0, return_inverse=True)
         totals = np.bincount(inverse.ravel(), weights=cnt)
         order = np.lexsort((key[:, 1], -totals, key[:, 0]))
         first = order[np.r_[True, key[order[1:], 0] != key[order[:-1], 0]]]
         new_class[key[first, 0]] = key[first, 1]
-        decided[key[first, 0]] = True
-    # the strongest small neighbour of each small region touching only small regions
-    follow = np.full(n, -1, np.int64)
-    lonely = ~decided[src] & ~has_unsure[src]
-    if lonely.any():
-        s, d, cnt = src[lonely], dst[lonely], count[lonely]
-        first_pixel = _first_pixels(labels, small & ~cut, outer, width, n)
-        order = np.lexsort((first_pixel[d], label_class[d], -sizes[d], -cnt, s))
-        first = order[np.r_[True, s[order[1:]] != s[order[:-1]]]]
-        follow[s[first]] = d[first]
-
-    result = label_class.copy()
-    current = targets.copy()
-    pending = np.ones(targets.size, bool)
-    for _ in range(MAX_CHAIN + 1):
-        if not pending.any():
-            break
-        at = current[pending]
-        if has_unsure[at].any():
-            return None
-        done = decided[at]
-        index = np.flatnonzero(pending)
-        result[targets[index[done]]] = new_class[at[done]]
-        pending[index[done]] = False
-        nxt = follow[at[~done]]
-        stuck = nxt < 0
-        pending[index[~done][stuck]] = False  # no neighbour: keeps its class
-        current[index[~done][~stuck]] = nxt[~stuck]
-    lookup = result[core_labels]
+        level[key[first, 0]] = k
+    lookup = new_class[core_labels]
     out = classes[core].copy()
     changed = small[core_labels]
     out[changed] = lookup[changed]
@@ -187,17 +174,3 @@ def _neighbour_pairs(
     n = int(labels.max()) + 1
     key, count = np.unique(src * n + dst, return_counts=True)
     return key // n, key % n, count
-
-
-def _first_pixels(
-    labels: np.ndarray, wanted: np.ndarray, outer: Window, raster_width: int, n: int
-) -> np.ndarray:
-    """Raster-order index of the first pixel of each wanted region (whole regions only: not cut by the window)."""
-    first = np.full(n, np.iinfo(np.int64).max, np.int64)
-    flat = labels.ravel()
-    where = np.flatnonzero(wanted[flat])
-    if where.size:
-        uniq, index = np.unique(flat[where], return_index=True)
-        rows, cols = np.divmod(where[index], labels.shape[1])
-        first[uniq] = (rows + outer.row0) * raster_width + cols + outer.col0
-    return first
