@@ -100,6 +100,14 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
 @click.option(
     "--probabilities", is_flag=True, help="Also write one uint8 band per class (probability x 255)."
 )
+@click.option(
+    "--vectorize",
+    "vector",
+    default=None,
+    metavar="OUTPUT|FORMAT",
+    help="Also write polygons (geoseg vectorize with its defaults): a .gpkg/.fgb/.geojson/.parquet/.shp file "
+    "for one input, or a format (gpkg...) giving <stem>.polygons.<format> beside the class rasters.",
+)
 @overwrite_option
 @click.option("--keep-going", is_flag=True, help="Carry on past a failing scene; exit code 1 at the end.")
 @json_option
@@ -122,6 +130,7 @@ def predict(
     scale: tuple[float, float] | str | None,
     confidence: bool,
     probabilities: bool,
+    vector: str | None,
     overwrite: bool,
     keep_going: bool,
     as_json: bool,
@@ -164,6 +173,7 @@ def predict(
             scale=scale,
             confidence=confidence,
             probabilities=probabilities,
+            vectorize=vector,
             overwrite=overwrite,
             keep_going=keep_going,
             progress=callback,

@@ -70,14 +70,18 @@ class OutputPaths:
     classes: Path
     confidence: Path | None = None
     probabilities: Path | None = None
+    polygons: Path | None = None
 
-    def items(self) -> list[tuple[str, Path]]:
+    def rasters(self) -> list[tuple[str, Path]]:
         kinds = (
             ("classes", self.classes),
             ("confidence", self.confidence),
             ("probabilities", self.probabilities),
         )
         return [(kind, path) for kind, path in kinds if path is not None]
+
+    def items(self) -> list[tuple[str, Path]]:
+        return self.rasters() + ([("polygons", self.polygons)] if self.polygons is not None else [])
 
 
 @dataclass
@@ -163,7 +167,7 @@ def predict_scene(
         Path(confidence_path) if confidence_path is not None else None,
         Path(probabilities_path) if probabilities_path is not None else None,
     )
-    for _, path in outputs.items():
+    for _, path in outputs.rasters():
         check_output_path(path, overwrite)
     plan = plan_scene(
         card, input_path, tile=tile, overlap=overlap, bands=bands, scale=scale, chunk_size=chunk_size
@@ -211,9 +215,9 @@ def run_scene(
     names, colors = card.class_names, [c.color for c in card.classes]
     with contextlib.ExitStack() as finals:
         targets = {
-            kind: finals.enter_context(atomic_output(path, overwrite)) for kind, path in outputs.items()
+            kind: finals.enter_context(atomic_output(path, overwrite)) for kind, path in outputs.rasters()
         }
-        scratch = {kind: finals.enter_context(_scratch_file(path)) for kind, path in outputs.items()}
+        scratch = {kind: finals.enter_context(_scratch_file(path)) for kind, path in outputs.rasters()}
         with open_raster(plan.path) as source, contextlib.ExitStack() as opened:
             sinks = {}
             for kind, path in scratch.items():
@@ -249,7 +253,7 @@ def run_scene(
     fractions = {name: (float(counts[i]) / valid if valid else 0.0) for i, name in enumerate(names)}
     return PredictResult(
         input=plan.path,
-        outputs={kind: str(path) for kind, path in outputs.items()},
+        outputs={kind: str(path) for kind, path in outputs.rasters()},
         width=plan.width,
         height=plan.height,
         tiles=plan.grid.num_tiles,

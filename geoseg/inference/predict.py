@@ -37,6 +37,7 @@ def prepare_outputs(
     *,
     confidence: bool = False,
     probabilities: bool = False,
+    vectorize: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> list[OutputPaths]:
     """Output names per input, checked before any work.
@@ -44,7 +45,9 @@ def prepare_outputs(
     One input writes ``output`` itself (``<stem>.confidence.tif`` etc. beside it); several inputs, or an
     existing folder as ``output``, write ``<stem>.classes.tif`` etc. into that folder, created if needed. An
     existing output without ``overwrite``, an unwritable folder, two inputs with the same stem or an output
-    that would replace its input fail here.
+    that would replace its input fail here. ``vectorize`` is a vector file for one input, or a format
+    (``gpkg``, ``fgb``, ``geojson``, ``parquet``, ``shp``) giving ``<stem>.polygons.<format>`` beside the
+    class rasters.
     """
     inputs = [str(i) for i in inputs]
     output_text = str(output)
@@ -52,6 +55,16 @@ def prepare_outputs(
     into_folder = len(inputs) > 1 or output.is_dir() or output_text.endswith(("/", os.sep))
     if into_folder and output.exists() and not output.is_dir():
         raise OutputError(f"{output}: with several inputs, -o must be a folder (it is a file)")
+    vector_format = _vector_format(vectorize)
+    if vectorize is not None and vector_format is None:
+        if len(inputs) > 1:
+            raise ConfigurationError(
+                f"--vectorize {vectorize}: with several inputs give a format (gpkg, fgb, geojson, parquet "
+                "or shp); each scene gets <stem>.polygons.<format>"
+            )
+        from geoseg.vector.output import output_driver
+
+        output_driver(vectorize)  # an unknown suffix fails now, not after the inference
     plans = []
     for source in inputs:
         if into_folder:
@@ -64,6 +77,7 @@ def prepare_outputs(
                 classes,
                 folder / f"{base}{SUFFIXES['confidence']}" if confidence else None,
                 folder / f"{base}{SUFFIXES['probabilities']}" if probabilities else None,
+                _vector_path(vectorize, vector_format, folder, base),
             )
         )
 
@@ -89,6 +103,25 @@ def prepare_outputs(
         for _, path in paths.items():
             check_output_path(path, overwrite)
     return plans
+
+
+def _vector_format(vectorize: str | os.PathLike | None) -> str | None:
+    """The suffix when ``vectorize`` is a bare format name such as ``gpkg`` or ``.fgb``, else None."""
+    if vectorize is None:
+        return None
+    from geoseg.vector.output import DRIVERS
+
+    text = str(vectorize).lower()
+    suffix = text if text.startswith(".") else f".{text}"
+    return suffix if suffix in DRIVERS else None
+
+
+def _vector_path(vectorize, vector_format: str | None, folder: Path, base: str) -> Path | None:
+    if vectorize is None:
+        return None
+    if vector_format is not None:
+        return folder / f"{base}.polygons{vector_format}"
+    return Path(vectorize)
 
 
 def load_model(
@@ -118,6 +151,7 @@ def iter_predict(
     scale: Scale = None,
     confidence: bool = False,
     probabilities: bool = False,
+    vectorize: str | os.PathLike | None = None,
     overwrite: bool = False,
     keep_going: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
@@ -132,7 +166,12 @@ def iter_predict(
     if not inputs:
         raise ConfigurationError("no input rasters given")
     plans = prepare_outputs(
-        inputs, output, confidence=confidence, probabilities=probabilities, overwrite=overwrite
+        inputs,
+        output,
+        confidence=confidence,
+        probabilities=probabilities,
+        vectorize=vectorize,
+        overwrite=overwrite,
     )
     resolved = device if isinstance(device, torch.device) else resolve_device(device)
     if isinstance(model, torch.nn.Module):
@@ -173,7 +212,7 @@ def iter_predict(
                 progress(offset + done, total)
 
         try:
-            yield run_scene(
+            result = run_scene(
                 network,
                 model_card,
                 plan,
@@ -185,6 +224,13 @@ def iter_predict(
                 overwrite=overwrite,
                 progress=scene_progress,
             )
+            if paths.polygons is not None:
+                from geoseg.vector.vectorize import vectorize as polygonize
+
+                polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
+                result.outputs["polygons"] = str(paths.polygons)
+                result.seconds += polygons.seconds
+            yield result
         except Exception as error:
             if not keep_going:
                 raise
@@ -209,6 +255,7 @@ def predict(
     scale: Scale = None,
     confidence: bool = False,
     probabilities: bool = False,
+    vectorize: str | os.PathLike | None = None,
     overwrite: bool = False,
     keep_going: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
@@ -219,8 +266,8 @@ def predict(
     One input writes the file ``output``; several write ``<stem>.classes.tif`` (and ``.confidence.tif``,
     ``.probabilities.tif``) into the folder ``output``. ``model`` is a checkpoint path (None: the bundled
     one); ``preset``/``card`` describe a foreign checkpoint. Tile size and overlap default to the card's.
-    ``scale`` is ``(min, max)`` of the raw values or ``"auto"`` (2-98 percentile). ``progress(done, total)``
-    counts tiles over all scenes.
+    ``scale`` is ``(min, max)`` of the raw values or ``"auto"`` (2-98 percentile). ``vectorize`` also writes
+    polygons (names: see :func:`prepare_outputs`). ``progress(done, total)`` counts tiles over all scenes.
     """
     return list(
         iter_predict(
@@ -239,6 +286,7 @@ def predict(
             scale=scale,
             confidence=confidence,
             probabilities=probabilities,
+            vectorize=vectorize,
             overwrite=overwrite,
             keep_going=keep_going,
             chunk_size=chunk_size,

@@ -1,0 +1,322 @@
+"""``geoseg predict`` on the command line: outputs, JSON, exit codes, one-line errors, nothing left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+
+from geoseg.cli.main import cli
+from geoseg.model.card import ModelCard
+from geoseg.model.checkpoint import save_checkpoint
+from geoseg.model.manet import build_manet
+from geoseg.model.presets import preset_card
+
+RESULT_KEYS = {"input", "outputs", "width", "height", "tiles", "seconds", "device", "class_fractions"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small random MANet (ResNet-18) with LoveDA's classes and 64 px tiles, so every run takes a second."""
+    card = ModelCard.from_dict(
+        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "r18.safetensors"
+    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
+    return path
+
+
+@pytest.fixture
+def colorado(shared_data):
+    return shared_data / "variants" / "colorado_hro_0p15m.tif"
+
+
+def _invoke(*args):
+    return CliRunner().invoke(cli, ["predict", *map(str, args)])
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --- success --------------------------------------------------------------------------------------------
+
+
+def test_one_scene_writes_an_aligned_class_raster_and_says_so(checkpoint, colorado, tmp_path):
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", checkpoint)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith(f"{colorado} -> {tmp_path / 'classes.tif'} (383x232 px, 40 tiles, ")
+    with rasterio.open(colorado) as src, rasterio.open(tmp_path / "classes.tif") as out:
+        assert (out.crs, out.transform, out.width, out.height) == (
+            src.crs,
+            src.transform,
+            src.width,
+            src.height,
+        )
+        assert set(np.unique(out.read(1))) <= set(range(7))
+    assert _files(tmp_path) == ["classes.tif", "classes.tif.aux.xml"]
+
+
+def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
+    sources = [
+        shared_data / "variants" / "colorado_hro_0p15m.tif",
+        shared_data / "variants" / "colorado_hro_0p15m_alpha.tif",
+    ]
+    result = _invoke(
+        *sources,
+        "-o",
+        tmp_path / "out",
+        "-m",
+        checkpoint,
+        "--json",
+        "--confidence",
+        "--tile",
+        "96",
+        "--overlap",
+        "32",
+    )
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["input"] for r in records] == [str(s) for s in sources]
+    for record in records:
+        assert set(record) == RESULT_KEYS
+        assert (record["width"], record["height"], record["tiles"], record["device"]) == (383, 232, 24, "cpu")
+        assert sum(record["class_fractions"].values()) == pytest.approx(1.0)
+        assert list(record["class_fractions"]) == preset_card("loveda").class_names
+    assert records[1]["outputs"] == {
+        "classes": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.classes.tif"),
+        "confidence": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.confidence.tif"),
+    }
+    # class fractions count valid pixels only: the alpha scene's 10044 masked pixels are not in them
+    with rasterio.open(records[1]["outputs"]["classes"]) as out:
+        classes = out.read(1)
+    assert (classes == 255).sum() == 10044
+    share = (classes == 2).sum() / (classes != 255).sum()
+    assert records[1]["class_fractions"]["road"] == pytest.approx(share)
+
+
+def test_quiet_prints_nothing(checkpoint, colorado, tmp_path):
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", checkpoint, "--quiet")
+    assert result.exit_code == 0 and result.output == ""
+
+
+def test_band_choice_and_scale_options_reach_the_model(checkpoint, shared_data, tmp_path):
+    naip = shared_data / "variants" / "naip_rgbn_5m_nodata0.tif"
+    landsat = shared_data / "variants" / "landsat_rgb_uint16_60m.tif"
+    result = _invoke(naip, "-o", tmp_path / "naip.tif", "-m", checkpoint, "--bands", "1,2,3", "--tile", "128")
+    assert result.exit_code == 0, result.output
+    result = _invoke(
+        landsat, "-o", tmp_path / "landsat.tif", "-m", checkpoint, "--scale", "auto", "--tile", "128"
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_overwrite_replaces_an_existing_output(checkpoint, colorado, tmp_path):
+    (tmp_path / "classes.tif").write_text("old")
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", checkpoint, "--overwrite", "-q")
+    assert result.exit_code == 0
+    with rasterio.open(tmp_path / "classes.tif") as out:
+        assert out.width == 383
+
+
+def test_vectorize_writes_polygons_of_the_class_raster(checkpoint, colorado, tmp_path):
+    result = _invoke(
+        colorado,
+        "-o",
+        tmp_path / "classes.tif",
+        "-m",
+        checkpoint,
+        "--vectorize",
+        tmp_path / "map.gpkg",
+        "--json",
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["outputs"]["polygons"] == str(tmp_path / "map.gpkg")
+    import pyogrio
+
+    info = pyogrio.read_info(tmp_path / "map.gpkg")
+    assert info["features"] > 0 and list(info["fields"]) == ["class_id", "class_name", "area_m2"]
+
+
+# --- failing well ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make_input, extra, message",
+    [
+        (lambda d, tmp: tmp / "absent.tif", [], "absent.tif: file not found"),
+        (lambda d, tmp: _text_file(tmp / "notes.tif"), [], "notes.tif: not a raster GDAL can read"),
+        (
+            lambda d, tmp: d / "variants" / "naip_rgbn_5m_nodata0.tif",
+            [],
+            "has 4 data band(s) but the model expects 3 (red,green,blue); "
+            "choose them with --bands, e.g. --bands 1,2,3",
+        ),
+        (
+            lambda d, tmp: d / "variants" / "landsat_rgb_uint16_60m.tif",
+            [],
+            "uint16 data but the model expects 8-bit values 0..255; pass --scale MIN,MAX",
+        ),
+        (
+            lambda d, tmp: d / "variants" / "colorado_hro_0p15m.tif",
+            ["--overlap", "64"],
+            "overlap 64 must be at least 0 and smaller than the tile size 64",
+        ),
+        (
+            lambda d, tmp: d / "variants" / "colorado_hro_0p15m.tif",
+            ["--device", "tpu"],
+            "unknown device 'tpu'",
+        ),
+        (
+            lambda d, tmp: d / "variants" / "colorado_hro_0p15m.tif",
+            ["--bands", "1,2,9"],
+            "--bands 9 out of range; the raster has bands 1..3",
+        ),
+    ],
+)
+def test_bad_inputs_fail_with_one_line_and_leave_nothing(
+    checkpoint, shared_data, tmp_path, make_input, extra, message
+):
+    source = make_input(shared_data, tmp_path)
+    (tmp_path / "out").mkdir()
+    result = _invoke(source, "-o", tmp_path / "out" / "classes.tif", "-m", checkpoint, *extra)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    assert _files(tmp_path / "out") == []
+
+
+def _text_file(path):
+    path.write_text("not an image")
+    return path
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--tile", "100"], "Invalid value for '--tile': 100 is not a positive multiple of 32"),
+        (
+            ["--tile", "64", "--overlap", "64"],
+            "Invalid value for '--overlap': 64 must be smaller than --tile 64",
+        ),
+        (["--overlap", "-5"], "Invalid value for '--overlap'"),
+        (["--scale", "high"], "Invalid value for '--scale': 'high' is not MIN,MAX"),
+        (["--scale", "5,1"], "MAX must be greater than MIN"),
+        (["--bands", "r,g,b"], "Invalid value for '--bands'"),
+        (["--tta", "all"], "Invalid value for '--tta'"),
+        (["--preset", "loveda", "--card", "card.json"], "give either --preset or --card, not both"),
+    ],
+)
+def test_usage_errors_exit_2(checkpoint, colorado, tmp_path, extra, message):
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", checkpoint, *extra)
+    assert result.exit_code == 2
+    assert message in result.stderr
+    assert _files(tmp_path) == []
+
+
+def test_missing_output_is_a_usage_error(colorado):
+    result = _invoke(colorado)
+    assert result.exit_code == 2 and "Missing option '-o' / '--output'" in result.stderr
+
+
+def test_an_existing_output_fails_before_any_work(checkpoint, colorado, tmp_path):
+    (tmp_path / "classes.tif").write_text("keep")
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", checkpoint)
+    assert result.exit_code == 1
+    assert (
+        result.stderr == f"Error: {tmp_path / 'classes.tif'}: output exists; pass --overwrite to replace it\n"
+    )
+    assert (tmp_path / "classes.tif").read_text() == "keep"
+
+
+def test_an_output_folder_that_does_not_exist_is_an_error(checkpoint, colorado, tmp_path):
+    result = _invoke(colorado, "-o", tmp_path / "nowhere" / "classes.tif", "-m", checkpoint)
+    assert result.exit_code == 1
+    assert (
+        f"Error: {tmp_path / 'nowhere' / 'classes.tif'}: folder {tmp_path / 'nowhere'} does not exist"
+        in result.stderr
+    )
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write into read-only folders")
+def test_an_unwritable_output_folder_is_an_error(checkpoint, colorado, tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    result = _invoke(colorado, "-o", tmp_path / "locked" / "classes.tif", "-m", checkpoint)
+    assert result.exit_code == 1 and "is not writable" in result.stderr
+
+
+def test_a_missing_checkpoint_is_an_error(colorado, tmp_path):
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", tmp_path / "model.safetensors")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and "model.safetensors" in result.stderr
+    assert _files(tmp_path) == []
+
+
+def test_without_a_bundled_model_the_error_asks_for_m(monkeypatch, colorado, tmp_path):
+    import geoseg.model.checkpoint
+
+    monkeypatch.setattr(geoseg.model.checkpoint, "MODELS_DIR", tmp_path / "models")
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif")
+    assert result.exit_code == 1
+    assert "no bundled model" in result.stderr and "pass -m MODEL.safetensors" in result.stderr
+
+
+def test_keep_going_finishes_the_good_scenes_and_exits_1(checkpoint, colorado, tmp_path):
+    _text_file(tmp_path / "broken.tif")
+    result = _invoke(
+        tmp_path / "broken.tif", colorado, "-o", tmp_path / "out", "-m", checkpoint, "--keep-going", "-q"
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {tmp_path / 'broken.tif'}: not a raster GDAL can read")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert _files(tmp_path / "out") == [
+        "colorado_hro_0p15m.classes.tif",
+        "colorado_hro_0p15m.classes.tif.aux.xml",
+    ]
+
+
+def test_without_keep_going_a_bad_scene_stops_before_any_work(checkpoint, colorado, tmp_path):
+    _text_file(tmp_path / "broken.tif")
+    result = _invoke(colorado, tmp_path / "broken.tif", "-o", tmp_path / "out", "-m", checkpoint)
+    assert result.exit_code == 1 and "broken.tif: not a raster GDAL can read" in result.stderr
+    assert _files(tmp_path / "out") == []
+
+
+def test_ctrl_c_exits_130_and_leaves_no_partial_or_temporary_file(
+    monkeypatch, checkpoint, shared_data, tmp_path
+):
+    import geoseg.inference.engine as engine
+
+    real = engine._probabilities
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_probabilities", interrupted)
+    (tmp_path / "out").mkdir()
+    source = shared_data / "aerial" / "netherlands_0p25m_epsg28992.tif"
+    result = _invoke(
+        source, "-o", tmp_path / "out" / "classes.tif", "-m", checkpoint, "--confidence", "--probabilities"
+    )
+    assert result.exit_code == 130
+    assert "geoseg: interrupted" in result.stderr
+    assert _files(tmp_path / "out") == []
