@@ -30,7 +30,10 @@ from geoseg.vector.polygonize import polygonize_raster
 from geoseg.vector.sieve import sieved_reader
 from geoseg.vector.simplify import simplify_coverage
 
-DEFAULT_BLOCK_SIZE = 1024
+DEFAULT_BLOCK_SIZE = 2048
+# each block is read once (twice at most with a sieve halo), so a small GDAL block cache suffices and keeps
+# memory from following the raster size up to the cache limit
+GDAL_CACHE_MB = 64
 # complete polygons are simplified and written in batches of about this many vertices
 BATCH_VERTICES = 1_000_000
 
@@ -91,7 +94,7 @@ def vectorize(
         dataset = rasterio.open(classes_path)
     except RasterioIOError as error:
         raise InputError(f"{classes_path}: cannot open as a raster ({_first_line(error)})") from None
-    with dataset:
+    with dataset, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         _check_raster(dataset, classes_path)
         names = read_class_names(dataset) or []
         selected = _select_classes(classes, names, classes_path)
@@ -301,10 +304,16 @@ class _Georeference:
         self.pixel_size_m = math.sqrt(self.pixel_area_m2)
 
     def to_world(self, polygons: np.ndarray) -> np.ndarray:
-        t = self.transform
-        matrix = np.array([[t.a, t.d], [t.b, t.e]])
-        offset = np.array([t.c, t.f])
-        return shapely.transform(polygons, lambda xy: xy @ matrix + offset)
+        a, b, c, d, e, f = self.transform[:6]
+
+        def affine(xy: np.ndarray) -> np.ndarray:
+            x, y = xy[:, 0], xy[:, 1]
+            out = np.empty_like(xy)
+            out[:, 0] = x * a + c if b == 0 else x * a + y * b + c
+            out[:, 1] = y * e + f if d == 0 else x * d + y * e + f
+            return out
+
+        return shapely.transform(polygons, affine)
 
     def areas(self, pixel_polygons: np.ndarray, world_polygons: np.ndarray) -> np.ndarray:
         """Square metres: exact ellipsoidal areas for geographic rasters, scaled planar areas otherwise."""
