@@ -176,20 +176,17 @@ def main() -> None:
 
     print(f"\nvectorize, {first}x{first} texture, 6 classes, block {args.block_size} px, GPKG output")
     print(f"{'':34}{'polygons':>10}{'time s':>10}{'peak MiB':>10}")
-    print(
-        f"{'whole array (shapes + pyogrio)':34}{whole['polygons']:>10}{whole['seconds']:>10.1f}{whole['peak_mib']:>10.0f}"
-    )
-    print(
-        f"{'geoseg vectorize':34}{ours[first]['polygons']:>10}{ours[first]['seconds']:>10.1f}{ours[first]['peak_mib']:>10.0f}"
-    )
+    for name, r in (("whole array (shapes + pyogrio)", whole), ("geoseg vectorize", ours[first])):
+        print(f"{name:34}{r['polygons']:>10}{r['seconds']:>10.1f}{r['peak_mib']:>10.0f}")
     print(f"speed vs whole array: {whole['seconds'] / ours[first]['seconds']:.2f}x (target >= 0.8x)")
-    print(f"\ngeoseg peak memory as the raster grows (same texture)")
+    print("\ngeoseg peak memory as the raster grows (same texture)")
     for size in sizes:
         r = ours[size]
         ratio = r["peak_mib"] / ours[first]["peak_mib"]
-        print(
-            f"{size:>6}x{size:<6} {r['polygons']:>10} polygons {r['seconds']:>8.1f} s {r['peak_mib']:>8.0f} MiB  {ratio:.2f}x"
+        line = (
+            f"{size:>6}x{size:<6}{r['polygons']:>10} polygons{r['seconds']:>8.1f} s{r['peak_mib']:>8.0f} MiB"
         )
+        print(f"{line}  {ratio:.2f}x")
     print("target: the largest within 1.5x the memory of the first")
 
 
