@@ -7,10 +7,12 @@ Geographic CRS: the exact area on the CRS's ellipsoid (WGS84 unless its WKT name
 authalic latitude map the ellipsoid onto a cylinder *with equal area*: a point (lon, lat) goes to
 (lon in radians, q(lat) / q_p) and the ellipsoid's area is R_q² times the planar area there (R_q: authalic
 radius). Meridians and parallels stay straight lines under this map, so for polygons made of pixel edges
-(north-up rasters) the area is exact: it equals the summed ellipsoidal areas of their pixels, to floating
-point accuracy (about 1e-9 relative). An edge that is neither (after simplification) is taken as straight
-on that cylinder, which differs from a geodesic edge by far less than a pixel's area for edges of a few
-kilometres.
+(north-up rasters) the area is exact: it equals the summed ellipsoidal areas of their pixels, up to
+floating point rounding (checked against numerical integration: within 1e-8 of a 10-cm pixel's area at
+mid-latitudes, 1e-6 within a degree of the poles, where differences of q lose digits).
+An edge that is neither (after simplification) is taken as straight on that cylinder; a geodesic between
+the same vertices bounds a slightly different area (an east-west edge of length L bulges poleward by about
+L² tan(lat) / 8R: some 0.02 m² for a 100 m edge at 52°).
 """
 
 from __future__ import annotations

@@ -293,7 +293,7 @@ class _Georeference:
             self.pixel_area_m2 = self.pixel_area
         elif crs.is_geographic:
             self.cylinder = AuthalicCylinder(*ellipsoid(crs))
-            centre_lat = (transform * (dataset.width / 2, dataset.height / 2))[1]
+            centre_lat = (transform @ (dataset.width / 2, dataset.height / 2))[1]
             north_up = transform.b == 0 and transform.d == 0
             side = math.sqrt(self.pixel_area)
             dlon, dlat = (transform.a, transform.e) if north_up else (side, side)
@@ -319,4 +319,4 @@ class _Georeference:
         """Square metres: exact ellipsoidal areas for geographic rasters, scaled planar areas otherwise."""
         if self.cylinder is not None:
             return self.cylinder.areas(world_polygons)
-        return shapely.area(pixel_polygons) * (self.pixel_area_m2 / self.pixel_area)
+        return shapely.area(pixel_polygons) * self.pixel_area_m2

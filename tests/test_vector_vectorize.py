@@ -1,0 +1,332 @@
+"""``geoseg.vector.vectorize.vectorize``: formats, CRS, attributes, areas, cleaning, and failing well."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from pyogrio import raw
+from rasterio.transform import from_origin
+from scipy import integrate, ndimage
+
+from geoseg.errors import InputError, OutputError
+from geoseg.raster.classes import write_class_metadata
+from geoseg.vector import vectorize as vectorize_module
+from geoseg.vector.area import WGS84, AuthalicCylinder
+from geoseg.vector.vectorize import vectorize
+
+POTSDAM = Path(__file__).parents[1].parent / "shared" / "data" / "labeled" / "potsdam"
+POTSDAM_LABEL = POTSDAM / "top_potsdam_2_10_label_0_0_512_512.tif"
+NAMES = ["field", "building", "tree", "water"]
+
+
+def write_raster(path, classes, *, crs="EPSG:32633", transform=None, nodata=None, names=None, dtype=None):
+    transform = transform or from_origin(366976.5, 5808562.6, 0.5, 0.5)
+    profile = dict(
+        driver="GTiff",
+        width=classes.shape[-1],
+        height=classes.shape[-2],
+        count=1 if classes.ndim == 2 else classes.shape[0],
+        dtype=dtype or classes.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+    )
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(classes if classes.ndim == 3 else classes[None])
+        if names:
+            write_class_metadata(dst, names, [(i * 40, 0, 0) for i in range(len(names))])
+    return path
+
+
+def texture(n=96, seed=0, classes=4):
+    rng = np.random.default_rng(seed)
+    smooth = ndimage.gaussian_filter(rng.standard_normal((classes, n, n)), 2.0, axes=(1, 2))
+    return smooth.argmax(axis=0).astype(np.uint8)
+
+
+def read_layer(path):
+    meta, _, geometry, fields = raw.read(path)
+    table = dict(zip(meta["fields"], fields, strict=True))
+    return meta, shapely.from_wkb(geometry), table
+
+
+def region_counts(classes, valid=None):
+    counts = {}
+    for value in np.unique(classes if valid is None else classes[valid]):
+        mask = classes == value if valid is None else (classes == value) & valid
+        counts[int(value)] = ndimage.label(mask)[1]
+    return counts
+
+
+@pytest.fixture
+def named(tmp_path):
+    classes = texture()
+    classes[:10, :10] = 255  # nodata corner
+    return write_raster(tmp_path / "classes.tif", classes, nodata=255, names=NAMES), classes
+
+
+def test_real_label_raster_to_geopackage_counts_areas_crs_and_attributes(tmp_path):
+    if not POTSDAM_LABEL.exists():
+        pytest.skip(f"shared data missing: {POTSDAM_LABEL}")
+    with rasterio.open(POTSDAM_LABEL) as dataset:
+        classes = dataset.read(1)
+    out = tmp_path / "potsdam.gpkg"
+    result = vectorize(POTSDAM_LABEL, out, block_size=64)
+    expected = region_counts(classes)
+    assert result.polygons == {str(k): v for k, v in expected.items()}
+    meta, polygons, table = read_layer(out)
+    assert meta["crs"] == "EPSG:32633"
+    assert meta["geometry_type"] == "Polygon"
+    assert list(meta["fields"]) == ["class_id", "class_name", "area_m2"]
+    assert shapely.is_valid(polygons).all()
+    for value in expected:
+        pixels = int((classes == value).sum())
+        assert table["area_m2"][table["class_id"] == value].sum() == pytest.approx(
+            pixels * 0.05 * 0.05, rel=1e-12
+        )
+    # the georeferencing is pixel-exact: the union is the raster's footprint
+    assert shapely.union_all(polygons).equals(
+        shapely.box(366976.5, 5808562.6 - 25.6, 366976.5 + 25.6, 5808562.6)
+    )
+    assert result.to_dict()["polygons"] == result.polygons
+
+
+def test_block_size_does_not_change_the_file(tmp_path, named):
+    path, _ = named
+    outputs = [vectorize(path, tmp_path / f"b{size}.gpkg", block_size=size).output for size in (16, 4096)]
+    layers = [read_layer(out) for out in outputs]
+    canon = [
+        sorted(zip(t["class_id"].tolist(), shapely.to_wkt(shapely.normalize(p)).tolist(), strict=True))
+        for _, p, t in layers
+    ]
+    assert canon[0] == canon[1]
+
+
+def test_class_names_from_the_raster_nodata_and_class_filter(tmp_path, named):
+    path, classes = named
+    valid = classes != 255
+    result = vectorize(path, tmp_path / "all.gpkg")
+    assert result.polygons == {NAMES[k]: v for k, v in region_counts(classes, valid).items()}
+    _, polygons, table = read_layer(tmp_path / "all.gpkg")
+    assert set(table["class_name"]) == {NAMES[k] for k in np.unique(classes[valid])}
+    assert table["area_m2"].sum() == pytest.approx(valid.sum() * 0.25)
+    nodata_corner = shapely.box(366976.5, 5808562.6 - 5, 366976.5 + 5, 5808562.6)
+    assert shapely.area(shapely.intersection(polygons, nodata_corner)).max() == 0
+
+    only = vectorize(path, tmp_path / "some.gpkg", classes=["Building", "3"])
+    assert only.polygons == {
+        "building": region_counts(classes, valid)[1],
+        "water": region_counts(classes, valid)[3],
+    }
+    _, _, table = read_layer(tmp_path / "some.gpkg")
+    assert set(table["class_id"].tolist()) == {1, 3}
+
+
+def test_plain_ids_as_names_without_stored_names(tmp_path):
+    path = write_raster(tmp_path / "c.tif", texture(40, seed=2))
+    result = vectorize(path, tmp_path / "c.gpkg", classes=[2])
+    assert list(result.polygons) == ["2"]
+    assert set(read_layer(tmp_path / "c.gpkg")[2]["class_name"]) == {"2"}
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".shp", ".geojson"])
+def test_every_ogr_format_opens_with_pyogrio_and_carries_the_right_crs(tmp_path, named, suffix):
+    path, classes = named
+    out = tmp_path / f"polygons{suffix}"
+    result = vectorize(path, out)
+    meta, polygons, table = read_layer(out)
+    assert len(polygons) == sum(result.polygons.values())
+    assert set(table["class_name"]) <= set(NAMES)
+    if suffix == ".geojson":  # RFC 7946: WGS84 longitude/latitude
+        assert meta["crs"] == "EPSG:4326"
+        lon, lat = shapely.get_coordinates(polygons).T
+        assert 13.0 < lon.min() < lon.max() < 13.1 and 52.4 < lat.min() < lat.max() < 52.5
+    else:
+        assert meta["crs"] == "EPSG:32633"
+        assert shapely.union_all(polygons).area == pytest.approx((classes != 255).sum() * 0.25)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_geojson_keeps_the_raster_crs_when_asked(tmp_path, named):
+    path, _ = named
+    vectorize(path, tmp_path / "keep.geojson", keep_crs=True)
+    meta, polygons, _ = read_layer(tmp_path / "keep.geojson")
+    assert meta["crs"] == "EPSG:32633"
+    assert shapely.get_coordinates(polygons)[:, 1].max() == pytest.approx(5808562.6)
+
+
+def test_geoparquet_has_geo_metadata_and_wkb(tmp_path, named):
+    pq = pytest.importorskip("pyarrow.parquet")
+    path, classes = named
+    result = vectorize(path, tmp_path / "p.parquet", connectivity=8)
+    table = pq.read_table(tmp_path / "p.parquet")
+    geo = json.loads(table.schema.metadata[b"geo"])
+    assert geo["primary_column"] == "geometry"
+    assert geo["columns"]["geometry"]["encoding"] == "WKB"
+    assert geo["columns"]["geometry"]["geometry_types"] == ["MultiPolygon"]
+    assert geo["columns"]["geometry"]["crs"]["id"] == {"authority": "EPSG", "code": 32633}
+    polygons = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
+    assert len(polygons) == sum(result.polygons.values())
+    assert (shapely.get_type_id(polygons) == shapely.GeometryType.MULTIPOLYGON).all()
+    assert table.column_names == ["class_id", "class_name", "area_m2", "geometry"]
+
+
+def test_eight_connectivity_gives_valid_multipolygons(tmp_path):
+    classes = (np.indices((20, 20)).sum(axis=0) % 2).astype(np.uint8)
+    result = vectorize(
+        write_raster(tmp_path / "c.tif", classes), tmp_path / "c.gpkg", connectivity=8, block_size=16
+    )
+    assert result.polygons == {"0": 1, "1": 1}
+    meta, polygons, _ = read_layer(tmp_path / "c.gpkg")
+    assert meta["geometry_type"] == "MultiPolygon"
+    assert shapely.is_valid(polygons).all()
+    assert sorted(shapely.get_num_geometries(polygons).tolist()) == [200, 200]
+
+
+def test_area_respects_linear_units(tmp_path):
+    classes = np.zeros((4, 5), np.uint8)
+    path = write_raster(
+        tmp_path / "ft.tif", classes, crs="EPSG:2263", transform=from_origin(1e6, 2e5, 2.0, 2.0)
+    )
+    vectorize(path, tmp_path / "ft.gpkg")
+    area = read_layer(tmp_path / "ft.gpkg")[2]["area_m2"][0]
+    assert area == pytest.approx(20 * 4 * 0.30480060960121924**2, rel=1e-12)
+
+
+def ellipsoid_cell_area(lat0, lat1, dlon, a=WGS84[0], f=WGS84[1]):
+    """Independent reference: integrate M(phi) N(phi) cos(phi) over the cell (radii of curvature)."""
+    e2 = f * (2 - f)
+
+    def density(phi):
+        w = 1 - e2 * math.sin(phi) ** 2
+        return a * (1 - e2) / w**1.5 * a / math.sqrt(w) * math.cos(phi)
+
+    value, _ = integrate.quad(density, math.radians(lat0), math.radians(lat1), epsabs=0, epsrel=1e-13)
+    return value * math.radians(dlon)
+
+
+def test_authalic_areas_match_the_ellipsoid_integral_and_its_whole_surface():
+    cylinder = AuthalicCylinder(*WGS84)
+    globe = shapely.box(-180, -90, 180, 90)
+    assert cylinder.areas(np.array([globe]))[0] == pytest.approx(510065621724088.5, rel=1e-12)
+    for lat in (0.0, 37.5, 71.0, 89.9):
+        for step in (1e-4, 1e-6):  # pixels of about 10 m and 10 cm
+            cell = shapely.box(10.0, lat, 10.0 + step, lat + step)
+            expected = ellipsoid_cell_area(lat, lat + step, step)
+            assert cylinder.areas(np.array([cell]))[0] == pytest.approx(expected, rel=1e-6)
+
+
+def test_geographic_raster_area_is_the_sum_of_its_pixels_on_the_ellipsoid(tmp_path):
+    classes = np.zeros((30, 40), np.uint8)
+    classes[5:20, 10:30] = 1
+    step = 1e-4
+    transform = from_origin(13.0, 52.5, step, step)
+    path = write_raster(tmp_path / "geo.tif", classes, crs="EPSG:4326", transform=transform)
+    vectorize(path, tmp_path / "geo.gpkg", block_size=16)
+    _, _, table = read_layer(tmp_path / "geo.gpkg")
+    inner = table["area_m2"][table["class_id"] == 1][0]
+    expected = sum(
+        ellipsoid_cell_area(52.5 - (r + 1) * step, 52.5 - r * step, 20 * step) for r in range(5, 20)
+    )
+    assert inner == pytest.approx(expected, rel=1e-8)
+    whole = sum(ellipsoid_cell_area(52.5 - (r + 1) * step, 52.5 - r * step, 40 * step) for r in range(30))
+    assert table["area_m2"].sum() == pytest.approx(whole, rel=1e-8)
+
+
+@pytest.mark.parametrize("batch", [10**9, 200])
+def test_simplified_polygons_still_tile_the_valid_area(tmp_path, monkeypatch, batch):
+    monkeypatch.setattr(vectorize_module, "BATCH_VERTICES", batch)  # 200: many batches, fixed batch edges
+    classes = texture(120, seed=4)
+    classes[40:60, 0:30] = 255
+    path = write_raster(tmp_path / "c.tif", classes, nodata=255, transform=from_origin(0, 120, 1.0, 1.0))
+    plain = vectorize(path, tmp_path / "plain.gpkg", block_size=32)
+    simple = vectorize(path, tmp_path / "simple.gpkg", simplify=2.0, block_size=32)
+    assert simple.polygons == plain.polygons
+    _, polygons, table = read_layer(tmp_path / "simple.gpkg")
+    _, originals, _ = read_layer(tmp_path / "plain.gpkg")
+    assert shapely.is_valid(polygons).all()
+    assert shapely.get_num_coordinates(polygons).sum() < 0.8 * shapely.get_num_coordinates(originals).sum()
+    union = shapely.union_all(polygons)
+    valid_area = float((classes != 255).sum())
+    assert union.area == pytest.approx(valid_area, rel=1e-12)
+    assert shapely.area(polygons).sum() == pytest.approx(valid_area, rel=1e-12)  # so no overlaps
+    tree = shapely.STRtree(polygons)
+    left, right = tree.query(polygons, predicate="intersects")
+    pairs = left < right
+    overlaps = shapely.area(shapely.intersection(polygons[left[pairs]], polygons[right[pairs]]))
+    assert overlaps.max() < 1e-9
+    assert table["area_m2"] == pytest.approx(shapely.area(polygons))
+
+
+def test_min_pixels_removes_small_regions_and_keeps_the_map_gap_free(tmp_path):
+    classes = texture(120, seed=6)
+    path = write_raster(tmp_path / "c.tif", classes, transform=from_origin(0, 120, 1.0, 1.0))
+    before = vectorize(path, tmp_path / "a.gpkg")
+    after = vectorize(path, tmp_path / "b.gpkg", min_pixels=30, block_size=32)
+    assert sum(after.polygons.values()) < sum(before.polygons.values())
+    _, polygons, table = read_layer(tmp_path / "b.gpkg")
+    assert shapely.area(polygons).min() >= 30
+    assert table["area_m2"].sum() == 120 * 120
+    same = vectorize(path, tmp_path / "c.gpkg", min_area=30.0, block_size=4096)
+    assert same.polygons == after.polygons
+
+
+def test_non_integer_raster_is_refused(tmp_path):
+    path = write_raster(tmp_path / "f.tif", np.zeros((8, 8), np.float32))
+    with pytest.raises(InputError, match="float32 values; vectorize needs an integer class raster"):
+        vectorize(path, tmp_path / "f.gpkg")
+
+
+def test_multi_band_raster_is_refused(tmp_path):
+    path = write_raster(tmp_path / "m.tif", np.zeros((3, 8, 8), np.uint8))
+    with pytest.raises(InputError, match="has 3 bands; vectorize needs a single-band class raster"):
+        vectorize(path, tmp_path / "m.gpkg")
+
+
+def test_unknown_class_name_lists_the_known_ones(tmp_path, named):
+    path, _ = named
+    with pytest.raises(InputError, match="unknown class 'road'; class names: field, building, tree, water"):
+        vectorize(path, tmp_path / "x.gpkg", classes=["road"])
+    assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
+    path, _ = named
+    out = tmp_path / "x.gpkg"
+    out.write_text("keep me")
+    with pytest.raises(OutputError, match="output exists; pass --overwrite"):
+        vectorize(path, out)
+    assert out.read_text() == "keep me"
+    vectorize(path, out, overwrite=True)
+    assert pyogrio.read_info(out)["features"] > 0
+
+
+def test_unknown_suffix_is_refused_before_any_work(tmp_path, named):
+    path, _ = named
+    with pytest.raises(OutputError, match=r"unknown output format '\.csv'; use one of \.gpkg, \.fgb"):
+        vectorize(path, tmp_path / "x.csv")
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".shp", ".fgb"])
+def test_interrupt_leaves_nothing_behind(tmp_path, named, suffix):
+    path, _ = named
+    folder = tmp_path / "out"
+    folder.mkdir()
+    calls = []
+
+    def interrupt(done, total):
+        calls.append(done)
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        vectorize(path, folder / f"x{suffix}", block_size=16, progress=interrupt)
+    assert calls == [1, 2, 3]
+    assert list(folder.iterdir()) == []
