@@ -1,0 +1,181 @@
+"""``geoseg vectorize``: options reach the library, results and failures are reported in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio.transform import from_origin
+from scipy import ndimage
+
+from geoseg.cli.main import cli
+from geoseg.raster.classes import write_class_metadata
+
+NAMES = ["field", "building", "tree"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def write_raster(path, data, names=None, nodata=None):
+    count = 1 if data.ndim == 2 else data.shape[0]
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=data.shape[-1],
+        height=data.shape[-2],
+        count=count,
+        dtype=data.dtype,
+        crs="EPSG:32633",
+        transform=from_origin(366976.5, 5808562.6, 0.5, 0.5),
+        nodata=nodata,
+    ) as dst:
+        dst.write(data.reshape(count, *data.shape[-2:]))
+        if names:
+            write_class_metadata(dst, names, [(0, 0, 0)] * len(names))
+    return str(path)
+
+
+@pytest.fixture
+def classes_tif(tmp_path):
+    rng = np.random.default_rng(1)
+    smooth = ndimage.gaussian_filter(rng.standard_normal((3, 64, 64)), 2.0, axes=(1, 2))
+    classes = smooth.argmax(axis=0).astype(np.uint8)
+    classes[:8, :8] = 255
+    return write_raster(tmp_path / "classes.tif", classes, NAMES, nodata=255), classes
+
+
+def counts(classes):
+    return {NAMES[k]: ndimage.label(classes == k)[1] for k in range(3) if (classes == k).any()}
+
+
+def test_json_reports_input_output_counts_per_class_name_and_seconds(runner, tmp_path, classes_tif):
+    path, classes = classes_tif
+    out = tmp_path / "polygons.gpkg"
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(out), "--json", "--block-size", "16"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert set(record) == {"input", "output", "polygons", "seconds"}
+    assert record["input"] == path and record["output"] == str(out)
+    assert record["polygons"] == counts(classes)
+    assert pyogrio.read_info(out)["features"] == sum(record["polygons"].values())
+
+
+def test_options_reach_the_library(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    out = tmp_path / "trees.fgb"
+    args = ["vectorize", path, "-o", str(out), "--classes", "tree", "--min-pixels", "5", "--simplify", "0.5"]
+    args += ["--connectivity", "8", "--layer", "trees", "--json"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert list(json.loads(result.stdout)["polygons"]) == ["tree"]
+    info = pyogrio.read_info(out)
+    assert info["geometry_type"] == "MultiPolygon"
+    assert info["layer_name"] == "trees"
+
+
+def test_summary_line_without_json(runner, tmp_path, classes_tif):
+    path, classes = classes_tif
+    out = tmp_path / "p.gpkg"
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    total = sum(counts(classes).values())
+    assert result.stderr.startswith(f"{out}: {total} polygons (field ")
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda p: write_raster(p, np.zeros((3, 8, 8), np.uint8)),
+            "has 3 bands; vectorize needs a single-band",
+        ),
+        (
+            lambda p: write_raster(p, np.zeros((8, 8), np.float32)),
+            "holds float32 values; vectorize needs an integer",
+        ),
+    ],
+)
+def test_unsuitable_rasters_fail_in_one_line(runner, tmp_path, make, message):
+    path = make(tmp_path / "bad.tif")
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(tmp_path / "x.gpkg")])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {path}: ") and message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "x.gpkg").exists()
+
+
+def test_unknown_class_name(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(tmp_path / "x.gpkg"), "--classes", "road"])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {path}: unknown class 'road'; class names: field, building, tree\n"
+
+
+def test_existing_output_without_overwrite(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    out = tmp_path / "x.gpkg"
+    out.write_text("old")
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {out}: output exists; pass --overwrite to replace it\n"
+    assert out.read_text() == "old"
+    assert runner.invoke(cli, ["vectorize", path, "-o", str(out), "-f"]).exit_code == 0
+
+
+def test_unwritable_folder(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    out = tmp_path / "missing" / "x.gpkg"
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {out}: folder {out.parent} does not exist\n"
+
+
+def test_unknown_suffix(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(tmp_path / "x.kml")])
+    assert result.exit_code == 1
+    assert "unknown output format '.kml'; use one of .gpkg, .fgb, .geojson, .parquet, .shp" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--min-area", "2", "--min-pixels", "3"], "give either --min-area or --min-pixels, not both"),
+        (["--connectivity", "6"], "'6' is not one of '4', '8'"),
+        (["--block-size", "4"], "4 is not in the range x>=16"),
+    ],
+)
+def test_usage_errors_exit_2(runner, tmp_path, classes_tif, extra, message):
+    path, _ = classes_tif
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(tmp_path / "x.gpkg"), *extra])
+    assert result.exit_code == 2
+    assert message in result.stderr
+
+
+def test_ctrl_c_exits_130_and_leaves_nothing(runner, tmp_path, classes_tif, monkeypatch):
+    path, _ = classes_tif
+    folder = tmp_path / "out"
+    folder.mkdir()
+    import geoseg.vector.vectorize as module
+
+    real = module.polygonize_raster
+
+    def interrupted(*args, **kwargs):
+        for i, item in enumerate(real(*args, **kwargs)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(module, "polygonize_raster", interrupted)
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(folder / "x.shp"), "--block-size", "16"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.stderr
+    assert list(folder.iterdir()) == []
