@@ -1,6 +1,6 @@
 """geoseg vectorize against polygonizing the whole array at once, and its memory as the raster grows.
 
-    python benchmarks/vectorize.py [--sizes 5000,20000] [--block-size 1024] [--keep DIR]
+    python benchmarks/vectorize.py [--sizes 5000,20000] [--block-size PX] [--keep DIR]
 
 Writes class rasters with a realistic texture (six classes: the argmax of six smooth random fields, as a
 segmentation network's output looks, with some small specks) as tiled GeoTIFFs in a temporary folder,
@@ -149,10 +149,14 @@ def measure(kind: str, src: Path, out: Path, block_size: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="5000,20000")
-    parser.add_argument("--block-size", type=int, default=1024)
+    parser.add_argument("--block-size", type=int, default=None, help="default: geoseg's default block size")
     parser.add_argument("--keep", type=Path, default=None, help="folder to keep the rasters in (reused)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.block_size is None:
+        from geoseg.vector.vectorize import DEFAULT_BLOCK_SIZE
+
+        args.block_size = DEFAULT_BLOCK_SIZE
     if args.child:
         child(*args.child, args.block_size)
         return
