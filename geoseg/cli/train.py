@@ -199,6 +199,7 @@ class _Display:
         self.task = None
         self.last_line = 0.0
         self.started = time.monotonic()
+        self.first_step: int | None = None  # a resumed run starts past step 1
         if quiet or not stderr_is_terminal():
             return
         from rich.console import Console
@@ -235,10 +236,12 @@ class _Display:
                 self.progress.console.print(self._validation_line(event))
             return
         now = time.monotonic()
+        if self.first_step is None:
+            self.first_step = event.step
         if event.phase == "validate":
             click.echo(self._validation_line(event), err=True)
-        elif now - self.last_line >= 30 or event.step == 1:
-            rate = (now - self.started) / event.step
+        elif now - self.last_line >= 30 or event.step == self.first_step:
+            rate = (now - self.started) / (event.step - self.first_step + 1)
             click.echo(
                 f"step {event.step}/{event.total_steps} · epoch {event.epoch} · loss {event.loss:.4f} · "
                 f"lr {event.lr:.2e} · {rate:.2f} s/step",

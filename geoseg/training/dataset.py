@@ -7,7 +7,8 @@ Pairing rule (explicit, so a wrong pair is an error rather than a silent mix-up)
    *every* image name are dropped, likewise for the labels, and what remains must match:
    ``image_3.png`` ↔ ``label_3.png``, ``top_potsdam_2_10_RGB.tif`` ↔ ``top_potsdam_2_10_label.tif``,
    ``area1.tif`` ↔ ``area1_mask.tif``.
-3. One image and one label pair directly.
+3. One image and one label pair directly; one file on one side pairs with the file of the other side
+   whose varying part occurs in its name.
 
 Anything left unpaired is an error naming it. Every pair is checked before training starts: readable, same
 size, the image has the card's number of bands, no smaller than the crop, and every label value decodes to a
@@ -87,6 +88,18 @@ def _varying_keys(paths: Sequence[Path]) -> list[str]:
     return ["_".join(t[head : len(t) - tail]) for t in tokens]
 
 
+def _key_inside(path: Path, keys: Sequence[str]) -> str:
+    """The one key of ``keys`` found as a run of tokens in ``path``'s name (pairing one file with many)."""
+    tokens = _tokens(path)
+    found = []
+    for key in keys:
+        wanted = key.split("_")
+        n = len(wanted)
+        if any(tokens[i : i + n] == wanted for i in range(len(tokens) - n + 1)):
+            found.append(key)
+    return found[0] if len(found) == 1 else path.stem
+
+
 def pair_files(images: Sequence[Path], labels: Sequence[Path]) -> list[tuple[Path, Path]]:
     """Pair images with labels by name (see the module docstring); unpaired files are an error."""
     if len(images) == 1 and len(labels) == 1:
@@ -96,8 +109,14 @@ def pair_files(images: Sequence[Path], labels: Sequence[Path]) -> list[tuple[Pat
     if len(set(image_stems)) == len(images) and set(image_stems) == set(label_stems):
         by_stem = {p.stem: p for p in labels}
         return [(image, by_stem[image.stem]) for image in images]
-    image_keys = _varying_keys(images) if len(images) > 1 else image_stems
-    label_keys = _varying_keys(labels) if len(labels) > 1 else label_stems
+    if len(images) == 1:
+        label_keys = _varying_keys(labels)
+        image_keys = [_key_inside(images[0], label_keys)]
+    elif len(labels) == 1:
+        image_keys = _varying_keys(images)
+        label_keys = [_key_inside(labels[0], image_keys)]
+    else:
+        image_keys, label_keys = _varying_keys(images), _varying_keys(labels)
     for keys, paths, role in ((image_keys, images, "image"), (label_keys, labels, "label")):
         if len(set(keys)) != len(keys) or "" in keys:
             raise InputError(

@@ -186,6 +186,7 @@ def train(
     init_note = initialise_from(model, init) if init is not None and state is None else None
     model.to(device)
     optimizer = _optimizer(model, config)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a restored state changes them
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16 and device.type == "cuda")
     steps_per_epoch = max(1, math.ceil(sum(r.pixels for r in rasters) / (config.crop**2 * config.batch_size)))
     total = config.steps or (config.epochs or DEFAULT_EPOCHS) * steps_per_epoch
@@ -199,7 +200,6 @@ def train(
                 f"{resume}: the run already made {step} steps; pass a larger --steps/--epochs to continue it"
             )
     sampler = CropSampler(rasters, config.crop, rng, config.scales)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
     started, last_state_save = time.monotonic(), time.monotonic()
     losses: list[float] = []
     epoch_losses: list[float] = []

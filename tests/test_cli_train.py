@@ -1,0 +1,135 @@
+"""``geoseg train`` on the command line: a short real run, and one-line errors before any training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geoseg.cli.main import cli
+
+
+def write_png(path: Path, data: np.ndarray) -> Path:
+    data = data[None] if data.ndim == 2 else data
+    with rasterio.open(
+        path, "w", driver="PNG", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype="uint8"
+    ) as dst:
+        dst.write(data)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiles(shared_data, tmp_path_factory) -> Path:
+    """96² corners of the real LoveDA tiles 0 and 1."""
+    folder = tmp_path_factory.mktemp("loveda_cli")
+    for i in (0, 1):
+        for kind in ("image", "label"):
+            with rasterio.open(shared_data / "labeled" / "loveda" / f"{kind}_{i}.png") as src:
+                write_png(folder / f"{kind}_{i}.png", src.read(window=((0, 96), (0, 96))))
+    return folder
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["train", *map(str, args)])
+
+
+def base_args(tiles: Path, output: Path) -> list:
+    return [
+        "--images", tiles / "image_0.png", "--labels", tiles / "label_0.png",
+        "--preset", "loveda", "--label-offset", "1", "--backbone", "resnet18",
+        "--crop", "64", "--batch-size", "2", "-o", output,
+    ]  # fmt: skip
+
+
+def test_short_run_writes_a_checkpoint_that_predict_can_use(tiles, tmp_path):
+    output = tmp_path / "m.safetensors"
+    result = run(
+        *base_args(tiles, output), "--steps", "2", "--val-images", tiles / "image_1.png",
+        "--val-labels", tiles / "label_1.png", "--json", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.strip().splitlines()[-1])
+    assert record["output"] == str(output) and record["steps"] == 2
+    assert record["state"] == str(tmp_path / "m.state.pt")
+    assert set(record["validation"]) >= {"overall_accuracy", "mean_f1", "mean_iou", "per_class_iou"}
+    info = CliRunner().invoke(cli, ["info", str(output), "--json"])
+    assert info.exit_code == 0 and json.loads(info.output)["backbone"] == "resnet18"
+    try:
+        import geoseg.cli.predict  # noqa: F401
+    except ImportError:
+        return  # predict is not part of this checkout yet
+    classes = tmp_path / "classes.tif"
+    predicted = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(tiles / "image_1.png"),
+            "-o",
+            str(classes),
+            "-m",
+            str(output),
+            "--device",
+            "cpu",
+            "-q",
+        ],
+    )
+    assert predicted.exit_code == 0, predicted.output
+    with rasterio.open(classes) as src:
+        assert src.read(1).max() < 7
+
+
+def test_unpaired_files_fail_before_training(tiles, tmp_path):
+    result = run(*base_args(tiles, tmp_path / "m.safetensors"), "--labels", tiles / "label_1.png")
+    assert result.exit_code == 1
+    assert "unpaired files (labels without an image: label_1.png)" in result.output
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_labels_outside_the_classes_fail_with_the_offset_hint(tiles, tmp_path):
+    args = base_args(tiles, tmp_path / "m.safetensors")
+    args[args.index("--label-offset") + 1] = "0"
+    result = run(*args)
+    assert result.exit_code == 1
+    assert "label_0.png:" in result.output and "--label-offset N" in result.output
+
+
+def test_crop_larger_than_the_image_fails(tiles, tmp_path):
+    args = base_args(tiles, tmp_path / "m.safetensors")
+    args[args.index("--crop") + 1] = "128"
+    result = run(*args)
+    assert result.exit_code == 1
+    assert "image_0.png: is 96×96 pixels, smaller than the 128-pixel crop" in result.output
+
+
+def test_crop_not_a_multiple_of_32_fails(tiles, tmp_path):
+    args = base_args(tiles, tmp_path / "m.safetensors")
+    args[args.index("--crop") + 1] = "50"
+    result = run(*args)
+    assert result.exit_code == 1
+    assert "--crop must be a positive multiple of 32" in result.output
+
+
+def test_classes_must_be_named(tiles, tmp_path):
+    args = base_args(tiles, tmp_path / "m.safetensors")
+    del args[args.index("--preset") : args.index("--preset") + 2]
+    result = run(*args)
+    assert result.exit_code == 2
+    assert "name the classes with --preset NAME or --card FILE" in result.output
+
+
+def test_existing_output_needs_overwrite(tiles, tmp_path):
+    output = tmp_path / "m.safetensors"
+    output.write_bytes(b"")
+    result = run(*base_args(tiles, output))
+    assert result.exit_code == 1
+    assert "m.safetensors: output exists; pass --overwrite" in result.output
+
+
+def test_missing_state_file_for_resume(tiles, tmp_path):
+    result = run(*base_args(tiles, tmp_path / "m.safetensors"), "--resume", tmp_path / "gone.state.pt")
+    assert result.exit_code == 1
+    assert "gone.state.pt: state file not found" in result.output
