@@ -401,21 +401,34 @@ class _Blender:
         """Finish the chunk: argmax (and optional uint8 probabilities) of its own pixels; hand on the rest."""
         chunk, acc, k = self.chunk, self.acc, self.k
         rh, rw = chunk.y1 - chunk.y0, chunk.x1 - chunk.x0
-        region = acc[:k, :rh, :rw]
+        region, weight = acc[:k, :rh, :rw], acc[k, :rh, :rw]
         # argmax of the weighted sums: dividing by the (positive) weight first cannot change the winner.
-        result = {"classes": region.argmax(0).to(torch.uint8).cpu().numpy()}
-        if confidence or probabilities:
-            share = region / acc[k, :rh, :rw]
-            if confidence:
-                result["confidence"] = _to_uint8(share.amax(0)).cpu().numpy()
-            if probabilities:
-                result["probabilities"] = _to_uint8(share).cpu().numpy()
+        classes, best = _argmax_classes(region)
+        result = {"classes": classes.cpu().numpy()}
+        if confidence:
+            result["confidence"] = _to_uint8(best / weight).cpu().numpy()
+        if probabilities:
+            result["probabilities"] = _to_uint8(region / weight).cpu().numpy()
         if chunk.row + 1 < self.grid.chunk_rows and acc.shape[1] > rh:
             self.frontier.put(chunk.col, acc[:, rh:, :rw])
         if chunk.col + 1 < self.grid.chunk_cols and acc.shape[2] > rw:
             self.carry = acc[:, :, rw:].clone()
         self.chunk, self.acc = None, None
         return result
+
+
+def _argmax_classes(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 index of the largest of K score planes (the first on ties, like argmax) and that largest score.
+
+    One pass per class with element-wise operations: several times faster than ``argmax(0)``, which reduces
+    over the slowest-varying dimension.
+    """
+    best = scores[0].clone()
+    index = torch.zeros(best.shape, dtype=torch.uint8, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        index.masked_fill_(scores[k] > best, k)
+        torch.maximum(best, scores[k], out=best)
+    return index, best
 
 
 def _to_uint8(share: torch.Tensor) -> torch.Tensor:

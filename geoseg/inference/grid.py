@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from geoseg.errors import ConfigurationError
 
 NETWORK_MULTIPLE = 32
-DEFAULT_CHUNK = 2048
+DEFAULT_CHUNK = 1024
 CHUNK_MULTIPLE = 512  # the output's block size: chunks write whole blocks, never a block twice
 
 
