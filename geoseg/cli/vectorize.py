@@ -64,7 +64,7 @@ from geoseg.cli.options import (
     type=click.IntRange(min=16),
     default=None,
     metavar="PX",
-    help="Pixels per block side; memory follows it, never the raster size. [default: 2048]",
+    help="Pixels per block side; memory follows it, never the raster size. [default: 1024]",
 )
 @click.option(
     "--layer", default=None, help="Layer name (GeoPackage, Shapefile...). Default: the output's stem."

@@ -30,7 +30,7 @@ from geoseg.vector.polygonize import polygonize_raster
 from geoseg.vector.sieve import sieved_reader
 from geoseg.vector.simplify import simplify_coverage
 
-DEFAULT_BLOCK_SIZE = 2048
+DEFAULT_BLOCK_SIZE = 1024
 # each block is read once (twice at most with a sieve halo), so a small GDAL block cache suffices and keeps
 # memory from following the raster size up to the cache limit
 GDAL_CACHE_MB = 64
