@@ -123,7 +123,7 @@ def run_whole_array(src: str, out: str) -> dict:
         out,
         shapely.to_wkb(polygons),
         [values.astype(np.int32), names, areas],
-        ["class_id", "class_name", "area_m2"],
+        ["class_id", "class_name", "area"],
         geometry_type="Polygon",
         crs=crs.to_wkt(),
         layer="polygons",

@@ -150,7 +150,7 @@ def test_vectorize_writes_polygons_of_the_class_raster(checkpoint, colorado, tmp
     import pyogrio
 
     info = pyogrio.read_info(tmp_path / "map.gpkg")
-    assert info["features"] > 0 and list(info["fields"]) == ["class_id", "class_name", "area_m2"]
+    assert info["features"] > 0 and list(info["fields"]) == ["class_id", "class_name", "area"]
 
 
 # --- failing well ----------------------------------------------------------------------------------------

@@ -84,11 +84,11 @@ def test_real_label_raster_to_geopackage_counts_areas_crs_and_attributes(tmp_pat
     meta, polygons, table = read_layer(out)
     assert meta["crs"] == "EPSG:32633"
     assert meta["geometry_type"] == "Polygon"
-    assert list(meta["fields"]) == ["class_id", "class_name", "area_m2"]
+    assert list(meta["fields"]) == ["class_id", "class_name", "area"]
     assert shapely.is_valid(polygons).all()
     for value in expected:
         pixels = int((classes == value).sum())
-        assert table["area_m2"][table["class_id"] == value].sum() == pytest.approx(
+        assert table["area"][table["class_id"] == value].sum() == pytest.approx(
             pixels * 0.05 * 0.05, rel=1e-12
         )
     # the georeferencing is pixel-exact: the union is the raster's footprint
@@ -116,7 +116,7 @@ def test_class_names_from_the_raster_nodata_and_class_filter(tmp_path, named):
     assert result.polygons == {NAMES[k]: v for k, v in region_counts(classes, valid).items()}
     _, polygons, table = read_layer(tmp_path / "all.gpkg")
     assert set(table["class_name"]) == {NAMES[k] for k in np.unique(classes[valid])}
-    assert table["area_m2"].sum() == pytest.approx(valid.sum() * 0.25)
+    assert table["area"].sum() == pytest.approx(valid.sum() * 0.25)
     nodata_corner = shapely.box(366976.5, 5808562.6 - 5, 366976.5 + 5, 5808562.6)
     assert shapely.area(shapely.intersection(polygons, nodata_corner)).max() == 0
 
@@ -175,7 +175,7 @@ def test_geoparquet_has_geo_metadata_and_wkb(tmp_path, named):
     polygons = shapely.from_wkb(table["geometry"].to_numpy(zero_copy_only=False))
     assert len(polygons) == sum(result.polygons.values())
     assert (shapely.get_type_id(polygons) == shapely.GeometryType.MULTIPOLYGON).all()
-    assert table.column_names == ["class_id", "class_name", "area_m2", "geometry"]
+    assert table.column_names == ["class_id", "class_name", "area", "geometry"]
 
 
 def test_eight_connectivity_gives_valid_multipolygons(tmp_path):
@@ -196,7 +196,7 @@ def test_area_respects_linear_units(tmp_path):
         tmp_path / "ft.tif", classes, crs="EPSG:2263", transform=from_origin(1e6, 2e5, 2.0, 2.0)
     )
     vectorize(path, tmp_path / "ft.gpkg")
-    area = read_layer(tmp_path / "ft.gpkg")[2]["area_m2"][0]
+    area = read_layer(tmp_path / "ft.gpkg")[2]["area"][0]
     assert area == pytest.approx(20 * 4 * 0.30480060960121924**2, rel=1e-12)
 
 
@@ -231,13 +231,13 @@ def test_geographic_raster_area_is_the_sum_of_its_pixels_on_the_ellipsoid(tmp_pa
     path = write_raster(tmp_path / "geo.tif", classes, crs="EPSG:4326", transform=transform)
     vectorize(path, tmp_path / "geo.gpkg", block_size=16)
     _, _, table = read_layer(tmp_path / "geo.gpkg")
-    inner = table["area_m2"][table["class_id"] == 1][0]
+    inner = table["area"][table["class_id"] == 1][0]
     expected = sum(
         ellipsoid_cell_area(52.5 - (r + 1) * step, 52.5 - r * step, 20 * step) for r in range(5, 20)
     )
     assert inner == pytest.approx(expected, rel=1e-8)
     whole = sum(ellipsoid_cell_area(52.5 - (r + 1) * step, 52.5 - r * step, 40 * step) for r in range(30))
-    assert table["area_m2"].sum() == pytest.approx(whole, rel=1e-8)
+    assert table["area"].sum() == pytest.approx(whole, rel=1e-8)
 
 
 @pytest.mark.parametrize("batch", [10**9, 200])
@@ -262,7 +262,7 @@ def test_simplified_polygons_still_tile_the_valid_area(tmp_path, monkeypatch, ba
     pairs = left < right
     overlaps = shapely.area(shapely.intersection(polygons[left[pairs]], polygons[right[pairs]]))
     assert overlaps.max() < 1e-9
-    assert table["area_m2"] == pytest.approx(shapely.area(polygons))
+    assert table["area"] == pytest.approx(shapely.area(polygons))
 
 
 def test_min_pixels_removes_small_regions_and_keeps_the_map_gap_free(tmp_path):
@@ -273,7 +273,7 @@ def test_min_pixels_removes_small_regions_and_keeps_the_map_gap_free(tmp_path):
     assert sum(after.polygons.values()) < sum(before.polygons.values())
     _, polygons, table = read_layer(tmp_path / "b.gpkg")
     assert shapely.area(polygons).min() >= 30
-    assert table["area_m2"].sum() == 120 * 120
+    assert table["area"].sum() == 120 * 120
     same = vectorize(path, tmp_path / "c.gpkg", min_area=30.0, block_size=4096)
     assert same.polygons == after.polygons
 

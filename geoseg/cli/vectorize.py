@@ -94,8 +94,9 @@ def vectorize(
 ) -> None:
     """Turn CLASSES (a class raster from geoseg predict, or any single-band integer raster) into polygons.
 
-    One feature per connected region, with class_id, class_name and area_m2 (geodesic on the ellipsoid
-    for longitude/latitude rasters). Regions are never split at block edges; nodata gives no polygon.
+    One feature per connected region, with class_id, class_name and area in square metres (geodesic on the
+    ellipsoid for longitude/latitude rasters). Regions are never split at block edges; nodata gives no
+    polygon.
     Every format keeps the raster's CRS, except GeoJSON (WGS84 longitude/latitude unless --keep-crs).
 
     \b

@@ -29,7 +29,7 @@ DRIVERS = {
 }
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 SHAPEFILE_STALE = (".qix", ".sbn", ".sbx", ".qmd")
-FIELDS = ("class_id", "class_name", "area_m2")
+FIELDS = ("class_id", "class_name", "area")
 
 
 def output_driver(path: str | os.PathLike) -> str:
