@@ -318,3 +318,34 @@ def test_progress_counts_tiles_over_all_scenes(shared_data, tmp_path):
     ]
     _run(sources, tmp_path / "out", batch_size=16, progress=lambda done, total: seen.append((done, total)))
     assert seen == [(16, 80), (32, 80), (40, 80), (56, 80), (72, 80), (80, 80)]
+
+
+def test_float_imagery_needs_a_scale_and_uses_it(tmp_path):
+    data = np.random.default_rng(1).random((3, 80, 120), dtype=np.float32)
+    profile = dict(crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0))
+    for name, values in (("unit.tif", data), ("bytes.tif", data * 255)):
+        with rasterio.open(
+            tmp_path / name, "w", driver="GTiff", width=120, height=80, count=3, dtype="float32", **profile
+        ) as dst:
+            dst.write(values)
+    with pytest.raises(InputError, match="float32 data but the model expects 8-bit values"):
+        _run(tmp_path / "unit.tif", tmp_path / "a.tif")
+    _run(tmp_path / "unit.tif", tmp_path / "unit_classes.tif", scale=(0.0, 1.0))
+    _run(tmp_path / "bytes.tif", tmp_path / "bytes_classes.tif", scale=(0.0, 255.0))
+    with (
+        rasterio.open(tmp_path / "unit_classes.tif") as a,
+        rasterio.open(tmp_path / "bytes_classes.tif") as b,
+    ):
+        unit, bytes_ = a.read(1), b.read(1)
+    assert len(np.unique(unit)) >= 3
+    # the same picture in two value ranges, each with its scale: the same answer but where rounding differs
+    assert (unit == bytes_).mean() > 0.999
+
+
+def test_a_file_that_breaks_while_reading_fails_with_one_line_and_leaves_nothing(shared_data, tmp_path):
+    whole = (shared_data / "aerial" / "netherlands_0p25m_epsg28992.tif").read_bytes()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "truncated.tif").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"truncated\.tif: read failed \("):
+        _run(tmp_path / "in" / "truncated.tif", tmp_path / "classes.tif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
