@@ -320,3 +320,29 @@ def test_ctrl_c_exits_130_and_leaves_no_partial_or_temporary_file(
     assert result.exit_code == 130
     assert "geoseg: interrupted" in result.stderr
     assert _files(tmp_path / "out") == []
+
+
+def test_vectorize_with_several_inputs_takes_a_format(checkpoint, shared_data, tmp_path):
+    sources = [
+        shared_data / "variants" / "colorado_hro_0p15m.tif",
+        shared_data / "variants" / "colorado_hro_0p15m_alpha.tif",
+    ]
+    result = _invoke(
+        *sources, "-o", tmp_path / "out", "-m", checkpoint, "--vectorize", "fgb", "-q", "--tile", "128"
+    )
+    assert result.exit_code == 0, result.output
+    assert [n for n in _files(tmp_path / "out") if n.endswith(".fgb")] == [
+        "colorado_hro_0p15m.polygons.fgb",
+        "colorado_hro_0p15m_alpha.polygons.fgb",
+    ]
+    result = _invoke(
+        *sources, "-o", tmp_path / "again", "-m", checkpoint, "--vectorize", tmp_path / "map.gpkg"
+    )
+    assert result.exit_code == 1
+    assert "with several inputs give a format (gpkg, fgb, geojson, parquet or shp)" in result.stderr
+    assert not (tmp_path / "again").exists()
+    result = _invoke(
+        sources[0], "-o", tmp_path / "one.tif", "-m", checkpoint, "--vectorize", tmp_path / "map.txt"
+    )
+    assert result.exit_code == 1 and "unknown output format '.txt'" in result.stderr
+    assert not (tmp_path / "one.tif").exists()

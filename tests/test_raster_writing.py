@@ -1,0 +1,113 @@
+"""Writing result rasters: georeferencing copied as is (GCPs too), COG layout, class names for QGIS."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.control import GroundControlPoint
+from rasterio.crs import CRS
+
+from geoseg.errors import OutputError
+from geoseg.raster.classes import read_class_names, write_class_metadata
+from geoseg.raster.writing import (
+    category_names_xml,
+    compression,
+    georeferencing,
+    open_tiled,
+    tiled_profile,
+    to_cog,
+    write_category_names,
+)
+
+
+def _finished(tmp_path, georef, width=700, height=600):
+    """Write a tiled class raster with ``georef`` and copy it to COG; return the COG path."""
+    profile = tiled_profile(width, height, 1, 255, georef)
+    with open_tiled(tmp_path / "tiled.tif", profile, georef.get("gcps")) as dst:
+        write_class_metadata(dst, ["water", "land & sea <edge>"], [(0, 0, 255), (0, 255, 0)])
+        dst.set_band_description(1, "class")
+        values = np.indices((height, width)).sum(axis=0) % 2
+        values[:10, :10] = 255
+        dst.write(values.astype(np.uint8)[np.newaxis])
+    to_cog(tmp_path / "tiled.tif", tmp_path / "cog.tif")
+    return tmp_path / "cog.tif"
+
+
+def test_profile_is_tiled_compressed_and_bigtiff_when_needed():
+    profile = tiled_profile(100, 100, 1, 255, {"crs": None, "transform": None})
+    assert (profile["blockxsize"], profile["blockysize"], profile["tiled"]) == (512, 512, True)
+    assert profile["compress"] == compression() in ("ZSTD", "DEFLATE") and profile["predictor"] == 2
+    assert profile["BIGTIFF"] == "IF_SAFER" and profile["nodata"] == 255
+
+
+def test_cog_keeps_names_colours_description_and_nodata(tmp_path):
+    georef = {
+        "crs": CRS.from_epsg(32633),
+        "transform": rasterio.Affine(0.5, 0, 1000, 0, -0.5, 2000),
+        "gcps": None,
+    }
+    with rasterio.open(_finished(tmp_path, georef)) as out:
+        assert out.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert read_class_names(out) == ["water", "land & sea <edge>"]
+        assert out.colormap(1)[0] == (0, 0, 255, 255)
+        assert out.descriptions == ("class",) and out.nodata == 255
+        assert out.overviews(1) == [2]
+        assert out.crs == georef["crs"] and out.transform == georef["transform"]
+
+
+def test_ground_control_points_are_copied(tmp_path):
+    gcps = [
+        GroundControlPoint(0, 0, 500000, 5800000),
+        GroundControlPoint(0, 700, 500210, 5800000),
+        GroundControlPoint(600, 0, 500000, 5799820),
+    ]
+    with rasterio.open(
+        tmp_path / "gcp.tif",
+        "w",
+        driver="GTiff",
+        width=700,
+        height=600,
+        count=1,
+        dtype="uint8",
+        gcps=gcps,
+        crs=CRS.from_epsg(32633),
+    ) as src:
+        src.write(np.zeros((1, 600, 700), np.uint8))
+    with rasterio.open(tmp_path / "gcp.tif") as src:
+        georef = georeferencing(src)
+    with rasterio.open(_finished(tmp_path, georef)) as out:
+        copied, crs = out.gcps
+    assert crs == CRS.from_epsg(32633)
+    assert [(g.row, g.col, g.x, g.y) for g in copied] == [(g.row, g.col, g.x, g.y) for g in gcps]
+
+
+def test_category_names_side_car_is_escaped_and_replaces_a_stale_one(tmp_path):
+    raster = tmp_path / "classes.tif"
+    (tmp_path / "classes.tif.aux.xml").write_text(
+        "<PAMDataset><Metadata>stale statistics</Metadata></PAMDataset>"
+    )
+    write_category_names(raster, ["water", "land & sea <edge>"])
+    text = (tmp_path / "classes.tif.aux.xml").read_text()
+    assert text == category_names_xml(["water", "land & sea <edge>"])
+    assert "<Category>land &amp; sea &lt;edge&gt;</Category>" in text and "stale" not in text
+
+
+def test_category_names_xml_is_what_gdal_itself_writes():
+    # byte for byte what GDAL 3.10 writes after GDALSetRasterCategoryNames(band, ["a", "b"]) on a GTiff
+    assert category_names_xml(["a", "b"]) == (
+        "<PAMDataset>\n"
+        '  <PAMRasterBand band="1">\n'
+        "    <CategoryNames>\n"
+        "      <Category>a</Category>\n"
+        "      <Category>b</Category>\n"
+        "    </CategoryNames>\n"
+        "  </PAMRasterBand>\n"
+        "</PAMDataset>\n"
+    )
+
+
+def test_an_output_in_a_missing_folder_is_an_output_error(tmp_path):
+    profile = tiled_profile(10, 10, 1, 255, {"crs": None, "transform": None})
+    with pytest.raises(OutputError, match="cannot create output"):
+        open_tiled(tmp_path / "missing" / "x.tif", profile)
