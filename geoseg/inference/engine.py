@@ -248,6 +248,9 @@ def run_scene(
         for kind, path in scratch.items():
             to_cog(path, targets[kind], "MODE" if kind == "classes" else "AVERAGE")
     write_category_names(outputs.classes, names)
+    for kind, path in outputs.rasters():
+        if kind != "classes":  # statistics GIS software stored for a replaced file no longer apply
+            Path(f"{path}.aux.xml").unlink(missing_ok=True)
 
     valid = int(counts.sum())
     fractions = {name: (float(counts[i]) / valid if valid else 0.0) for i, name in enumerate(names)}
@@ -278,10 +281,10 @@ def _scratch_file(final: Path) -> Iterator[Path]:
 
 def _tta_views(mode: str) -> list[tuple[Callable, Callable]]:
     """(transform, inverse) pairs over the spatial dims; d4 rotations need square tiles, which they are."""
-    if mode == "none":
-        return [(lambda t: t, lambda t: t)]
-    views = [(lambda t: t, lambda t: t), (lambda t: t.flip(-1), lambda t: t.flip(-1))]
-    if mode == "d4":
+    views = [(lambda t: t, lambda t: t)]
+    if mode == "flip":
+        views.append((lambda t: t.flip(-1), lambda t: t.flip(-1)))
+    elif mode == "d4":
         views = []
         for k in range(4):
             views.append((lambda t, k=k: t.rot90(k, (-2, -1)), lambda t, k=k: t.rot90(-k, (-2, -1))))
