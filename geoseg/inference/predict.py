@@ -43,11 +43,11 @@ def prepare_outputs(
     """Output names per input, checked before any work.
 
     One input writes ``output`` itself (``<stem>.confidence.tif`` etc. beside it); several inputs, or an
-    existing folder as ``output``, write ``<stem>.classes.tif`` etc. into that folder, created if needed. An
-    existing output without ``overwrite``, an unwritable folder, two inputs with the same stem or an output
-    that would replace its input fail here. ``vectorize`` is a vector file for one input, or a format
-    (``gpkg``, ``fgb``, ``geojson``, ``parquet``, ``shp``) giving ``<stem>.polygons.<format>`` beside the
-    class rasters.
+    existing folder as ``output``, write ``<stem>.classes.tif`` etc. into that folder (created by
+    :func:`iter_predict` once the work starts). An existing output without ``overwrite``, an unwritable
+    folder, two inputs with the same stem or an output that would replace its input fail here.
+    ``vectorize`` is a vector file for one input, or a format (``gpkg``, ``fgb``, ``geojson``, ``parquet``,
+    ``shp``) giving ``<stem>.polygons.<format>`` beside the class rasters.
     """
     inputs = [str(i) for i in inputs]
     output_text = str(output)
@@ -98,7 +98,7 @@ def prepare_outputs(
             raise OutputError(f"{output}: cannot create the output folder, {parent} does not exist")
         if not os.access(parent, os.W_OK):
             raise OutputError(f"{output}: cannot create the output folder, {parent} is not writable")
-        output.mkdir()
+        return plans  # a new folder holds nothing yet; it is created when the first scene starts
     for paths in plans:
         for _, path in paths.items():
             check_output_path(path, overwrite)
@@ -199,6 +199,8 @@ def iter_predict(
             plan = error
         scenes.append((source, paths, plan))
 
+    for paths in plans:
+        paths.classes.parent.mkdir(exist_ok=True)
     total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))
     done_before = 0
     for source, paths, plan in scenes:
