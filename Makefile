@@ -6,16 +6,27 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint format clean
 
+# torch/torchvision: the pair this machine's wheel store holds; elsewhere any release in pyproject's range.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# The torch/torchvision pair on this machine's local wheel store; users elsewhere get any release in range.
 	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1" || $(BIN)/python -m pip install --quiet torch torchvision
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+SCENE := sample_data/netherlands_0p25m_epsg28992.tif
+DEMO := demo_output
+
 demo: $(STAMP)
-	$(BIN)/python -m geoseg.demo
+	mkdir -p $(DEMO)
+	$(BIN)/geoseg info models/manet_r50_loveda_demo.safetensors
+	$(BIN)/geoseg predict $(SCENE) -o $(DEMO)/netherlands.classes.tif --confidence --overwrite
+	$(BIN)/geoseg vectorize $(DEMO)/netherlands.classes.tif -o $(DEMO)/netherlands.polygons.gpkg --min-area 2 --overwrite
+	@echo
+	@echo "Outputs (open them in QGIS):"
+	@echo "  class raster      $(DEMO)/netherlands.classes.tif"
+	@echo "  confidence        $(DEMO)/netherlands.confidence.tif"
+	@echo "  polygons          $(DEMO)/netherlands.polygons.gpkg"
 
 test: $(STAMP)
 	$(BIN)/ruff check geoseg tests benchmarks

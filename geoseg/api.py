@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from geoseg.describe import describe
+from geoseg.evaluation import EvaluationResult, evaluate, write_confusion_csv
+from geoseg.inference.engine import PredictResult, predict_scene
+from geoseg.inference.predict import iter_predict, predict
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.checkpoint import (
     convert_checkpoint,
@@ -12,16 +15,30 @@ from geoseg.model.checkpoint import (
 )
 from geoseg.model.manet import build_manet
 from geoseg.model.presets import PRESET_NAMES, preset_card
+from geoseg.training.loop import TrainingConfig, TrainingResult, train
+from geoseg.vector.vectorize import VectorizeResult, vectorize
 
 __all__ = [
     "PRESET_NAMES",
     "ClassInfo",
+    "EvaluationResult",
     "ModelCard",
+    "PredictResult",
+    "TrainingConfig",
+    "TrainingResult",
+    "VectorizeResult",
     "build_manet",
     "convert_checkpoint",
     "default_checkpoint_path",
     "describe",
+    "evaluate",
+    "iter_predict",
     "load_checkpoint",
+    "predict",
+    "predict_scene",
     "preset_card",
     "save_checkpoint",
+    "train",
+    "vectorize",
+    "write_confusion_csv",
 ]

@@ -5,6 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# One intra-op thread: on a shared machine torch's thread pool makes small operations ~100x slower under
+# load, and the tests are about results, not speed (the benchmarks measure speed).
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -147,7 +147,7 @@ def predict(
     geoseg predict tiles/*.tif -o results/ --keep-going --json
     geoseg predict landsat.tif -o classes.tif --scale auto --bands 4,3,2
     """
-    from geoseg.inference.predict import iter_predict
+    from geoseg.api import iter_predict
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")

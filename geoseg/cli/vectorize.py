@@ -104,8 +104,8 @@ def vectorize(
     geoseg vectorize classes.tif -o buildings.fgb --classes building --min-area 2 --simplify 0.25
     geoseg vectorize classes.tif -o map.geojson --min-pixels 20 --connectivity 8 --json
     """
+    from geoseg.api import vectorize as run_vectorize
     from geoseg.vector.vectorize import DEFAULT_BLOCK_SIZE
-    from geoseg.vector.vectorize import vectorize as run_vectorize
 
     if min_area is not None and min_pixels is not None:
         raise click.UsageError("give either --min-area or --min-pixels, not both")

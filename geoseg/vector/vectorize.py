@@ -75,7 +75,8 @@ def vectorize(
 
     One feature per connected region (``connectivity`` 4 or 8, as GDAL), never split at block edges, with
     ``class_id``, ``class_name`` (from the names ``geoseg predict`` stores, else the id as text) and
-    ``area`` (square metres). Nodata pixels give no polygon. ``classes`` keeps only those classes (names or ids).
+    ``area`` (square metres). Nodata pixels give no polygon. ``classes`` keeps only those classes (names or
+    ids).
     ``min_area`` (square metres) or ``min_pixels`` first sieves smaller regions into their neighbours.
     ``simplify`` (metres, about the largest boundary shift) simplifies each shared boundary once, so
     neighbours keep no gaps or overlaps. GeoJSON is written in WGS84 longitude/latitude (RFC 7946) unless
