@@ -90,11 +90,19 @@ def test_unpaired_files_fail_before_training(tiles, tmp_path):
 
 
 def test_labels_outside_the_classes_fail_with_the_offset_hint(tiles, tmp_path):
+    with rasterio.open(tiles / "label_0.png") as src:
+        labels = src.read(1)
+    labels[5, 7] = 9  # LoveDA has 7 classes: stored 1..7, so 9 is no class even after the offset
+    write_png(tmp_path / "label_0.png", labels)
     args = base_args(tiles, tmp_path / "m.safetensors")
-    args[args.index("--label-offset") + 1] = "0"
+    args[args.index("--labels") + 1] = tmp_path / "label_0.png"
     result = run(*args)
     assert result.exit_code == 1
-    assert "label_0.png:" in result.output and "--label-offset N" in result.output
+    assert (
+        "label_0.png: 1 label pixels hold value(s) 9 that, less the label offset 1, fall outside"
+        in result.output
+    )
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_crop_larger_than_the_image_fails(tiles, tmp_path):

@@ -10,7 +10,7 @@ import pytest
 import rasterio
 import torch
 
-from geoseg.errors import ConfigurationError, InputError
+from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE, LabelEncoding
 from geoseg.model.checkpoint import load_checkpoint
 from geoseg.model.presets import preset_card
@@ -314,3 +314,52 @@ def test_bad_configuration_is_refused():
         small_config(crop=100).check()
     with pytest.raises(ConfigurationError, match="either --epochs or --steps"):
         small_config(epochs=2).check()
+
+
+def test_init_copies_matching_tensors_from_a_torchvision_resnet(tmp_path):
+    import torchvision
+
+    from geoseg.model.manet import build_manet
+    from geoseg.training.loop import initialise_from
+
+    resnet = torchvision.models.resnet18(weights=None)
+    torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
+    model = build_manet(7, "resnet18")
+    assert (
+        initialise_from(model, tmp_path / "resnet18.pth") == "resnet18.pth (120 of 242 tensors)"
+    )  # all but fc
+    assert torch.equal(model.firstconv.weight, resnet.conv1.weight)
+    assert torch.equal(model.encoder4[1].bn2.running_var, resnet.layer4[1].bn2.running_var)
+
+
+def test_val_fraction_holds_out_whole_images(tiles, tmp_path):
+    output = tmp_path / "m.safetensors"
+    result = train(
+        [tiles / "image_0.png", tiles / "image_1.png"],
+        [tiles / "label_0.png", tiles / "label_1.png"],
+        output,
+        card=LOVEDA,
+        backbone="resnet18",
+        config=small_config(steps=1, val_fraction=0.5),
+    )
+    assert (result.pairs, result.validation_pairs) == (1, 1)
+    training = result.card.training
+    assert sorted(training["images"] + training["validation_images"]) == ["image_0.png", "image_1.png"]
+
+
+class Payload:
+    """Any class outside plain data: unpickling it would import and run code."""
+
+
+def test_state_file_holding_code_objects_is_refused(tiles, tmp_path):
+    torch.save({"format": 1, "evil": Payload()}, tmp_path / "m.state.pt")
+    torch.save({"format": 1, "step": 3}, tmp_path / "other.state.pt")
+    common = dict(card=LOVEDA, backbone="resnet18", config=small_config(steps=2))
+    with pytest.raises(CheckpointError, match=r"m\.state\.pt: refused: not a plain geoseg training state"):
+        train([tiles / "image_0.png"], [tiles / "label_0.png"], tmp_path / "m.safetensors",
+              resume=tmp_path / "m.state.pt", **common)  # fmt: skip
+    with pytest.raises(
+        CheckpointError, match=r"other\.state\.pt: not a geoseg training state .*missing best,"
+    ):
+        train([tiles / "image_0.png"], [tiles / "label_0.png"], tmp_path / "other.safetensors",
+              resume=tmp_path / "other.state.pt", **common)  # fmt: skip

@@ -77,9 +77,9 @@ def evaluate(
     geoseg evaluate classes.tif truth.tif --preset vaihingen --exclude-classes clutter
     geoseg evaluate classes.tif label.png --preset loveda --label-offset 1 --json
     """
+    from geoseg.api import evaluate as run_evaluation
+    from geoseg.api import write_confusion_csv
     from geoseg.atomic import check_output_path
-    from geoseg.evaluation import evaluate as run_evaluation
-    from geoseg.evaluation import write_confusion_csv
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")

@@ -122,9 +122,9 @@ def train(
     geoseg train --images 'img/*.png' --labels 'lbl/*.png' --preset loveda --label-offset 1 \\
         --backbone resnet18 --crop 256 --steps 2000 -o loveda_r18.safetensors
     """
+    from geoseg.api import TrainingConfig
+    from geoseg.api import train as run_training
     from geoseg.evaluation import resolve_card
-    from geoseg.training.loop import TrainingConfig
-    from geoseg.training.loop import train as run_training
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")

@@ -192,9 +192,10 @@ def train(
     total = config.steps or (config.epochs or DEFAULT_EPOCHS) * steps_per_epoch
     warmup = config.warmup_steps if config.warmup_steps is not None else min(100, total // 20)
 
-    step, best_score, best, history, out_card = 0, -math.inf, None, [], card
+    step, best_score, best, history, out_card, earlier_seconds = 0, -math.inf, None, [], card, 0.0
     if state is not None:
-        step, best_score, best, history = _restore(state, model, optimizer, scaler, rng, device, resume)
+        step, best_score, best, history = _restore(state, model, optimizer, scaler, rng, resume)
+        earlier_seconds, init_note = float(state["seconds"]), state["init"] or None
         if step >= total:
             raise ConfigurationError(
                 f"{resume}: the run already made {step} steps; pass a larger --steps/--epochs to continue it"
@@ -246,7 +247,7 @@ def train(
         )
         if saved:
             best_score, best = score, metrics
-            elapsed = time.monotonic() - started
+            elapsed = earlier_seconds + time.monotonic() - started
             out_card = _trained_card(
                 card, config, rasters, val_rasters, step, epoch, best, elapsed, init_note, device
             )
@@ -261,7 +262,23 @@ def train(
             )
         epoch_losses = []
         if step == total or time.monotonic() - last_state_save >= config.state_every_s:
-            _save_state(state_path, model, optimizer, scaler, rng, step, best_score, best, history, card)
+            seconds = earlier_seconds + time.monotonic() - started
+            _save_state(
+                state_path,
+                model,
+                optimizer,
+                scaler,
+                rng,
+                dict(
+                    step=step,
+                    best_score=best_score,
+                    best=best,
+                    history=history,
+                    seconds=seconds,
+                    init=init_note,
+                ),
+                card,
+            )
             last_state_save = time.monotonic()
     return TrainingResult(
         output=output,
@@ -270,7 +287,7 @@ def train(
         losses=losses,
         validation=best,
         card=out_card,
-        seconds=time.monotonic() - started,
+        seconds=earlier_seconds + time.monotonic() - started,
         pairs=len(rasters),
         validation_pairs=len(val_rasters),
         history=history,
@@ -463,16 +480,38 @@ def _signature(card: ModelCard) -> dict[str, Any]:
     return {"backbone": card.backbone, "classes": card.class_names, "bands": card.bands}
 
 
-def _save_state(path, model, optimizer, scaler, rng, step, best_score, best, history, card) -> None:
+_STATE_KEYS = frozenset(
+    [
+        "format",
+        "model",
+        "optimizer",
+        "scaler",
+        "step",
+        "best_score",
+        "best",
+        "history",
+        "seconds",
+        "init",
+        "signature",
+        "numpy_rng",
+        "torch_rng",
+    ]
+)
+
+
+def _save_state(path, model, optimizer, scaler, rng, progress: dict[str, Any], card: ModelCard) -> None:
+    """Everything a run needs to continue, as tensors, numbers and JSON strings (no pickled objects)."""
     payload = {
         "format": STATE_FORMAT,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "step": step,
-        "best_score": float(best_score),
-        "best": json.dumps(best),
-        "history": json.dumps(history),
+        "step": int(progress["step"]),
+        "best_score": float(progress["best_score"]),
+        "best": json.dumps(progress["best"]),
+        "history": json.dumps(progress["history"]),
+        "seconds": float(progress["seconds"]),
+        "init": progress["init"] or "",
         "signature": json.dumps(_signature(card)),
         "numpy_rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
@@ -497,8 +536,12 @@ def _load_state(path: str | os.PathLike, card: ModelCard) -> dict[str, Any]:
         raise CheckpointError(
             f"{path}: corrupt or truncated training state ({str(error).splitlines()[0]})"
         ) from error
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise CheckpointError(f"{path}: not a geoseg training state (format {STATE_FORMAT})")
+    missing = sorted(_STATE_KEYS - set(state)) if isinstance(state, dict) else ["everything"]
+    if missing or state.get("format") != STATE_FORMAT:
+        raise CheckpointError(
+            f"{path}: not a geoseg training state "
+            f"(format {STATE_FORMAT}; missing {', '.join(missing) or 'none'})"
+        )
     saved = json.loads(state["signature"])
     wanted = _signature(card)
     for key in wanted:
@@ -510,7 +553,7 @@ def _load_state(path: str | os.PathLike, card: ModelCard) -> dict[str, Any]:
     return state
 
 
-def _restore(state, model, optimizer, scaler, rng, device, path) -> tuple[int, float, Any, list]:
+def _restore(state, model, optimizer, scaler, rng, path) -> tuple[int, float, Any, list]:
     try:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -519,7 +562,6 @@ def _restore(state, model, optimizer, scaler, rng, device, path) -> tuple[int, f
         raise CheckpointError(
             f"{path}: the state does not fit this model ({str(error).splitlines()[0]})"
         ) from error
-    model.to(device)
     rng.bit_generator.state = json.loads(state["numpy_rng"])
     torch.set_rng_state(state["torch_rng"])
     return (
