@@ -7,6 +7,7 @@ measured). Warm-up steps are excluded from the timing.
 
     python benchmarks/training.py [--crop 256] [--batch-size 4] [--steps 3] [--warmup 1]
                                   [--backbones resnet18,resnet50] [--device auto] [--precision auto]
+                                  [--threads N]
 """
 
 from __future__ import annotations
@@ -74,7 +75,15 @@ def main() -> None:
     parser.add_argument("--backbones", default="resnet18,resnet50")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads for torch (default: torch's; 1 on a busy machine)",
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.crop % 32 or args.crop <= 0:
         parser.error("--crop must be a positive multiple of 32")
     device = resolve_device(args.device)
