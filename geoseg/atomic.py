@@ -49,6 +49,13 @@ def remove_quietly(path: Path) -> None:
             sidecar.unlink()
 
 
+def _give_default_permissions(path: Path) -> None:
+    """Writers that stage in private temporary files leave mode 0600; outputs get the usual umask mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``, on any failure remove it.
@@ -63,6 +70,8 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[
             raise OutputError(f"{final}: nothing was written")
         if final.is_dir():
             raise OutputError(f"{final}: is a directory, expected a file name")
+        if tmp.is_file():
+            _give_default_permissions(tmp)
         os.replace(tmp, final)
     except BaseException:
         remove_quietly(tmp)

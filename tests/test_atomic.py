@@ -38,3 +38,15 @@ def test_existing_output_without_overwrite_and_missing_folder_are_refused(tmp_pa
         check_output_path(tmp_path / "nope" / "out.tif", overwrite=False)
     with pytest.raises(OutputError, match="is a directory"):
         check_output_path(tmp_path, overwrite=True)
+
+
+def test_outputs_get_the_usual_permissions_even_when_the_writer_made_a_private_file(tmp_path):
+    import os
+
+    target = tmp_path / "model.safetensors"
+    with atomic_output(target) as tmp:
+        tmp.write_bytes(b"x")
+        os.chmod(tmp, 0o600)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

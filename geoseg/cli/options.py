@@ -36,14 +36,14 @@ preset_option = click.option(
     "--preset",
     type=click.Choice(PRESET_NAMES, case_sensitive=False),
     default=None,
-    help="Dataset preset giving classes, colours and bands to a foreign checkpoint.",
+    help="Dataset preset: classes, colours, bands and normalisation of a published MANet setup.",
 )
 card_option = click.option(
     "--card",
     "card_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="JSON model card giving classes, colours and bands to a foreign checkpoint.",
+    help="JSON model card file: classes, colours, bands and normalisation.",
 )
 
 
