@@ -23,7 +23,9 @@ from geoseg.errors import ConfigurationError, InputError
 from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, decode_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
+from geoseg.model.presets import resolve_card
 from geoseg.raster.classes import NODATA_CLASS, read_class_names
+from geoseg.raster.reading import is_gdal_path, open_raster
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_BLOCK = 1024
@@ -90,21 +92,6 @@ class EvaluationResult:
 
 def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
-
-
-def resolve_card(
-    preset: str | None = None, card: ModelCard | str | os.PathLike | None = None
-) -> ModelCard | None:
-    """The card named by ``preset`` or given as ``card`` (object or JSON file), or None."""
-    if preset and card is not None:
-        raise ConfigurationError("give either a preset or a card, not both")
-    if preset:
-        from geoseg.model.presets import preset_card
-
-        return preset_card(preset)
-    if card is None or isinstance(card, ModelCard):
-        return card
-    return ModelCard.from_file(card)
 
 
 def evaluate(
@@ -240,25 +227,10 @@ def write_confusion_csv(result: EvaluationResult, path: str | os.PathLike, overw
 
 
 def _open(path: str | os.PathLike, role: str):
-    import warnings
-
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    if not str(path).startswith("/vsi") and not Path(path).exists():
+    """Open with the shared reader, saying which of the two rasters is missing."""
+    if not is_gdal_path(path) and not Path(path).exists():
         raise InputError(f"{path}: {role} raster not found")
-    try:
-        with warnings.catch_warnings():
-            # Plain PNG labels are common; the grid check compares transforms only when both have one.
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as error:
-        raise InputError(f"{path}: cannot open the {role} raster ({_first_line(error)})") from error
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+    return open_raster(path)
 
 
 def _is_integral(value: float | None) -> bool:

@@ -124,7 +124,7 @@ def train(
     """
     from geoseg.api import TrainingConfig
     from geoseg.api import train as run_training
-    from geoseg.evaluation import resolve_card
+    from geoseg.model.presets import resolve_card
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")

@@ -22,7 +22,7 @@ from geoseg.atomic import atomic_output
 from geoseg.errors import CardError, CheckpointError
 from geoseg.model.card import ModelCard
 from geoseg.model.manet import MANet, build_manet
-from geoseg.model.presets import preset_card
+from geoseg.model.presets import resolve_card
 
 CARD_METADATA_KEY = "geoseg.card"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -95,7 +95,7 @@ def load_checkpoint(
     """
     path = Path(path)
     state, embedded = read_state_dict(path)
-    override = _card_from_options(preset, card, path)
+    override = resolve_card(preset, card)
     chosen = override or embedded
     if chosen is None:
         raise CheckpointError(
@@ -247,18 +247,6 @@ def infer_architecture(
             "supported: resnet18, resnet34, resnet50, resnet101"
         )
     return backbone, int(head.shape[0]), int(stem.shape[1])
-
-
-def _card_from_options(
-    preset: str | None, card: ModelCard | str | os.PathLike | None, path: Path
-) -> ModelCard | None:
-    if preset and card is not None:
-        raise CardError("give either a preset or a card, not both")
-    if preset:
-        return preset_card(preset)
-    if card is None or isinstance(card, ModelCard):
-        return card
-    return ModelCard.from_file(card)
 
 
 def _check_card_against_shapes(card: ModelCard, num_classes: int, in_channels: int, path: Path) -> None:

@@ -7,7 +7,9 @@ hold (for ISPRS: car is (255, 255, 0)), so colour ground truth converts correctl
 
 from __future__ import annotations
 
-from geoseg.errors import CardError
+import os
+
+from geoseg.errors import CardError, ConfigurationError
 from geoseg.model.card import ClassInfo, ModelCard
 
 _ISPRS_CLASSES = [
@@ -101,3 +103,16 @@ def preset_card(name: str, backbone: str = "resnet50") -> ModelCard:
     spec = dict(_PRESETS[key])
     classes = [ClassInfo(n, c) for n, c in spec.pop("classes")]
     return ModelCard(classes=classes, backbone=backbone, name=key, **spec)
+
+
+def resolve_card(
+    preset: str | None = None, card: ModelCard | str | os.PathLike | None = None
+) -> ModelCard | None:
+    """The card named by ``preset`` or given as ``card`` (object or JSON file), or None when neither is."""
+    if preset and card is not None:
+        raise ConfigurationError("give either a preset or a card, not both")
+    if preset:
+        return preset_card(preset)
+    if card is None or isinstance(card, ModelCard):
+        return card
+    return ModelCard.from_file(card)

@@ -22,7 +22,6 @@ import glob
 import math
 import os
 import re
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from geoseg.errors import InputError
 from geoseg.labels import IGNORE, LabelEncoding, decode_labels
+from geoseg.raster.reading import open_raster
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img")
 CACHE_PIXELS = 16 * 1024 * 1024  # per raster; a 4096² RGB uint8 tile is 48 MiB
@@ -172,24 +172,11 @@ class LabelledRaster:
         from rasterio.windows import Window
 
         window = Window(col, row, size, size)
-        with _open(self.image) as src:
+        with open_raster(self.image) as src:
             image = src.read(window=window)
-        with _open(self.label) as src:
+        with open_raster(self.label) as src:
             labels = decode_labels(src.read(window=window), self.encoding, str(self.label))
         return image, labels
-
-
-def _open(path: Path):
-    import rasterio
-    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
-    except RasterioIOError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{path}: cannot read this raster ({first})") from error
 
 
 def _gsd(dataset) -> float | None:
@@ -209,7 +196,7 @@ def check_pairs(
         raise ValueError("training needs the number of classes")
     checked = []
     for image_path, label_path in pairs:
-        with _open(image_path) as image, _open(label_path) as label:
+        with open_raster(image_path) as image, open_raster(label_path) as label:
             if (image.width, image.height) != (label.width, label.height):
                 raise InputError(
                     f"{label_path}: is {label.width}×{label.height} pixels but its image {image_path.name} "
