@@ -22,34 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import rasterio
-from affine import Affine
-
-
-def write_scene(path: Path, size: int, seed: int = 0) -> None:
-    """A blocky random RGB scene, written one 512 px block at a time."""
-    rng = np.random.default_rng(seed)
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="DEFLATE",
-        crs="EPSG:32633",
-        transform=Affine(0.1, 0, 5e5, 0, -0.1, 6e6),
-        BIGTIFF="IF_SAFER",
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        for _, window in dst.block_windows(1):
-            coarse = rng.integers(0, 256, (3, window.height // 8 + 1, window.width // 8 + 1)).astype(np.uint8)
-            dst.write(
-                coarse.repeat(8, axis=1).repeat(8, axis=2)[:, : window.height, : window.width], window=window
-            )
+from scenes import write_blocky_scene
 
 
 def peak_rss_mb() -> float:
@@ -127,7 +101,7 @@ def main() -> None:
         for size in args.sizes:
             scene = Path(folder) / f"scene_{size}.tif"
             start = time.perf_counter()
-            write_scene(scene, size)
+            write_blocky_scene(scene, size, pixel_size=0.1, cell=8)
             generated = time.perf_counter() - start
             command = [
                 sys.executable,

@@ -16,10 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import rasterio
 import torch
-from affine import Affine
+from scenes import write_blocky_scene
 
 from geoseg.device import resolve_device
 from geoseg.inference.engine import predict_scene
@@ -27,31 +25,6 @@ from geoseg.inference.grid import TileGrid
 from geoseg.model.manet import build_manet
 from geoseg.model.normalize import normalize
 from geoseg.model.presets import preset_card
-
-
-def write_scene(path: Path, size: int, seed: int = 0) -> None:
-    """A smooth random RGB scene written window by window (so the generator's memory stays bounded)."""
-    rng = np.random.default_rng(seed)
-    profile = dict(
-        driver="GTiff",
-        width=size,
-        height=size,
-        count=3,
-        dtype="uint8",
-        tiled=True,
-        blockxsize=512,
-        blockysize=512,
-        compress="DEFLATE",
-        crs="EPSG:32633",
-        transform=Affine(0.3, 0, 5e5, 0, -0.3, 6e6),
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        for _, window in dst.block_windows(1):
-            coarse = rng.integers(0, 256, (3, window.height // 16 + 2, window.width // 16 + 2)).astype(
-                np.uint8
-            )
-            block = coarse.repeat(16, axis=1).repeat(16, axis=2)[:, : window.height, : window.width]
-            dst.write(block, window=window)
 
 
 def bare_seconds(model, card, tiles: int, tile: int, batch: int, device) -> float:
@@ -94,7 +67,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         scene = Path(folder) / "scene.tif"
-        write_scene(scene, args.size)
+        write_blocky_scene(scene, args.size, pixel_size=0.3, cell=16)
         bare_seconds(model, card, args.batch_size, args.tile, args.batch_size, device)  # warm-up
         print(
             f"scene {args.size}x{args.size}, {tiles} tiles of {args.tile} px (overlap {args.overlap}), "
