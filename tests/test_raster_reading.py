@@ -10,6 +10,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputError
 from geoseg.raster.reading import (
+    gdal_message,
     open_raster,
     percentile_range,
     read_bands,
@@ -105,6 +106,31 @@ def test_named_bands_that_contradict_the_model_are_not_guessed(shared_data):
         ),
     ):
         select_bands(d, ["nir", "red", "green"])
+
+
+def test_a_grey_raster_for_an_rgb_model_suggests_only_bands_that_exist(tmp_path):
+    path = _write(tmp_path / "grey.tif", np.zeros((1, 8, 8), np.uint8))
+    with rasterio.open(path) as d:
+        with pytest.raises(
+            InputError,
+            match=r"grey\.tif: the raster has 1 data band\(s\) but the model expects 3 \(red,green,blue\); "
+            r"choose them with --bands, e\.g\. --bands 1,1,1$",
+        ):
+            select_bands(d, RGB)
+        assert select_bands(d, RGB, [1, 1, 1]) == [1, 1, 1]
+
+
+def test_a_gdal_read_failure_is_described_by_gdals_own_reason(tmp_path):
+    pixels = np.arange(3 * 256 * 256).astype(np.uint8).reshape(3, 256, 256)
+    path = _write(tmp_path / "whole.tif", pixels, tiled=True, blockxsize=64, blockysize=64)
+    data = path.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 2])
+    with rasterio.open(tmp_path / "cut.tif") as d, pytest.raises(rasterio.errors.RasterioIOError) as caught:
+        d.read()
+    assert str(caught.value) == "Read failed. See previous exception for details."
+    message = gdal_message(caught.value)
+    assert message == " ".join(str(caught.value.__cause__).split())
+    assert message and "See previous exception" not in message
 
 
 def test_band_list_is_checked_against_the_model_and_the_raster(shared_data):

@@ -162,6 +162,30 @@ def test_geojson_keeps_the_raster_crs_when_asked(tmp_path, named):
     assert shapely.get_coordinates(polygons)[:, 1].max() == pytest.approx(5808562.6)
 
 
+def test_geojson_refuses_to_keep_a_crs_it_cannot_name(tmp_path):
+    # GeoJSON names a CRS only by its code: without one, readers would place these feet as degrees
+    custom = (
+        'PROJCS["custom LCC",GEOGCS["custom",DATUM["custom",SPHEROID["custom",6378200,298.3]],'
+        'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Lambert_Conformal_Conic_2SP"],'
+        'PARAMETER["standard_parallel_1",33.3],PARAMETER["standard_parallel_2",45.7],'
+        'PARAMETER["latitude_of_origin",39.1],PARAMETER["central_meridian",-96.77],'
+        'PARAMETER["false_easting",1234567.8],PARAMETER["false_northing",-765432.1],'
+        'UNIT["US survey foot",0.304800609601219]]'
+    )
+    crs, transform = rasterio.CRS.from_wkt(custom), from_origin(1000, 2000, 0.5, 0.5)
+    path = write_raster(tmp_path / "lcc.tif", texture(32), crs=crs, transform=transform)
+    with pytest.raises(OutputError, match=r"keep\.geojson: GeoJSON can only name a CRS by its EPSG code"):
+        vectorize(path, tmp_path / "keep.geojson", keep_crs=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lcc.tif"]
+    vectorize(path, tmp_path / "lonlat.geojson")  # RFC 7946 longitude/latitude is fine
+    lon, lat = shapely.get_coordinates(read_layer(tmp_path / "lonlat.geojson")[1]).T
+    assert -101.3 < lon.min() < lon.max() < -101.2 and 41.1 < lat.min() < lat.max() < 41.2
+    vectorize(path, tmp_path / "keep.gpkg")
+    assert rasterio.CRS.from_user_input(
+        read_layer(tmp_path / "keep.gpkg")[0]["crs"]
+    ) == rasterio.CRS.from_wkt(custom)
+
+
 def test_geoparquet_has_geo_metadata_and_wkb(tmp_path, named):
     pq = pytest.importorskip("pyarrow.parquet")
     path, classes = named
@@ -306,6 +330,20 @@ def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
     assert out.read_text() == "keep me"
     vectorize(path, out, overwrite=True)
     assert pyogrio.read_info(out)["features"] > 0
+
+
+def test_a_raster_that_breaks_while_reading_is_one_line_naming_it(tmp_path):
+    path = write_raster(tmp_path / "whole.tif", texture(256))
+    with rasterio.open(path) as src:
+        data, profile = src.read(), src.profile | dict(tiled=True, blockxsize=64, blockysize=64)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    whole = path.read_bytes()
+    (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(InputError, match=r"cut\.tif: read failed \(") as caught:
+        vectorize(tmp_path / "cut.tif", tmp_path / "cut.gpkg", block_size=64)
+    assert "See previous exception" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "whole.tif"]
 
 
 def test_unknown_suffix_is_refused_before_any_work(tmp_path, named):

@@ -36,6 +36,7 @@ from geoseg.model.normalize import normalize
 from geoseg.raster.classes import NODATA_CLASS, write_class_metadata
 from geoseg.raster.reading import (
     Scale,
+    gdal_message,
     open_raster,
     read_bands,
     read_valid_mask,
@@ -473,7 +474,7 @@ class _Reader(threading.Thread):
                 self._read()
             _put(self.out, ("end",), self.stop)
         except RasterioError as error:
-            message = " ".join(str(error).split())
+            message = gdal_message(error)
             _put(self.out, ("error", InputError(f"{self.plan.path}: read failed ({message})")), self.stop)
         except BaseException as error:  # handed to the main thread, which re-raises it
             _put(self.out, ("error", error), self.stop)

@@ -51,6 +51,14 @@ def is_gdal_path(path: str | os.PathLike) -> bool:
     return text.startswith("/vsi") or "://" in text
 
 
+def gdal_message(error: BaseException) -> str:
+    """One line saying what GDAL reported: rasterio's "Read failed. See previous exception" hides the real
+    reason (a truncated tile, a failed decompression) in the exception's cause."""
+    cause = error.__cause__
+    message = str(cause) if cause is not None and str(cause).strip() else str(error)
+    return " ".join(message.split()) or type(error).__name__
+
+
 def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
     """Open a raster for reading, turning GDAL's failures into one-line :class:`InputError` messages."""
     text = str(path)
@@ -128,7 +136,8 @@ def select_bands(
     if all(len(by_name.get(w, [])) == 1 for w in wanted):
         return [by_name[w][0] for w in wanted]
 
-    example = ",".join(str(i) for i in data[: len(wanted)]) if len(data) >= len(wanted) else "1,2,3"
+    # with fewer bands than expected, repeat them (grey as R,G,B): never suggest bands that do not exist
+    example = ",".join(str(data[i % len(data)]) for i in range(len(wanted))) if data else "1"
     if by_name:
         described = ",".join(n or "?" for i, n in zip(dataset.indexes, names, strict=True) if i in data)
         missing = [w for w in wanted if len(by_name.get(w, [])) != 1]

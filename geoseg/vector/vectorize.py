@@ -21,7 +21,7 @@ import numpy as np
 import shapely
 
 from geoseg.atomic import check_output_path
-from geoseg.errors import ConfigurationError, GeosegWarning, InputError
+from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import read_class_names
 from geoseg.vector.area import AuthalicCylinder, ellipsoid
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
@@ -100,11 +100,17 @@ def vectorize(
         names = read_class_names(dataset) or []
         selected = _select_classes(classes, names, classes_path)
         geo = _Georeference(dataset, classes_path, geojson=driver == "GeoJSON" and not keep_crs)
+        if driver == "GeoJSON" and keep_crs and dataset.crs is not None and dataset.crs.to_epsg() is None:
+            # GeoJSON names a CRS only by code; without one, readers take the coordinates for lon/lat
+            raise OutputError(
+                f"{output_path}: GeoJSON can only name a CRS by its EPSG code and the CRS of {classes_path} "
+                "has none; drop --keep-crs (WGS84 longitude/latitude) or write .gpkg or .fgb"
+            )
         if min_area is not None:
             min_pixels = math.ceil(min_area / geo.pixel_area_m2)
 
         height, width = dataset.height, dataset.width
-        read = _dataset_reader(dataset)
+        read = _dataset_reader(dataset, classes_path)
         if min_pixels is not None and min_pixels > 1:
             read = sieved_reader(read, height, width, min_pixels, connectivity)
         if selected is not None and simplify is None:
@@ -233,22 +239,28 @@ def _select_classes(classes: Sequence[str | int] | None, names: list[str], path:
     return selected
 
 
-def _dataset_reader(dataset) -> BlockReader:
+def _dataset_reader(dataset, path: Path) -> BlockReader:
     """Read a window's classes and valid mask (nodata value, internal mask or alpha, GDAL's rules)."""
     from rasterio.enums import MaskFlags
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window as RioWindow
+
+    from geoseg.raster.reading import gdal_message
 
     flags = dataset.mask_flag_enums[0]
     nodata = dataset.nodata
 
     def read(window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         rio_window = RioWindow(window.col0, window.row0, window.width, window.height)
-        classes = dataset.read(1, window=rio_window)
-        if MaskFlags.all_valid in flags:
-            return classes, None
-        if list(flags) == [MaskFlags.nodata] and nodata is not None:
-            return classes, classes != nodata
-        return classes, dataset.read_masks(1, window=rio_window) > 0
+        try:
+            classes = dataset.read(1, window=rio_window)
+            if MaskFlags.all_valid in flags:
+                return classes, None
+            if list(flags) == [MaskFlags.nodata] and nodata is not None:
+                return classes, classes != nodata
+            return classes, dataset.read_masks(1, window=rio_window) > 0
+        except RasterioError as error:
+            raise InputError(f"{path}: read failed ({gdal_message(error)})") from error
 
     return read
 
