@@ -264,6 +264,21 @@ def test_geographic_raster_area_is_the_sum_of_its_pixels_on_the_ellipsoid(tmp_pa
     assert table["area"].sum() == pytest.approx(whole, rel=1e-8)
 
 
+def test_geographic_areas_in_grads_are_converted_to_degrees(tmp_path):
+    # NTF (Paris): longitude and latitude in grads (0.9 degree) on the Clarke 1880 (IGN) ellipsoid
+    classes = np.zeros((10, 20), np.uint8)
+    step, north = 1e-4, 52.5 / 0.9
+    path = write_raster(
+        tmp_path / "ntf.tif", classes, crs="EPSG:4807", transform=from_origin(2.0, north, step, step)
+    )
+    vectorize(path, tmp_path / "ntf.gpkg")
+    area = read_layer(tmp_path / "ntf.gpkg")[2]["area"][0]
+    clarke = (6378249.2, 1 / 293.4660212936269)
+    degrees = [(north - (r + 1) * step) * 0.9 for r in range(10)]
+    expected = sum(ellipsoid_cell_area(lat, lat + step * 0.9, 20 * step * 0.9, *clarke) for lat in degrees)
+    assert area == pytest.approx(expected, rel=1e-8)
+
+
 @pytest.mark.parametrize("batch", [10**9, 200])
 def test_simplified_polygons_still_tile_the_valid_area(tmp_path, monkeypatch, batch):
     monkeypatch.setattr(vectorize_module, "BATCH_VERTICES", batch)  # 200: many batches, fixed batch edges

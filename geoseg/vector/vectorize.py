@@ -296,6 +296,7 @@ class _Georeference:
         # GDAL's GeoJSON writer reprojects to WGS84 longitude/latitude when asked for RFC 7946
         self.rfc7946 = geojson and crs is not None
         self.cylinder = None
+        self.degrees = 1.0  # degrees per angular unit of a geographic CRS (0.9 for grads, as in NTF Paris)
         if crs is None:
             warnings.warn(
                 f"{path}: has no CRS; areas are in square raster units and outputs carry no CRS"
@@ -306,11 +307,14 @@ class _Georeference:
             self.pixel_area_m2 = self.pixel_area
         elif crs.is_geographic:
             self.cylinder = AuthalicCylinder(*ellipsoid(crs))
-            centre_lat = (transform @ (dataset.width / 2, dataset.height / 2))[1]
+            self.degrees = round(math.degrees(crs.units_factor[1]), 12)
+            centre_lat = (transform @ (dataset.width / 2, dataset.height / 2))[1] * self.degrees
             north_up = transform.b == 0 and transform.d == 0
             side = math.sqrt(self.pixel_area)
             dlon, dlat = (transform.a, transform.e) if north_up else (side, side)
-            self.pixel_area_m2 = self.cylinder.pixel_area(centre_lat, dlon, dlat)
+            self.pixel_area_m2 = self.cylinder.pixel_area(
+                centre_lat, dlon * self.degrees, dlat * self.degrees
+            )
         else:
             unit = crs.linear_units_factor[1]
             self.pixel_area_m2 = self.pixel_area * unit * unit
@@ -331,5 +335,7 @@ class _Georeference:
     def areas(self, pixel_polygons: np.ndarray, world_polygons: np.ndarray) -> np.ndarray:
         """Square metres: exact ellipsoidal areas for geographic rasters, scaled planar areas otherwise."""
         if self.cylinder is not None:
+            if self.degrees != 1.0:
+                world_polygons = shapely.transform(world_polygons, lambda xy: xy * self.degrees)
             return self.cylinder.areas(world_polygons)
         return shapely.area(pixel_polygons) * self.pixel_area_m2
