@@ -85,7 +85,8 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     type=click.Choice(["none", "flip", "d4"]),
     default="none",
     show_default=True,
-    help="Test-time augmentation: average over a horizontal flip, or all 8 flips and rotations.",
+    help="Test-time augmentation: average probabilities over flips (4 passes: none, horizontal, "
+    "vertical, both) or the 8 flips and rotations of d4.",
 )
 @click.option(
     "--bands", type=IntListType(), default=None, help="Input bands in the model's order, e.g. 4,1,2."

@@ -283,8 +283,9 @@ def _scratch_file(final: Path) -> Iterator[Path]:
 def _tta_views(mode: str) -> list[tuple[Callable, Callable]]:
     """(transform, inverse) pairs over the spatial dims; d4 rotations need square tiles, which they are."""
     views = [(lambda t: t, lambda t: t)]
-    if mode == "flip":
-        views.append((lambda t: t.flip(-1), lambda t: t.flip(-1)))
+    if mode == "flip":  # the authors' flip TTA: none, horizontal, vertical, both (flips are self-inverse)
+        for dims in ((-1,), (-2,), (-2, -1)):
+            views.append((lambda t, d=dims: t.flip(d), lambda t, d=dims: t.flip(d)))
     elif mode == "d4":
         views = []
         for k in range(4):
