@@ -199,6 +199,19 @@ def test_test_time_augmentation_puts_every_pixel_back_in_place(tmp_path, tta):
         assert np.array_equal(out.read(1), _whole_scene(model, data))
 
 
+@pytest.mark.parametrize("tta, passes", [("none", 1), ("flip", 4), ("d4", 8)])
+def test_test_time_augmentation_runs_every_view_of_every_tile_once(tmp_path, tta, passes):
+    _scene(tmp_path / "scene.tif", 100, 70, seed=4)
+    model = PixelNet(3, 6, seed=1)
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    result = predict_scene(
+        model, CARD, tmp_path / "scene.tif", tmp_path / "c.tif", tile=64, overlap=16, batch_size=1, tta=tta
+    )
+    assert result.tiles == 2 * 2  # columns start at 0 and 36, rows at 0 and 6
+    assert sum(seen) == result.tiles * passes
+
+
 class TileAwareNet(PixelNet):
     """PixelNet plus a logit bias growing across each tile: tiles now disagree, so the blend shows."""
 
