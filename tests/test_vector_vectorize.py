@@ -186,6 +186,24 @@ def test_geojson_refuses_to_keep_a_crs_it_cannot_name(tmp_path):
     ) == rasterio.CRS.from_wkt(custom)
 
 
+def test_a_local_engineering_crs_keeps_its_units_and_is_refused_only_by_geojson(tmp_path):
+    site = 'LOCAL_CS["site grid",LOCAL_DATUM["site",0],UNIT["US survey foot",0.304800609601219]]'
+    classes = np.zeros((4, 5), np.uint8)
+    path = write_raster(
+        tmp_path / "site.tif", classes, crs=rasterio.CRS.from_wkt(site), transform=from_origin(0, 8, 2.0, 2.0)
+    )
+    vectorize(path, tmp_path / "site.gpkg")
+    area = read_layer(tmp_path / "site.gpkg")[2]["area"][0]
+    assert area == pytest.approx(20 * 4 * 0.30480060960121924**2, rel=1e-12)
+    with pytest.raises(
+        OutputError, match=r"site\.tif cannot be converted to WGS84 longitude/latitude for GeoJSON"
+    ):
+        vectorize(path, tmp_path / "site.geojson")
+    with pytest.raises(OutputError, match=r"has none; write \.gpkg or \.fgb$"):
+        vectorize(path, tmp_path / "site.geojson", keep_crs=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["site.gpkg", "site.tif"]
+
+
 def test_geoparquet_has_geo_metadata_and_wkb(tmp_path, named):
     pq = pytest.importorskip("pyarrow.parquet")
     path, classes = named

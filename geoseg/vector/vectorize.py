@@ -99,13 +99,9 @@ def vectorize(
         _check_raster(dataset, classes_path)
         names = read_class_names(dataset) or []
         selected = _select_classes(classes, names, classes_path)
+        if driver == "GeoJSON":
+            _check_geojson_crs(dataset, classes_path, output_path, keep_crs)
         geo = _Georeference(dataset, classes_path, geojson=driver == "GeoJSON" and not keep_crs)
-        if driver == "GeoJSON" and keep_crs and dataset.crs is not None and dataset.crs.to_epsg() is None:
-            # GeoJSON names a CRS only by code; without one, readers take the coordinates for lon/lat
-            raise OutputError(
-                f"{output_path}: GeoJSON can only name a CRS by its EPSG code and the CRS of {classes_path} "
-                "has none; drop --keep-crs (WGS84 longitude/latitude) or write .gpkg or .fgb"
-            )
         if min_area is not None:
             min_pixels = math.ceil(min_area / geo.pixel_area_m2)
 
@@ -215,6 +211,32 @@ def _check_raster(dataset, path: Path) -> None:
         )
 
 
+def _check_geojson_crs(dataset, path: Path, output_path: Path, keep_crs: bool) -> None:
+    """GeoJSON holds WGS84 longitude/latitude, or (``keep_crs``) a CRS named by its EPSG code: refuse a CRS
+    that can be neither, rather than write coordinates that readers would take for longitude/latitude."""
+    from rasterio.warp import transform
+
+    crs = dataset.crs
+    if crs is None or (keep_crs and crs.to_epsg() is not None):
+        return
+    x, y = dataset.transform * (dataset.width / 2, dataset.height / 2)
+    try:
+        transform(crs, "EPSG:4326", [x], [y])
+        to_lonlat = True
+    except Exception:  # GDAL's CPLE_* errors: no operation to WGS84 (a local engineering CRS)
+        to_lonlat = False
+    if to_lonlat and not keep_crs:
+        return
+    if keep_crs:
+        instead = "drop --keep-crs (WGS84 longitude/latitude) or " if to_lonlat else ""
+        reason = "GeoJSON can only name a CRS by its EPSG code and"
+        raise OutputError(f"{output_path}: {reason} the CRS of {path} has none; {instead}write .gpkg or .fgb")
+    raise OutputError(
+        f"{output_path}: the CRS of {path} cannot be converted to WGS84 longitude/latitude for GeoJSON; "
+        "write .gpkg or .fgb"
+    )
+
+
 def _select_classes(classes: Sequence[str | int] | None, names: list[str], path: Path) -> set[int] | None:
     """Class values for names or ids; an unknown name is an error listing the known ones."""
     if classes is None:
@@ -316,7 +338,7 @@ class _Georeference:
                 centre_lat, dlon * self.degrees, dlat * self.degrees
             )
         else:
-            unit = crs.linear_units_factor[1]
+            unit = crs.units_factor[1]  # also for engineering (LOCAL_CS) CRSs, which have no "linear" unit
             self.pixel_area_m2 = self.pixel_area * unit * unit
         self.pixel_size_m = math.sqrt(self.pixel_area_m2)
 
