@@ -15,7 +15,7 @@ from pyogrio import raw
 from rasterio.transform import from_origin
 from scipy import integrate, ndimage
 
-from geoseg.errors import InputError, OutputError
+from geoseg.errors import GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import write_class_metadata
 from geoseg.vector import vectorize as vectorize_module
 from geoseg.vector.area import WGS84, AuthalicCylinder
@@ -202,6 +202,19 @@ def test_a_local_engineering_crs_keeps_its_units_and_is_refused_only_by_geojson(
     with pytest.raises(OutputError, match=r"has none; write \.gpkg or \.fgb$"):
         vectorize(path, tmp_path / "site.geojson", keep_crs=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["site.gpkg", "site.tif"]
+
+
+@pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".geojson"])
+def test_a_raster_without_crs_gives_one_warning(tmp_path, suffix):
+    path = write_raster(tmp_path / "plain.tif", texture(16), crs=None)
+    with pytest.warns(GeosegWarning) as caught:
+        vectorize(path, tmp_path / f"plain{suffix}")
+    assert [str(w.message) for w in caught] == [
+        f"{path}: has no CRS; areas are in square raster units and outputs carry no CRS"
+        + (" (GeoJSON stays in raster coordinates, not longitude/latitude)" if suffix == ".geojson" else "")
+    ]
+    if suffix != ".geojson":  # GeoJSON readers assume WGS84 whatever the file says: hence the warning
+        assert read_layer(tmp_path / f"plain{suffix}")[0]["crs"] is None
 
 
 def test_geoparquet_has_geo_metadata_and_wkb(tmp_path, named):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def atomic_vector_output(path: str | os.PathLike, overwrite: bool) -> Iterator[P
             raise
 
 
+@contextlib.contextmanager
+def _no_crs_warning() -> Iterator[None]:
+    """Silence pyogrio's warning about a missing CRS: vectorize has already said so, in its own words."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="'crs' was not provided", category=UserWarning)
+        yield
+
+
 class FeatureWriter:
     """Appends batches of (WKB polygon, class id, class name, area) to one layer; ``finish`` completes it."""
 
@@ -105,17 +114,18 @@ class FeatureWriter:
         else:
             from pyogrio import raw
 
-            raw.write(
-                str(self.target),
-                wkb,
-                columns,
-                list(FIELDS),
-                layer=self.layer,
-                driver="GPKG",
-                geometry_type=self.geometry_type,
-                crs=self.crs_wkt,
-                append=self.started,
-            )
+            with _no_crs_warning():
+                raw.write(
+                    str(self.target),
+                    wkb,
+                    columns,
+                    list(FIELDS),
+                    layer=self.layer,
+                    driver="GPKG",
+                    geometry_type=self.geometry_type,
+                    crs=self.crs_wkt,
+                    append=self.started,
+                )
         self.started = True
 
     def _write_parquet(self, wkb: np.ndarray, columns: list[np.ndarray]) -> None:
@@ -168,7 +178,7 @@ class FeatureWriter:
         from pyogrio import raw
 
         options = {"RFC7946": "YES"} if self.rfc7946 else None
-        with raw.open_arrow(str(self.target)) as (meta, stream):
+        with raw.open_arrow(str(self.target)) as (meta, stream), _no_crs_warning():
             raw.write_arrow(
                 stream,
                 str(self.path),
