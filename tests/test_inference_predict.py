@@ -263,6 +263,16 @@ def test_existing_outputs_fail_before_any_work(shared_data, tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["netherlands_0p25m_epsg28992.classes.tif"]
 
 
+def test_an_output_named_as_another_format_is_refused_before_any_work(tmp_path):
+    _synthetic(tmp_path / "scene.tif")
+    for name in ("classes.png", "classes.jpg"):  # a GeoTIFF under such a name misleads every other tool
+        with pytest.raises(ConfigurationError, match=rf"{name}: predict writes cloud-optimized GeoTIFF; "):
+            _run(tmp_path / "scene.tif", tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+    _run(tmp_path / "scene.tif", tmp_path / "classes.TIFF")
+    assert (tmp_path / "classes.TIFF").exists()
+
+
 def test_two_inputs_with_the_same_name_are_refused(shared_data, tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

@@ -28,6 +28,7 @@ from geoseg.inference.grid import DEFAULT_CHUNK
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale, is_gdal_path
 
+RASTER_SUFFIXES = (".tif", ".tiff")
 SUFFIXES = {"classes": ".classes.tif", "confidence": ".confidence.tif", "probabilities": ".probabilities.tif"}
 
 
@@ -55,6 +56,10 @@ def prepare_outputs(
     into_folder = len(inputs) > 1 or output.is_dir() or output_text.endswith(("/", os.sep))
     if into_folder and output.exists() and not output.is_dir():
         raise OutputError(f"{output}: with several inputs, -o must be a folder (it is a file)")
+    if not into_folder and output.suffix and output.suffix.lower() not in RASTER_SUFFIXES:
+        raise ConfigurationError(
+            f"{output}: predict writes cloud-optimized GeoTIFF; name the output .tif or .tiff"
+        )
     vector_format = _vector_format(vectorize)
     if vectorize is not None and vector_format is None:
         if len(inputs) > 1:
