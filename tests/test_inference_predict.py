@@ -264,7 +264,7 @@ def test_existing_outputs_fail_before_any_work(shared_data, tmp_path):
 
 
 def test_an_output_named_as_another_format_is_refused_before_any_work(tmp_path):
-    _synthetic(tmp_path / "scene.tif")
+    _synthetic(tmp_path / "scene.tif", crs="EPSG:32633", transform=Affine(0.5, 0, 0, 0, -0.5, 0))
     for name in ("classes.png", "classes.jpg"):  # a GeoTIFF under such a name misleads every other tool
         with pytest.raises(ConfigurationError, match=rf"{name}: predict writes cloud-optimized GeoTIFF; "):
             _run(tmp_path / "scene.tif", tmp_path / name)
