@@ -12,6 +12,7 @@ import rasterio
 import torch
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.inference.predict import predict
@@ -179,7 +180,7 @@ def test_nodata_is_255_exactly_where_the_input_is_invalid(shared_data, tmp_path,
     )
 
 
-def test_internal_mask_becomes_nodata(tmp_path):
+def test_invalid_pixels_are_nodata_in_classes_and_masked_in_confidence_and_probabilities(tmp_path):
     path = _synthetic(
         tmp_path / "masked.tif", width=90, height=70, crs="EPSG:32633", transform=Affine.identity()
     )
@@ -188,13 +189,22 @@ def test_internal_mask_becomes_nodata(tmp_path):
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "r+") as d:
         d.write_mask(mask)
     _run(path, tmp_path / "classes.tif", confidence=True, probabilities=True)
+    invalid = mask == 0
     with rasterio.open(tmp_path / "classes.tif") as c:
-        assert np.array_equal(c.read(1) == 255, mask == 0)
-    with rasterio.open(tmp_path / "classes.confidence.tif") as conf:
-        values = conf.read(1)
-        assert conf.nodata == 0 and np.array_equal(values == 0, mask == 0)
+        assert c.nodata == 255 and np.array_equal(c.read(1) == 255, invalid)
+    for name, bands in (("confidence", 1), ("probabilities", 6)):
+        with rasterio.open(tmp_path / f"classes.{name}.tif") as out:
+            # no nodata value: every 0..255 is data, validity is the internal per-dataset mask
+            assert out.nodata is None and out.mask_flag_enums == ([MaskFlags.per_dataset],) * bands
+            assert np.array_equal(out.dataset_mask() == 0, invalid)
+            values = out.read(masked=True)
+            assert np.array_equal(values.mask, np.broadcast_to(invalid, values.shape))
+            assert (values.data[:, invalid] == 0).all()
     with rasterio.open(tmp_path / "classes.probabilities.tif") as probs:
-        assert probs.nodata == 0 and np.array_equal(probs.dataset_mask() == 0, mask == 0)
+        values = probs.read(masked=True)
+    genuine_zero = (values.data == 0) & ~invalid
+    assert genuine_zero.sum() > 100  # probabilities that round to 0 ...
+    assert not values.mask[genuine_zero].any()  # ... read as valid data
 
 
 # --- output layout ---------------------------------------------------------------------------------------

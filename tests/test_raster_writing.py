@@ -7,6 +7,8 @@ import pytest
 import rasterio
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
+from rasterio.windows import Window
 
 from geoseg.errors import OutputError
 from geoseg.raster.classes import read_class_names, write_class_metadata
@@ -18,6 +20,7 @@ from geoseg.raster.writing import (
     tiled_profile,
     to_cog,
     write_category_names,
+    write_valid_mask,
 )
 
 
@@ -54,6 +57,32 @@ def test_cog_keeps_names_colours_description_and_nodata(tmp_path):
         assert out.descriptions == ("class",) and out.nodata == 255
         assert out.overviews(1) == [2]
         assert out.crs == georef["crs"] and out.transform == georef["transform"]
+
+
+def test_validity_mask_is_internal_and_survives_the_cog_copy_with_its_overviews(tmp_path):
+    width, height = 700, 600
+    values = (np.indices((height, width)).sum(axis=0) % 3).astype(np.uint8)  # 0 is data here
+    valid = np.ones((height, width), bool)
+    valid[:10, :10] = False
+    valid[550:, 600:] = False
+    georef = {"crs": CRS.from_epsg(32633), "transform": rasterio.Affine(0.5, 0, 0, 0, -0.5, 0), "gcps": None}
+    profile = tiled_profile(width, height, 2, None, georef)
+    with open_tiled(tmp_path / "tiled.tif", profile) as dst:
+        for y0, x0 in ((0, 0), (0, 512), (512, 0), (512, 512)):  # chunk by chunk, as the engine writes
+            h, w = min(512, height - y0), min(512, width - x0)
+            window = Window(x0, y0, w, h)
+            dst.write(np.stack([values[y0 : y0 + h, x0 : x0 + w]] * 2), window=window)
+            part = valid[y0 : y0 + h, x0 : x0 + w]
+            write_valid_mask(dst, None if part.all() else part, window)
+    to_cog(tmp_path / "tiled.tif", tmp_path / "cog.tif", "AVERAGE")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cog.tif", "tiled.tif"]  # no .msk side-car
+    with rasterio.open(tmp_path / "cog.tif") as out:
+        assert out.nodata is None and out.overviews(1) == [2]
+        assert out.mask_flag_enums == ([MaskFlags.per_dataset], [MaskFlags.per_dataset])
+        assert np.array_equal(out.read_masks(2) > 0, valid)
+        assert np.array_equal(out.read(1), values)
+        assert out.read(1, masked=True).mask.sum() == 100 + 50 * 100
+        assert np.array_equal(out.dataset_mask(out_shape=(300, 350)) > 0, valid[::2, ::2])
 
 
 def test_ground_control_points_are_copied(tmp_path):

@@ -97,9 +97,15 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     default=None,
     help="Raw value range for 16-bit or float imagery (e.g. 0,4000), or auto (2-98 percentile).",
 )
-@click.option("--confidence", is_flag=True, help="Also write the top class probability (uint8, 0-255).")
 @click.option(
-    "--probabilities", is_flag=True, help="Also write one uint8 band per class (probability x 255)."
+    "--confidence",
+    is_flag=True,
+    help="Also write the top class probability (uint8, 0-255; no-data pixels masked, not 0).",
+)
+@click.option(
+    "--probabilities",
+    is_flag=True,
+    help="Also write one uint8 band per class (probability x 255; no-data pixels masked, not 0).",
 )
 @click.option(
     "--vectorize",

@@ -43,7 +43,14 @@ from geoseg.raster.reading import (
     resolve_value_range,
     select_bands,
 )
-from geoseg.raster.writing import georeferencing, open_tiled, tiled_profile, to_cog, write_category_names
+from geoseg.raster.writing import (
+    georeferencing,
+    open_tiled,
+    tiled_profile,
+    to_cog,
+    write_category_names,
+    write_valid_mask,
+)
 
 Progress = Callable[[int, int], None]
 TTA_MODES = ("none", "flip", "d4")
@@ -223,7 +230,7 @@ def run_scene(
             sinks = {}
             for kind, path in scratch.items():
                 count = card.num_classes if kind == "probabilities" else 1
-                nodata = NODATA_CLASS if kind == "classes" else 0
+                nodata = NODATA_CLASS if kind == "classes" else None  # others: internal mask
                 profile = tiled_profile(plan.width, plan.height, count, nodata, georef)
                 sinks[kind] = opened.enter_context(open_tiled(path, profile, georef.get("gcps")))
             write_class_metadata(sinks["classes"], names, colors)
@@ -522,7 +529,11 @@ class _Reader(threading.Thread):
 
 
 class _Writer(threading.Thread):
-    """Masks invalid pixels, counts classes and writes finished chunks, while the network works on."""
+    """Masks invalid pixels, counts classes and writes finished chunks, while the network works on.
+
+    Invalid pixels are nodata 255 in the class raster; in the confidence and probability rasters they are 0
+    and masked by the internal mask, so that a valid probability 0 stays valid.
+    """
 
     def __init__(self, sinks: dict[str, Any], num_classes: int, stop: threading.Event):
         super().__init__(name="geoseg-writer", daemon=True)
@@ -559,6 +570,8 @@ class _Writer(threading.Thread):
         for kind, sink in self.sinks.items():
             values = result[kind]
             sink.write(values if values.ndim == 3 else values[np.newaxis], window=window)
+            if kind != "classes":
+                write_valid_mask(sink, valid, window)
 
     def send(self, item: Any) -> None:
         """Queue a finished chunk (None: no more); re-raise the writer's failure rather than wait on it."""

@@ -2,7 +2,9 @@
 
 Rasters are written window by window into a tiled GeoTIFF under a hidden temporary name, then copied into
 COG layout (overviews built by GDAL from the finished data, which chunked writers get wrong otherwise), and
-only then renamed into place by :func:`geoseg.atomic.atomic_output`.
+only then renamed into place by :func:`geoseg.atomic.atomic_output`. Class rasters mark invalid pixels with
+nodata 255 (never a class); rasters whose every value 0..255 is data (confidence, probabilities) carry
+validity in GDAL's internal per-dataset mask instead, which the COG copy keeps, overviews included.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import MemoryFile
 from rasterio.shutil import copy as gdal_copy
+from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
 from geoseg.errors import GeosegWarning, OutputError
@@ -95,6 +98,19 @@ def open_tiled(path: str | os.PathLike, profile: dict, gcps=None):
     if gcps is not None:
         dataset.gcps = gcps
     return dataset
+
+
+def write_valid_mask(dataset, valid: np.ndarray | None, window: Window) -> None:
+    """Write ``window`` of the internal per-dataset mask: 255 where ``valid`` (None: all valid), else 0.
+
+    Every window must be written: GDAL reads a mask block never written as invalid.
+    """
+    if valid is None:
+        mask = np.full((int(window.height), int(window.width)), 255, np.uint8)
+    else:
+        mask = np.where(valid, np.uint8(255), np.uint8(0))
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):  # inside the GeoTIFF, not a .msk side-car
+        dataset.write_mask(mask, window=window)
 
 
 def to_cog(source: str | os.PathLike, target: str | os.PathLike, resampling: str = "MODE") -> None:
