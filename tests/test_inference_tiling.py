@@ -60,14 +60,20 @@ CARD = ModelCard(
 )
 
 
-def _scene(path, width, height, seed=0):
+def _scene(path, width, height, seed=0, mask=None):
+    """A random 3-band scene; ``mask`` (255 valid, 0 not) becomes its internal mask."""
     rng = np.random.default_rng(seed)
     data = rng.integers(0, 256, (3, height, width), dtype=np.uint8)
     profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8")
-    with rasterio.open(
-        path, "w", crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000), **profile
-    ) as d:
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
+        rasterio.open(
+            path, "w", crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000), **profile
+        ) as d,
+    ):
         d.write(data)
+        if mask is not None:
+            d.write_mask(mask)
     return data
 
 
@@ -291,3 +297,79 @@ def test_confidence_and_probabilities_match_the_softmax(tmp_path):
         assert p.count == 6 and p.descriptions == tuple(CARD.class_names)
     assert np.abs(confidence - np.round(probs.max(0) * 255)).max() <= 1
     assert np.abs(probabilities - np.round(probs * 255)).max() <= 1
+
+
+# --- skipping tiles without valid pixels ---------------------------------------------------------------
+
+
+def _predict_counting(tmp_path, name, model, **options):
+    """predict_scene with confidence and probabilities; also returns the tiles the network saw."""
+    seen = []
+    hook = model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0]))
+    stem = name.removesuffix(".tif")
+    try:
+        result = predict_scene(
+            model,
+            CARD,
+            tmp_path / name,
+            tmp_path / f"{stem}.classes.tif",
+            tile=64,
+            overlap=16,
+            batch_size=5,
+            confidence_path=tmp_path / f"{stem}.confidence.tif",
+            probabilities_path=tmp_path / f"{stem}.probabilities.tif",
+            **options,
+        )
+    finally:
+        hook.remove()
+    with (
+        rasterio.open(tmp_path / f"{stem}.classes.tif") as c,
+        rasterio.open(tmp_path / f"{stem}.confidence.tif") as f,
+        rasterio.open(tmp_path / f"{stem}.probabilities.tif") as p,
+    ):
+        rasters = c.read(1), f.read(1), p.read()
+    return result, sum(seen), rasters
+
+
+def test_tiles_without_valid_pixels_are_skipped_and_valid_pixels_do_not_change(tmp_path):
+    # 300x200, tile 64, overlap 16: columns start at 0 48 96 144 192 236, rows at 0 48 96 136 (24 tiles).
+    # A collar of 112 columns on the left invalidates the columns at 0 and 48 (rows 0 48 96: 6 tiles), and
+    # the invalid rows from 136 down the whole last tile row (6 tiles): 12 of 24 tiles are skipped.
+    mask = np.full((200, 300), 255, np.uint8)
+    mask[:, :112] = 0
+    mask[136:] = 0
+    data = _scene(tmp_path / "collar.tif", 300, 200, seed=6, mask=mask)
+    _scene(tmp_path / "whole.tif", 300, 200, seed=6)
+    model = TileAwareNet(3, 6, seed=5)  # tiles disagree: a changed blend would show in the probabilities
+    skipping, passes, (classes, confidence, probabilities) = _predict_counting(tmp_path, "collar.tif", model)
+    full, full_passes, (all_classes, all_confidence, all_probabilities) = _predict_counting(
+        tmp_path, "whole.tif", model
+    )
+    assert (full.tiles, full_passes) == (24, 24)
+    assert (skipping.tiles, passes) == (12, 12)
+    valid = mask > 0
+    assert np.array_equal(classes[valid], all_classes[valid])
+    assert np.array_equal(confidence[valid], all_confidence[valid])
+    assert np.array_equal(probabilities[:, valid], all_probabilities[:, valid])
+    assert (classes[~valid] == 255).all()
+    assert (confidence[~valid] == 0).all() and (probabilities[:, ~valid] == 0).all()  # no NaN garbage
+    assert len(np.unique(classes[valid])) >= 4
+    # and PixelNet's whole-scene answer still holds exactly on the valid pixels
+    pixel_model = PixelNet(3, 6, seed=5)
+    predict_scene(pixel_model, CARD, tmp_path / "collar.tif", tmp_path / "pixel.tif", tile=64, overlap=16)
+    with rasterio.open(tmp_path / "pixel.tif") as out:
+        assert np.array_equal(out.read(1)[valid], _whole_scene(pixel_model, data)[valid])
+
+
+def test_an_all_nodata_scene_computes_no_tile_and_writes_only_nodata(tmp_path):
+    _scene(tmp_path / "empty.tif", 700, 600, mask=np.zeros((600, 700), np.uint8))
+    model = PixelNet(3, 6)
+    result, passes, (classes, confidence, probabilities) = _predict_counting(
+        tmp_path, "empty.tif", model, chunk_size=512
+    )
+    assert (result.tiles, passes) == (0, 0)
+    assert (classes == 255).all() and classes.shape == (600, 700)
+    assert (confidence == 0).all() and (probabilities == 0).all()
+    assert result.class_fractions == dict.fromkeys(CARD.class_names, 0.0)
+    with rasterio.open(tmp_path / "empty.confidence.tif") as out:
+        assert (out.dataset_mask() == 0).all()

@@ -1,6 +1,7 @@
 """The streaming loop: read tiles ahead, predict and blend on the device, write finished chunks behind.
 
-A reader thread cuts the scene into batches of tiles (uint8 stays uint8 until the device), the main thread
+A reader thread cuts the scene into batches of tiles (uint8 stays uint8 until the device), skipping tiles
+without a single valid input pixel (wide no-data collars cost no network time), the main thread
 runs the network and blends softmax probabilities into the current chunk's accumulator on the device, and a
 writer thread writes each finished chunk (uint8 only) into a tiled GeoTIFF. Memory depends on the tile, batch
 and chunk sizes, never on the scene: tile contributions that reach the next chunk row are parked in an
@@ -94,7 +95,10 @@ class OutputPaths:
 
 @dataclass
 class PredictResult:
-    """What ``predict`` reports per scene (``--json`` prints :meth:`to_dict`)."""
+    """What ``predict`` reports per scene (``--json`` prints :meth:`to_dict`).
+
+    ``tiles`` counts the tiles the network computed: tiles whose input pixels are all invalid are skipped.
+    """
 
     input: str
     outputs: dict[str, str]
@@ -240,7 +244,7 @@ def run_scene(
             if "probabilities" in sinks:
                 for band, name in enumerate(names, start=1):
                     sinks["probabilities"].set_band_description(band, name)
-            counts = _stream(
+            counts, computed = _stream(
                 model,
                 card,
                 plan,
@@ -267,7 +271,7 @@ def run_scene(
         outputs={kind: str(path) for kind, path in outputs.rasters()},
         width=plan.width,
         height=plan.height,
-        tiles=plan.grid.num_tiles,
+        tiles=computed,
         seconds=time.perf_counter() - started,
         device=str(device),
         class_fractions=fractions,
@@ -414,6 +418,9 @@ class _Blender:
         chunk, acc, k = self.chunk, self.acc, self.k
         rh, rw = chunk.y1 - chunk.y0, chunk.x1 - chunk.x0
         region, weight = acc[:k, :rh, :rw], acc[k, :rh, :rw]
+        # Weight 0: only skipped (all-invalid) tiles cover the pixel, so it is invalid and masked by the
+        # writer; dividing by 1 there gives 0 instead of NaN and changes no valid pixel.
+        weight = weight.masked_fill(weight == 0, 1.0)
         # argmax of the weighted sums: dividing by the (positive) weight first cannot change the winner.
         classes, best = _argmax_classes(region)
         result = {"classes": classes.cpu().numpy()}
@@ -468,7 +475,11 @@ def _put(target: queue.Queue, item: Any, stop: threading.Event) -> bool:
 
 
 class _Reader(threading.Thread):
-    """Reads each chunk's input window once and cuts it into batches of tiles (a bounded queue ahead)."""
+    """Reads each chunk's input window once and cuts it into batches of tiles (a bounded queue ahead).
+
+    Tiles without a valid pixel are not sent; each batch (and the end) says how many were skipped since the
+    previous one, so that progress still counts every tile of the grid.
+    """
 
     def __init__(self, source, plan: ScenePlan, batch_size: int, pin: bool, stop: threading.Event):
         super().__init__(name="geoseg-reader", daemon=True)
@@ -479,34 +490,45 @@ class _Reader(threading.Thread):
     def run(self) -> None:
         try:
             with self.env:
-                self._read()
-            _put(self.out, ("end",), self.stop)
+                skipped = self._read()
+            if skipped is not None:
+                _put(self.out, ("end", skipped), self.stop)
         except RasterioError as error:
             message = gdal_message(error)
             _put(self.out, ("error", InputError(f"{self.plan.path}: read failed ({message})")), self.stop)
         except BaseException as error:  # handed to the main thread, which re-raises it
             _put(self.out, ("error", error), self.stop)
 
-    def _read(self) -> None:
+    def _read(self) -> int | None:
+        """Queue masks and batches; return the tiles skipped after the last batch (None: stopped)."""
         plan, grid = self.plan, self.plan.grid
         size = grid.tile
         pending: list[np.ndarray] = []
         tiles: list[Tile] = []
+        skipped = 0
         for chunk in grid.chunks():
             if self.stop.is_set():
-                return
-            region = Window(chunk.x0, chunk.y0, chunk.x1 - chunk.x0, chunk.y1 - chunk.y0)
-            valid = read_valid_mask(self.source, region, plan.bands)
-            if not _put(self.out, ("chunk", chunk.index, valid), self.stop):
-                return
+                return None
+            # One mask read covers the chunk's own pixels and its tiles (which may start below or right of
+            # the chunk's corner and reach beyond it).
+            top, left, bottom, right = chunk.y0, chunk.x0, chunk.y1, chunk.x1
+            if chunk.tiles:
+                t_top, t_left, t_height, t_width = chunk.read_window
+                bottom, right = max(bottom, t_top + t_height), max(right, t_left + t_width)
+            valid = read_valid_mask(self.source, Window(left, top, right - left, bottom - top), plan.bands)
+            own = None if valid is None else valid[: chunk.y1 - top, : chunk.x1 - left]
+            if not _put(self.out, ("chunk", chunk.index, own), self.stop):
+                return None
             if not chunk.tiles:
                 continue
-            top, left, height, width = chunk.read_window
-            data = read_bands(self.source, Window(left, top, width, height), plan.bands)
-            for tile in chunk.tiles:
-                part = data[
-                    :, tile.y - top : tile.y - top + tile.height, tile.x - left : tile.x - left + tile.width
-                ]
+            live = [t for t in chunk.tiles if valid is None or _any_valid(valid, t, top, left)]
+            skipped += len(chunk.tiles) - len(live)
+            if not live:
+                continue
+            data = read_bands(self.source, Window(t_left, t_top, t_width, t_height), plan.bands)
+            for tile in live:
+                y, x = tile.y - t_top, tile.x - t_left
+                part = data[:, y : y + tile.height, x : x + tile.width]
                 if tile.height < size or tile.width < size:
                     part = np.pad(
                         part, ((0, 0), (0, size - tile.height), (0, size - tile.width)), mode="reflect"
@@ -514,11 +536,14 @@ class _Reader(threading.Thread):
                 pending.append(part)
                 tiles.append(tile)
                 if len(pending) == self.batch_size:
-                    if not _put(self.out, ("batch", self._tensor(pending), tiles), self.stop):
-                        return
-                    pending, tiles = [], []
+                    if not _put(self.out, ("batch", self._tensor(pending), tiles, skipped), self.stop):
+                        return None
+                    pending, tiles, skipped = [], [], 0
         if pending:
-            _put(self.out, ("batch", self._tensor(pending), tiles), self.stop)
+            if not _put(self.out, ("batch", self._tensor(pending), tiles, skipped), self.stop):
+                return None
+            skipped = 0
+        return skipped
 
     def _tensor(self, parts: list[np.ndarray]) -> torch.Tensor:
         array = np.stack(parts)
@@ -526,6 +551,12 @@ class _Reader(threading.Thread):
             array = array.astype(np.float32)
         tensor = torch.from_numpy(array)
         return tensor.pin_memory() if self.pin else tensor
+
+
+def _any_valid(valid: np.ndarray, tile: Tile, top: int, left: int) -> bool:
+    """Whether ``tile`` has a valid input pixel, from a mask whose corner is at (``top``, ``left``)."""
+    y, x = tile.y - top, tile.x - left
+    return bool(valid[y : y + tile.height, x : x + tile.width].any())
 
 
 class _Writer(threading.Thread):
@@ -600,8 +631,11 @@ def _stream(
     tta: str,
     progress: Progress | None,
     scratch_dir: Path,
-) -> np.ndarray:
-    """Predict every tile once, in chunk order; returns the per-class pixel counts of valid pixels."""
+) -> tuple[np.ndarray, int]:
+    """Predict every tile with a valid pixel once, in chunk order.
+
+    Returns the per-class pixel counts of valid pixels and the number of tiles computed.
+    """
     grid = plan.grid
     stop = threading.Event()
     reader = _Reader(source, plan, batch_size, device.type == "cuda", stop)
@@ -611,7 +645,7 @@ def _stream(
     views = _tta_views(tta)
     masks: dict[int, np.ndarray | None] = {}
     chunks = grid.chunks()
-    done = 0
+    done = computed = 0
     want_confidence, want_probabilities = "confidence" in sinks, "probabilities" in sinks
 
     def finish_until(index: int) -> None:
@@ -633,6 +667,8 @@ def _stream(
             while True:
                 item = _take(reader)
                 if item[0] == "end":
+                    if item[1] and progress is not None:
+                        progress(grid.num_tiles, grid.num_tiles)  # the trailing tiles were all skipped
                     break
                 if item[0] == "error":
                     raise item[1]
@@ -644,7 +680,8 @@ def _stream(
                 for b, tile in enumerate(tiles):
                     finish_until(tile.chunk)
                     blender.add(tile, probs[b])
-                done += len(tiles)
+                computed += len(tiles)
+                done += len(tiles) + item[3]
                 if progress is not None:
                     progress(done, grid.num_tiles)
             finish_until(grid.num_chunks)
@@ -652,7 +689,7 @@ def _stream(
         writer.join()
         if writer.error is not None:
             raise writer.error
-        return writer.counts
+        return writer.counts, computed
     finally:
         stop.set()
         reader.join()

@@ -274,7 +274,9 @@ def predict(
     ``.probabilities.tif``) into the folder ``output``. ``model`` is a checkpoint path (None: the bundled
     one); ``preset``/``card`` describe a foreign checkpoint. Tile size and overlap default to the card's.
     ``scale`` is ``(min, max)`` of the raw values or ``"auto"`` (2-98 percentile). ``vectorize`` also writes
-    polygons (names: see :func:`prepare_outputs`). ``progress(done, total)`` counts tiles over all scenes.
+    polygons (names: see :func:`prepare_outputs`). ``progress(done, total)`` counts tiles over all scenes
+    (skipped ones too); each result's ``tiles`` counts the tiles computed, without those that hold no valid
+    input pixel (they are skipped).
     """
     return list(
         iter_predict(
