@@ -6,15 +6,17 @@ test-time augmentation, the tiled result must equal the result of one pass over 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import rasterio
 import torch
 from affine import Affine
 
-from geoseg.errors import ConfigurationError
+from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.inference.blending import WindowWeights, axis_weight
-from geoseg.inference.engine import predict_scene
+from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.grid import TileGrid, check_tiling, tile_starts
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.normalize import normalize
@@ -130,6 +132,22 @@ def test_a_chunk_row_without_tiles_of_its_own_exists_in_the_zero_tile_case():
     grid = TileGrid(1030, 600, 256, 64, 512)
     last_row = [grid.chunk(grid.chunk_rows - 1, col) for col in range(grid.chunk_cols)]
     assert [c.tiles for c in last_row] == [(), ()]
+
+
+def test_a_stride_under_a_quarter_of_the_tile_warns_with_its_cost(tmp_path):
+    _scene(tmp_path / "tiny.tif", 50, 40)
+    # stride 2: columns start at 0 2 .. 16 and 18 (10), rows at 0 2 4 6 and 8 (5); the card's 64/16: 1 tile
+    message = (
+        r"tiny\.tif: tile 32 with overlap 30 leaves a stride of 2 px \(under a quarter of the tile\): "
+        r"50 tiles where the model's default \(tile 64, overlap 16\) needs 1 \(50x\); lower the overlap$"
+    )
+    with pytest.warns(GeosegWarning, match=message) as caught:
+        plan = plan_scene(CARD, tmp_path / "tiny.tif", tile=32, overlap=30)
+    assert plan.grid.num_tiles == 50 and len(caught) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plan_scene(CARD, tmp_path / "tiny.tif", tile=64, overlap=48)  # a quarter exactly
+        plan_scene(CARD, tmp_path / "tiny.tif")  # the card's own choice is not second-guessed
 
 
 # --- window weights ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import queue
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +30,9 @@ from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output, check_output_path, remove_quietly, temporary_sibling
 from geoseg.device import autocast_dtype, resolve_device
-from geoseg.errors import CheckpointError, ConfigurationError, InputError
+from geoseg.errors import CheckpointError, ConfigurationError, GeosegWarning, InputError
 from geoseg.inference.blending import WindowWeights
-from geoseg.inference.grid import DEFAULT_CHUNK, Chunk, Tile, TileGrid, check_tiling
+from geoseg.inference.grid import DEFAULT_CHUNK, Chunk, Tile, TileGrid, check_tiling, tile_starts
 from geoseg.model.card import ModelCard
 from geoseg.model.normalize import normalize
 from geoseg.raster.classes import NODATA_CLASS, write_class_metadata
@@ -139,7 +140,8 @@ def plan_scene(
     """Open the scene once to check it against the card and decide bands, scaling and the tile grid.
 
     Fails (before any network work) on a missing or unreadable file, bands that do not fit the model or
-    16-bit data without a scale; warns about a raster without CRS.
+    16-bit data without a scale; warns about a raster without CRS and about a stride under a quarter of
+    the tile (see :func:`_warn_small_stride`).
     """
     tile = card.tile_size if tile is None else int(tile)
     overlap = card.overlap if overlap is None else int(overlap)
@@ -150,7 +152,27 @@ def plan_scene(
         value_range = resolve_value_range(dataset, indexes, scale, card.value_range, path)
         georef = georeferencing(dataset, path)
         grid = TileGrid(dataset.height, dataset.width, tile, overlap, chunk_size)
+        _warn_small_stride(grid, card, path)
         return ScenePlan(path, dataset.width, dataset.height, indexes, value_range, grid, georef)
+
+
+def _warn_small_stride(grid: TileGrid, card: ModelCard, path: str) -> None:
+    """Warn when tiles start less than a quarter tile apart: the tile count grows with 1/stride², so e.g.
+    ``--tile 32 --overlap 30`` takes minutes on a tiny scene; the warning says what it costs here."""
+    if grid.stride * 4 >= grid.tile or (grid.tile, grid.overlap) == (card.tile_size, card.overlap):
+        return
+    stride = card.tile_size - card.overlap
+    default = len(tile_starts(grid.height, card.tile_size, stride)) * len(
+        tile_starts(grid.width, card.tile_size, stride)
+    )
+    warnings.warn(
+        f"{path}: tile {grid.tile} with overlap {grid.overlap} leaves a stride of {grid.stride} px "
+        f"(under a quarter of the tile): {grid.num_tiles} tiles where the model's default (tile "
+        f"{card.tile_size}, overlap {card.overlap}) needs {default} ({grid.num_tiles / default:.3g}x); "
+        "lower the overlap",
+        GeosegWarning,
+        stacklevel=3,
+    )
 
 
 def predict_scene(
