@@ -20,14 +20,6 @@ from geoseg.model.presets import preset_card
 RESULT_KEYS = {"input", "outputs", "width", "height", "tiles", "seconds", "device", "class_fractions"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A small random MANet (ResNet-18) with LoveDA's classes and 64 px tiles, so every run takes a second."""

@@ -9,8 +9,8 @@ import zipfile
 import numpy as np
 import pytest
 import rasterio
-import torch
 from affine import Affine
+from helpers import PixelNet, write_scene
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 
@@ -18,31 +18,6 @@ from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputE
 from geoseg.inference.predict import predict
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.raster.classes import read_class_names
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class PixelNet(torch.nn.Module):
-    """A fixed random per-pixel network: fast, and its answer does not depend on tiling."""
-
-    def __init__(self, bands: int = 3, classes: int = 6, seed: int = 2):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.first = torch.nn.Conv2d(bands, 8, 1)
-        self.second = torch.nn.Conv2d(8, classes, 1)
-        with torch.no_grad():
-            for layer in (self.first, self.second):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=g) * 2)
-                layer.bias.copy_(torch.randn(layer.bias.shape, generator=g))
-
-    def forward(self, x):
-        return self.second(torch.relu(self.first(x)))
 
 
 def _card(bands=("red", "green", "blue"), tile=64, overlap=16) -> ModelCard:
@@ -58,7 +33,7 @@ def _card(bands=("red", "green", "blue"), tile=64, overlap=16) -> ModelCard:
 
 
 CARD = _card()
-MODEL = PixelNet()
+MODEL = PixelNet(seed=2)
 
 
 def _run(inputs, output, **options):
@@ -67,13 +42,8 @@ def _run(inputs, output, **options):
     return predict(inputs if isinstance(inputs, list) else [inputs], output, **options)
 
 
-def _synthetic(path, width=150, height=100, count=3, dtype="uint8", seed=0, **profile):
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, (count, height, width)).astype(dtype)
-    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype)
-    base.update(profile)
-    with rasterio.open(path, "w", **base) as dst:
-        dst.write(data)
+def _synthetic(path, width=150, height=100, **options):
+    write_scene(path, width, height, **options)
     return path
 
 

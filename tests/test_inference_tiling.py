@@ -13,6 +13,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
+from helpers import PixelNet, write_scene
 
 from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.inference.blending import WindowWeights, axis_weight
@@ -20,39 +21,6 @@ from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.grid import TileGrid, check_tiling, tile_starts
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.normalize import normalize
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small tensors on a shared 2-core machine run far faster single-threaded."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class PixelNet(torch.nn.Module):
-    """A fixed random two-layer network applied to each pixel on its own (1x1 'convolutions' written with
-    element-wise operations, so a pixel's logits are bit-identical whatever the tensor around it)."""
-
-    def __init__(self, bands: int, classes: int, hidden: int = 8, seed: int = 0):
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("w1", torch.randn(hidden, bands, generator=g) * 2)
-        self.register_buffer("b1", torch.randn(hidden, generator=g))
-        self.register_buffer("w2", torch.randn(classes, hidden, generator=g))
-        self.register_buffer("b2", torch.randn(classes, generator=g))
-
-    @staticmethod
-    def _dense(x, weight, bias):
-        out = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[2:]).clone()
-        for c in range(x.shape[1]):
-            out += weight[:, c].view(1, -1, 1, 1) * x[:, c : c + 1]
-        return out
-
-    def forward(self, x):
-        return self._dense(torch.relu(self._dense(x, self.w1, self.b1)), self.w2, self.b2)
-
 
 CARD = ModelCard(
     classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
@@ -63,20 +31,15 @@ CARD = ModelCard(
 
 
 def _scene(path, width, height, seed=0, mask=None):
-    """A random 3-band scene; ``mask`` (255 valid, 0 not) becomes its internal mask."""
-    rng = np.random.default_rng(seed)
-    data = rng.integers(0, 256, (3, height, width), dtype=np.uint8)
-    profile = dict(driver="GTiff", width=width, height=height, count=3, dtype="uint8")
-    with (
-        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True),
-        rasterio.open(
-            path, "w", crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000), **profile
-        ) as d,
-    ):
-        d.write(data)
-        if mask is not None:
-            d.write_mask(mask)
-    return data
+    return write_scene(
+        path,
+        width,
+        height,
+        seed=seed,
+        mask=mask,
+        crs="EPSG:32633",
+        transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000),
+    )
 
 
 def _whole_scene(model, data):

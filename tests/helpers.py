@@ -1,0 +1,46 @@
+"""Test helpers shared by the inference and predict tests (importable as ``helpers``: pytest puts tests/ on
+``sys.path`` in its default import mode)."""
+
+from __future__ import annotations
+
+import numpy as np
+import rasterio
+import torch
+
+
+class PixelNet(torch.nn.Module):
+    """A fixed random two-layer network applied to each pixel on its own (1x1 'convolutions' written with
+    element-wise operations, so a pixel's logits are bit-identical whatever the tensor around it): fast, and
+    its answer does not depend on tiling, batching or chunking."""
+
+    def __init__(self, bands: int = 3, classes: int = 6, hidden: int = 8, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("w1", torch.randn(hidden, bands, generator=g) * 2)
+        self.register_buffer("b1", torch.randn(hidden, generator=g))
+        self.register_buffer("w2", torch.randn(classes, hidden, generator=g))
+        self.register_buffer("b2", torch.randn(classes, generator=g))
+
+    @staticmethod
+    def _dense(x, weight, bias):
+        out = bias.view(1, -1, 1, 1).expand(x.shape[0], -1, *x.shape[2:]).clone()
+        for c in range(x.shape[1]):
+            out += weight[:, c].view(1, -1, 1, 1) * x[:, c : c + 1]
+        return out
+
+    def forward(self, x):
+        return self._dense(torch.relu(self._dense(x, self.w1, self.b1)), self.w2, self.b2)
+
+
+def write_scene(
+    path, width=150, height=100, count=3, dtype="uint8", seed=0, mask=None, **profile
+) -> np.ndarray:
+    """Write seeded random values 0..255 as a GeoTIFF (``profile`` adds crs, transform, nodata...) and return
+    them; ``mask`` (255 valid, 0 not) becomes the internal per-dataset mask."""
+    data = np.random.default_rng(seed).integers(0, 256, (count, height, width)).astype(dtype)
+    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, **profile)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **base) as dst:
+        dst.write(data)
+        if mask is not None:
+            dst.write_mask(mask)
+    return data
