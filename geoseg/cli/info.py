@@ -50,9 +50,17 @@ def _render(description: dict) -> None:
     console.print(table)
 
 
-def _text(value) -> str:
+def _text(value, depth: int = 0) -> str:
+    """Readable one-cell text; nested records are shortened (``--json`` has everything)."""
     if isinstance(value, dict):
-        return ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        if depth >= 2:
+            return "{…}"
+        separator = "\n" if depth == 0 and any(isinstance(v, dict) for v in value.values()) else ", "
+        return separator.join(f"{k}={_text(v, depth + 1)}" for k, v in value.items()) or "-"
+    if isinstance(value, list | tuple) and any(isinstance(v, dict) for v in value):
+        return f"[{len(value)} records]"
+    if isinstance(value, list | tuple) and depth >= 1 and len(value) > 8:
+        return f"[{len(value)} items]"
     if isinstance(value, list | tuple):
         return ", ".join(str(v) for v in value) or "-"
     return "-" if value is None or value == "" else str(value)
