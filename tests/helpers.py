@@ -44,3 +44,22 @@ def write_scene(
         if mask is not None:
             dst.write_mask(mask)
     return data
+
+
+def write_png(path, data: np.ndarray):
+    """A plain (not georeferenced) PNG, like the label tiles people download."""
+    data = data[None] if data.ndim == 2 else data
+    with rasterio.open(
+        path, "w", driver="PNG", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype="uint8"
+    ) as dst:
+        dst.write(data)
+    return path
+
+
+def loveda_corners(shared_data, folder, size: int):
+    """``size``² top-left corners of the real LoveDA tiles 0 and 1 (labels: 0 no-data, 1..7 classes)."""
+    for i in (0, 1):
+        for kind in ("image", "label"):
+            with rasterio.open(shared_data / "labeled" / "loveda" / f"{kind}_{i}.png") as src:
+                write_png(folder / f"{kind}_{i}.png", src.read(window=((0, size), (0, size))))
+    return folder

@@ -5,32 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from helpers import loveda_corners, write_png
 
 from geoseg.cli.main import cli
-
-
-def write_png(path: Path, data: np.ndarray) -> Path:
-    data = data[None] if data.ndim == 2 else data
-    with rasterio.open(
-        path, "w", driver="PNG", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype="uint8"
-    ) as dst:
-        dst.write(data)
-    return path
 
 
 @pytest.fixture(scope="module")
 def tiles(shared_data, tmp_path_factory) -> Path:
     """96² corners of the real LoveDA tiles 0 and 1."""
-    folder = tmp_path_factory.mktemp("loveda_cli")
-    for i in (0, 1):
-        for kind in ("image", "label"):
-            with rasterio.open(shared_data / "labeled" / "loveda" / f"{kind}_{i}.png") as src:
-                write_png(folder / f"{kind}_{i}.png", src.read(window=((0, 96), (0, 96))))
-    return folder
+    return loveda_corners(shared_data, tmp_path_factory.mktemp("loveda_cli"), 96)
 
 
 def run(*args):

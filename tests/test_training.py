@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers import loveda_corners, write_png
 
 from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE, LabelEncoding
@@ -24,25 +25,10 @@ ENCODING = LabelEncoding(
 )
 
 
-def write_png(path: Path, data: np.ndarray) -> Path:
-    data = data[None] if data.ndim == 2 else data
-    with rasterio.open(
-        path, "w", driver="PNG", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype="uint8"
-    ) as dst:
-        dst.write(data)
-    return path
-
-
 @pytest.fixture(scope="module")
 def tiles(shared_data, tmp_path_factory) -> Path:
     """128² corners of the real LoveDA tiles 0 and 1 (labels 0 = no-data, 1..7 = classes)."""
-    folder = tmp_path_factory.mktemp("loveda")
-    for i in (0, 1):
-        for kind in ("image", "label"):
-            with rasterio.open(shared_data / "labeled" / "loveda" / f"{kind}_{i}.png") as src:
-                data = src.read(window=((0, 128), (0, 128)))
-            write_png(folder / f"{kind}_{i}.png", data)
-    return folder
+    return loveda_corners(shared_data, tmp_path_factory.mktemp("loveda"), 128)
 
 
 def names(pairs):

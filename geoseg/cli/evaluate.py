@@ -10,7 +10,9 @@ from geoseg.cli.options import (
     NameListType,
     card_option,
     emit_json,
+    ignore_index_option,
     json_option,
+    label_offset_option,
     overwrite_option,
     preset_option,
     progress_reporter,
@@ -23,19 +25,8 @@ from geoseg.cli.options import (
 @click.argument("truth", type=click.Path(dir_okay=False))
 @preset_option
 @card_option
-@click.option(
-    "--ignore-index",
-    type=click.IntRange(0, 254),
-    default=None,
-    help="Truth class index left out of the scores (after --label-offset). Default: the card's.",
-)
-@click.option(
-    "--label-offset",
-    type=click.IntRange(0, 254),
-    default=0,
-    show_default=True,
-    help="Subtract N from truth values; values below N are ignored (1 for ISPRS and LoveDA index labels).",
-)
+@ignore_index_option
+@label_offset_option
 @click.option(
     "--exclude-classes",
     type=NameListType(),

@@ -46,6 +46,20 @@ card_option = click.option(
     help="JSON model card file: classes, colours, bands and normalisation.",
 )
 
+label_offset_option = click.option(
+    "--label-offset",
+    type=click.IntRange(0, 254),
+    default=0,
+    show_default=True,
+    help="Subtract N from label values; values below N are ignored (1 for ISPRS and LoveDA index labels).",
+)
+ignore_index_option = click.option(
+    "--ignore-index",
+    type=click.IntRange(0, 254),
+    default=None,
+    help="Label class index (after --label-offset) left out of the loss and the scores. Default: the card's.",
+)
+
 
 class IntListType(click.ParamType):
     """A comma-separated list of integers, such as ``--bands 4,3,2``."""

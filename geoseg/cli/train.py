@@ -10,7 +10,9 @@ from geoseg.cli.options import (
     card_option,
     device_option,
     emit_json,
+    ignore_index_option,
     json_option,
+    label_offset_option,
     overwrite_option,
     precision_option,
     preset_option,
@@ -67,19 +69,8 @@ from geoseg.model.card import BACKBONES
     help="Start from the weights of a checkpoint (fine-tuning) or a torchvision ResNet state dict (encoder).",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option(
-    "--label-offset",
-    type=click.IntRange(0, 254),
-    default=0,
-    show_default=True,
-    help="Subtract N from label values; values below N are ignored (1 for ISPRS and LoveDA index labels).",
-)
-@click.option(
-    "--ignore-index",
-    type=click.IntRange(0, 254),
-    default=None,
-    help="Label class index (after --label-offset) left out of the loss. Default: the card's.",
-)
+@label_offset_option
+@ignore_index_option
 @click.option("--half", is_flag=True, help="Store the checkpoint's weights as float16 (half the size).")
 @overwrite_option
 @json_option
