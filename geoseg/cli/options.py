@@ -101,16 +101,8 @@ def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
-def progress_reporter(
-    description: str, quiet: bool
-) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
-    """A ``(done, total)`` progress callback drawing a rich bar on stderr, and a function that closes it.
-
-    Returns ``(None, noop)`` when quiet or when stderr is not a terminal, so pipelines get clean output.
-    The library only ever sees the callback; rich lives here.
-    """
-    if quiet or not stderr_is_terminal():
-        return None, lambda: None
+def stderr_progress(*middle_columns):
+    """A started rich progress display on stderr: name, bar, done/total, ``middle_columns``, elapsed, ETA."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -121,28 +113,42 @@ def progress_reporter(
         TimeRemainingColumn,
     )
 
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        *middle_columns,
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+    )
+    progress.start()
+    return progress
+
+
+def progress_reporter(
+    description: str, quiet: bool
+) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A ``(done, total)`` progress callback drawing a rich bar on stderr, and a function that closes it.
+
+    Returns ``(None, noop)`` when quiet or when stderr is not a terminal, so pipelines get clean output.
+    The library only ever sees the callback; rich lives here.
+    """
+    if quiet or not stderr_is_terminal():
+        return None, lambda: None
+    from rich.progress import TextColumn
+    from rich.text import Text
+
     class _RateColumn(TextColumn):
         def __init__(self) -> None:
             super().__init__("")
 
         def render(self, task):
             speed = task.finished_speed or task.speed
-            from rich.text import Text
-
             return Text(f"{speed:.1f}/s" if speed else "-/s", style="progress.data.speed")
 
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        _RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    )
-    progress.start()
+    progress = stderr_progress(_RateColumn())
     task_id = progress.add_task(description, total=None)
 
     def update(done: int, total: int) -> None:

@@ -18,6 +18,7 @@ from geoseg.cli.options import (
     preset_option,
     quiet_option,
     stderr_is_terminal,
+    stderr_progress,
 )
 from geoseg.model.card import BACKBONES
 
@@ -193,27 +194,11 @@ class _Display:
         self.first_step: int | None = None  # a resumed run starts past step 1
         if quiet or not stderr_is_terminal():
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import TextColumn
 
-        self.progress = Progress(
-            TextColumn("[bold]training"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("epoch {task.fields[epoch]} · loss {task.fields[loss]:.4f}"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
+        self.progress = stderr_progress(
+            TextColumn("epoch {task.fields[epoch]} · loss {task.fields[loss]:.4f}")
         )
-        self.progress.start()
         self.task = self.progress.add_task("training", total=None, epoch=0, loss=float("nan"))
 
     def update(self, event) -> None:
