@@ -8,7 +8,7 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
-from geoseg.errors import InputError
+from geoseg.errors import GeosegWarning, InputError
 from geoseg.raster.reading import (
     gdal_message,
     open_raster,
@@ -98,9 +98,25 @@ def test_unnamed_bands_are_used_in_order_when_the_count_fits(tmp_path):
         assert select_bands(d, ["nir", "red", "green"]) == [1, 2, 3]
 
 
-def test_named_bands_that_contradict_the_model_are_not_guessed(shared_data):
+def test_colour_interpretation_alone_does_not_block_a_false_colour_composite(shared_data):
+    """ISPRS Vaihingen tiles hold NIR,R,G but are stored as photometric RGB like every 3-band image."""
+    path = shared_data / "labeled" / "vaihingen" / "image_area1_0_0_512_512_irrg.png"
     with (
-        rasterio.open(shared_data / "variants" / "colorado_hro_0p15m.tif") as d,
+        rasterio.open(path) as d,
+        pytest.warns(
+            GeosegWarning, match=r"labelled red,green,blue .* expects nir,red,green; using bands 1,2,3"
+        ),
+    ):
+        assert select_bands(d, ["nir", "red", "green"]) == [1, 2, 3]
+
+
+def test_band_descriptions_that_contradict_the_model_are_not_guessed(tmp_path):
+    path = _write(tmp_path / "described.tif", np.zeros((3, 8, 8), np.uint8))
+    with rasterio.open(path, "r+") as d:
+        for index, name in enumerate(("red", "green", "blue"), start=1):
+            d.set_band_description(index, name)
+    with (
+        rasterio.open(path) as d,
         pytest.raises(
             InputError, match=r"expects bands nir,red,green but the raster's bands are red,green,blue"
         ),

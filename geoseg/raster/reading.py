@@ -19,7 +19,7 @@ from rasterio.enums import ColorInterp, MaskFlags
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geoseg.errors import InputError
+from geoseg.errors import GeosegWarning, InputError
 
 Scale = tuple[float, float] | Literal["auto"] | None
 
@@ -106,9 +106,10 @@ def select_bands(
     """The 1-based band indexes to feed a model expecting ``expected`` bands (names such as red,green,nir).
 
     ``bands`` (from ``--bands``) wins when given. Otherwise bands are matched by name (description or colour
-    interpretation); unnamed rasters with exactly as many data bands as expected use them in order. Anything
-    else is an error asking for ``--bands``, because a silent wrong guess (RGB fed to an IRRG model) gives
-    plausible-looking nonsense.
+    interpretation); rasters with exactly as many data bands as expected and no band descriptions use them in
+    order (with a warning when their colour interpretation names other bands: false-colour composites are
+    stored as photometric RGB). Anything else is an error asking for ``--bands``: band descriptions that
+    contradict the model are not overridden, since a wrong guess gives plausible-looking nonsense.
     """
     path = path or dataset.name
     wanted = [canonical_band_name(b) for b in expected]
@@ -138,6 +139,20 @@ def select_bands(
 
     # with fewer bands than expected, repeat them (grey as R,G,B): never suggest bands that do not exist
     example = ",".join(str(data[i % len(data)]) for i in range(len(wanted))) if data else "1"
+    described = any(
+        d and d.strip() for i, d in zip(dataset.indexes, dataset.descriptions, strict=True) if i in data
+    )
+    if by_name and not described and len(data) == len(wanted):
+        # A colour interpretation alone is weak evidence: false-colour composites (ISPRS Vaihingen's NIR,R,G)
+        # are stored as photometric RGB, so the bands are used in order, with a warning.
+        seen = ",".join(n or "?" for i, n in zip(dataset.indexes, names, strict=True) if i in data)
+        warnings.warn(
+            f"{path}: the bands are labelled {seen} (colour interpretation) and the model expects {listing}; "
+            f"using bands {','.join(map(str, data))} in that order (choose others with --bands)",
+            GeosegWarning,
+            stacklevel=2,
+        )
+        return data
     if by_name:
         described = ",".join(n or "?" for i, n in zip(dataset.indexes, names, strict=True) if i in data)
         missing = [w for w in wanted if len(by_name.get(w, [])) != 1]
