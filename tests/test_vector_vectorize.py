@@ -374,8 +374,12 @@ def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
     with pytest.raises(OutputError, match="output exists; pass --overwrite"):
         vectorize(path, out)
     assert out.read_text() == "keep me"
-    vectorize(path, out, overwrite=True)
-    assert pyogrio.read_info(out)["features"] > 0
+    result = vectorize(path, out, overwrite=True)
+    assert (
+        pyogrio.read_info(out)["features"]
+        == sum(result.polygons.values())
+        == sum(region_counts(named[1], named[1] != 255).values())
+    )
 
 
 def test_a_raster_that_breaks_while_reading_is_one_line_naming_it(tmp_path):
