@@ -30,6 +30,8 @@ from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE, LabelEncoding
 from geoseg.metrics import confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
+from geoseg.model.checkpoint import read_state_dict, save_checkpoint
+from geoseg.model.manet import build_manet
 from geoseg.model.normalize import normalize
 from geoseg.training.dataset import (
     CropSampler,
@@ -180,7 +182,6 @@ def train(
     amp = autocast_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
-    from geoseg.model.manet import build_manet
 
     model = build_manet(card.num_classes, backbone, in_channels=card.num_bands)
     init_note = initialise_from(model, init) if init is not None and state is None else None
@@ -251,8 +252,6 @@ def train(
             out_card = _trained_card(
                 card, config, rasters, val_rasters, step, epoch, best, elapsed, init_note, device
             )
-            from geoseg.model.checkpoint import save_checkpoint
-
             save_checkpoint(model, out_card, output, half=config.half, overwrite=True)
         if progress is not None:
             progress(
@@ -455,7 +454,6 @@ _TORCHVISION_NAMES = (
 def initialise_from(model: torch.nn.Module, path: str | os.PathLike) -> str:
     """Copy every tensor of ``path`` whose name and shape match into ``model`` (fine-tuning, or an ImageNet
     ResNet for the encoder); a file with nothing in common is an error. Returns a note for the card."""
-    from geoseg.model.checkpoint import read_state_dict
 
     path = Path(path)
     state, _ = read_state_dict(path)
