@@ -18,7 +18,6 @@ classes).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -140,20 +139,3 @@ def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str) -> np
         ignored |= classes == encoding.ignore_index
     out[ignored] = IGNORE
     return out
-
-
-def encoding_for(
-    num_classes: int | None,
-    colors: Sequence[tuple[int, int, int]] | None,
-    ignore_index: int | None,
-    offset: int,
-    nodata: float | None,
-) -> LabelEncoding:
-    """A :class:`LabelEncoding` from loose arguments (colours as any sequence of triples)."""
-    return LabelEncoding(
-        num_classes=num_classes,
-        colors=tuple(tuple(int(v) for v in c) for c in colors) if colors else None,  # type: ignore[misc]
-        ignore_index=ignore_index,
-        offset=offset,
-        nodata=nodata,
-    )

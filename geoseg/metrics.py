@@ -69,10 +69,6 @@ class Scores:
     def predicted_pixels(self) -> np.ndarray:
         return self.confusion.sum(axis=0)
 
-    @property
-    def total_pixels(self) -> int:
-        return int(self.confusion.sum())
-
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     numerator = numerator.astype(np.float64)
