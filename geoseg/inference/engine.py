@@ -23,25 +23,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import rasterio
 import torch
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output, check_output_path, remove_quietly, temporary_sibling
 from geoseg.device import autocast_dtype, resolve_device
-from geoseg.errors import CheckpointError, ConfigurationError, GeosegWarning, InputError
+from geoseg.errors import CheckpointError, ConfigurationError, GeosegWarning
 from geoseg.inference.blending import WindowWeights
 from geoseg.inference.grid import DEFAULT_CHUNK, Chunk, Tile, TileGrid, check_tiling, tile_starts
+from geoseg.inference.reader import POLL_S, Reader, gdal_env
 from geoseg.model.card import ModelCard
 from geoseg.model.normalize import normalize
 from geoseg.raster.classes import NODATA_CLASS, write_class_metadata
 from geoseg.raster.reading import (
     Scale,
-    gdal_message,
     open_raster,
-    read_bands,
-    read_valid_mask,
     resolve_value_range,
     select_bands,
 )
@@ -56,8 +52,6 @@ from geoseg.raster.writing import (
 
 Progress = Callable[[int, int], None]
 TTA_MODES = ("none", "flip", "d4")
-_POLL_S = 0.1
-_QUEUE_BATCHES = 3
 
 
 @dataclass
@@ -479,108 +473,6 @@ def _to_uint8(share: torch.Tensor) -> torch.Tensor:
 # --- threads -------------------------------------------------------------------------------------------
 
 
-def _gdal_env() -> contextlib.AbstractContextManager:
-    """The caller's GDAL options for a worker thread (rasterio keeps them per thread)."""
-    if rasterio.env.hasenv():
-        return rasterio.Env(**rasterio.env.getenv())
-    return contextlib.nullcontext()
-
-
-def _put(target: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    while not stop.is_set():
-        try:
-            target.put(item, timeout=_POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-class _Reader(threading.Thread):
-    """Reads each chunk's input window once and cuts it into batches of tiles (a bounded queue ahead).
-
-    Tiles without a valid pixel are not sent; each batch (and the end) says how many were skipped since the
-    previous one, so that progress still counts every tile of the grid.
-    """
-
-    def __init__(self, source, plan: ScenePlan, batch_size: int, pin: bool, stop: threading.Event):
-        super().__init__(name="geoseg-reader", daemon=True)
-        self.source, self.plan, self.batch_size, self.pin, self.stop = source, plan, batch_size, pin, stop
-        self.out: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
-        self.env = _gdal_env()
-
-    def run(self) -> None:
-        try:
-            with self.env:
-                skipped = self._read()
-            if skipped is not None:
-                _put(self.out, ("end", skipped), self.stop)
-        except RasterioError as error:
-            message = gdal_message(error)
-            _put(self.out, ("error", InputError(f"{self.plan.path}: read failed ({message})")), self.stop)
-        except BaseException as error:  # handed to the main thread, which re-raises it
-            _put(self.out, ("error", error), self.stop)
-
-    def _read(self) -> int | None:
-        """Queue masks and batches; return the tiles skipped after the last batch (None: stopped)."""
-        plan, grid = self.plan, self.plan.grid
-        size = grid.tile
-        pending: list[np.ndarray] = []
-        tiles: list[Tile] = []
-        skipped = 0
-        for chunk in grid.chunks():
-            if self.stop.is_set():
-                return None
-            # One mask read covers the chunk's own pixels and its tiles (which may start below or right of
-            # the chunk's corner and reach beyond it).
-            top, left, bottom, right = chunk.y0, chunk.x0, chunk.y1, chunk.x1
-            if chunk.tiles:
-                t_top, t_left, t_height, t_width = chunk.read_window
-                bottom, right = max(bottom, t_top + t_height), max(right, t_left + t_width)
-            valid = read_valid_mask(self.source, Window(left, top, right - left, bottom - top), plan.bands)
-            own = None if valid is None else valid[: chunk.y1 - top, : chunk.x1 - left]
-            if not _put(self.out, ("chunk", chunk.index, own), self.stop):
-                return None
-            if not chunk.tiles:
-                continue
-            live = [t for t in chunk.tiles if valid is None or _any_valid(valid, t, top, left)]
-            skipped += len(chunk.tiles) - len(live)
-            if not live:
-                continue
-            data = read_bands(self.source, Window(t_left, t_top, t_width, t_height), plan.bands)
-            for tile in live:
-                y, x = tile.y - t_top, tile.x - t_left
-                part = data[:, y : y + tile.height, x : x + tile.width]
-                if tile.height < size or tile.width < size:
-                    part = np.pad(
-                        part, ((0, 0), (0, size - tile.height), (0, size - tile.width)), mode="reflect"
-                    )
-                pending.append(part)
-                tiles.append(tile)
-                if len(pending) == self.batch_size:
-                    if not _put(self.out, ("batch", self._tensor(pending), tiles, skipped), self.stop):
-                        return None
-                    pending, tiles, skipped = [], [], 0
-        if pending:
-            if not _put(self.out, ("batch", self._tensor(pending), tiles, skipped), self.stop):
-                return None
-            skipped = 0
-        return skipped
-
-    def _tensor(self, parts: list[np.ndarray]) -> torch.Tensor:
-        array = np.stack(parts)
-        if array.dtype != np.uint8:  # uint8 travels as is (4x less transfer); other types as float32
-            array = array.astype(np.float32)
-        tensor = torch.from_numpy(array)
-        return tensor.pin_memory() if self.pin else tensor
-
-
-def _any_valid(valid: np.ndarray, tile: Tile, top: int, left: int) -> bool:
-    """Whether ``tile`` has a valid input pixel, from a mask whose corner is at (``top``, ``left``)."""
-    y, x = tile.y - top, tile.x - left
-    return bool(valid[y : y + tile.height, x : x + tile.width].any())
-
-
 class _Writer(threading.Thread):
     """Masks invalid pixels, counts classes and writes finished chunks, while the network works on.
 
@@ -594,14 +486,14 @@ class _Writer(threading.Thread):
         self.inbox: queue.Queue = queue.Queue(maxsize=2)
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.error: BaseException | None = None
-        self.env = _gdal_env()
+        self.env = gdal_env()
 
     def run(self) -> None:
         try:
             with self.env:
                 while not self.stop.is_set():
                     try:
-                        item = self.inbox.get(timeout=_POLL_S)
+                        item = self.inbox.get(timeout=POLL_S)
                     except queue.Empty:
                         continue
                     if item is None:
@@ -634,7 +526,7 @@ class _Writer(threading.Thread):
             if not self.is_alive():
                 raise RuntimeError("the writer thread stopped")
             try:
-                self.inbox.put(item, timeout=_POLL_S)
+                self.inbox.put(item, timeout=POLL_S)
                 return
             except queue.Full:
                 continue
@@ -660,7 +552,7 @@ def _stream(
     """
     grid = plan.grid
     stop = threading.Event()
-    reader = _Reader(source, plan, batch_size, device.type == "cuda", stop)
+    reader = Reader(source, plan, batch_size, device.type == "cuda", stop)
     writer = _Writer(sinks, card.num_classes, stop)
     frontier = _Frontier(scratch_dir)
     blender = _Blender(grid, card.num_classes, device, frontier)
@@ -719,10 +611,10 @@ def _stream(
         frontier.close()
 
 
-def _take(reader: _Reader) -> tuple:
+def _take(reader: Reader) -> tuple:
     while True:
         try:
-            return reader.out.get(timeout=_POLL_S)
+            return reader.out.get(timeout=POLL_S)
         except queue.Empty:
             if not reader.is_alive() and reader.out.empty():
                 raise RuntimeError("the reader thread stopped without a result") from None
