@@ -1,6 +1,6 @@
 """Measuring a class raster against a ground-truth raster, block by block, in bounded memory.
 
-The rasters must share a grid (size, and CRS and transform when both carry them). Ground truth may hold class
+The rasters must share a grid (:func:`geoseg.raster.grids.check_same_grid`). Ground truth may hold class
 indices or colours (see :mod:`geoseg.labels`). Pixels are left out where the prediction is nodata (255 or the
 raster's nodata value) or the truth is ignored (ignore index, nodata, values below the label offset, black in
 colour labels). The maths lives in :mod:`geoseg.metrics`.
@@ -25,6 +25,7 @@ from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusio
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
 from geoseg.raster.classes import NODATA_CLASS, read_class_names
+from geoseg.raster.grids import check_same_grid
 from geoseg.raster.reading import is_gdal_path, open_raster
 
 ProgressCallback = Callable[[int, int], None]
@@ -235,31 +236,6 @@ def _open(path: str | os.PathLike, role: str):
 
 def _is_integral(value: float | None) -> bool:
     return value is not None and not math.isnan(value) and float(value).is_integer()
-
-
-def check_same_grid(a, b, a_name: str, b_name: str) -> None:
-    """Both rasters cover the same pixels: same size; same CRS and transform when both carry them."""
-    if (a.width, a.height) != (b.width, b.height):
-        raise InputError(
-            f"{a_name} is {a.width}×{a.height} pixels but {b_name} is "
-            f"{b.width}×{b.height}; both must cover the same grid"
-        )
-    if a.crs and b.crs and a.crs != b.crs:
-        raise InputError(
-            f"{a_name} is in {a.crs.to_string()} but {b_name} is in {b.crs.to_string()}; reproject one"
-        )
-    if _georeferenced(a) and _georeferenced(b) and not a.transform.almost_equals(b.transform, precision=1e-6):
-        raise InputError(
-            f"{a_name} and {b_name} have different transforms (origin {a.transform.c:.3f},"
-            f"{a.transform.f:.3f} vs {b.transform.c:.3f},{b.transform.f:.3f}; pixel {a.res} vs {b.res}); "
-            "both must cover the same grid"
-        )
-
-
-def _georeferenced(dataset) -> bool:
-    from affine import Affine
-
-    return dataset.transform != Affine.identity()
 
 
 def _class_names_and_colors(card: ModelCard | None, prediction) -> tuple[list[str] | None, list | None]:

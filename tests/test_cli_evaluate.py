@@ -106,3 +106,40 @@ def test_preset_and_card_together_are_a_usage_error(rasters, tmp_path):
     result = run(*rasters, "--preset", "potsdam", "--card", tmp_path / "card.json")
     assert result.exit_code == 2
     assert "either --preset or --card" in result.output
+
+
+def write_placed(path, data, crs, transform):
+    with rasterio.open(
+        path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs=crs, transform=transform
+    ) as dst:
+        dst.write(data[None])
+    return str(path)
+
+
+def test_truth_shifted_by_one_pixel_of_a_fine_degree_grid_is_refused(tmp_path):
+    from rasterio.transform import from_origin
+
+    pixel = 9e-7  # ~0.1 m at the equator: one whole pixel is far below any absolute tolerance in degrees
+    prediction = write_placed(
+        tmp_path / "p.tif", PREDICTION, "EPSG:4326", from_origin(5.0, 52.0, pixel, pixel)
+    )
+    truth = write_placed(tmp_path / "t.tif", TRUTH, "EPSG:4326", from_origin(5.0, 52.0 + pixel, pixel, pixel))
+    result = run(prediction, truth)
+    assert result.exit_code == 1
+    assert result.output.startswith("Error: ")
+    assert "have different transforms: the same pixel lies up to 1 px apart" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_truth_in_the_same_crs_written_by_another_tool_is_accepted(tmp_path):
+    from pyproj import CRS as ProjCRS
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    transform = from_origin(500000.0, 5800000.0, 0.5, 0.5)
+    esri = CRS.from_wkt(ProjCRS.from_epsg(32631).to_wkt("WKT1_ESRI"))  # no EPSG code, other names
+    prediction = write_placed(tmp_path / "p.tif", PREDICTION, "EPSG:32631", transform)
+    truth = write_placed(tmp_path / "t.tif", TRUTH, esri, transform)
+    result = run(prediction, truth, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["pixels_evaluated"] == 16
