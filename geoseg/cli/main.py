@@ -1,14 +1,20 @@
 """The ``geoseg`` command group: the one place where errors become one-line messages and exit codes.
 
-Exit codes: 0 success, 1 a failure at run time, 2 a usage error, 130 interrupted (Ctrl-C).
+Exit codes: 0 success, 1 a failure at run time, 2 a usage error, 128+N stopped by signal N: 130 Ctrl-C
+(SIGINT), 143 SIGTERM (``kill``, ``docker stop``, SLURM, Kubernetes), 129 SIGHUP (a closed terminal).
 Commands are imported lazily so ``geoseg --help`` and ``geoseg info`` start without importing torch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
 
 import click
 
@@ -23,7 +29,53 @@ COMMANDS = {
     "train": "train",
     "convert": "convert",
     "info": "info",
+    "quicklook": "quicklook",
 }
+
+
+# Signals that stop a run the way Ctrl-C does (SIGINT keeps Python's own KeyboardInterrupt).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Terminated(BaseException):
+    """A stop signal, raised in the main thread so that it unwinds like KeyboardInterrupt: every
+    ``atomic_output`` removes its temporary file and the engine's threads are told to stop and joined.
+    A ``BaseException`` so that ``except Exception`` (per-scene error records, retries) never swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise :class:`Terminated` in the main thread (once: a second signal
+    during the clean-up is ignored so that the clean-up finishes); the previous handlers come back after.
+
+    Only the main thread of the CLI process may install handlers: threads cannot, and a child process forked
+    with the handler (a DataLoader or Dask worker) dies by the signal as it would have without geoseg."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+    raised = False
+
+    def handler(signum: int, frame) -> None:
+        nonlocal raised
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if not raised:
+            raised = True
+            raise Terminated(signum)
+
+    previous = {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
 
 
 def _one_line(message: str) -> str:
@@ -51,6 +103,9 @@ class GeosegGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("geoseg: interrupted", err=True)
             sys.exit(130)
+        except Terminated as stop:
+            click.echo(f"geoseg: terminated by {signal.Signals(stop.signum).name}", err=True)
+            sys.exit(128 + stop.signum)
         except GeosegError as error:
             click.echo(f"Error: {_one_line(error)}", err=True)
             sys.exit(1)
@@ -83,11 +138,17 @@ def cli(ctx: click.Context, debug: bool) -> None:
     geoseg train --images ... --labels ... -o model.safetensors
     geoseg convert foreign.ckpt -o model.safetensors --preset vaihingen
     geoseg info model.safetensors | scene.tif
+    geoseg quicklook classes.tif -o classes.png  picture with legend and scale bar
     """
     import rasterio
 
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
     warnings.showwarning = _show_warning
+    ctx.with_resource(stop_signals_raise())
     # One GDAL environment for every command (GDAL settings live here and nowhere else).
     ctx.obj["env"] = ctx.with_resource(rasterio.Env(GDAL_CACHEMAX=256, GDAL_NUM_THREADS="ALL_CPUS"))
+
+
+if __name__ == "__main__":
+    cli(prog_name="geoseg")
