@@ -217,3 +217,23 @@ def test_save_refuses_a_card_that_does_not_describe_the_model(tmp_path):
     with pytest.raises(CardError, match="backbone resnet50 but the model is a resnet18"):
         save_checkpoint(_trained_like(), preset_card("vaihingen"), tmp_path / "m.safetensors")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")  # safetensors' path for an old torch
+@pytest.mark.parametrize("version", ["2.5.1+cu121", "1.13.0", "2.4.0a0"])
+def test_an_older_torch_refuses_pickled_checkpoints_but_reads_safetensors(tmp_path, monkeypatch, version):
+    model = _trained_like()
+    torch.save(model.state_dict(), tmp_path / "raw.pth")
+    save_checkpoint(model, preset_card("vaihingen", "resnet18"), tmp_path / "m.safetensors")
+    monkeypatch.setattr(torch, "__version__", version)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path / "raw.pth", preset="vaihingen")
+    assert str(refused.value) == (
+        f"{tmp_path / 'raw.pth'}: refused: torch {version} can run code hidden in a pickled checkpoint even "
+        "with weights_only=True (CVE-2025-32434); upgrade to torch>=2.6 (pip install -U 'torch>=2.6'), "
+        "or use a .safetensors checkpoint"
+    )
+    loaded, card = load_checkpoint(tmp_path / "m.safetensors")
+    assert card.backbone == "resnet18"
+    monkeypatch.setattr(torch, "__version__", "2.6.0")
+    assert load_checkpoint(tmp_path / "raw.pth", preset="vaihingen")[1].num_classes == 6

@@ -23,6 +23,7 @@ from geoseg.errors import CardError, CheckpointError
 from geoseg.model.card import ModelCard
 from geoseg.model.manet import MANet, build_manet
 from geoseg.model.presets import resolve_card
+from geoseg.model.sniff import sniff_checkpoint
 
 CARD_METADATA_KEY = "geoseg.card"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
@@ -113,7 +114,7 @@ def load_checkpoint(
 
 def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard | None]:
     """Tensors in our key naming, and the embedded card when the file is a geoseg checkpoint."""
-    kind = _sniff(path)
+    kind = sniff_checkpoint(path)
     if kind == "safetensors":
         tensors, metadata = _read_safetensors(path)
         card_json = metadata.get(CARD_METADATA_KEY)
@@ -125,33 +126,6 @@ def read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], ModelCard | No
                 raise CheckpointError(f"{path}: the embedded model card is invalid ({error})") from error
         return normalize_keys(tensors), embedded
     return normalize_keys(_torch_load_tensors(path)), None
-
-
-def _sniff(path: Path) -> str:
-    """Decide the format from the bytes, not the suffix; refuse anything that is not a checkpoint."""
-    if not path.exists():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a directory, expected a checkpoint file")
-    size = path.stat().st_size
-    if size == 0:
-        raise CheckpointError(f"{path}: file is empty, not a checkpoint")
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if head.startswith(b"PK\x03\x04"):
-        return "torch-zip"
-    if head[:1] == b"\x80":
-        return "torch-legacy"
-    if len(head) >= 9:
-        (header_len,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and 0 < header_len < 100_000_000:
-            if 8 + header_len > size:
-                raise CheckpointError(f"{path}: safetensors file is truncated (header runs past the end)")
-            return "safetensors"
-    raise CheckpointError(
-        f"{path}: not a checkpoint "
-        "(expected a geoseg .safetensors file, a PyTorch state dict or a Lightning .ckpt)"
-    )
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -30,7 +30,7 @@ from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE, LabelEncoding
 from geoseg.metrics import confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
-from geoseg.model.checkpoint import read_state_dict, save_checkpoint
+from geoseg.model.checkpoint import read_state_dict, save_checkpoint, torch_load_weights
 from geoseg.model.manet import build_manet
 from geoseg.model.normalize import normalize
 from geoseg.training.dataset import (
@@ -527,7 +527,7 @@ def _load_state(path: str | os.PathLike, card: ModelCard) -> dict[str, Any]:
             f"{path}: state file not found (it is written beside the output as NAME.state.pt)"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch_load_weights(path)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{path}: refused: not a plain geoseg training state") from error
     except (RuntimeError, EOFError, OSError, ValueError) as error:
