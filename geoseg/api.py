@@ -2,21 +2,61 @@
 
 from __future__ import annotations
 
-from geoseg.describe import describe
-from geoseg.evaluation import EvaluationResult, evaluate, write_confusion_csv
-from geoseg.inference.engine import PredictResult, predict_scene
-from geoseg.inference.predict import iter_predict, predict
-from geoseg.model.card import ClassInfo, ModelCard
-from geoseg.model.checkpoint import (
-    convert_checkpoint,
-    default_checkpoint_path,
-    load_checkpoint,
-    save_checkpoint,
-)
-from geoseg.model.manet import build_manet
-from geoseg.model.presets import PRESET_NAMES, preset_card
-from geoseg.training.loop import TrainingConfig, TrainingResult, train
-from geoseg.vector.vectorize import VectorizeResult, vectorize
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from geoseg.describe import describe
+    from geoseg.evaluation import EvaluationResult, evaluate, write_confusion_csv
+    from geoseg.inference.engine import PredictResult, predict_scene
+    from geoseg.inference.predict import iter_predict, predict
+    from geoseg.model.card import ClassInfo, ModelCard
+    from geoseg.model.checkpoint import (
+        convert_checkpoint,
+        default_checkpoint_path,
+        load_checkpoint,
+        save_checkpoint,
+    )
+    from geoseg.model.manet import build_manet
+    from geoseg.model.presets import PRESET_NAMES, preset_card
+    from geoseg.training.loop import TrainingConfig, TrainingResult, train
+    from geoseg.vector.vectorize import VectorizeResult, vectorize
+
+# Every name is imported on first use: torch alone takes seconds, scipy and friends a good part of one, and
+# a command (``info`` on a raster, ``vectorize``, ``evaluate``, ``quicklook``) should pay only for what it
+# calls, so that a shell loop over thousands of scenes is not spent importing.
+_EXPORTS = {
+    "describe": "geoseg.describe",
+    "EvaluationResult": "geoseg.evaluation",
+    "evaluate": "geoseg.evaluation",
+    "write_confusion_csv": "geoseg.evaluation",
+    "PredictResult": "geoseg.inference.engine",
+    "predict_scene": "geoseg.inference.engine",
+    "iter_predict": "geoseg.inference.predict",
+    "predict": "geoseg.inference.predict",
+    "ClassInfo": "geoseg.model.card",
+    "ModelCard": "geoseg.model.card",
+    "convert_checkpoint": "geoseg.model.checkpoint",
+    "default_checkpoint_path": "geoseg.model.checkpoint",
+    "load_checkpoint": "geoseg.model.checkpoint",
+    "save_checkpoint": "geoseg.model.checkpoint",
+    "build_manet": "geoseg.model.manet",
+    "PRESET_NAMES": "geoseg.model.presets",
+    "preset_card": "geoseg.model.presets",
+    "TrainingConfig": "geoseg.training.loop",
+    "TrainingResult": "geoseg.training.loop",
+    "train": "geoseg.training.loop",
+    "VectorizeResult": "geoseg.vector.vectorize",
+    "vectorize": "geoseg.vector.vectorize",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geoseg.api' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
 
 __all__ = [
     "PRESET_NAMES",

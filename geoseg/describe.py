@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import CheckpointError, InputError
+from geoseg.model.sniff import sniff_checkpoint
 
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
@@ -16,13 +17,15 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     if not text.startswith("/vsi") and not local.exists():
         raise InputError(f"{text}: file not found")
     if not text.startswith("/vsi") and local.is_file():
-        from geoseg.model.checkpoint import checkpoint_summary
-
         try:
-            return checkpoint_summary(local)
+            sniff_checkpoint(local)
         except CheckpointError as error:
             if "not a checkpoint" not in str(error):
                 raise
+        else:
+            from geoseg.model.checkpoint import checkpoint_summary  # imports torch: only for checkpoints
+
+            return checkpoint_summary(local)
     return describe_raster(text)
 
 

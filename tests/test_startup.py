@@ -1,0 +1,82 @@
+"""Commands without a network must not import torch (seconds per call in a shell loop over many scenes).
+
+Each command runs in a fresh interpreter, in-process through click, and the interpreter then reports whether
+torch ended up in ``sys.modules``; a checkpoint's ``info`` is the control that shows the probe can see torch.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+
+from geoseg.model.checkpoint import default_checkpoint_path
+
+_PROBE = """
+import json, sys
+from click.testing import CliRunner
+from geoseg.cli.main import cli
+result = CliRunner().invoke(cli, sys.argv[1:])
+print(json.dumps({"exit_code": result.exit_code, "output": result.output, "torch": "torch" in sys.modules}))
+"""
+
+
+def _run(*args: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=True, timeout=120
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def class_rasters(tmp_path):
+    """A 3-class prediction and a truth raster on one georeferenced 40x30 grid."""
+    rng = np.random.default_rng(0)
+    paths = []
+    for name in ("classes.tif", "truth.tif"):
+        path = tmp_path / name
+        profile = dict(driver="GTiff", width=40, height=30, count=1, dtype="uint8", crs="EPSG:32631")
+        with rasterio.open(path, "w", transform=Affine(0.5, 0, 5e5, 0, -0.5, 6e6), **profile) as dst:
+            dst.write(rng.integers(0, 3, (1, 30, 40)).astype("uint8"))
+        paths.append(str(path))
+    return paths
+
+
+def test_info_on_a_raster_does_not_import_torch(class_rasters):
+    record = _run("info", class_rasters[0], "--json")
+    assert record["exit_code"] == 0, record["output"]
+    assert json.loads(record["output"])["width"] == 40
+    assert record["torch"] is False
+
+
+def test_vectorize_does_not_import_torch(class_rasters, tmp_path):
+    out = tmp_path / "polygons.gpkg"
+    record = _run("vectorize", class_rasters[0], "-o", str(out), "--json")
+    assert record["exit_code"] == 0, record["output"]
+    assert out.is_file()
+    assert record["torch"] is False
+
+
+def test_evaluate_does_not_import_torch(class_rasters):
+    record = _run("evaluate", *class_rasters, "--json")
+    assert record["exit_code"] == 0, record["output"]
+    assert 0 < json.loads(record["output"])["overall_accuracy"] < 1
+    assert record["torch"] is False
+
+
+@pytest.mark.parametrize("command", ["--help", "info --help", "vectorize --help", "evaluate --help"])
+def test_help_does_not_import_torch(command):
+    record = _run(*command.split())
+    assert record["exit_code"] == 0, record["output"]
+    assert record["torch"] is False
+
+
+def test_the_probe_sees_torch_where_a_network_is_loaded():
+    record = _run("info", str(default_checkpoint_path()), "--json")
+    assert record["exit_code"] == 0, record["output"]
+    assert record["torch"] is True
