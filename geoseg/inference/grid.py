@@ -6,6 +6,10 @@ reflect-padded by the reader). The output is cut into block-aligned chunks proce
 tile belongs to the chunk holding its top-left corner and is computed exactly once; its contributions
 beyond that chunk are carried to the chunk on the right (in memory) or the chunk row below (the frontier).
 A chunk's pixels are final once the chunk is done, because no later tile starts above or left of it.
+
+A grid may also cover one :class:`Region` of the scene: the same global tile starts, restricted to the tiles
+that touch the region (some start above or left of it), chunked from the region's corner; its pixels are
+blended from exactly the tiles, with exactly the weights, that the whole-scene grid gives them.
 """
 
 from __future__ import annotations
@@ -43,6 +47,25 @@ def tile_starts(size: int, tile: int, stride: int) -> list[int]:
 
 
 @dataclass(frozen=True)
+class Region:
+    """A block-aligned rectangle ``y0:y1, x0:x1`` of output pixels, computed on its own (a unit of work)."""
+
+    index: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def height(self) -> int:
+        return self.y1 - self.y0
+
+    @property
+    def width(self) -> int:
+        return self.x1 - self.x0
+
+
+@dataclass(frozen=True)
 class Tile:
     """One network input: its extent inside the scene (smaller than the tile size only for tiny scenes)."""
 
@@ -57,8 +80,9 @@ class Tile:
 class Chunk:
     """A block-aligned piece of the output and the tiles it computes.
 
-    ``y0:y1, x0:x1`` are the output pixels finished by this chunk; the accumulator spans ``y0:ext_y1,
-    x0:ext_x1`` (the same for every chunk of a row or column), because the chunk's tiles reach further.
+    ``y0:y1, x0:x1`` are the output pixels finished by this chunk; the accumulator spans ``acc_y0:ext_y1,
+    acc_x0:ext_x1`` (the same for every chunk of a row or column), because the chunk's tiles reach further
+    (and, in the first row or column of a region, start before it).
     """
 
     index: int
@@ -71,6 +95,8 @@ class Chunk:
     ext_y1: int
     ext_x1: int
     tiles: tuple[Tile, ...]
+    acc_y0: int
+    acc_x0: int
 
     @property
     def read_window(self) -> tuple[int, int, int, int]:
@@ -82,23 +108,34 @@ class Chunk:
         return top, left, bottom - top, right - left
 
 
-def _axis_chunks(starts: list[int], tile_extent: int, size: int, chunk: int):
-    """Per chunk along one axis: (begin, end, accumulator end, first tile index, tile index stop)."""
-    n = max(1, -(-size // chunk))
+def _axis_chunks(starts: list[int], tile_extent: int, begin: int, end: int, chunk: int):
+    """Per chunk of ``begin:end`` along one axis: (begin, end, accumulator begin, accumulator end, first tile
+    index, tile index stop). The first chunk also owns the tiles that start before ``begin``."""
+    n = max(1, -(-(end - begin) // chunk))
     out = []
     for i in range(n):
-        begin, end = i * chunk, min(size, (i + 1) * chunk)
-        first = bisect.bisect_left(starts, begin)
-        stop = bisect.bisect_left(starts, end)
-        reach = max((starts[t] + tile_extent for t in range(first, stop)), default=end)
-        out.append((begin, end, max(end, reach), first, stop))
+        lo, hi = begin + i * chunk, min(end, begin + (i + 1) * chunk)
+        first = 0 if i == 0 else bisect.bisect_left(starts, lo)
+        stop = bisect.bisect_left(starts, hi)
+        reach = max((starts[t] + tile_extent for t in range(first, stop)), default=hi)
+        origin = min(lo, starts[first]) if first < stop else lo
+        out.append((lo, hi, origin, max(hi, reach), first, stop))
     return out
 
 
 class TileGrid:
-    """The tiles and chunks of one scene; chunks are generated lazily, so huge scenes cost nothing here."""
+    """The tiles and chunks of one scene, or of one ``region`` of it; chunks are generated lazily, so huge
+    scenes cost nothing here."""
 
-    def __init__(self, height: int, width: int, tile: int, overlap: int, chunk_size: int = DEFAULT_CHUNK):
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        tile: int,
+        overlap: int,
+        chunk_size: int = DEFAULT_CHUNK,
+        region: Region | None = None,
+    ):
         check_tiling(tile, overlap)
         if height <= 0 or width <= 0:
             raise ConfigurationError(f"scene size {width}x{height} is empty")
@@ -106,11 +143,18 @@ class TileGrid:
         self.tile, self.overlap = tile, overlap
         self.stride = tile - overlap
         self.chunk_size = -(-max(chunk_size, tile) // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
-        self.ys = tile_starts(height, tile, self.stride)
-        self.xs = tile_starts(width, tile, self.stride)
         self.tile_height, self.tile_width = min(tile, height), min(tile, width)
-        self._rows = _axis_chunks(self.ys, self.tile_height, height, self.chunk_size)
-        self._cols = _axis_chunks(self.xs, self.tile_width, width, self.chunk_size)
+        self.region = Region(0, 0, height, 0, width) if region is None else region
+        y0, y1, x0, x1 = self.region.y0, self.region.y1, self.region.x0, self.region.x1
+        th, tw = self.tile_height, self.tile_width
+        self.ys = [y for y in tile_starts(height, tile, self.stride) if y < y1 and y + th > y0]
+        self.xs = [x for x in tile_starts(width, tile, self.stride) if x < x1 and x + tw > x0]
+        self._rows = _axis_chunks(self.ys, th, y0, y1, self.chunk_size)
+        self._cols = _axis_chunks(self.xs, tw, x0, x1, self.chunk_size)
+
+    def for_region(self, region: Region) -> TileGrid:
+        """The grid of ``region``: the tiles of this (whole-scene) grid that touch it."""
+        return TileGrid(self.height, self.width, self.tile, self.overlap, self.chunk_size, region)
 
     @property
     def num_tiles(self) -> int:
@@ -129,15 +173,15 @@ class TileGrid:
         return self.chunk_rows * self.chunk_cols
 
     def chunk(self, row: int, col: int) -> Chunk:
-        y0, y1, ey1, r0, r1 = self._rows[row]
-        x0, x1, ex1, c0, c1 = self._cols[col]
+        y0, y1, ay0, ey1, r0, r1 = self._rows[row]
+        x0, x1, ax0, ex1, c0, c1 = self._cols[col]
         index = row * self.chunk_cols + col
         tiles = tuple(
             Tile(self.ys[r], self.xs[c], self.tile_height, self.tile_width, index)
             for r in range(r0, r1)
             for c in range(c0, c1)
         )
-        return Chunk(index, row, col, y0, y1, x0, x1, ey1, ex1, tiles)
+        return Chunk(index, row, col, y0, y1, x0, x1, ey1, ex1, tiles, ay0, ax0)
 
     def chunks(self) -> Iterator[Chunk]:
         """All chunks in processing (row-major) order."""

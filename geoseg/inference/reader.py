@@ -18,7 +18,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
-from geoseg.inference.grid import Tile
+from geoseg.inference.grid import Tile, TileGrid
 from geoseg.raster.reading import gdal_message, read_bands, read_valid_mask
 
 if TYPE_CHECKING:
@@ -50,12 +50,16 @@ class Reader(threading.Thread):
     """Reads each chunk's input window once and cuts it into batches of tiles (a bounded queue ahead).
 
     Tiles without a valid pixel are not sent; each batch (and the end) says how many were skipped since the
-    previous one, so that progress still counts every tile of the grid.
+    previous one, so that progress still counts every tile of the grid. ``grid`` is the scene's grid or that
+    of one region of it.
     """
 
-    def __init__(self, source, plan: ScenePlan, batch_size: int, pin: bool, stop: threading.Event):
+    def __init__(
+        self, source, plan: ScenePlan, grid: TileGrid, batch_size: int, pin: bool, stop: threading.Event
+    ):
         super().__init__(name="geoseg-reader", daemon=True)
-        self.source, self.plan, self.batch_size, self.pin, self.stop = source, plan, batch_size, pin, stop
+        self.source, self.plan, self.grid = source, plan, grid
+        self.batch_size, self.pin, self.stop = batch_size, pin, stop
         self.out: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self.env = gdal_env()
 
@@ -73,7 +77,7 @@ class Reader(threading.Thread):
 
     def _read(self) -> int | None:
         """Queue masks and batches; return the tiles skipped after the last batch (None: stopped)."""
-        plan, grid = self.plan, self.plan.grid
+        plan, grid = self.plan, self.grid
         size = grid.tile
         pending: list[np.ndarray] = []
         tiles: list[Tile] = []
@@ -82,13 +86,18 @@ class Reader(threading.Thread):
             if self.stop.is_set():
                 return None
             # One mask read covers the chunk's own pixels and its tiles (which may start below or right of
-            # the chunk's corner and reach beyond it).
+            # the chunk's corner and reach beyond it, or, at a region's first row or column, before it).
             top, left, bottom, right = chunk.y0, chunk.x0, chunk.y1, chunk.x1
             if chunk.tiles:
                 t_top, t_left, t_height, t_width = chunk.read_window
+                top, left = min(top, t_top), min(left, t_left)
                 bottom, right = max(bottom, t_top + t_height), max(right, t_left + t_width)
             valid = read_valid_mask(self.source, Window(left, top, right - left, bottom - top), plan.bands)
-            own = None if valid is None else valid[: chunk.y1 - top, : chunk.x1 - left]
+            own = (
+                None
+                if valid is None
+                else _own_mask(valid[chunk.y0 - top : chunk.y1 - top, chunk.x0 - left : chunk.x1 - left])
+            )
             if not put(self.out, ("chunk", chunk.index, own), self.stop):
                 return None
             if not chunk.tiles:
@@ -123,6 +132,18 @@ class Reader(threading.Thread):
             array = array.astype(np.float32)
         tensor = torch.from_numpy(array)
         return tensor.pin_memory() if self.pin else tensor
+
+
+def _own_mask(valid: np.ndarray) -> np.ndarray:
+    """A chunk's own mask as it waits for its chunk to finish, never holding the larger mask it was cut from.
+
+    Masks wait in memory while a partial batch fills, one per chunk read meanwhile, which on a scene that is
+    mostly no-data is every chunk: an all-invalid mask is therefore a zero-stride view of one value (a few
+    bytes), any other a compact copy.
+    """
+    if not valid.any():
+        return np.broadcast_to(np.False_, valid.shape)
+    return valid.copy()
 
 
 def _any_valid(valid: np.ndarray, tile: Tile, top: int, left: int) -> bool:

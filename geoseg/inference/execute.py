@@ -1,0 +1,317 @@
+"""Execute regions: one after another in this process (``--workers 1``), or as tasks on a Dask cluster.
+
+Dask distributed does the scheduling: a :class:`~distributed.LocalCluster` of worker processes on this
+machine (``--workers N``; with CUDA, ``auto`` gives one worker per GPU, each pinned to its device), or an
+existing cluster (``--scheduler ADDRESS``). A region whose worker dies is rerun elsewhere by Dask, and since
+a region's pixels depend only on the region, the result is the same. Each worker process loads the model
+once: networks are cached in the worker by model digest and device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from geoseg.device import autocast_dtype, resolve_device
+from geoseg.errors import ConfigurationError, GeosegError
+from geoseg.inference.grid import Region
+from geoseg.inference.plan import ScenePlan
+from geoseg.inference.region import Network, Progress, RegionResult, prepare_network, run_region
+from geoseg.model.card import ModelCard
+
+CONNECT_TIMEOUT_S = 10
+
+
+@dataclass
+class ModelSource:
+    """How a worker gets the network: a checkpoint it can read (loaded once per worker), or the network
+    itself (in-memory models of the Python API, sent with each task). ``digest`` names it in worker caches."""
+
+    digest: str
+    path: str | None = None
+    preset: str | None = None
+    card: ModelCard | str | None = None
+    module: torch.nn.Module | None = field(default=None, repr=False)
+
+    def load(self) -> torch.nn.Module:
+        if self.module is not None:
+            return self.module
+        from geoseg.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(Path(self.path), preset=self.preset, card=self.card)[0]
+
+
+@dataclass
+class RegionTask:
+    """One region of one planned scene, with everything a worker needs to compute it."""
+
+    plan: ScenePlan
+    region: Region
+    parts: dict[str, Path]
+    card: ModelCard
+    batch_size: int
+    device: str
+    precision: str
+    tta: str
+
+    @property
+    def tiles(self) -> int:
+        return self.plan.grid.for_region(self.region).num_tiles
+
+
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the network's class and tensors: what the resume manifest and worker caches key on."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _run(task: RegionTask, network: Network, device: torch.device, progress: Progress | None) -> RegionResult:
+    return run_region(
+        network,
+        task.card,
+        task.plan,
+        task.region,
+        task.parts,
+        batch_size=task.batch_size,
+        device=device,
+        amp_dtype=autocast_dtype(task.precision, device),
+        tta=task.tta,
+        progress=progress,
+    )
+
+
+class LocalExecutor:
+    """Regions one after another in the calling process, with the network prepared once; no Dask."""
+
+    workers = 1
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        self.device = device
+        self.network = prepare_network(model, device)
+
+    def check(self, plan: ScenePlan, folder: Path) -> None:
+        """Nothing to check: this process planned the scene and created the work folder."""
+
+    def run(self, tasks: list[RegionTask], progress: Progress | None) -> Iterator[RegionResult]:
+        """Compute ``tasks`` in order; ``progress(done, total)`` counts their tiles as they are computed."""
+        total, before = sum(t.tiles for t in tasks), 0
+        for task in tasks:
+            callback = None
+            if progress is not None:
+
+                def callback(done: int, _total: int, base: int = before) -> None:
+                    progress(base + done, total)
+
+            yield _run(task, self.network, self.device, callback)
+            before += task.tiles
+
+    def close(self) -> None:
+        pass
+
+
+class DaskExecutor:
+    """Regions as Dask tasks, in the order they finish; cancelled if the caller stops early."""
+
+    def __init__(self, client, cluster, source: ModelSource, resources: dict[str, int] | None):
+        self.client, self.cluster, self.source, self.resources = client, cluster, source, resources
+
+    @property
+    def workers(self) -> int:
+        return len(self.client.scheduler_info()["workers"])
+
+    def check(self, plan: ScenePlan, folder: Path) -> None:
+        """Fail in one line, before any long work, when a worker cannot read the input or the model, or
+        cannot write the work folder."""
+        problems = self.client.run(_check_access, plan.path, str(folder), self.source.path)
+        for worker, problem in sorted(problems.items()):
+            if problem:
+                raise ConfigurationError(f"Dask worker {worker}: {problem}")
+
+    def run(self, tasks: list[RegionTask], progress: Progress | None) -> Iterator[RegionResult]:
+        from distributed import as_completed
+        from distributed.scheduler import KilledWorker
+
+        total, done = sum(t.tiles for t in tasks), 0
+        run_id = uuid.uuid4().hex[:8]
+        futures = [
+            self.client.submit(
+                _run_on_worker,
+                task,
+                self.source,
+                self.resources is not None,
+                key=f"geoseg-region-{run_id}-{task.region.index}",
+                resources=self.resources,
+                pure=False,
+            )
+            for task in tasks
+        ]
+        try:
+            for future, task in _completed(as_completed(futures), futures, tasks):
+                try:
+                    result = future.result()
+                except KilledWorker as error:
+                    raise GeosegError(
+                        f"{task.plan.path}: region {task.region.index} killed its worker several times "
+                        "(out of memory?); lower --batch-size or give the workers more memory"
+                    ) from error
+                done += task.tiles
+                if progress is not None:
+                    progress(done, total)
+                yield result
+        finally:
+            self.client.cancel(futures)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close()
+        if self.cluster is not None:
+            with contextlib.suppress(Exception):
+                self.cluster.close()
+
+
+def _completed(finished, futures: list, tasks: list[RegionTask]) -> Iterator[tuple[Any, RegionTask]]:
+    by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
+    for future in finished:
+        yield future, by_key[future.key]
+
+
+def open_executor(
+    model: torch.nn.Module,
+    source: ModelSource,
+    device: torch.device,
+    workers: int | str = 1,
+    scheduler: str | None = None,
+) -> LocalExecutor | DaskExecutor:
+    """The executor for ``--workers``/``--scheduler``; the caller closes it (clusters are shut down then).
+
+    ``workers="auto"`` is one worker per GPU with CUDA, else one (in this process).
+    """
+    if scheduler is not None:
+        return _remote(scheduler, source, device)
+    if workers == "auto":
+        workers = torch.cuda.device_count() if device.type == "cuda" else 1
+    workers = int(workers)
+    if workers < 1:
+        raise ConfigurationError(f"--workers {workers}: give at least 1 (or auto)")
+    if workers == 1:
+        return LocalExecutor(model, device)
+    return _local_cluster(workers, source, device)
+
+
+def _local_cluster(workers: int, source: ModelSource, device: torch.device) -> DaskExecutor:
+    """N worker processes on 127.0.0.1 splitting the cores, or one per GPU pinned by CUDA_VISIBLE_DEVICES;
+    each runs one region at a time (a resource of 1 per worker)."""
+    from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
+
+    quiet = {"silence_logs": logging.ERROR}
+    if device.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if workers > gpus:
+            raise ConfigurationError(f"--workers {workers}: this machine has {gpus} CUDA device(s)")
+        spec = {
+            i: {
+                "cls": Nanny,
+                "options": {
+                    "nthreads": 1,
+                    "host": "127.0.0.1",
+                    "resources": {"GPU": 1},
+                    "env": {"CUDA_VISIBLE_DEVICES": str(i)},
+                },
+            }
+            for i in range(workers)
+        }
+        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+        cluster = SpecCluster(workers=spec, scheduler=scheduler, **quiet)
+        resources = {"GPU": 1}
+    else:
+        cluster = LocalCluster(
+            n_workers=workers,
+            threads_per_worker=max(1, (os.cpu_count() or 1) // workers),
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            resources={"region": 1},
+            **quiet,
+        )
+        resources = {"region": 1}
+    try:
+        client = Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+    return DaskExecutor(client, cluster, source, resources)
+
+
+def _remote(address: str, source: ModelSource, device: torch.device) -> DaskExecutor:
+    """A client of an existing cluster, reachable and with workers, checked within a few seconds."""
+    from distributed import Client
+
+    try:
+        client = Client(address, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError, ValueError, TypeError) as error:
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ConfigurationError(
+            f"--scheduler {address}: cannot reach a Dask scheduler there ({detail[:160]}); start one with "
+            "'dask scheduler' and check the address (tcp://HOST:8786)"
+        ) from error
+    try:
+        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+    except (TimeoutError, OSError) as error:
+        client.close()
+        raise ConfigurationError(
+            f"--scheduler {address}: no worker joined within {CONNECT_TIMEOUT_S} s; start some with "
+            f"'dask worker {address}'"
+        ) from error
+    gpu = any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
+    return DaskExecutor(client, None, source, {"GPU": 1} if device.type == "cuda" and gpu else None)
+
+
+# --- on the workers ------------------------------------------------------------------------------------
+
+_NETWORKS: dict[tuple[str, str], Network] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def _run_on_worker(task: RegionTask, source: ModelSource, exclusive: bool) -> RegionResult:
+    """A region on a Dask worker: the network from this process's cache, torch threads fitting the worker
+    (all of its threads when it runs one region at a time, else its share of the cores)."""
+    from distributed import get_worker
+
+    nthreads = get_worker().state.nthreads
+    torch.set_num_threads(nthreads if exclusive else max(1, (os.cpu_count() or 1) // nthreads))
+    device = resolve_device(task.device)
+    key = (source.digest, str(device))
+    with _NETWORKS_LOCK:
+        network = _NETWORKS.get(key)
+        if network is None:
+            network = _NETWORKS[key] = prepare_network(source.load(), device)
+    return _run(task, network, device, None)
+
+
+def _check_access(input_path: str, folder: str, model_path: str | None) -> str | None:
+    """On a worker: why it cannot do the work (None: it can)."""
+    from geoseg.raster.reading import open_raster
+
+    try:
+        with open_raster(input_path):
+            pass
+    except GeosegError as error:
+        return str(error)
+    if model_path is not None and not os.access(model_path, os.R_OK):
+        return f"cannot read the model {model_path} (workers need it on a shared file system)"
+    if not os.access(folder, os.W_OK):
+        return f"cannot write the work folder {folder} (workers need it on a shared file system)"
+    return None

@@ -1,0 +1,176 @@
+"""Planning a scene before any work: bands, value range, georeferencing, the global tile grid and its regions.
+
+Regions are the unit of work beyond one stream (see :mod:`geoseg.inference.region`). Tiles that straddle a
+region border are computed once per region that needs them, so regions are as few and as large as the work
+allows: one region when one process computes the scene without ``--resume`` (every tile exactly once), else
+full-width bands at least :data:`MIN_REGION_TILES` tiles high (a border then repeats about one tile row in
+ten), cut into columns only when there are not enough bands for the workers or for resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geoseg.errors import GeosegWarning
+from geoseg.inference.grid import CHUNK_MULTIPLE, DEFAULT_CHUNK, Region, TileGrid, check_tiling, tile_starts
+from geoseg.model.card import ModelCard
+from geoseg.raster.reading import Scale, open_raster, resolve_value_range, select_bands
+from geoseg.raster.writing import georeferencing
+
+MIN_REGION_TILES = 10  # a region side of at least 10 tiles: each border repeats ~T/S tile rows of ~10
+RESUME_REGION_PIXELS = 4096 * 4096  # with --resume, an interruption loses at most about this much per worker
+REGIONS_PER_WORKER = 2  # a little slack so that a slow or restarted worker does not hold up the end
+
+
+@dataclass
+class ScenePlan:
+    """Everything decided about a scene before any work: bands, value range, georeferencing, grid."""
+
+    path: str
+    width: int
+    height: int
+    bands: list[int]
+    value_range: tuple[float, float]
+    grid: TileGrid
+    georef: dict[str, Any]
+
+
+@dataclass
+class OutputPaths:
+    """Where one scene's results go; optional outputs are None when not asked for."""
+
+    classes: Path
+    confidence: Path | None = None
+    probabilities: Path | None = None
+    polygons: Path | None = None
+    quicklook: Path | None = None  # a PNG drawn from the finished class raster (geoseg.plots)
+
+    def rasters(self) -> list[tuple[str, Path]]:
+        kinds = (
+            ("classes", self.classes),
+            ("confidence", self.confidence),
+            ("probabilities", self.probabilities),
+        )
+        return [(kind, path) for kind, path in kinds if path is not None]
+
+    def items(self) -> list[tuple[str, Path]]:
+        extras = (("polygons", self.polygons), ("quicklook", self.quicklook))
+        return self.rasters() + [(kind, path) for kind, path in extras if path is not None]
+
+
+@dataclass
+class PredictResult:
+    """What ``predict`` reports per scene (``--json`` prints :meth:`to_dict`).
+
+    ``tiles`` counts the tiles the network computed in this run: tiles whose input pixels are all invalid
+    are skipped, and regions finished by an earlier, interrupted run (``--resume``) are not computed again.
+    """
+
+    input: str
+    outputs: dict[str, str]
+    width: int
+    height: int
+    tiles: int
+    seconds: float
+    device: str
+    class_fractions: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        record = {
+            "input": self.input,
+            "outputs": self.outputs,
+            "width": self.width,
+            "height": self.height,
+            "tiles": self.tiles,
+            "seconds": round(self.seconds, 3),
+            "device": self.device,
+            "class_fractions": self.class_fractions,
+        }
+        if self.error is not None:
+            record["error"] = self.error
+        return record
+
+
+def plan_scene(
+    card: ModelCard,
+    input_path: str | os.PathLike,
+    *,
+    tile: int | None = None,
+    overlap: int | None = None,
+    bands: list[int] | None = None,
+    scale: Scale = None,
+    chunk_size: int = DEFAULT_CHUNK,
+) -> ScenePlan:
+    """Open the scene once to check it against the card and decide bands, scaling and the tile grid.
+
+    Fails (before any network work) on a missing or unreadable file, bands that do not fit the model or
+    16-bit data without a scale; warns about a raster without CRS and about a stride under a quarter of
+    the tile (see :func:`_warn_small_stride`).
+    """
+    tile = card.tile_size if tile is None else int(tile)
+    overlap = card.overlap if overlap is None else int(overlap)
+    check_tiling(tile, overlap)
+    path = str(input_path)
+    with open_raster(path) as dataset:
+        indexes = select_bands(dataset, card.bands, bands, path)
+        value_range = resolve_value_range(dataset, indexes, scale, card.value_range, path)
+        georef = georeferencing(dataset, path)
+        grid = TileGrid(dataset.height, dataset.width, tile, overlap, chunk_size)
+        _warn_small_stride(grid, card, path)
+        return ScenePlan(path, dataset.width, dataset.height, indexes, value_range, grid, georef)
+
+
+def _warn_small_stride(grid: TileGrid, card: ModelCard, path: str) -> None:
+    """Warn when tiles start less than a quarter tile apart: the tile count grows with 1/stride², so e.g.
+    ``--tile 32 --overlap 30`` takes minutes on a tiny scene; the warning says what it costs here."""
+    if grid.stride * 4 >= grid.tile or (grid.tile, grid.overlap) == (card.tile_size, card.overlap):
+        return
+    stride = card.tile_size - card.overlap
+    default = len(tile_starts(grid.height, card.tile_size, stride)) * len(
+        tile_starts(grid.width, card.tile_size, stride)
+    )
+    warnings.warn(
+        f"{path}: tile {grid.tile} with overlap {grid.overlap} leaves a stride of {grid.stride} px "
+        f"(under a quarter of the tile): {grid.num_tiles} tiles where the model's default (tile "
+        f"{card.tile_size}, overlap {card.overlap}) needs {default} ({grid.num_tiles / default:.3g}x); "
+        "lower the overlap",
+        GeosegWarning,
+        stacklevel=3,
+    )
+
+
+def plan_regions(grid: TileGrid, workers: int = 1, resume: bool = False) -> list[Region]:
+    """Cut the scene of ``grid`` into block-aligned regions, in row-major order.
+
+    One region for one worker without resume; otherwise about ``REGIONS_PER_WORKER`` per worker and, with
+    resume, at least one per ``RESUME_REGION_PIXELS``, never narrower or lower than ``MIN_REGION_TILES``
+    tiles (rounded up to whole blocks), bands across the full width first.
+    """
+    if workers <= 1 and not resume:
+        wanted = 1
+    else:
+        wanted = REGIONS_PER_WORKER * workers if workers > 1 else 1
+        if resume:
+            wanted = max(wanted, math.ceil(grid.height * grid.width / RESUME_REGION_PIXELS))
+    side = -(-MIN_REGION_TILES * grid.tile // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
+    max_rows, max_cols = max(1, grid.height // side), max(1, grid.width // side)
+    rows = min(wanted, max_rows)
+    cols = min(-(-wanted // rows), max_cols)
+    ys, xs = _block_cuts(grid.height, rows), _block_cuts(grid.width, cols)
+    return [
+        Region(r * cols + c, ys[r], ys[r + 1], xs[c], xs[c + 1]) for r in range(rows) for c in range(cols)
+    ]
+
+
+def _block_cuts(size: int, parts: int) -> list[int]:
+    """``parts + 1`` cut positions over ``0..size`` on block boundaries, the blocks shared out evenly."""
+    blocks = -(-size // CHUNK_MULTIPLE)
+    parts = max(1, min(parts, blocks))
+    cuts = [min(size, (i * blocks // parts) * CHUNK_MULTIPLE) for i in range(parts)]
+    return [*cuts, size]

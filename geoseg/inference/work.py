@@ -1,0 +1,145 @@
+"""The work folder beside an output: one part per region and kind, a record per finished region, a manifest.
+
+Parts are written atomically, and a region's record (its class counts and tiles) only after all its parts,
+so a record means "this region is done". ``--resume`` computes the regions without a record, after checking
+that the manifest (input identity, model digest, every option that changes results, the regions) matches
+the new run; without ``--resume`` the folder is removed whatever happens, and after success in any case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geoseg.atomic import atomic_output
+from geoseg.errors import ConfigurationError, OutputError
+from geoseg.inference.grid import Region
+from geoseg.inference.region import RegionResult
+
+MANIFEST = "manifest.json"
+
+
+class WorkFolder:
+    """``.<output name>.geoseg-work`` in the output's folder (same file system, so parts can be renamed)."""
+
+    def __init__(self, output: Path):
+        self.output = Path(output)
+        self.path = self.output.with_name(f".{self.output.name}.geoseg-work")
+
+    def part(self, region: Region, kind: str) -> Path:
+        return self.path / f"region-{region.index:05d}.{kind}.tif"
+
+    def _record(self, region: Region) -> Path:
+        return self.path / f"region-{region.index:05d}.json"
+
+    @contextlib.contextmanager
+    def session(
+        self, manifest: dict[str, Any], regions: list[Region], resume: bool
+    ) -> Iterator[tuple[list[Region], dict[int, RegionResult]]]:
+        """Open the folder; yield the regions (an earlier run's when resuming) and those already done.
+
+        Removes the folder on leaving, except when ``resume`` is set and the run did not finish.
+        """
+        if resume and (self.path / MANIFEST).is_file():
+            regions = self._check(manifest)
+        else:
+            shutil.rmtree(self.path, ignore_errors=True)  # a folder left by a killed run without --resume
+            try:
+                self.path.mkdir()
+            except OSError as error:
+                raise OutputError(f"{self.path}: cannot create the work folder ({error.strerror})") from error
+            self._write_json(
+                self.path / MANIFEST, {**manifest, "regions": [_region_list(r) for r in regions]}
+            )
+        finished = self._finished(regions, list(manifest["outputs"])) if resume else {}
+        completed = False
+        try:
+            yield regions, finished
+            completed = True
+        finally:
+            if completed or not resume:
+                shutil.rmtree(self.path, ignore_errors=True)
+
+    def record(self, result: RegionResult) -> None:
+        """Mark a region done (after its parts are in place): its class counts and tiles computed."""
+        self._write_json(
+            self._record(result.region), {"counts": result.counts.tolist(), "tiles": int(result.tiles)}
+        )
+
+    def _check(self, manifest: dict[str, Any]) -> list[Region]:
+        try:
+            saved = json.loads((self.path / MANIFEST).read_text(encoding="utf-8"))
+            regions = [Region(i, *r) for i, r in enumerate(saved.pop("regions"))]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ConfigurationError(
+                f"{self.path}: the work folder's manifest is unreadable ({error}); delete the folder or drop "
+                "--resume"
+            ) from error
+        changed = _differences(saved, manifest)
+        if changed:
+            raise ConfigurationError(
+                f"{self.output}: cannot resume, {'; '.join(changed)} since the interrupted run; delete "
+                f"{self.path} or drop --resume to start over"
+            )
+        return regions
+
+    def _finished(self, regions: list[Region], kinds: list[str]) -> dict[int, RegionResult]:
+        done = {}
+        for region in regions:
+            record = self._record(region)
+            if not record.is_file() or not all(self.part(region, kind).is_file() for kind in kinds):
+                continue
+            try:
+                saved = json.loads(record.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # computed again
+            done[region.index] = RegionResult(region, np.asarray(saved["counts"], dtype=np.int64), 0)
+        return done
+
+    @staticmethod
+    def _write_json(path: Path, value: dict[str, Any]) -> None:
+        with atomic_output(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(value, sort_keys=True), encoding="utf-8")
+
+
+def input_identity(path: str) -> dict[str, Any]:
+    """What tells one input file from another: its path and, for a local file, size and modification time."""
+    identity: dict[str, Any] = {"path": path}
+    with contextlib.suppress(OSError):
+        stat = os.stat(path)
+        identity.update(size=stat.st_size, modified_ns=stat.st_mtime_ns)
+    return identity
+
+
+def _region_list(region: Region) -> list[int]:
+    return [region.y0, region.y1, region.x0, region.x1]
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+    """'the tile changed from 256 to 512'-style phrases for every key whose value differs."""
+    changed = []
+    for key in sorted(set(saved) | set(wanted)):
+        old, new = saved.get(key), wanted.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += _differences(old, new, f"{name} ")
+        elif old != _plain(new):
+            changed.append(f"the {name} changed from {_show(old)} to {_show(new)}")
+    return changed
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as it reads back from JSON (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:16] + "..." + text[-8:]
