@@ -62,6 +62,7 @@ class EvaluationResult:
     excluded_classes: list[str]
     pixels_evaluated: int
     pixels_ignored: int
+    class_colors: list[tuple[int, int, int]] | None = None  # card's or prediction raster's, for plots
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -160,7 +161,7 @@ def evaluate(
         count = int(seen.max()) + 1 if seen.size else 1
         confusion = confusion[:count, :count]
         names = [str(i) for i in range(count)]
-    return _result(str(prediction), str(truth), names, confusion, exclude_classes, ignored)
+    return _result(str(prediction), str(truth), names, confusion, exclude_classes, ignored, colors)
 
 
 def _result(
@@ -170,6 +171,7 @@ def _result(
     confusion: np.ndarray,
     exclude_classes: Iterable[str],
     ignored: int,
+    colors: list | None = None,
 ) -> EvaluationResult:
     try:
         excluded = class_indices(names, exclude_classes)
@@ -208,6 +210,7 @@ def _result(
         excluded_classes=[names[i] for i in sorted(set(excluded))],
         pixels_evaluated=total,
         pixels_ignored=ignored,
+        class_colors=[tuple(int(v) for v in c[:3]) for c in colors] if colors else None,
     )
 
 

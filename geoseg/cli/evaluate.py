@@ -41,6 +41,13 @@ from geoseg.cli.options import (
     default=None,
     help="Also write the confusion matrix (rows truth, columns prediction) as CSV.",
 )
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also draw the row-normalised confusion matrix and per-class F1/IoU bars into a PNG.",
+)
 @overwrite_option
 @json_option
 @quiet_option
@@ -53,6 +60,7 @@ def evaluate(
     label_offset: int,
     exclude_classes: list[str] | None,
     confusion_path: str | None,
+    plot_path: str | None,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -67,6 +75,7 @@ def evaluate(
     \b
     geoseg evaluate classes.tif truth.tif --preset vaihingen --exclude-classes clutter
     geoseg evaluate classes.tif label.png --preset loveda --label-offset 1 --json
+    geoseg evaluate classes.tif truth.tif --plot accuracy.png
     """
     from geoseg.api import evaluate as run_evaluation
     from geoseg.api import write_confusion_csv
@@ -76,6 +85,10 @@ def evaluate(
         raise click.UsageError("give either --preset or --card, not both")
     if confusion_path:
         check_output_path(confusion_path, overwrite)
+    if plot_path:
+        from geoseg.plots.common import check_png_output
+
+        check_png_output(plot_path, overwrite)
     callback, close = progress_reporter("evaluating", quiet or as_json)
     try:
         result = run_evaluation(
@@ -92,20 +105,26 @@ def evaluate(
         close()
     if confusion_path:
         write_confusion_csv(result, confusion_path, overwrite=overwrite)
+    if plot_path:
+        from geoseg.plots.evaluation import plot_evaluation
+
+        plot_evaluation(result, plot_path, overwrite=overwrite)
     if as_json:
         record = result.to_dict()
         if confusion_path:
             record["confusion_csv"] = confusion_path
+        if plot_path:
+            record["plot"] = plot_path
         emit_json(record)
         return
-    _render(result, confusion_path)
+    _render(result, confusion_path, plot_path)
 
 
 def _percent(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _render(result, confusion_path: str | None) -> None:
+def _render(result, confusion_path: str | None, plot_path: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -137,3 +156,5 @@ def _render(result, confusion_path: str | None) -> None:
     console.print(f"{result.pixels_evaluated:,} pixels compared, {result.pixels_ignored:,} ignored")
     if confusion_path:
         console.print(f"confusion matrix: {confusion_path}")
+    if plot_path:
+        console.print(f"plot: {plot_path}")

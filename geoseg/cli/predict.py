@@ -115,6 +115,11 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     help="Also write polygons (geoseg vectorize with its defaults): a .gpkg/.fgb/.geojson/.parquet/.shp file "
     "for one input, or a format (gpkg...) giving <stem>.polygons.<format> beside the class rasters.",
 )
+@click.option(
+    "--quicklook",
+    is_flag=True,
+    help="Also draw <stem>.quicklook.png beside each class raster (legend, scale bar; see geoseg quicklook).",
+)
 @overwrite_option
 @click.option("--keep-going", is_flag=True, help="Carry on past a failing scene; exit code 1 at the end.")
 @json_option
@@ -138,6 +143,7 @@ def predict(
     confidence: bool,
     probabilities: bool,
     vector: str | None,
+    quicklook: bool,
     overwrite: bool,
     keep_going: bool,
     as_json: bool,
@@ -181,6 +187,7 @@ def predict(
             confidence=confidence,
             probabilities=probabilities,
             vectorize=vector,
+            quicklook=quicklook,
             overwrite=overwrite,
             keep_going=keep_going,
             progress=callback,

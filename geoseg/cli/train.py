@@ -152,6 +152,7 @@ def train(
             init=init,
             overwrite=overwrite,
             progress=display.update,
+            curves=_curves_path(output),
         )
     finally:
         display.close()
@@ -176,6 +177,22 @@ def train(
     scores += f"{_pct(best['overall_accuracy'])} % at step {best['step']})" if best else ""
     click.echo(f"wrote {result.output}{scores}")
     click.echo(f"resumable state: {result.state} (delete it when the run is final)")
+
+
+def _curves_path(output: str):
+    """NAME.curves.png beside the checkpoint; without matplotlib a warning, and training goes on."""
+    import warnings
+
+    from geoseg.errors import GeosegError, GeosegWarning
+    from geoseg.plots.common import require_matplotlib
+    from geoseg.training.loop import curves_path_for
+
+    try:
+        require_matplotlib()
+    except GeosegError as error:
+        warnings.warn(f"no training curves: {error}", GeosegWarning, stacklevel=2)
+        return None
+    return curves_path_for(output)
 
 
 def _pct(value: float | None) -> str:

@@ -39,6 +39,7 @@ def prepare_outputs(
     confidence: bool = False,
     probabilities: bool = False,
     vectorize: str | os.PathLike | None = None,
+    quicklook: bool = False,
     overwrite: bool = False,
 ) -> list[OutputPaths]:
     """Output names per input, checked before any work.
@@ -48,7 +49,8 @@ def prepare_outputs(
     :func:`iter_predict` once the work starts). An existing output without ``overwrite``, an unwritable
     folder, two inputs with the same stem or an output that would replace its input fail here.
     ``vectorize`` is a vector file for one input, or a format (``gpkg``, ``fgb``, ``geojson``, ``parquet``,
-    ``shp``) giving ``<stem>.polygons.<format>`` beside the class rasters.
+    ``shp``) giving ``<stem>.polygons.<format>`` beside the class rasters. ``quicklook`` adds
+    ``<stem>.quicklook.png`` beside each class raster.
     """
     inputs = [str(i) for i in inputs]
     output_text = str(output)
@@ -83,6 +85,7 @@ def prepare_outputs(
                 folder / f"{base}{SUFFIXES['confidence']}" if confidence else None,
                 folder / f"{base}{SUFFIXES['probabilities']}" if probabilities else None,
                 _vector_path(vectorize, vector_format, folder, base),
+                folder / f"{base}.quicklook.png" if quicklook else None,
             )
         )
 
@@ -157,6 +160,7 @@ def iter_predict(
     confidence: bool = False,
     probabilities: bool = False,
     vectorize: str | os.PathLike | None = None,
+    quicklook: bool = False,
     overwrite: bool = False,
     keep_going: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
@@ -176,8 +180,13 @@ def iter_predict(
         confidence=confidence,
         probabilities=probabilities,
         vectorize=vectorize,
+        quicklook=quicklook,
         overwrite=overwrite,
     )
+    if quicklook:
+        from geoseg.plots.common import require_matplotlib
+
+        require_matplotlib()  # before the first scene, not after an hour of inference
     resolved = device if isinstance(device, torch.device) else resolve_device(device)
     if isinstance(model, torch.nn.Module):
         if not isinstance(card, ModelCard):
@@ -237,6 +246,11 @@ def iter_predict(
                 polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
                 result.outputs["polygons"] = str(paths.polygons)
                 result.seconds += polygons.seconds
+            if paths.quicklook is not None:
+                from geoseg.plots.quicklook import quicklook as draw_quicklook
+
+                draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
+                result.outputs["quicklook"] = str(paths.quicklook)
             yield result
         except Exception as error:
             if not keep_going:
@@ -263,6 +277,7 @@ def predict(
     confidence: bool = False,
     probabilities: bool = False,
     vectorize: str | os.PathLike | None = None,
+    quicklook: bool = False,
     overwrite: bool = False,
     keep_going: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
@@ -274,9 +289,9 @@ def predict(
     ``.probabilities.tif``) into the folder ``output``. ``model`` is a checkpoint path (None: the bundled
     one); ``preset``/``card`` describe a foreign checkpoint. Tile size and overlap default to the card's.
     ``scale`` is ``(min, max)`` of the raw values or ``"auto"`` (2-98 percentile). ``vectorize`` also writes
-    polygons (names: see :func:`prepare_outputs`). ``progress(done, total)`` counts tiles over all scenes
-    (skipped ones too); each result's ``tiles`` counts the tiles computed, without those that hold no valid
-    input pixel (they are skipped).
+    polygons and ``quicklook`` a PNG picture of each class raster (names: see :func:`prepare_outputs`).
+    ``progress(done, total)`` counts tiles over all scenes (skipped ones too); each result's ``tiles``
+    counts the tiles computed, without those that hold no valid input pixel (they are skipped).
     """
     return list(
         iter_predict(
@@ -296,6 +311,7 @@ def predict(
             confidence=confidence,
             probabilities=probabilities,
             vectorize=vectorize,
+            quicklook=quicklook,
             overwrite=overwrite,
             keep_going=keep_going,
             chunk_size=chunk_size,

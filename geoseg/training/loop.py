@@ -131,6 +131,12 @@ def state_path_for(output: str | os.PathLike) -> Path:
     return output.with_name(output.stem + ".state.pt")
 
 
+def curves_path_for(output: str | os.PathLike) -> Path:
+    """Where ``geoseg train`` draws the training curves of a run writing ``output``: ``NAME.curves.png``."""
+    output = Path(output)
+    return output.with_name(output.stem + ".curves.png")
+
+
 # --- the entry point ----------------------------------------------------------------------------------
 
 
@@ -148,13 +154,15 @@ def train(
     init: str | os.PathLike | None = None,
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
+    curves: str | os.PathLike | None = None,
 ) -> TrainingResult:
     """Train MANet on image/label rasters and write the best checkpoint (with its card) to ``output``.
 
     ``card`` gives classes, colours, bands and normalisation (a preset's or the user's). Every input is
     checked before the first step. ``resume`` continues from a state file; ``init`` starts from the weights
     of another checkpoint (any geoseg or foreign MANet file, or a torchvision ResNet state dict for the
-    encoder), loading every tensor whose name and shape match.
+    encoder), loading every tensor whose name and shape match. ``curves`` is a PNG redrawn (atomically)
+    after every epoch with the loss of each step and the validation scores (see :func:`curves_path_for`).
     """
     config = config or TrainingConfig()
     config.check()
@@ -165,6 +173,11 @@ def train(
         check_output_path(state_path, overwrite)
     else:
         check_output_path(output, overwrite=True)
+    if curves is not None:
+        from geoseg.plots.common import require_matplotlib
+
+        require_matplotlib()
+        check_output_path(curves, overwrite or resume is not None)
     card = ModelCard.from_dict({**card.to_dict(), "backbone": backbone})
     ignore_index = config.ignore_index if config.ignore_index is not None else card.ignore_index
     encoding = LabelEncoding(
@@ -244,7 +257,13 @@ def train(
         score = -1.0 if score is None else score
         saved = score > best_score
         history.append(
-            {"step": step, "epoch": epoch, "loss": float(np.mean(epoch_losses)), "validation": metrics}
+            {
+                "step": step,
+                "epoch": epoch,
+                "loss": float(np.mean(epoch_losses)),
+                "validation": metrics,
+                "step_losses": [round(v, 6) for v in epoch_losses],
+            }
         )
         if saved:
             best_score, best = score, metrics
@@ -253,6 +272,10 @@ def train(
                 card, config, rasters, val_rasters, step, epoch, best, elapsed, init_note, device
             )
             save_checkpoint(model, out_card, output, half=config.half, overwrite=True)
+        if curves is not None:
+            from geoseg.plots.curves import plot_training_curves
+
+            plot_training_curves(history, curves, title=output.name)
         if progress is not None:
             progress(
                 TrainingProgress(

@@ -1,0 +1,334 @@
+"""Quick-looks: a class raster as a PNG in its own colours, with a legend and a scale bar.
+
+The raster is read through its overviews (a decimated read with ``out_shape``: GDAL picks the overview, which
+geoseg builds with mode resampling), so a 100,000² map costs about what a 1,000² one does. The map is drawn
+pixel for pixel at the PNG's top left (no resampling by matplotlib), nodata transparent; the legend and the
+scale bar sit in a panel on its right.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+
+from geoseg.errors import ConfigurationError, InputError
+from geoseg.model.card import ModelCard
+from geoseg.model.presets import resolve_card
+from geoseg.plots.common import base_name, check_png_output, default_color, new_figure, save_png
+from geoseg.raster.classes import read_class_names
+from geoseg.raster.grids import check_same_grid
+from geoseg.raster.reading import data_band_indexes, has_mask, open_raster, percentile_range
+
+DEFAULT_MAX_SIZE = 1600
+MIN_MAX_SIZE = 320  # below this the legend no longer fits legibly beside the map
+SMALL_MAP = 512  # small rasters are enlarged (whole pixels) to about this size
+OVERLAY_OPACITY = 0.55  # class colours over an image
+MAX_NAME = 24  # longer class names are shortened in the legend
+
+# panel layout, in PNG pixels
+_PAD = 14
+_ROW = 22
+_SWATCH = (20, 13)
+_FONT = 10
+_PANEL_MIN, _PANEL_MAX = 200, 320
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    value: int
+    name: str
+    color: tuple[int, int, int]
+    share: float  # of the valid pixels drawn
+
+
+@dataclass(frozen=True)
+class QuicklookResult:
+    """What was drawn: the PNG's size, the map's size at its top left, the legend, the ground scale."""
+
+    path: Path
+    width: int
+    height: int
+    map_width: int
+    map_height: int
+    legend: list[LegendEntry]
+    metres_per_pixel: float | None  # ground size of one map pixel in the PNG; None when not georeferenced
+
+
+def quicklook(
+    classes: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    over: str | os.PathLike | None = None,
+    max_size: int = DEFAULT_MAX_SIZE,
+    preset: str | None = None,
+    card: ModelCard | str | os.PathLike | None = None,
+    overwrite: bool = False,
+) -> QuicklookResult:
+    """Draw the class raster ``classes`` into the PNG ``output`` (at most ``max_size`` px on each side).
+
+    Colours and names come from ``card``/``preset`` when given, else from the raster (colour table and the
+    names tag geoseg writes, as QGIS shows them), else a default palette and class numbers. ``over`` is an
+    image on the same grid drawn under half-transparent class colours (first three bands, or one grey band;
+    non-8-bit values stretched 2-98 percent). Memory and time depend on ``max_size``, not on the raster.
+    """
+    if max_size < MIN_MAX_SIZE:
+        raise ConfigurationError(
+            f"--max-size {max_size} is too small for a legible legend; use {MIN_MAX_SIZE}+"
+        )
+    check_png_output(output, overwrite)
+    model_card = resolve_card(preset, card)
+    with open_raster(classes) as dataset:
+        _check_class_raster(dataset, str(classes), over is not None)
+        names, colors = _names_and_colors(dataset, model_card)
+        panel = _panel_width(names)
+        shape = _map_shape(dataset.height, dataset.width, max_size - panel, max_size)
+        values, valid = _read_classes(dataset, shape)
+        metres = _metres_per_pixel(dataset)
+        image = None
+        if over is not None:
+            image = _read_image(over, dataset, str(classes), shape)
+        size = (dataset.width, dataset.height)
+    legend = _legend(values, valid, names, colors)
+    rgba = _colorize(values, valid, legend, image)
+    zoom = _zoom(shape, max_size - panel, max_size)
+    if zoom > 1:
+        rgba = np.repeat(np.repeat(rgba, zoom, axis=0), zoom, axis=1)
+    map_h, map_w = rgba.shape[:2]
+    ground = metres * size[0] / map_w if metres is not None else None
+    rows = max(1, (max_size - _fixed_panel_height(ground)) // _ROW)
+    height = min(max_size, max(map_h, _fixed_panel_height(ground) + _ROW * min(rows, len(legend))))
+    figure = new_figure(map_w + panel, height)
+    figure.patch.set_alpha(0.0)  # nodata and the space under a wide map stay transparent
+    figure.figimage(rgba, xo=0, yo=height - map_h, origin="upper")
+    _draw_panel(figure, map_w, panel, height, base_name(classes), size, metres, legend, rows, ground)
+    path = save_png(figure, output, title=f"{base_name(classes)} quick-look", overwrite=overwrite)
+    return QuicklookResult(path, map_w + panel, height, map_w, map_h, legend, ground)
+
+
+# --- reading --------------------------------------------------------------------------------------------
+
+
+def _check_class_raster(dataset, name: str, with_image: bool) -> None:
+    if dataset.count != 1:
+        hint = "" if with_image else "; to draw classes over an image pass the image with --over"
+        raise InputError(f"{name}: a class raster has 1 band, this one has {dataset.count}{hint}")
+    dtype = np.dtype(dataset.dtypes[0])
+    if not np.issubdtype(dtype, np.integer):
+        raise InputError(f"{name}: {dtype.name} values; a class raster holds integer class indices")
+
+
+def _names_and_colors(dataset, card: ModelCard | None) -> tuple[list[str], dict[int, tuple[int, int, int]]]:
+    """Class names (index order) and colours by class value: the card's, else the raster's own.
+
+    A GeoTIFF colour table has no alpha (every entry reads back opaque), so it cannot say which entries are
+    classes: the names say how many classes there are; other values appear in the legend only when found.
+    """
+    if card is not None:
+        return card.class_names, {i: tuple(c.color) for i, c in enumerate(card.classes)}
+    names = read_class_names(dataset) or []
+    try:
+        table = dataset.colormap(1)
+    except ValueError:  # no colour table
+        table = {}
+    return names, {int(v): tuple(int(x) for x in c[:3]) for v, c in table.items()}
+
+
+def _map_shape(height: int, width: int, max_width: int, max_height: int) -> tuple[int, int]:
+    """(rows, cols) to read: the raster shrunk to fit, never enlarged (see :func:`_zoom`)."""
+    factor = max(1.0, width / max_width, height / max_height)
+    return max(1, math.floor(height / factor)), max(1, math.floor(width / factor))
+
+
+def _zoom(shape: tuple[int, int], max_width: int, max_height: int) -> int:
+    """Whole-pixel enlargement for small rasters, so a 64² tile is not a stamp beside its legend."""
+    rows, cols = shape
+    wanted = math.ceil(SMALL_MAP / max(rows, cols))
+    return max(1, min(wanted, max_width // cols, max_height // rows))
+
+
+def _read_classes(dataset, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Class values and validity at ``shape`` (nearest neighbour from the best overview: still classes)."""
+    values = dataset.read(1, out_shape=shape, resampling=Resampling.nearest)
+    valid = np.ones(shape, dtype=bool)
+    nodata = dataset.nodata
+    if nodata is not None and not math.isnan(nodata):
+        valid &= values != nodata
+    if has_mask(dataset):
+        valid &= dataset.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+    return values, valid
+
+
+def _read_image(path: str | os.PathLike, classes, classes_name: str, shape: tuple[int, int]) -> np.ndarray:
+    """The image under the classes as (rows, cols, 4) uint8, alpha 0 where it has no data."""
+    with open_raster(path) as image:
+        check_same_grid(classes, image, classes_name, str(path))
+        bands = data_band_indexes(image)
+        bands = bands[:3] if len(bands) >= 3 else bands[:1]
+        data = image.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.bilinear)
+        if data.dtype != np.uint8:
+            lo, hi = percentile_range(image, bands)
+            data = np.clip((data.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+        valid = np.ones(shape, dtype=bool)
+        if has_mask(image):
+            valid = image.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+    rgb = np.repeat(data, 3, axis=0) if len(bands) == 1 else data
+    return np.dstack([*rgb, np.where(valid, 255, 0).astype(np.uint8)])
+
+
+def _metres_per_pixel(dataset) -> float | None:
+    """Ground size of one raster pixel along a row, in metres; None without a CRS or with unknown units."""
+    crs, transform = dataset.crs, dataset.transform
+    if crs is None or transform == rasterio.Affine.identity():
+        return None
+    step = math.hypot(transform.a, transform.d)
+    if crs.is_geographic:
+        import pyproj
+
+        geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
+        if geod is None:
+            return None
+        lon, lat = transform * (dataset.width / 2, dataset.height / 2)
+        lon2, lat2 = transform * (dataset.width / 2 + 1, dataset.height / 2)
+        return float(geod.inv(lon, lat, lon2, lat2)[2])
+    try:
+        _, factor = crs.linear_units_factor
+    except Exception:  # LOCAL_CS and other CRSs whose units rasterio cannot name
+        return None
+    return step * factor if factor else None
+
+
+# --- drawing --------------------------------------------------------------------------------------------
+
+
+def _legend(
+    values: np.ndarray, valid: np.ndarray, names: list[str], colors: dict[int, tuple[int, int, int]]
+) -> list[LegendEntry]:
+    """Every named class, plus any other value found, with its colour and share of the valid pixels."""
+    present, counts = np.unique(values[valid], return_counts=True)
+    total = int(counts.sum())
+    shares = {int(v): int(n) / total for v, n in zip(present, counts, strict=True)}
+    return [
+        LegendEntry(
+            value,
+            names[value] if value < len(names) else str(value),
+            colors.get(value) or default_color(value),
+            shares.get(value, 0.0),
+        )
+        for value in sorted(set(range(len(names))) | set(shares))
+    ]
+
+
+def _colorize(
+    values: np.ndarray, valid: np.ndarray, legend: list[LegendEntry], image: np.ndarray | None
+) -> np.ndarray:
+    """RGBA pixels: class colours (over ``image`` when given), transparent where nothing is valid."""
+    lookup = {e.value: e.color for e in legend}
+    present, inverse = np.unique(values, return_inverse=True)
+    palette = np.array([lookup.get(int(v), (0, 0, 0)) for v in present], dtype=np.uint8)
+    rgb = palette[inverse.reshape(values.shape)]
+    rgba = np.zeros((*values.shape, 4), dtype=np.uint8)
+    if image is None:
+        rgba[..., :3] = rgb
+        rgba[..., 3] = np.where(valid, 255, 0)
+        return rgba
+    blend = (OVERLAY_OPACITY * rgb + (1 - OVERLAY_OPACITY) * image[..., :3]).round().astype(np.uint8)
+    rgba[..., :3] = np.where(valid[..., None], blend, image[..., :3])
+    rgba[..., 3] = np.where(valid, 255, image[..., 3])
+    return rgba
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
+
+
+def _panel_width(names: list[str]) -> int:
+    """Wide enough for the longest (shortened) name and its share at 10 pt."""
+    longest = max((len(_short(n)) for n in names), default=4)
+    return int(min(_PANEL_MAX, max(_PANEL_MIN, 2 * _PAD + _SWATCH[0] + 8 + 7.5 * (longest + 6))))
+
+
+def _fixed_panel_height(ground: float | None) -> int:
+    """Title, size line and (when georeferenced) the scale bar: everything but the legend rows."""
+    return 2 * _PAD + 58 + (56 if ground is not None else 0)
+
+
+def _share_text(share: float) -> str:
+    if share == 0:
+        return "–"
+    if share < 0.001:
+        return "<0.1 %"
+    return f"{100 * share:.1f} %" if share < 0.1 else f"{100 * share:.0f} %"
+
+
+def _draw_panel(
+    figure,
+    left: int,
+    width: int,
+    height: int,
+    title: str,
+    size: tuple[int, int],
+    resolution: float | None,
+    legend: list[LegendEntry],
+    rows: int,
+    ground: float | None,
+) -> None:
+    """Title, raster size, one legend row per class (swatch, name, share), scale bar; pixel coordinates."""
+    from matplotlib.patches import Rectangle
+    from matplotlib.transforms import IdentityTransform
+
+    pixels = IdentityTransform()  # origin bottom left, one unit = one PNG pixel (the figure's DPI is kept)
+
+    def text(x: float, y: float, value: str, **style) -> None:
+        figure.text(x, y, value, transform=pixels, **{"fontsize": _FONT, "va": "top", **style})
+
+    def box(x: float, y: float, w: float, h: float, **style) -> None:
+        figure.patches.append(Rectangle((x, y), w, h, transform=pixels, figure=figure, **style))
+
+    box(left, 0, width, height, facecolor="white", edgecolor="none")
+    box(left, 0, 1, height, facecolor="#888888", edgecolor="none")  # separates a white class from the panel
+    x, top = left + _PAD, height - _PAD
+    text(x, top, title if len(title) <= 30 else title[:29] + "…", fontweight="bold")
+    detail = f"{size[0]:,} × {size[1]:,} px" + (f" · {_distance_text(resolution)}" if resolution else "")
+    text(x, top - 20, detail, color="#444444", fontsize=_FONT - 1)
+    y = top - 50
+    shown = legend if len(legend) <= rows else legend[: rows - 1]
+    for entry in shown:
+        box(x, y - _SWATCH[1], *_SWATCH, facecolor=np.array(entry.color) / 255, edgecolor="#333333", lw=0.8)
+        text(x + _SWATCH[0] + 8, y + 1, _short(entry.name))
+        text(left + width - _PAD, y + 1, _share_text(entry.share), ha="right", color="#444444")
+        y -= _ROW
+    if len(shown) < len(legend):
+        text(x, y + 1, f"+ {len(legend) - len(shown)} more classes", color="#444444")
+    if ground is not None:
+        _scale_bar(figure, x, _PAD + 6, width - 2 * _PAD, ground, text, box)
+
+
+def _nice_length(limit_m: float) -> float:
+    """The largest 1, 2 or 5 × 10^k metres not above ``limit_m``."""
+    exponent = math.floor(math.log10(limit_m))
+    for mantissa in (5, 2, 1):
+        if mantissa * 10**exponent <= limit_m:
+            return mantissa * 10.0**exponent
+    return 10.0**exponent
+
+
+def _distance_text(metres: float) -> str:
+    if metres >= 1000:
+        return f"{metres / 1000:.3g} km"
+    return f"{metres:.3g} m" if metres >= 1 else f"{metres * 100:.3g} cm"
+
+
+def _scale_bar(figure, x: float, y: float, max_px: float, ground: float, text, box) -> None:
+    """A bar of a round number of metres in two black/white halves, its length written above it."""
+    metres = _nice_length(max_px * ground)
+    length = metres / ground
+    half = length / 2
+    box(x, y, half, 6, facecolor="black", edgecolor="black", lw=0.8)
+    box(x + half, y, half, 6, facecolor="white", edgecolor="black", lw=0.8)
+    text(x, y + 26, f"0 … {_distance_text(metres)}")

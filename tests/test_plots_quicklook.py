@@ -1,0 +1,272 @@
+"""geoseg.plots.quicklook: pixels of the PNG checked against the class raster they draw."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from helpers import PixelNet, write_scene
+from matplotlib.image import imread
+from PIL import Image
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+
+from geoseg.errors import ConfigurationError, GeosegError, InputError, OutputError
+from geoseg.model.presets import preset_card
+from geoseg.plots.quicklook import OVERLAY_OPACITY, SMALL_MAP, quicklook
+from geoseg.raster.classes import NODATA_CLASS, write_class_metadata
+from geoseg.raster.writing import open_tiled, tiled_profile, to_cog
+
+NAMES = ["building", "road", "tree", "low vegetation", "water"]
+COLORS = [(230, 25, 75), (255, 225, 25), (60, 180, 75), (145, 30, 180), (0, 130, 200)]
+UTM = {"crs": CRS.from_epsg(32632), "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}
+
+
+def write_classes(path, data, georef=None, names=NAMES, colors=COLORS):
+    """A class raster as geoseg predict writes it: tiled, nodata 255, colour table, names, COG overviews."""
+    georef = georef if georef is not None else UTM
+    tiled = path.with_name("tiled_" + path.name)
+    profile = tiled_profile(data.shape[1], data.shape[0], 1, NODATA_CLASS, georef)
+    with open_tiled(tiled, profile) as dst:
+        dst.write(data, 1)
+        write_class_metadata(dst, names, colors)
+    to_cog(tiled, path)
+    tiled.unlink()
+    return path
+
+
+def blocky_classes(height, width, seed=0, block=8):
+    """Random classes 0..4 in ``block``² squares (decimated reads keep the shares), nodata on the left."""
+    rng = np.random.default_rng(seed)
+    small = rng.choice(5, size=(height // block + 1, width // block + 1), p=[0.4, 0.25, 0.2, 0.1, 0.05])
+    data = np.kron(small, np.ones((block, block), dtype=np.int64))[:height, :width].astype(np.uint8)
+    data[:, : width // 5] = NODATA_CLASS
+    return data
+
+
+def rgba(path):
+    return (imread(path) * 255).round().astype(np.uint8)
+
+
+def count_color(pixels, color):
+    return int(np.all(pixels[..., :3] == color, axis=-1).sum())
+
+
+def test_class_colour_shares_match_the_raster_and_nodata_is_transparent(tmp_path):
+    data = blocky_classes(900, 1200)
+    classes = write_classes(tmp_path / "classes.tif", data)
+    result = quicklook(classes, tmp_path / "map.png", max_size=600)
+    png = rgba(result.path)
+    assert png.shape[:2] == (result.height, result.width) and max(png.shape[:2]) <= 600
+    drawn = png[: result.map_height, : result.map_width]
+    valid = data != NODATA_CLASS
+    opaque = drawn[..., 3] == 255
+    for index, color in enumerate(COLORS):
+        truth = np.count_nonzero(data[valid] == index) / np.count_nonzero(valid)
+        share = count_color(drawn[opaque], color) / np.count_nonzero(opaque)
+        assert share == pytest.approx(truth, abs=0.02), NAMES[index]
+        assert result.legend[index].share == pytest.approx(truth, abs=0.02)
+    # the nodata strip (the left fifth of the raster) is transparent, the rest opaque
+    assert (drawn[:, : int(0.19 * result.map_width), 3] == 0).all()
+    assert (drawn[:, int(0.21 * result.map_width) :, 3] == 255).all()
+
+
+def test_legend_holds_each_class_colour_and_name(tmp_path):
+    classes = write_classes(tmp_path / "classes.tif", blocky_classes(300, 400))
+    result = quicklook(classes, tmp_path / "map.png")
+    panel = rgba(result.path)[:, result.map_width :]
+    assert [e.name for e in result.legend] == NAMES
+    for color in COLORS:
+        assert count_color(panel, color) >= 150  # a whole 20x13 swatch, less its outline
+    assert panel[..., 3].min() == 255  # the panel is opaque white behind the text
+
+
+def test_overviews_are_read_not_the_full_resolution(tmp_path):
+    """Full-resolution pixels changed after the overviews were built: a small quick-look shows overviews."""
+    path = tmp_path / "classes.tif"
+    profile = tiled_profile(2000, 2000, 1, NODATA_CLASS, UTM)
+    with open_tiled(path, profile) as dst:
+        dst.write(np.zeros((2000, 2000), np.uint8), 1)
+        write_class_metadata(dst, NAMES, COLORS)
+        dst.build_overviews([2, 4, 8, 16], Resampling.mode)
+    with rasterio.open(path, "r+") as dst:
+        dst.write(np.full((2000, 2000), 2, np.uint8), 1)
+    result = quicklook(path, tmp_path / "small.png", max_size=600)
+    assert [e.share for e in result.legend[:3]] == [1.0, 0.0, 0.0]  # class 0: the overviews' content
+    large = quicklook(path, tmp_path / "large.png", max_size=2400)  # 1:1 needs the full resolution
+    assert [e.share for e in large.legend[:3]] == [0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform", "metres"),
+    [
+        ("EPSG:32632", Affine(0.5, 0, 400000, 0, -0.5, 5000000), 0.5),
+        ("EPSG:2263", Affine(2.0, 0, 1000000, 0, -2.0, 200000), 2.0 * 0.3048006),  # US survey feet
+        ("EPSG:4326", Affine(1e-5, 0, 10.0, 0, -1e-5, 0.0), 1.1132),  # about 1.11 m at the equator
+    ],
+)
+def test_ground_scale_comes_from_the_crs(tmp_path, crs, transform, metres):
+    georef = {"crs": CRS.from_string(crs), "transform": transform}
+    classes = write_classes(tmp_path / "classes.tif", blocky_classes(200, 200), georef)
+    result = quicklook(classes, tmp_path / "map.png")
+    zoom = result.map_width / 200  # a 200² raster is drawn enlarged
+    assert zoom == 3 and result.metres_per_pixel == pytest.approx(metres / zoom, rel=1e-3)
+
+
+def test_unreferenced_raster_has_no_scale_bar(tmp_path):
+    data = blocky_classes(200, 200)
+    classes = write_classes(tmp_path / "classes.tif", data, {"crs": None, "transform": Affine.identity()})
+    plain = quicklook(classes, tmp_path / "plain.png")
+    referenced = quicklook(write_classes(tmp_path / "utm.tif", data), tmp_path / "utm.png")
+    assert plain.metres_per_pixel is None and referenced.metres_per_pixel is not None
+
+    def black(result):  # the scale bar is the only solid black in the panel
+        return count_color(rgba(result.path)[-60:, result.map_width :], (0, 0, 0))
+
+    assert black(plain) < 20 < black(referenced)
+
+
+def test_small_raster_is_enlarged_by_whole_pixels(tmp_path):
+    data = blocky_classes(30, 40, block=2)
+    data[:, :8] = 1  # no nodata
+    result = quicklook(write_classes(tmp_path / "tiny.tif", data), tmp_path / "tiny.png")
+    zoom = result.map_width // 40
+    assert zoom >= 10 and (result.map_width, result.map_height) == (40 * zoom, 30 * zoom)
+    drawn = rgba(result.path)[: result.map_height, : result.map_width, :3]
+    expected = np.array(COLORS, np.uint8)[np.kron(data, np.ones((zoom, zoom), np.uint8))]
+    np.testing.assert_array_equal(drawn, expected)
+
+
+def test_classes_blend_over_the_image_and_nodata_shows_the_image(tmp_path):
+    data = np.full((100, 150), 1, np.uint8)
+    data[:, :50] = NODATA_CLASS
+    classes = write_classes(tmp_path / "classes.tif", data)
+    image = tmp_path / "image.tif"
+    mask = np.full((100, 150), 255, np.uint8)
+    mask[:, :20] = 0  # no image either: transparent
+    write_scene(image, width=150, height=100, mask=mask, **UTM)
+    with rasterio.open(image, "r+") as dst:
+        dst.write(np.stack([np.full((100, 150), v, np.uint8) for v in (10, 100, 200)]))
+    result = quicklook(classes, tmp_path / "over.png", over=image)
+    zoom = result.map_width // 150
+    png = rgba(result.path)
+    row = 50 * zoom
+    assert png[row, 10 * zoom, 3] == 0
+    np.testing.assert_array_equal(png[row, 30 * zoom], (10, 100, 200, 255))
+    expected = [
+        round(OVERLAY_OPACITY * c + (1 - OVERLAY_OPACITY) * v)
+        for c, v in zip(COLORS[1], (10, 100, 200), strict=True)
+    ]
+    np.testing.assert_allclose(png[row, 100 * zoom, :3], expected, atol=1)
+
+
+def test_image_on_another_grid_is_refused(tmp_path):
+    classes = write_classes(tmp_path / "classes.tif", blocky_classes(100, 150))
+    image = tmp_path / "image.tif"
+    write_scene(
+        image, width=150, height=100, crs=UTM["crs"], transform=UTM["transform"] * Affine.translation(40, 0)
+    )
+    with pytest.raises(InputError, match="image.tif"):
+        quicklook(classes, tmp_path / "over.png", over=image)
+    assert not (tmp_path / "over.png").exists()
+
+
+def test_card_colours_override_the_rasters(tmp_path):
+    data = np.zeros((60, 60), np.uint8)
+    data[:, 30:] = 1
+    result = quicklook(write_classes(tmp_path / "c.tif", data), tmp_path / "c.png", preset="loveda")
+    loveda = preset_card("loveda")
+    assert [e.name for e in result.legend] == loveda.class_names
+    drawn = rgba(result.path)[: result.map_height, : result.map_width]
+    assert count_color(drawn, loveda.classes[1].color) == result.map_width * result.map_height // 2
+
+
+def test_raster_without_names_or_colours_gets_numbers_and_the_default_palette(tmp_path):
+    path = tmp_path / "plain.tif"
+    data = np.array([[0, 3], [3, 7]], np.uint8).repeat(20, 0).repeat(20, 1)
+    profile = dict(driver="GTiff", width=40, height=40, count=1, dtype="uint8", **UTM)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data, 1)
+    result = quicklook(path, tmp_path / "plain.png")
+    assert [(e.value, e.name) for e in result.legend] == [(0, "0"), (3, "3"), (7, "7")]
+    assert len({e.color for e in result.legend}) == 3
+    assert [e.share for e in result.legend] == [0.25, 0.5, 0.25]
+
+
+def test_png_carries_no_folder_names(tmp_path):
+    classes = write_classes(tmp_path / "classes.tif", blocky_classes(100, 100))
+    result = quicklook(classes, tmp_path / "map.png")
+    info = Image.open(result.path).info
+    assert info["Title"] == "classes.tif quick-look"
+    assert set(info) <= {"Title", "Software", "dpi"}
+    assert str(tmp_path).encode() not in result.path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "count", "message"),
+    [
+        ("float32", 1, "float32 values; a class raster holds integer class indices"),
+        ("uint8", 3, "this one has 3; to draw classes over an image pass the image with --over"),
+    ],
+)
+def test_rasters_that_are_not_class_rasters_are_refused(tmp_path, dtype, count, message):
+    path = tmp_path / "scene.tif"
+    write_scene(path, width=50, height=40, count=count, dtype=dtype, **UTM)
+    with pytest.raises(InputError, match=message):
+        quicklook(path, tmp_path / "map.png")
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_output_problems_fail_before_reading(tmp_path):
+    classes = write_classes(tmp_path / "classes.tif", blocky_classes(100, 100))
+    with pytest.raises(OutputError, match="does not exist"):
+        quicklook(classes, tmp_path / "missing" / "map.png")
+    (tmp_path / "map.png").write_bytes(b"old")
+    with pytest.raises(OutputError, match="pass --overwrite"):
+        quicklook(classes, tmp_path / "map.png")
+    with pytest.raises(ConfigurationError, match="name the file .png"):
+        quicklook(classes, tmp_path / "map.jpg")
+    with pytest.raises(ConfigurationError, match="--max-size 100"):
+        quicklook(classes, tmp_path / "other.png", max_size=100)
+    assert (tmp_path / "map.png").read_bytes() == b"old"
+
+
+def test_missing_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
+    classes = write_classes(tmp_path / "classes.tif", blocky_classes(100, 100))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(GeosegError, match=r"pip install 'geoseg\[plot\]'"):
+        quicklook(classes, tmp_path / "map.png")
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_predict_draws_a_quicklook_beside_each_class_raster(tmp_path):
+    from geoseg.inference.predict import predict
+
+    card = preset_card("loveda")
+    scenes = []
+    for name in ("a", "b"):
+        write_scene(tmp_path / f"{name}.tif", width=96, height=64, seed=len(scenes), **UTM)
+        scenes.append(tmp_path / f"{name}.tif")
+    results = predict(
+        scenes,
+        tmp_path / "out",
+        model=PixelNet(classes=7),
+        card=card,
+        device="cpu",
+        tile=64,
+        overlap=16,
+        quicklook=True,
+    )
+    for name, result in zip(("a", "b"), results, strict=True):
+        picture = tmp_path / "out" / f"{name}.quicklook.png"
+        assert result.outputs["quicklook"] == str(picture)
+        with rasterio.open(result.outputs["classes"]) as src:
+            data = src.read(1)
+        zoom = math.ceil(SMALL_MAP / 96)  # a 96x64 scene is drawn enlarged by whole pixels
+        drawn = rgba(picture)[: 64 * zoom, : 96 * zoom, :3]
+        palette = np.array([c.color for c in card.classes], np.uint8)
+        np.testing.assert_array_equal(drawn, palette[np.kron(data, np.ones((zoom, zoom), np.uint8))])
