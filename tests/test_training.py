@@ -20,6 +20,7 @@ from geoseg.training.loop import TrainingConfig, state_path_for, train
 from geoseg.training.losses import dice_loss, segmentation_loss, soft_cross_entropy
 
 LOVEDA = preset_card("loveda")
+RGB = ["red", "green", "blue"]
 ENCODING = LabelEncoding(
     num_classes=7, colors=tuple(c.color for c in LOVEDA.classes), ignore_index=7, offset=1
 )
@@ -89,7 +90,7 @@ def test_expand_paths_takes_folders_globs_and_reports_missing_files(tiles):
 
 
 def test_check_pairs_counts_classes_after_the_label_offset(tiles):
-    [raster] = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, 3, 64)
+    [raster] = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, RGB, 64)
     with rasterio.open(tiles / "label_0.png") as src:
         raw = src.read(1)
     expected = [int(np.count_nonzero(raw == v + 1)) for v in range(7)]
@@ -100,25 +101,27 @@ def test_check_pairs_counts_classes_after_the_label_offset(tiles):
 def test_label_values_outside_the_classes_fail_before_training(tiles):
     no_offset = LabelEncoding(num_classes=7, ignore_index=None)
     with pytest.raises(InputError, match=r"label_0\.png: .* value\(s\) 7 that lie outside the 7 classes"):
-        check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], no_offset, 3, 64)
+        check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], no_offset, RGB, 64)
 
 
 def test_image_smaller_than_the_crop_fails(tiles):
     with pytest.raises(InputError, match=r"image_0\.png: is 128×128 pixels, smaller than the 256-pixel crop"):
-        check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, 3, 256)
+        check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, RGB, 256)
 
 
 def test_label_of_another_size_fails(tiles, tmp_path):
     small = write_png(tmp_path / "label_0.png", np.ones((64, 64), np.uint8))
+    with pytest.raises(InputError, match=r"image_0\.png is 128×128 pixels but .*label_0\.png is 64×64"):
+        check_pairs([(tiles / "image_0.png", small)], ENCODING, RGB, 32)
+
+
+def test_image_without_the_model_bands_fails_as_in_predict(tiles):
     with pytest.raises(
-        InputError, match=r"label_0\.png: is 64×64 pixels but its image image_0\.png is 128×128"
+        InputError,
+        match=r"image_0\.png: the model expects bands red,green,blue,nir but the raster's bands are "
+        r"red,green,blue \(no single nir band\); choose them with --bands, e.g. --bands 1,2,3,1",
     ):
-        check_pairs([(tiles / "image_0.png", small)], ENCODING, 3, 32)
-
-
-def test_image_with_the_wrong_band_count_fails(tiles):
-    with pytest.raises(InputError, match=r"image_0\.png: has 3 bands but the model takes 4"):
-        check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, 4, 32)
+        check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, [*RGB, "nir"], 32)
 
 
 def test_colour_labels_decode_like_index_labels(tiles, tmp_path):
@@ -127,8 +130,8 @@ def test_colour_labels_decode_like_index_labels(tiles, tmp_path):
     palette = np.array([(0, 0, 0)] + [c.color for c in LOVEDA.classes], dtype=np.uint8)  # 0 -> black: ignored
     colour = write_png(tmp_path / "colour.png", np.moveaxis(palette[raw], -1, 0))
     colour_encoding = LabelEncoding(num_classes=7, colors=ENCODING.colors, ignore_index=7)
-    [a] = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, 3, 32)
-    [b] = check_pairs([(tiles / "image_0.png", colour)], colour_encoding, 3, 32)
+    [a] = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, RGB, 32)
+    [b] = check_pairs([(tiles / "image_0.png", colour)], colour_encoding, RGB, 32)
     assert np.array_equal(a.label_data, b.label_data)
 
 
@@ -136,7 +139,7 @@ def test_colour_labels_decode_like_index_labels(tiles, tmp_path):
 
 
 def test_crops_are_reproducible_from_the_seed_and_keep_labels_aligned(tiles):
-    rasters = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, 3, 64)
+    rasters = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, RGB, 64)
     first = CropSampler(rasters, 64, np.random.default_rng(3), scales=(1.0, 1.0)).sample(2)
     again = CropSampler(rasters, 64, np.random.default_rng(3), scales=(1.0, 1.0)).sample(2)
     assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
@@ -161,7 +164,7 @@ def test_crops_are_reproducible_from_the_seed_and_keep_labels_aligned(tiles):
 
 
 def test_scaled_crops_have_the_crop_size_and_nearest_labels(tiles):
-    rasters = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, 3, 64)
+    rasters = check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, RGB, 64)
     images, labels = CropSampler(rasters, 64, np.random.default_rng(0), scales=(0.5, 0.5)).sample(3)
     assert images.shape == (3, 3, 64, 64)
     assert set(labels.unique().tolist()) <= set(np.unique(rasters[0].label_data).tolist())

@@ -78,6 +78,38 @@ class IntListType(click.ParamType):
         return items
 
 
+class ScaleType(click.ParamType):
+    """``MIN,MAX`` (raw values mapped onto the model's 0..1 range) or ``auto`` (2-98 percentile stretch)."""
+
+    name = "MIN,MAX|auto"
+
+    def convert(self, value: Any, param, ctx) -> tuple[float, float] | str:
+        if isinstance(value, tuple) or value == "auto":
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            lo, hi = (float(v) for v in text.split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not MIN,MAX (e.g. 0,4000) or auto", param, ctx)
+        if not hi > lo:
+            self.fail(f"{value!r}: MAX must be greater than MIN", param, ctx)
+        return lo, hi
+
+
+# predict and train read imagery alike, so they take the same band and scaling options
+bands_option = click.option(
+    "--bands", type=IntListType(), default=None, help="Input bands in the model's order, e.g. 4,1,2."
+)
+scale_option = click.option(
+    "--scale",
+    type=ScaleType(),
+    default=None,
+    help="Raw value range for 16-bit or float imagery (e.g. 0,4000), or auto (2-98 percentile).",
+)
+
+
 class NameListType(click.ParamType):
     """A comma-separated list of names (class names may contain spaces)."""
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from geoseg.cli.options import (
-    IntListType,
+    bands_option,
     card_option,
     device_option,
     emit_json,
@@ -17,27 +15,8 @@ from geoseg.cli.options import (
     preset_option,
     progress_reporter,
     quiet_option,
+    scale_option,
 )
-
-
-class ScaleType(click.ParamType):
-    """``MIN,MAX`` (raw values mapped onto the model's 0..1 range) or ``auto`` (2-98 percentile stretch)."""
-
-    name = "MIN,MAX|auto"
-
-    def convert(self, value: Any, param, ctx) -> tuple[float, float] | str:
-        if isinstance(value, tuple) or value == "auto":
-            return value
-        text = str(value).strip().lower()
-        if text == "auto":
-            return "auto"
-        try:
-            lo, hi = (float(v) for v in text.split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not MIN,MAX (e.g. 0,4000) or auto", param, ctx)
-        if not hi > lo:
-            self.fail(f"{value!r}: MAX must be greater than MIN", param, ctx)
-        return lo, hi
 
 
 def _check_tile(ctx, param, value: int | None) -> int | None:
@@ -88,15 +67,8 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     help="Test-time augmentation: average probabilities over flips (4 passes: none, horizontal, "
     "vertical, both) or the 8 flips and rotations of d4.",
 )
-@click.option(
-    "--bands", type=IntListType(), default=None, help="Input bands in the model's order, e.g. 4,1,2."
-)
-@click.option(
-    "--scale",
-    type=ScaleType(),
-    default=None,
-    help="Raw value range for 16-bit or float imagery (e.g. 0,4000), or auto (2-98 percentile).",
-)
+@bands_option
+@scale_option
 @click.option(
     "--confidence",
     is_flag=True,

@@ -7,6 +7,7 @@ import time
 import click
 
 from geoseg.cli.options import (
+    bands_option,
     card_option,
     device_option,
     emit_json,
@@ -17,6 +18,7 @@ from geoseg.cli.options import (
     precision_option,
     preset_option,
     quiet_option,
+    scale_option,
     stderr_is_terminal,
     stderr_progress,
 )
@@ -72,6 +74,8 @@ from geoseg.model.card import BACKBONES
 @click.option("--seed", type=int, default=0, show_default=True)
 @label_offset_option
 @ignore_index_option
+@bands_option
+@scale_option
 @click.option("--half", is_flag=True, help="Store the checkpoint's weights as float16 (half the size).")
 @overwrite_option
 @json_option
@@ -98,6 +102,8 @@ def train(
     seed: int,
     label_offset: int,
     ignore_index: int | None,
+    bands: list[int] | None,
+    scale: tuple[float, float] | str | None,
     half: bool,
     overwrite: bool,
     as_json: bool,
@@ -106,7 +112,11 @@ def train(
     """Train MANet on image/label pairs and write the best checkpoint (by validation mIoU) with a complete
     model card, ready for geoseg predict. The classes, colours, bands and normalisation come from --preset or
     --card. Images pair with labels by name (a.tif ↔ a.png, image_3.png ↔ label_3.png). Every pair is checked
-    before the first step. A state file beside the output lets --resume continue an interrupted run.
+    before the first step. Imagery is read as predict reads it: bands by name or --bands, alpha, nodata and
+    masks as masks (such pixels count in neither the loss nor the scores), 16-bit data only with --scale
+    (whose range the checkpoint's card records, so predict applies it); a label must lie on its image's grid.
+    A state file beside the output lets --resume continue an interrupted run. OUTPUT's NAME.curves.png shows
+    the training loss of every step and the validation scores, redrawn after every epoch (needs matplotlib).
 
     \b
     geoseg train --images tiles/images --labels tiles/labels --preset vaihingen \\
@@ -136,6 +146,8 @@ def train(
         device=device,
         precision=precision,
         half=half,
+        bands=bands,
+        scale=scale,
     )
     display = _Display(quiet or as_json)
     try:

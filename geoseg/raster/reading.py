@@ -246,14 +246,20 @@ def percentile_range(
 ) -> tuple[float, float]:
     """The ``low``..``high`` percentile range of the valid values of ``indexes`` (one range for all bands,
     so colour balance is kept), estimated from a bounded sample."""
-    values = sample_values(dataset, indexes)
+    return stretch_range(sample_values(dataset, indexes), dataset.name, low, high)
+
+
+def stretch_range(
+    values: np.ndarray, source: str, low: float = 2.0, high: float = 98.0
+) -> tuple[float, float]:
+    """The ``low``..``high`` percentile range of sampled ``values`` (of one image, or pooled from a training
+    set's images), refusing what no stretch can map: no values, or a constant image."""
     if values.size == 0:
-        raise InputError(f"{dataset.name}: no valid pixels to estimate --scale auto from")
+        raise InputError(f"{source}: no valid pixels to estimate --scale auto from")
     lo, hi = np.percentile(values, [low, high]).tolist()
     if not hi > lo:
         raise InputError(
-            f"{dataset.name}: --scale auto found a constant image (value {lo:g}); "
-            "pass --scale MIN,MAX instead"
+            f"{source}: --scale auto found a constant image (value {lo:g}); pass --scale MIN,MAX instead"
         )
     return float(lo), float(hi)
 

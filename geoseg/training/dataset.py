@@ -10,10 +10,13 @@ Pairing rule (explicit, so a wrong pair is an error rather than a silent mix-up)
 3. One image and one label pair directly; one file on one side pairs with the file of the other side
    whose varying part occurs in its name.
 
-Anything left unpaired is an error naming it. Every pair is checked before training starts: readable, same
-size, the image has the card's number of bands, no smaller than the crop, and every label value decodes to a
-class (see :mod:`geoseg.labels`). Rasters up to :data:`CACHE_PIXELS` pixels are held in memory after that
-check; larger ones are read by windows, so memory stays bounded.
+Anything left unpaired is an error naming it. Every pair is checked before training starts: readable, on
+the same grid (:func:`geoseg.raster.grids.check_same_grid`: size, and CRS and transform when both carry
+them), bands chosen as ``predict`` chooses them (:func:`geoseg.raster.reading.select_bands`: ``--bands``,
+band names, alpha left out), no smaller than the crop, and every label value decodes to a class (see
+:mod:`geoseg.labels`). Pixels the image marks invalid (nodata, internal mask, alpha) become ignored labels,
+so they count in neither the loss nor the scores. Rasters up to :data:`CACHE_PIXELS` pixels are held in
+memory after that check; larger ones are read by windows, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -29,14 +32,27 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rasterio.windows import Window
 
 from geoseg.errors import InputError
 from geoseg.labels import IGNORE, LabelEncoding, decode_labels
-from geoseg.raster.reading import open_raster
+from geoseg.raster.grids import check_same_grid
+from geoseg.raster.reading import (
+    EIGHT_BIT_RANGE,
+    Scale,
+    open_raster,
+    read_bands,
+    read_valid_mask,
+    resolve_value_range,
+    sample_values,
+    select_bands,
+    stretch_range,
+)
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img")
 CACHE_PIXELS = 16 * 1024 * 1024  # per raster; a 4096² RGB uint8 tile is 48 MiB
 SCAN_BLOCK = 2048
+STRETCH_SAMPLE = 4 * 1024 * 1024  # pixel values pooled over all images for --scale auto
 _TOKEN = re.compile(r"[_\-. ]+")
 
 
@@ -153,8 +169,8 @@ class LabelledRaster:
     label: Path
     width: int
     height: int
-    bands: int
-    class_pixels: np.ndarray
+    indexes: list[int]  # 1-based image bands fed to the model, in the card's order
+    class_pixels: np.ndarray  # per class, pixels valid in the image too
     gsd: float | None
     encoding: LabelEncoding
     image_data: np.ndarray | None = field(default=None, repr=False)
@@ -164,19 +180,29 @@ class LabelledRaster:
     def pixels(self) -> int:
         return self.width * self.height
 
+    @property
+    def bands(self) -> int:
+        return len(self.indexes)
+
     def read(self, row: int, col: int, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Image (bands, size, size) as stored and decoded labels (size, size) of a square window."""
+        """Chosen image bands (bands, size, size) as stored and decoded labels (size, size) of a square
+        window, with IGNORE where the image is invalid."""
         if self.image_data is not None and self.label_data is not None:
             image = self.image_data[:, row : row + size, col : col + size]
             return image, self.label_data[row : row + size, col : col + size]
-        from rasterio.windows import Window
-
         window = Window(col, row, size, size)
-        with open_raster(self.image) as src:
-            image = src.read(window=window)
         with open_raster(self.label) as src:
             labels = decode_labels(src.read(window=window), self.encoding, str(self.label))
-        return image, labels
+        with open_raster(self.image) as src:
+            return read_bands(src, window, self.indexes), _mask_invalid(labels, src, window, self.indexes)
+
+
+def _mask_invalid(labels: np.ndarray, image, window, indexes: Sequence[int]) -> np.ndarray:
+    """``labels`` with IGNORE where ``image`` is invalid (GDAL's mask: nodata, internal mask, alpha; NaN)."""
+    valid = read_valid_mask(image, window, indexes)
+    if valid is not None:
+        labels[~valid] = IGNORE
+    return labels
 
 
 def _gsd(dataset) -> float | None:
@@ -189,24 +215,23 @@ def _gsd(dataset) -> float | None:
 
 
 def check_pairs(
-    pairs: Sequence[tuple[Path, Path]], encoding: LabelEncoding, num_bands: int, crop: int
+    pairs: Sequence[tuple[Path, Path]],
+    encoding: LabelEncoding,
+    expected_bands: Sequence[str],
+    crop: int,
+    bands: Sequence[int] | None = None,
 ) -> list[LabelledRaster]:
-    """Open and check every pair before any training (one-line errors naming the file), counting classes."""
+    """Open and check every pair before any training (one-line errors naming the file), counting classes.
+
+    ``expected_bands`` are the card's band names; ``bands`` (``--bands``) picks image bands by number.
+    """
     if encoding.num_classes is None:
         raise ValueError("training needs the number of classes")
     checked = []
     for image_path, label_path in pairs:
         with open_raster(image_path) as image, open_raster(label_path) as label:
-            if (image.width, image.height) != (label.width, label.height):
-                raise InputError(
-                    f"{label_path}: is {label.width}×{label.height} pixels but its image {image_path.name} "
-                    f"is {image.width}×{image.height}; a label must cover its image pixel for pixel"
-                )
-            if image.count != num_bands:
-                raise InputError(
-                    f"{image_path}: has {image.count} bands but the model takes {num_bands}; "
-                    "give a card whose bands match the imagery"
-                )
+            check_same_grid(image, label, str(image_path), str(label_path))
+            indexes = select_bands(image, expected_bands, bands, str(image_path))
             if min(image.width, image.height) < crop:
                 raise InputError(
                     f"{image_path}: is {image.width}×{image.height} pixels, smaller than the {crop}-pixel "
@@ -224,33 +249,61 @@ def check_pairs(
             decoded = np.empty((label.height, label.width), dtype=np.uint8) if keep else None
             for window in _blocks(label.height, label.width, SCAN_BLOCK):
                 block = decode_labels(label.read(window=window), pair_encoding, str(label_path))
+                block = _mask_invalid(block, image, window, indexes)
                 values = np.where(block == IGNORE, encoding.num_classes, block)
                 counts += np.bincount(values.ravel(), minlength=encoding.num_classes + 1)
                 if decoded is not None:
                     r, c = int(window.row_off), int(window.col_off)
                     decoded[r : r + block.shape[0], c : c + block.shape[1]] = block
             if counts[:-1].sum() == 0:
-                raise InputError(f"{label_path}: every pixel is ignored; check --label-offset/--ignore-index")
+                raise InputError(
+                    f"{label_path}: every pixel is ignored or invalid in its image; "
+                    "check --label-offset/--ignore-index and the image's nodata/mask"
+                )
             checked.append(
                 LabelledRaster(
                     image=image_path,
                     label=label_path,
                     width=image.width,
                     height=image.height,
-                    bands=image.count,
+                    indexes=indexes,
                     class_pixels=counts[:-1],
                     gsd=_gsd(image),
                     encoding=pair_encoding,
-                    image_data=image.read() if keep else None,
+                    image_data=read_bands(image, Window(0, 0, image.width, image.height), indexes)
+                    if keep
+                    else None,
                     label_data=decoded,
                 )
             )
     return checked
 
 
-def _blocks(height: int, width: int, size: int) -> Iterator:
-    from rasterio.windows import Window
+def value_range_for(
+    rasters: Sequence[LabelledRaster], scale: Scale, model_range: tuple[float, float] = EIGHT_BIT_RANGE
+) -> tuple[float, float]:
+    """The one raw value range of every image (the card records one, and predict applies it), by predict's
+    rules (:func:`geoseg.raster.reading.resolve_value_range`): ``--scale MIN,MAX`` wins; without it 8-bit
+    imagery uses the card's range and 16-bit or float imagery for an 8-bit card is refused, never clamped.
+    ``"auto"`` is the 2-98 percentile of valid values pooled over all images (a bounded sample of each).
+    """
+    if scale == "auto":
+        per_image = max(64 * 64, STRETCH_SAMPLE // max(1, len(rasters)))
+        samples = []
+        for raster in rasters:
+            with open_raster(raster.image) as image:
+                values = sample_values(image, raster.indexes, max_pixels=per_image)
+            samples.append(values[:: max(1, values.size // (per_image * raster.bands))])
+        source = str(rasters[0].image) if len(rasters) == 1 else f"{len(rasters)} training images"
+        return stretch_range(np.concatenate(samples), source)
+    value_range = (float(model_range[0]), float(model_range[1]))
+    for raster in rasters:  # each image is checked; the rule gives them all the same range
+        with open_raster(raster.image) as image:
+            value_range = resolve_value_range(image, raster.indexes, scale, model_range, str(raster.image))
+    return value_range
 
+
+def _blocks(height: int, width: int, size: int) -> Iterator:
     for row in range(0, height, size):
         for col in range(0, width, size):
             yield Window(col, row, min(size, width - col), min(size, height - row))

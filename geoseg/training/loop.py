@@ -33,6 +33,7 @@ from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import read_state_dict, save_checkpoint, torch_load_weights
 from geoseg.model.manet import build_manet
 from geoseg.model.normalize import normalize
+from geoseg.raster.reading import Scale
 from geoseg.training.dataset import (
     CropSampler,
     LabelledRaster,
@@ -40,6 +41,7 @@ from geoseg.training.dataset import (
     expand_paths,
     pair_files,
     tile_starts,
+    value_range_for,
 )
 from geoseg.training.losses import segmentation_loss
 
@@ -70,6 +72,8 @@ class TrainingConfig:
     device: str = "auto"
     precision: str = "auto"
     half: bool = False  # store the checkpoint's weights as float16
+    bands: list[int] | None = None  # --bands: image band numbers in the card's order (default: by name)
+    scale: Scale = None  # --scale: raw value range, "auto" (pooled 2-98 percentile) or None (the card's)
     state_every_s: float = 60.0
 
     def check(self) -> None:
@@ -187,8 +191,12 @@ def train(
         offset=config.label_offset,
     )
     pairs, val_pairs = _split_pairs(images, labels, val_images, val_labels, config)
-    rasters = check_pairs(pairs, encoding, card.num_bands, config.crop)
-    val_rasters = check_pairs(val_pairs, encoding, card.num_bands, config.crop) if val_pairs else []
+    rasters = check_pairs(pairs, encoding, card.bands, config.crop, config.bands)
+    val_rasters = check_pairs(val_pairs, encoding, card.bands, config.crop, config.bands) if val_pairs else []
+    # predict's value-range rules; the range used goes into the card, so predict applies it unasked
+    value_range = value_range_for(rasters, config.scale, card.value_range)
+    value_range_for(val_rasters, value_range if config.scale == "auto" else config.scale, card.value_range)
+    card = ModelCard.from_dict({**card.to_dict(), "value_range": list(value_range)})
     state = _load_state(resume, card) if resume is not None else None
 
     device = resolve_device(config.device)
@@ -444,6 +452,8 @@ def _trained_card(
         "loss": LOSS_NAME,
         "augmentation": f"crops at scale {config.scales[0]:g}-{config.scales[1]:g}, 90° rotations, flips",
         "label_offset": config.label_offset,
+        "input_bands": config.bands or "chosen by name (as predict does)",
+        "value_range_from": _range_source(config.scale),
         "seed": config.seed,
         "initial_weights": init_note or "random (no pre-trained encoder)",
         "images": [r.image.name for r in rasters],
@@ -497,8 +507,19 @@ def initialise_from(model: torch.nn.Module, path: str | os.PathLike) -> str:
 # --- state file ---------------------------------------------------------------------------------------
 
 
+def _range_source(scale: Scale) -> str:
+    if scale == "auto":
+        return "--scale auto: 2-98 percentile of the training images' valid pixels"
+    return "--scale" if scale is not None else "the starting card"
+
+
 def _signature(card: ModelCard) -> dict[str, Any]:
-    return {"backbone": card.backbone, "classes": card.class_names, "bands": card.bands}
+    return {
+        "backbone": card.backbone,
+        "classes": card.class_names,
+        "bands": card.bands,
+        "value_range": list(card.value_range),
+    }
 
 
 _STATE_KEYS = frozenset(
