@@ -18,7 +18,23 @@ from geoseg.errors import CardError
 CARD_FORMAT_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")  # MANet's
+# architecture -> the backbones it can have (None: no exchangeable encoder)
+ARCHITECTURES: dict[str, tuple[str | None, ...]] = {
+    "manet": BACKBONES,
+    "macunet": (None,),
+    "maresunet": ("resnet34",),
+}
+DEFAULT_BACKBONES: dict[str, str | None] = {"manet": "resnet50", "macunet": None, "maresunet": "resnet34"}
+
+
+def authors_normalization(architecture: str, num_bands: int) -> tuple[list[float], list[float]]:
+    """(mean, std) the authors' training code used after scaling to [0, 1]: ImageNet's for MANet (three
+    values: other band counts must state their own), none at all for MACU-Net and MAResU-Net, whose code
+    only divides by 255."""
+    if architecture == "manet":
+        return list(IMAGENET_MEAN), list(IMAGENET_STD)
+    return [0.0] * num_bands, [1.0] * num_bands
 
 
 @dataclass(frozen=True)
@@ -40,11 +56,11 @@ class ModelCard:
     classes: list[ClassInfo]
     bands: list[str] = field(default_factory=lambda: ["red", "green", "blue"])
     architecture: str = "manet"
-    backbone: str = "resnet50"
+    backbone: str | None = None  # None: the architecture's default (MACU-Net has none)
     ignore_index: int | None = None
     value_range: tuple[float, float] = (0.0, 255.0)
-    mean: list[float] = field(default_factory=lambda: list(IMAGENET_MEAN))
-    std: list[float] = field(default_factory=lambda: list(IMAGENET_STD))
+    mean: list[float] | None = None  # None (both): the authors' normalisation for the architecture
+    std: list[float] | None = None
     tile_size: int = 512
     overlap: int = 128
     gsd: float | None = None
@@ -57,6 +73,11 @@ class ModelCard:
     format_version: int = CARD_FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.architecture in ARCHITECTURES:
+            if self.backbone is None:
+                self.backbone = DEFAULT_BACKBONES[self.architecture]
+            if self.mean is None and self.std is None:
+                self.mean, self.std = authors_normalization(self.architecture, len(self.bands))
         self.validate()
 
     @property
@@ -73,10 +94,17 @@ class ModelCard:
 
     def validate(self) -> None:
         """Reject cards that cannot describe a working model, with a message naming the field."""
-        if self.architecture != "manet":
-            raise CardError(f"card: architecture {self.architecture!r} is not supported (only 'manet')")
-        if self.backbone not in BACKBONES:
-            raise CardError(f"card: backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+        if self.architecture not in ARCHITECTURES:
+            raise CardError(
+                f"card: architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
+            )
+        backbones = ARCHITECTURES[self.architecture]
+        if self.backbone not in backbones:
+            allowed = ", ".join(str(b) for b in backbones) if backbones != (None,) else "none (null)"
+            raise CardError(
+                f"card: backbone {self.backbone!r} does not fit architecture {self.architecture} "
+                f"(allowed: {allowed})"
+            )
         if not self.classes:
             raise CardError("card: 'classes' is empty; list the class names in index order")
         if len(self.classes) > 255:
@@ -91,6 +119,8 @@ class ModelCard:
                 )
         if not self.bands:
             raise CardError("card: 'bands' is empty; name the bands the model expects, e.g. red,green,blue")
+        if self.mean is None or self.std is None:
+            raise CardError("card: give both 'mean' and 'std' (one value per band), or neither")
         if len(self.mean) != len(self.bands) or len(self.std) != len(self.bands):
             raise CardError(
                 f"card: mean ({len(self.mean)}) and std ({len(self.std)}) need one value per band "

@@ -14,15 +14,15 @@ import pickle
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from geoseg.atomic import atomic_output
 from geoseg.errors import CardError, CheckpointError
+from geoseg.model.build import build_model, network_label
 from geoseg.model.card import ModelCard
-from geoseg.model.manet import MANet, build_manet
-from geoseg.model.presets import resolve_card
+from geoseg.model.presets import preset_card, resolve_card
 from geoseg.model.sniff import sniff_checkpoint
 
 CARD_METADATA_KEY = "geoseg.card"
@@ -87,12 +87,14 @@ def load_checkpoint(
     path: str | os.PathLike,
     preset: str | None = None,
     card: ModelCard | str | os.PathLike | None = None,
-) -> tuple[MANet, ModelCard]:
+) -> tuple[torch.nn.Module, ModelCard]:
     """Load a geoseg or foreign checkpoint as ``(model in eval mode, float32, on the CPU; its card)``.
 
     For a geoseg checkpoint the card comes from the file unless ``preset``/``card`` override it; a foreign
-    checkpoint needs one of them. Architecture facts (backbone, class count, input bands) always come from
-    the tensors, and a card that contradicts them is an error.
+    checkpoint needs one of them. The network (MANet, MACU-Net or MAResU-Net), backbone, class count and
+    input bands are read from the tensors. A card's ``architecture`` must name that network (an error
+    otherwise); a preset only gives classes, colours and bands, and takes the network's normalisation (the
+    siblings' authors only divided by 255).
     """
     path = Path(path)
     state, embedded = read_state_dict(path)
@@ -103,12 +105,22 @@ def load_checkpoint(
             f"{path}: a foreign checkpoint carries no class names, colours or bands; "
             "pass --preset NAME or --card FILE (or convert it once with 'geoseg convert')"
         )
-    backbone, num_classes, in_channels = infer_architecture(state, path)
-    if chosen.backbone != backbone:
-        chosen = ModelCard.from_dict({**chosen.to_dict(), "backbone": backbone})
-    _check_card_against_shapes(chosen, num_classes, in_channels, path)
-    model = build_manet(num_classes, backbone, in_channels=in_channels)
-    _load_into(model, state, path)
+    found = infer_architecture(state, path)
+    if preset:
+        chosen = preset_card(preset, found.backbone, architecture=found.architecture)
+    elif chosen.architecture != found.architecture:
+        raise CardError(
+            f"{path}: the card says architecture {chosen.architecture} but the weights are a "
+            f"{network_label(found.architecture, found.backbone)}; "
+            f'set "architecture": "{found.architecture}" in the card or use the matching checkpoint'
+        )
+    elif chosen.backbone != found.backbone:
+        chosen = ModelCard.from_dict({**chosen.to_dict(), "backbone": found.backbone})
+    _check_card_against_shapes(chosen, found.num_classes, found.in_channels, path)
+    model = build_model(
+        found.architecture, found.num_classes, backbone=found.backbone, in_channels=found.in_channels
+    )
+    _load_into(model, state, path, network_label(found.architecture, found.backbone))
     return model.float().eval(), chosen
 
 
@@ -191,19 +203,53 @@ def normalize_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return result
 
 
-def infer_architecture(
-    state: dict[str, torch.Tensor], path: Path | str = "checkpoint"
-) -> tuple[str, int, int]:
-    """(backbone, number of classes, input bands) read from tensor shapes."""
-    head = state.get("finalconv3.weight")
-    stem = state.get("firstconv.weight")
-    if head is None or stem is None or head.ndim != 4 or stem.ndim != 4:
-        missing = [k for k in ("firstconv.weight", "finalconv3.weight") if k not in state]
-        sample = ", ".join(list(state)[:3]) or "none"
+class Architecture(NamedTuple):
+    """Which network a state dict holds, read from its key names, and its classes and bands, from shapes."""
+
+    architecture: str
+    backbone: str | None
+    num_classes: int
+    in_channels: int
+
+
+def infer_architecture(state: dict[str, torch.Tensor], path: Path | str = "checkpoint") -> Architecture:
+    """MANet, MACU-Net or MAResU-Net, told apart by modules only one of them has: never by the
+    ``attentionN.PAM.*`` names alone, which MANet (softplus kernel) and MAResU-Net (Taylor expansion) share
+    for different formulas."""
+    if "conv1.0.squre.weight" in state or "skblock1.fc11.weight" in state:
+        classes, bands = _head_and_stem(state, "conv10.weight", "conv1.0.squre.weight", "MACU-Net", path)
+        return Architecture("macunet", None, classes, bands)
+    sibling = "attention1.conv1.0.weight" in state or "attention1.conv2P.1.0.weight" in state
+    name = "MAResU-Net" if sibling else "MANet"
+    classes, bands = _head_and_stem(state, "finalconv3.weight", "firstconv.weight", name, path)
+    backbone = _resnet_encoder(state, path)
+    if not sibling:
+        return Architecture("manet", backbone, classes, bands)
+    if backbone != "resnet34":
         raise CheckpointError(
-            f"{path}: not a MANet checkpoint (missing {', '.join(missing) or 'well-formed head/stem'}; "
-            f"first keys: {sample})"
+            f"{path}: MAResU-Net weights with a {backbone} encoder; the published network has resnet34"
         )
+    return Architecture("maresunet", backbone, classes, bands)
+
+
+def _head_and_stem(
+    state: dict[str, torch.Tensor], head_key: str, stem_key: str, network: str, path: Path | str
+) -> tuple[int, int]:
+    """(classes, input bands): the head's output channels and the first convolution's input channels."""
+    head, stem = state.get(head_key), state.get(stem_key)
+    if head is None or stem is None or head.ndim != 4 or stem.ndim != 4:
+        missing = [k for k in (stem_key, head_key) if k not in state]
+        sample = ", ".join(list(state)[:3]) or "none"
+        what = "not a MANet checkpoint (nor MACU-Net or MAResU-Net)" if network == "MANet" else network
+        raise CheckpointError(
+            f"{path}: {what}: missing {', '.join(missing) or 'a well-formed head/stem'} "
+            f"(first keys: {sample})"
+        )
+    return int(head.shape[0]), int(stem.shape[1])
+
+
+def _resnet_encoder(state: dict[str, torch.Tensor], path: Path | str) -> str:
+    """The torchvision ResNet behind ``encoder1..4``, from its block type and the depth of stage 3."""
     bottleneck = "encoder1.0.conv3.weight" in state
     layer3_blocks = {int(m.group(1)) for k in state if (m := re.match(r"encoder3\.(\d+)\.", k))}
     blocks = max(layer3_blocks) + 1 if layer3_blocks else 0
@@ -220,7 +266,7 @@ def infer_architecture(
             f"{blocks} in stage 3); "
             "supported: resnet18, resnet34, resnet50, resnet101"
         )
-    return backbone, int(head.shape[0]), int(stem.shape[1])
+    return backbone
 
 
 def _check_card_against_shapes(card: ModelCard, num_classes: int, in_channels: int, path: Path) -> None:
@@ -237,20 +283,24 @@ def _check_card_against_shapes(card: ModelCard, num_classes: int, in_channels: i
 
 
 def _check_card_against_model(card: ModelCard, model: torch.nn.Module) -> None:
-    state = model.state_dict()
-    backbone, num_classes, in_channels = infer_architecture(state)
-    if card.backbone != backbone:
-        raise CardError(f"card says backbone {card.backbone} but the model is a {backbone}")
-    _check_card_against_shapes(card, num_classes, in_channels, Path("model"))
+    found = infer_architecture(model.state_dict())
+    if card.architecture != found.architecture:
+        raise CardError(
+            f"card says architecture {card.architecture} but the model is a "
+            f"{network_label(found.architecture, found.backbone)}"
+        )
+    if card.backbone != found.backbone:
+        raise CardError(f"card says backbone {card.backbone} but the model is a {found.backbone}")
+    _check_card_against_shapes(card, found.num_classes, found.in_channels, Path("model"))
 
 
-def _load_into(model: MANet, state: dict[str, torch.Tensor], path: Path) -> None:
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Path, network: str) -> None:
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: keys do not match MANet ({model.backbone_name}): "
+            f"{path}: keys do not match {network}: "
             f"{len(missing)} missing {_few(missing)}, {len(unexpected)} unexpected {_few(unexpected)}"
         )
     wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
@@ -258,7 +308,7 @@ def _load_into(model: MANet, state: dict[str, torch.Tensor], path: Path) -> None
         k = wrong[0]
         raise CheckpointError(
             f"{path}: {len(wrong)} tensors have the wrong shape, e.g. {k} is {tuple(state[k].shape)}, "
-            f"MANet expects {tuple(expected[k].shape)}"
+            f"{network} expects {tuple(expected[k].shape)}"
         )
     model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
@@ -279,15 +329,15 @@ def checkpoint_summary(path: str | os.PathLike) -> dict:
     """What ``geoseg info`` shows for a checkpoint, without building the network."""
     path = Path(path)
     state, card = read_state_dict(path)
-    backbone, num_classes, in_channels = infer_architecture(state, path)
+    found = infer_architecture(state, path)
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in state.values() if t.is_floating_point()})
     return {
         "path": str(path),
         "format": "geoseg" if card is not None else "foreign (needs --preset or --card)",
-        "architecture": "manet",
-        "backbone": backbone,
-        "classes": num_classes,
-        "input_bands": in_channels,
+        "architecture": found.architecture,
+        "backbone": found.backbone,
+        "classes": found.num_classes,
+        "input_bands": found.in_channels,
         "parameters": int(sum(t.numel() for k, t in state.items() if not k.endswith(_BUFFER_SUFFIXES))),
         "weights_dtype": ",".join(dtypes),
         "size_bytes": path.stat().st_size,
@@ -313,6 +363,8 @@ def convert_checkpoint(
     return {
         "input": str(source),
         "output": str(output),
+        "architecture": full_card.architecture,
+        "network": network_label(full_card.architecture, full_card.backbone),
         "backbone": full_card.backbone,
         "classes": full_card.num_classes,
         "class_names": full_card.class_names,

@@ -95,14 +95,16 @@ _PRESETS: dict[str, dict] = {
 PRESET_NAMES = tuple(_PRESETS)
 
 
-def preset_card(name: str, backbone: str = "resnet50") -> ModelCard:
-    """A model card for a published dataset setup (ImageNet normalisation, 8-bit input)."""
+def preset_card(name: str, backbone: str | None = "resnet50", *, architecture: str = "manet") -> ModelCard:
+    """A model card for a published dataset setup (8-bit input), normalised as the architecture's authors
+    trained it: ImageNet mean/std for MANet, only ÷255 for MACU-Net and MAResU-Net. ``backbone`` None is
+    the architecture's default."""
     key = name.lower()
     if key not in _PRESETS:
         raise CardError(f"unknown preset {name!r}; choose one of: {', '.join(PRESET_NAMES)}")
     spec = dict(_PRESETS[key])
     classes = [ClassInfo(n, c) for n, c in spec.pop("classes")]
-    return ModelCard(classes=classes, backbone=backbone, name=key, **spec)
+    return ModelCard(classes=classes, architecture=architecture, backbone=backbone, name=key, **spec)
 
 
 def resolve_card(

@@ -1,0 +1,149 @@
+"""MAResU-Net (Li et al., "Multistage Attention ResU-Net for Semantic Segmentation of Fine-Resolution Remote
+Sensing Images", IEEE GRSL 2021), faithful to the published ``MAResUNet.py`` so that its state dicts load
+without renaming.
+
+Reads top-down: the linear (Taylor) attention, the attention layer, the model, the builder. The encoder is a
+torchvision ResNet-34 built without weights (nothing is downloaded; ``geoseg train --init`` loads an ImageNet
+one); MANet's channel attention, decoder block and head are reused unchanged. Unlike the published file,
+non-square inputs work: attention results are reshaped to (H, W), which is identical on square input.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models as tv_models
+
+from geoseg.errors import ConfigurationError
+from geoseg.model.layers import check_input_size
+from geoseg.model.manet import ChannelAttention, DecoderBlock, _float32_region
+
+BACKBONE = "resnet34"
+INPUT_MULTIPLE = 32  # the encoder's output stride
+
+
+class TaylorAttention(nn.Module):
+    """Linear attention from a first-order Taylor expansion of softmax ("PAM" in the authors' code).
+
+    With q̂, k̂ the L2-normalised (over channels, per position) queries and keys, each output position is
+    the mean of V weighted by 1 + cos(q_n, k_j):
+    out[:, n] = (Σ_j V_j + Σ_m q̂_n[m] Σ_j k̂_j[m] V_j) / (N + Σ_m q̂_n[m] (Σ_j k̂_j[m] + eps)),
+    returned as x + gamma · out. The key names equal MANet's softplus-kernel PAM; the formula does not.
+    """
+
+    def __init__(self, channels: int, scale: int = 8, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.query_conv = nn.Conv2d(channels, channels // scale, kernel_size=1)
+        self.key_conv = nn.Conv2d(channels, channels // scale, kernel_size=1)
+        self.value_conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        x, no_autocast = _float32_region(x)
+        with no_autocast:
+            q = self.query_conv(x).flatten(2)  # B, m, N
+            k = self.key_conv(x).flatten(2)  # B, m, N
+            v = self.value_conv(x).flatten(2)  # B, C, N
+            q = q / q.norm(dim=1, keepdim=True)  # no epsilon, as published
+            k = k / k.norm(dim=1, keepdim=True)
+            kv = torch.einsum("bmn,bcn->bmc", k, v)  # B, m, C
+            numerator = v.sum(dim=-1, keepdim=True) + torch.einsum("bmn,bmc->bcn", q, kv)  # B, C, N
+            denominator = height * width + torch.einsum("bmn,bm->bn", q, k.sum(dim=-1) + self.eps)  # B, N
+            out = numerator / denominator.unsqueeze(1)
+            return x + self.gamma * out.view(batch, channels, height, width)
+
+
+def _conv_relu(channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, kernel_size=kernel_size, padding=kernel_size // 2),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _dropout_conv_relu(channels: int) -> nn.Sequential:
+    """Dropout2d(0.1) then 1×1 conv + ReLU: index 0 is the dropout, hence the published ``.1.0.`` keys."""
+    return nn.Sequential(nn.Dropout2d(0.1), _conv_relu(channels, 1))
+
+
+class AttentionLayer(nn.Module):
+    """3×3 conv, then Taylor position attention and channel attention in parallel, each through a 1×1
+    conv, summed and mixed by a last 1×1 conv (the authors' ``PAM_CAM_Layer``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_relu(channels, 3)
+        self.PAM = TaylorAttention(channels)
+        self.CAM = ChannelAttention()
+        self.conv2P = _dropout_conv_relu(channels)
+        self.conv2C = _dropout_conv_relu(channels)
+        self.conv3 = _dropout_conv_relu(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)
+        return self.conv3(self.conv2P(self.PAM(x)) + self.conv2C(self.CAM(x)))
+
+
+class MAResUNet(nn.Module):
+    """ResNet-34 encoder, attention layers on every stage, MANet's LinkNet decoder and head."""
+
+    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ConfigurationError(f"num_classes must be at least 1, got {num_classes}")
+        if in_channels < 1:
+            raise ConfigurationError(f"in_channels must be at least 1, got {in_channels}")
+        self.num_classes = num_classes
+        resnet = tv_models.resnet34(weights=None)
+        # The published network takes 3 bands; other band counts get a stem of their own width, as in MANet.
+        self.firstconv = (
+            resnet.conv1
+            if in_channels == 3
+            else nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        )
+        self.firstbn = resnet.bn1
+        self.firstrelu = resnet.relu
+        self.firstmaxpool = resnet.maxpool
+        self.encoder1 = resnet.layer1
+        self.encoder2 = resnet.layer2
+        self.encoder3 = resnet.layer3
+        self.encoder4 = resnet.layer4
+
+        self.attention4 = AttentionLayer(512)
+        self.attention3 = AttentionLayer(256)
+        self.attention2 = AttentionLayer(128)
+        self.attention1 = AttentionLayer(64)
+
+        self.decoder4 = DecoderBlock(512, 256)
+        self.decoder3 = DecoderBlock(256, 128)
+        self.decoder2 = DecoderBlock(128, 64)
+        self.decoder1 = DecoderBlock(64, 64)
+
+        self.finaldeconv1 = nn.ConvTranspose2d(64, 32, kernel_size=4, stride=2, padding=1)
+        self.finalrelu1 = nn.ReLU(inplace=True)
+        self.finalconv2 = nn.Conv2d(32, 32, kernel_size=3, padding=1)
+        self.finalrelu2 = nn.ReLU(inplace=True)
+        self.finalconv3 = nn.Conv2d(32, num_classes, kernel_size=3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input_size(x, INPUT_MULTIPLE, "MAResU-Net")
+        x = self.firstmaxpool(self.firstrelu(self.firstbn(self.firstconv(x))))
+        e1 = self.encoder1(x)
+        e2 = self.encoder2(e1)
+        e3 = self.encoder3(e2)
+        e4 = self.attention4(self.encoder4(e3))
+
+        d4 = self.decoder4(e4) + self.attention3(e3)
+        d3 = self.decoder3(d4) + self.attention2(e2)
+        d2 = self.decoder2(d3) + self.attention1(e1)
+        d1 = self.decoder1(d2)
+
+        out = self.finalrelu1(self.finaldeconv1(d1))
+        out = self.finalrelu2(self.finalconv2(out))
+        return self.finalconv3(out)
+
+
+def build_maresunet(num_classes: int, *, in_channels: int = 3) -> MAResUNet:
+    """A randomly initialised MAResU-Net (attention gammas start at zero, as published)."""
+    return MAResUNet(num_classes=num_classes, in_channels=in_channels)
