@@ -159,7 +159,7 @@ def plan_regions(grid: TileGrid, workers: int = 1, resume: bool = False) -> list
         if resume:
             wanted = max(wanted, math.ceil(grid.height * grid.width / RESUME_REGION_PIXELS))
     side = -(-MIN_REGION_TILES * grid.tile // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
-    max_rows, max_cols = max(1, grid.height // side), max(1, grid.width // side)
+    max_rows, max_cols = max(1, round(grid.height / side)), max(1, round(grid.width / side))
     rows = min(wanted, max_rows)
     cols = min(-(-wanted // rows), max_cols)
     ys, xs = _block_cuts(grid.height, rows), _block_cuts(grid.width, cols)
