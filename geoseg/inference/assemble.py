@@ -90,8 +90,8 @@ def _sources(parts: list[tuple[Region, str]], band: str) -> list[str]:
 
 
 def _georeferencing(georef: dict[str, Any]) -> list[str]:
-    """SRS and GeoTransform, or a GCP list, exactly as the input has them."""
-    lines = []
+    """SRS and GeoTransform, or a GCP list, exactly as the input has them, and its RPCs."""
+    lines = _rpc_metadata(georef.get("rpcs"))
     gcps = georef.get("gcps")
     if gcps is not None:
         points, crs = gcps
@@ -112,6 +112,14 @@ def _georeferencing(georef: dict[str, Any]) -> list[str]:
         values = np.asarray(transform.to_gdal(), dtype=np.float64)
         lines.append(f"  <GeoTransform>{', '.join(repr(float(v)) for v in values)}</GeoTransform>")
     return lines
+
+
+def _rpc_metadata(rpcs) -> list[str]:
+    """The RPC metadata domain, which the COG copy writes into the GeoTIFF's RPC tag."""
+    if rpcs is None:
+        return []
+    items = "".join(f"<MDI key={quoteattr(k)}>{escape(str(v))}</MDI>" for k, v in rpcs.to_gdal().items())
+    return [f'  <Metadata domain="RPC">{items}</Metadata>']
 
 
 def _wkt(crs: CRS) -> str:

@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
 from geoseg.errors import GeosegWarning, OutputError
+from geoseg.raster.grids import placement
 
 BLOCK_SIZE = 512
 
@@ -47,20 +48,23 @@ def compression() -> str:
 
 
 def georeferencing(dataset, name: str | None = None) -> dict[str, Any]:
-    """CRS and transform (or GCPs) of ``dataset`` to copy onto an output, exactly as they are.
+    """CRS and transform (or GCPs), and RPCs, of ``dataset`` to copy onto an output, exactly as they are.
 
-    A raster with no CRS yields an output with none, and a :class:`GeosegWarning` says so; a custom WKT
-    CRS without an EPSG code is copied as WKT.
+    A raster with no CRS yields an output with none, and a :class:`GeosegWarning` says so (RPCs need none:
+    they map to WGS 84 by definition); a custom WKT CRS without an EPSG code is copied as WKT.
     """
     name = name or dataset.name
+    kind = placement(dataset)
     gcps, gcp_crs = dataset.gcps
-    if dataset.crs is None and not gcp_crs:
-        georeferenced = dataset.transform != rasterio.Affine.identity() or bool(gcps)
-        detail = "" if georeferenced else " and no georeferencing"
+    if dataset.crs is None and not gcp_crs and kind != "rpcs":
+        detail = "" if kind is not None else " and no georeferencing"
         warnings.warn(f"{name}: has no CRS{detail}; the output will have none", GeosegWarning, stacklevel=2)
-    if gcps and dataset.transform == rasterio.Affine.identity():
-        return {"crs": None, "transform": None, "gcps": (gcps, gcp_crs)}
-    return {"crs": dataset.crs, "transform": dataset.transform, "gcps": None}
+    rpcs = dataset.rpcs
+    if kind == "gcps":
+        return {"crs": None, "transform": None, "gcps": (gcps, gcp_crs), "rpcs": rpcs}
+    if kind == "rpcs":
+        return {"crs": dataset.crs, "transform": None, "gcps": None, "rpcs": rpcs}
+    return {"crs": dataset.crs, "transform": dataset.transform, "gcps": None, "rpcs": rpcs}
 
 
 def tiled_profile(width: int, height: int, count: int, nodata: float | None, georef: dict[str, Any]) -> dict:
