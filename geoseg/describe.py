@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +31,12 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def describe_raster(path: str) -> dict[str, Any]:
-    import rasterio
     from rasterio.enums import MaskFlags
-    from rasterio.errors import RasterioIOError
 
     from geoseg.raster.classes import read_class_names
+    from geoseg.raster.reading import open_raster
 
-    try:
-        dataset = rasterio.open(path)
-    except RasterioIOError as error:
-        raise InputError(f"{path}: neither a checkpoint nor a raster GDAL can read ({error})") from error
-    with dataset:
+    with open_raster(path, unreadable="neither a checkpoint nor a raster GDAL can read") as dataset:
         crs = dataset.crs
         mask_kinds = []
         for flags in dataset.mask_flag_enums:
@@ -62,7 +58,7 @@ def describe_raster(path: str) -> dict[str, Any]:
             "masks": mask_kinds,
             "block_shape": [list(shape) for shape in sorted(set(dataset.block_shapes))],
             "overviews": dataset.overviews(1) if dataset.count else [],
-            "compression": dataset.compression.value if dataset.compression else None,
+            "compression": compression_name(dataset),
             "class_names": read_class_names(dataset),
             "bands": [
                 {
@@ -73,3 +69,12 @@ def describe_raster(path: str) -> dict[str, Any]:
                 for i in dataset.indexes
             ],
         }
+
+
+def compression_name(dataset) -> str | None:
+    """GDAL's name of the compression: rasterio's enum knows only the common ones and gives others (OJPEG,
+    SGILOG, THUNDERSCAN, NEXT...) as a plain string, or None where only the metadata names them."""
+    known = dataset.compression
+    if isinstance(known, Enum):
+        return known.value
+    return known or dataset.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION") or None

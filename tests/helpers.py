@@ -63,3 +63,21 @@ def loveda_corners(shared_data, folder, size: int):
             with rasterio.open(shared_data / "labeled" / "loveda" / f"{kind}_{i}.png") as src:
                 write_png(folder / f"{kind}_{i}.png", src.read(window=((0, size), (0, size))))
     return folder
+
+
+def set_tiff_compression_tag(path, code: int) -> None:
+    """Rewrite the Compression tag (259) of a little-endian classic TIFF written by GDAL, so that GDAL reads
+    it as a compression it cannot write (6 OJPEG, 32766 NeXT, 32809 ThunderScan, 34676 SGILog): the
+    metadata opens, the pixels do not decode."""
+    import struct
+    from pathlib import Path
+
+    data = bytearray(Path(path).read_bytes())
+    assert data[:4] == b"II*\x00", "a little-endian classic TIFF"
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, ifd)
+    for i in range(entries):
+        offset = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, offset)[0] == 259:
+            struct.pack_into("<H", data, offset + 8, code)
+    Path(path).write_bytes(data)

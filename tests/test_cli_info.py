@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import warnings
 
+import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from helpers import set_tiff_compression_tag
+from rasterio.transform import from_origin
 
 from geoseg import __version__
 from geoseg.cli.main import cli
+
+GEOREF = dict(crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5))
 
 
 @pytest.fixture()
@@ -69,3 +75,48 @@ def test_info_on_a_file_that_is_neither_raster_nor_checkpoint(runner, tmp_path):
     assert result.exit_code == 1
     assert "neither a checkpoint nor a raster" in result.output
     assert "Traceback" not in result.output
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"not strict JSON: {name}")
+
+
+@pytest.mark.parametrize("nodata, written", [(float("nan"), "nan"), (float("inf"), "inf"), (-np.inf, "-inf")])
+def test_info_json_is_strict_json_for_non_finite_nodata(runner, tmp_path, nodata, written):
+    path = tmp_path / "dem.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=4, height=4, count=1, dtype="float32", nodata=nodata, **GEOREF
+    ) as dst:
+        dst.write(np.zeros((1, 4, 4), np.float32))
+    result = runner.invoke(cli, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout, parse_constant=_refuse_constant)
+    assert described["nodata"] == written
+    assert described["masks"] == ["nodata"]
+
+
+@pytest.mark.parametrize("code, name", [(32766, "NEXT"), (32809, "THUNDERSCAN"), (34676, "SGILOG")])
+def test_info_reports_compressions_that_rasterio_has_no_name_for(runner, tmp_path, code, name):
+    path = tmp_path / "old.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", **GEOREF) as dst:
+        dst.write(np.zeros((1, 8, 8), np.uint8))
+    set_tiff_compression_tag(path, code)
+    result = runner.invoke(cli, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["compression"] == name
+    table = runner.invoke(cli, ["info", str(path)])
+    assert table.exit_code == 0 and name in table.output
+
+
+def test_info_on_a_raster_without_georeferencing_speaks_only_in_its_own_words(runner, tmp_path):
+    path = tmp_path / "photo.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8") as dst:
+        dst.write(np.zeros((3, 8, 8), np.uint8))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(cli, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert [str(w.message) for w in caught] == []
+    assert result.stderr == ""
+    described = json.loads(result.stdout)
+    assert (described["crs"], described["transform"]) == (None, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0])

@@ -252,3 +252,73 @@ def test_nan_in_float_data_is_invalid_and_read_as_zero(tmp_path):
         values = read_bands(d, Window(0, 0, 20, 20), [1, 2, 3])
     assert (~valid).sum() == 1 and not valid[3, 4]
     assert values[1, 3, 4] == 0
+
+
+# --- what a band holds -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, alpha, expand",
+    [("landuse.tif", 255, "rgb"), ("landuse.png", 0, "rgba")],  # a PNG table keeps transparency (tRNS)
+)
+def test_palette_indices_are_refused_with_the_gdal_command_that_expands_them(tmp_path, name, alpha, expand):
+    path = tmp_path / name
+    driver = "GTiff" if name.endswith(".tif") else "PNG"
+    with rasterio.open(path, "w", driver=driver, width=8, height=8, count=1, dtype="uint8") as dst:
+        dst.write(np.ones((1, 8, 8), np.uint8))
+        dst.write_colormap(1, {0: (0, 0, 0, alpha), 1: (200, 30, 30, 255)})
+    expected = (
+        f"{path}: band 1 holds colour-table indices, not colours; expand the table to {expand.upper()} "
+        f"first: gdal_translate -expand {expand} {path} expanded.tif (-of VRT makes a virtual copy)"
+    )
+    with open_raster(path) as d:
+        for bands in (None, [1, 1, 1]):  # never fed as grey levels, whatever --bands says
+            with pytest.raises(InputError) as refused:
+                select_bands(d, RGB, bands, str(path))
+            assert str(refused.value) == expected
+
+
+def test_one_bit_data_is_refused_and_never_offered_as_grey(tmp_path):
+    path = tmp_path / "mask.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", nbits=1) as dst:
+        dst.write(np.ones((1, 8, 8), np.uint8))
+    with open_raster(path) as d:
+        for bands in (None, [1, 1, 1]):
+            with pytest.raises(InputError) as refused:
+                select_bands(d, RGB, bands, str(path))
+            assert str(refused.value) == (
+                f"{path}: band 1 holds 1-bit values (a binary mask, not imagery); "
+                "geoseg segments 8-bit, 16-bit or floating-point imagery"
+            )
+
+
+@pytest.mark.parametrize("dtype", ["complex_int16", "complex64"])
+def test_complex_sar_data_is_refused_with_or_without_a_scale(tmp_path, dtype):
+    path = tmp_path / "slc.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype=dtype) as dst:
+        dst.write(np.full((3, 8, 8), 3 + 4j, np.complex64))
+    expected = (
+        f"{path}: band 1 holds complex values ({dtype}, e.g. SAR); geoseg segments real-valued imagery: "
+        f"convert it to amplitude first, e.g. gdal_calc.py -A {path} --calc='abs(A)' --type=Float32 "
+        "--outfile amplitude.tif"
+    )
+    with open_raster(path) as d:
+        for bands in (None, [1, 2, 3]):  # refused before --scale auto or an explicit --scale is looked at
+            with pytest.raises(InputError) as refused:
+                select_bands(d, RGB, bands, str(path))
+            assert str(refused.value) == expected
+
+
+def test_scale_auto_on_pixels_gdal_cannot_decode_names_the_file_and_gdals_reason(tmp_path):
+    from helpers import set_tiff_compression_tag
+
+    path = _write(tmp_path / "next.tif", np.arange(3 * 64 * 64).astype(np.uint16).reshape(3, 64, 64))
+    set_tiff_compression_tag(path, 32766)  # NeXT: the header opens, the strips do not decode
+    with open_raster(path) as d:
+        assert select_bands(d, RGB, None, str(path)) == [1, 2, 3]
+        with pytest.raises(InputError) as refused:
+            resolve_value_range(d, [1, 2, 3], "auto", path=str(path))
+    message = str(refused.value)
+    assert message.startswith(f"{path}: --scale auto could not read the pixels (")
+    assert "TIFFReadEncodedStrip() failed" in message and "See previous exception" not in message
+    assert isinstance(refused.value.__cause__, rasterio.errors.RasterioIOError)

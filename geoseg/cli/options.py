@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -125,8 +126,20 @@ class NameListType(click.ParamType):
 
 
 def emit_json(record: dict[str, Any]) -> None:
-    """One JSON object per line on stdout."""
-    click.echo(json.dumps(record, default=str))
+    """One strict JSON object per line on stdout: NaN and infinities (a float raster's nodata, a metric of an
+    absent class) become the strings "nan", "inf" and "-inf" (``gdalinfo -json`` writes a NaN nodata as
+    "nan"; Python's ``float()`` reads all three back), since strict parsers refuse a bare ``NaN``."""
+    click.echo(json.dumps(_finite(record), default=str, allow_nan=False))
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
 
 
 def stderr_is_terminal() -> bool:

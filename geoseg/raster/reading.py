@@ -59,8 +59,12 @@ def gdal_message(error: BaseException) -> str:
     return " ".join(message.split()) or type(error).__name__
 
 
-def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
-    """Open a raster for reading, turning GDAL's failures into one-line :class:`InputError` messages."""
+def open_raster(
+    path: str | os.PathLike, unreadable: str = "not a raster GDAL can read"
+) -> rasterio.DatasetReader:
+    """Open a raster for reading, turning GDAL's failures into one-line :class:`InputError` messages
+    (``unreadable`` says what the file is not); rasterio's own warning about a raster without georeferencing
+    is silenced: the commands that care say so once, in their own words."""
     text = str(path)
     if not is_gdal_path(text):
         if not Path(text).exists():
@@ -73,7 +77,7 @@ def open_raster(path: str | os.PathLike) -> rasterio.DatasetReader:
             return rasterio.open(text)
     except RasterioError as error:
         message = " ".join(str(error).split())
-        raise InputError(f"{text}: not a raster GDAL can read ({message})") from error
+        raise InputError(f"{text}: {unreadable} ({message})") from error
 
 
 def canonical_band_name(name: str) -> str:
@@ -126,10 +130,12 @@ def select_bands(
                 f"{path}: --bands {','.join(map(str, bad))} out of range; "
                 f"the raster has bands 1..{dataset.count}"
             )
+        check_imagery(dataset, bands, path)
         return bands
 
-    names = band_names(dataset)
     data = data_band_indexes(dataset)
+    check_imagery(dataset, data, path)
+    names = band_names(dataset)
     by_name: dict[str, list[int]] = {}
     for index, name in zip(dataset.indexes, names, strict=True):
         if name is not None and index in data:
@@ -166,6 +172,36 @@ def select_bands(
         f"{path}: the raster has {len(data)} data band(s) but the model expects {len(wanted)} ({listing}); "
         f"choose them with --bands, e.g. --bands {example}"
     )
+
+
+def check_imagery(dataset, indexes: Sequence[int], path: str | None = None) -> None:
+    """Refuse bands whose values are not intensities a network can take, saying how to convert them.
+
+    Fed as grey levels, 1-bit values or palette indices give plausible-looking nonsense, and complex (SAR)
+    values would lose their imaginary part, so none of them is ever used as it is, whatever ``--bands`` says.
+    """
+    path = path or dataset.name
+    for index in indexes:
+        dtype = dataset.dtypes[index - 1]
+        if dtype.startswith("complex"):
+            raise InputError(
+                f"{path}: band {index} holds complex values ({dtype}, e.g. SAR); geoseg segments real-valued "
+                f"imagery: convert it to amplitude first, e.g. gdal_calc.py -A {path} --calc='abs(A)' "
+                "--type=Float32 --outfile amplitude.tif"
+            )
+        if dataset.tags(index, ns="IMAGE_STRUCTURE").get("NBITS") == "1":
+            raise InputError(
+                f"{path}: band {index} holds 1-bit values (a binary mask, not imagery); "
+                "geoseg segments 8-bit, 16-bit or floating-point imagery"
+            )
+        if dataset.colorinterp[index - 1] == ColorInterp.palette:
+            table = dataset.colormap(index)
+            expand = "rgba" if any(rgba[3] < 255 for rgba in table.values()) else "rgb"
+            raise InputError(
+                f"{path}: band {index} holds colour-table indices, not colours; expand the table to "
+                f"{expand.upper()} first: gdal_translate -expand {expand} {path} expanded.tif "
+                "(-of VRT makes a virtual copy)"
+            )
 
 
 def has_mask(dataset) -> bool:
@@ -279,7 +315,11 @@ def resolve_value_range(
     """
     path = path or dataset.name
     if scale == "auto":
-        return percentile_range(dataset, indexes)
+        try:
+            return percentile_range(dataset, indexes)
+        except RasterioError as error:
+            message = gdal_message(error)
+            raise InputError(f"{path}: --scale auto could not read the pixels ({message})") from error
     if scale is not None:
         lo, hi = float(scale[0]), float(scale[1])
         if not hi > lo:
