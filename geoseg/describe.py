@@ -42,7 +42,6 @@ def describe_raster(path: str) -> dict[str, Any]:
         for flags in dataset.mask_flag_enums:
             names = [f.name for f in flags if f != MaskFlags.all_valid]
             mask_kinds.append("+".join(names) or "all_valid")
-        res_x, res_y = dataset.res
         return {
             "path": path,
             "format": dataset.driver,
@@ -50,10 +49,8 @@ def describe_raster(path: str) -> dict[str, Any]:
             "height": dataset.height,
             "count": dataset.count,
             "dtype": ",".join(sorted(set(dataset.dtypes))),
-            "crs": (crs.to_string() if crs.to_epsg() else crs.to_wkt()) if crs else None,
-            "transform": list(dataset.transform)[:6],
-            "pixel_size": [res_x, res_y],
-            "bounds": list(dataset.bounds),
+            "crs": _crs_text(crs),
+            **_placement(dataset),
             "nodata": dataset.nodata,
             "masks": mask_kinds,
             "block_shape": [list(shape) for shape in sorted(set(dataset.block_shapes))],
@@ -69,6 +66,39 @@ def describe_raster(path: str) -> dict[str, Any]:
                 for i in dataset.indexes
             ],
         }
+
+
+def _crs_text(crs) -> str | None:
+    return (crs.to_string() if crs.to_epsg() else crs.to_wkt()) if crs else None
+
+
+def _placement(dataset) -> dict[str, Any]:
+    """How the raster lies on the ground: a transform (with pixel size and bounds), GCPs or RPCs, or
+    nothing. Bounds and pixel size are left out unless a transform places the raster: from GDAL's identity
+    stand-in they would present pixel numbers as coordinates."""
+    from geoseg.raster.grids import placement
+
+    kind = placement(dataset)
+    described: dict[str, Any] = {"georeferencing": kind or "none (pixel coordinates)"}
+    if kind in ("transform", None):
+        described.update(
+            transform=list(dataset.transform)[:6], pixel_size=list(dataset.res), bounds=list(dataset.bounds)
+        )
+    else:
+        described.update(transform=None, pixel_size=None, bounds=None)
+    points, gcp_crs = dataset.gcps
+    if points:
+        described["gcps"] = {"count": len(points), "crs": _crs_text(gcp_crs)}
+    rpcs = dataset.rpcs
+    if rpcs is not None:  # the centre and half-extent the RPC model is fitted to
+        described["rpcs"] = {
+            "lat_off": rpcs.lat_off,
+            "long_off": rpcs.long_off,
+            "height_off": rpcs.height_off,
+            "lat_scale": rpcs.lat_scale,
+            "long_scale": rpcs.long_scale,
+        }
+    return described
 
 
 def compression_name(dataset) -> str | None:

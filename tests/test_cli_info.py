@@ -120,3 +120,70 @@ def test_info_on_a_raster_without_georeferencing_speaks_only_in_its_own_words(ru
     assert result.stderr == ""
     described = json.loads(result.stdout)
     assert (described["crs"], described["transform"]) == (None, [1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
+def _placed_elsewhere(path, *, gcps=None, rpcs=None):
+    """An 8×6 raster placed only by GCPs or RPCs (GDAL reports an identity transform for it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=8, height=6, count=1, dtype="uint8") as dst:
+            dst.write(np.zeros((1, 6, 8), np.uint8))
+            if gcps is not None:
+                dst.gcps = gcps
+            if rpcs is not None:
+                dst.rpcs = rpcs
+    return str(path)
+
+
+def test_info_reports_gcps_instead_of_pixel_bounds(runner, tmp_path):
+    from rasterio.control import GroundControlPoint
+    from rasterio.crs import CRS
+
+    points = [
+        GroundControlPoint(r, c, 630000.0 + c, 5800000.0 - r) for r, c in ((0, 0), (0, 8), (6, 0), (6, 8))
+    ]
+    path = _placed_elsewhere(tmp_path / "gcps.tif", gcps=(points, CRS.from_epsg(32631)))
+    result = runner.invoke(cli, ["info", path, "--json"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout)
+    assert described["georeferencing"] == "gcps"
+    assert described["gcps"] == {"count": 4, "crs": "EPSG:32631"}
+    assert (described["transform"], described["bounds"], described["pixel_size"]) == (None, None, None)
+    assert "rpcs" not in described
+    table = runner.invoke(cli, ["info", path])
+    assert table.exit_code == 0 and "count=4, crs=EPSG:32631" in table.output
+    assert "8.0, 6.0" not in table.output  # no pixel bounds shown as coordinates
+
+
+def test_info_reports_rpcs_instead_of_pixel_bounds(runner, tmp_path):
+    from rasterio.rpc import RPC
+
+    zeros = [0.0] * 20
+    rpcs = RPC(
+        height_off=245.0, height_scale=500.0, lat_off=52.37, lat_scale=0.04, long_off=4.89, long_scale=0.06,
+        line_off=3.0, line_scale=3.0, samp_off=4.0, samp_scale=4.0, line_den_coeff=[1.0, *zeros[1:]],
+        line_num_coeff=[0.0, 0.0, -1.0, *zeros[3:]], samp_den_coeff=[1.0, *zeros[1:]],
+        samp_num_coeff=[0.0, 1.0, *zeros[2:]],
+    )  # fmt: skip
+    path = _placed_elsewhere(tmp_path / "rpcs.tif", rpcs=rpcs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = runner.invoke(cli, ["info", path, "--json"])
+    assert result.exit_code == 0, result.output
+    assert [str(w.message) for w in caught] == [] and result.stderr == ""
+    described = json.loads(result.stdout)
+    assert described["georeferencing"] == "rpcs"
+    assert described["rpcs"] == {
+        "lat_off": 52.37, "long_off": 4.89, "height_off": 245.0, "lat_scale": 0.04, "long_scale": 0.06
+    }  # fmt: skip
+    assert (described["crs"], described["transform"], described["bounds"]) == (None, None, None)
+
+
+def test_info_says_a_transform_places_an_ordinary_raster(runner, tmp_path):
+    path = tmp_path / "ortho.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=6, count=1, dtype="uint8", **GEOREF) as dst:
+        dst.write(np.zeros((1, 6, 8), np.uint8))
+    described = json.loads(runner.invoke(cli, ["info", str(path), "--json"]).stdout)
+    assert described["georeferencing"] == "transform"
+    assert described["bounds"] == [500000.0, 3999997.0, 500004.0, 4000000.0]
+    assert "gcps" not in described and "rpcs" not in described
