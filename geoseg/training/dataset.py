@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputError
 from geoseg.labels import IGNORE, LabelEncoding, decode_labels
-from geoseg.raster.grids import check_same_grid
+from geoseg.raster.grids import check_same_grid, placement
 from geoseg.raster.reading import (
     EIGHT_BIT_RANGE,
     Scale,
@@ -206,9 +206,7 @@ def _mask_invalid(labels: np.ndarray, image, window, indexes: Sequence[int]) -> 
 
 
 def _gsd(dataset) -> float | None:
-    from affine import Affine
-
-    if dataset.transform == Affine.identity() or dataset.crs is None or not dataset.crs.is_projected:
+    if placement(dataset) != "transform" or dataset.crs is None or not dataset.crs.is_projected:
         return None
     x, y = abs(dataset.transform.a), abs(dataset.transform.e)
     return float(x) if math.isclose(x, y, rel_tol=0.01) else None
