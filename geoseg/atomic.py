@@ -1,7 +1,9 @@
 """Atomic outputs: write under a temporary name, rename into place only when complete.
 
-A crash or Ctrl-C therefore never leaves a truncated file that looks finished, and never leaves the
-temporary file behind either.
+A crash, Ctrl-C, SIGTERM or SIGHUP (which the CLI turns into an exception, see ``geoseg.cli.main``) therefore
+never leaves a truncated file that looks finished, and never leaves the temporary file behind either. SIGKILL
+cannot be caught: it can leave a temporary file, whose name is hidden, random and marked ``.tmp`` (never the
+final name, so a rerun or a resume does not take it for a finished output; it is safe to delete).
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
 
 
 def temporary_sibling(path: Path) -> Path:
-    """A hidden name in the same folder (so the final rename stays on one file system)."""
+    """A hidden name in the same folder (so the final rename stays on one file system), marked ``.tmp``; it
+    keeps the suffix because GDAL chooses a format's layout by it (a Shapefile's side-cars)."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
 
 
@@ -60,7 +63,8 @@ def _give_default_permissions(path: Path) -> None:
 def atomic_output(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``, on any failure remove it.
 
-    ``BaseException`` is caught on purpose so that Ctrl-C (KeyboardInterrupt) also cleans up.
+    ``BaseException`` is caught on purpose so that Ctrl-C (KeyboardInterrupt) and the CLI's stop signals
+    (``Terminated``) also clean up.
     """
     final = check_output_path(path, overwrite)
     tmp = temporary_sibling(final)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from geoseg.atomic import atomic_output, check_output_path
+from geoseg.cli.main import Terminated
 from geoseg.errors import OutputError
 
 
@@ -18,7 +21,7 @@ def test_output_appears_only_when_complete(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
 
 
-@pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt()])
+@pytest.mark.parametrize("failure", [RuntimeError("boom"), KeyboardInterrupt(), Terminated(signal.SIGTERM)])
 def test_failure_or_interrupt_removes_the_temporary_file_and_keeps_the_old_output(tmp_path, failure):
     target = tmp_path / "out.tif"
     target.write_text("old")

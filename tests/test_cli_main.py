@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
+
 import pytest
 from click.testing import CliRunner
 
@@ -22,6 +26,8 @@ def _patch_describe(monkeypatch, error: BaseException) -> None:
     "error, code, message",
     [
         (KeyboardInterrupt(), 130, "geoseg: interrupted"),
+        (cli_main.Terminated(signal.SIGTERM), 143, "geoseg: terminated by SIGTERM"),
+        (cli_main.Terminated(signal.SIGHUP), 129, "geoseg: terminated by SIGHUP"),
         (RuntimeError("weird\nmultiline failure"), 1, "Error: RuntimeError: weird multiline failure"),
         (MemoryError(), 1, "Error: out of memory"),
     ],
@@ -47,3 +53,35 @@ def test_unknown_command_is_a_usage_error():
     result = CliRunner().invoke(cli, ["segment"])
     assert result.exit_code == 2
     assert "No such command 'segment'" in result.output
+
+
+def test_stop_signals_raise_once_in_the_main_thread_and_the_old_handlers_come_back():
+    before = {signum: signal.getsignal(signum) for signum in cli_main.STOP_SIGNALS}
+    with pytest.raises(cli_main.Terminated) as stopped, cli_main.stop_signals_raise():
+        try:
+            os.kill(os.getpid(), signal.SIGHUP)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # a second signal during the clean-up is ignored
+    assert stopped.value.signum == signal.SIGHUP
+    assert {signum: signal.getsignal(signum) for signum in cli_main.STOP_SIGNALS} == before
+
+
+def test_a_command_run_outside_the_main_thread_leaves_the_handlers_alone():
+    before = signal.getsignal(signal.SIGTERM)
+    seen = []
+
+    def run():
+        with cli_main.stop_signals_raise():
+            seen.append(signal.getsignal(signal.SIGTERM))
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join()
+    assert seen == [before]
+
+
+def test_a_command_restores_the_signal_handlers_it_installed(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "missing.tif")])
+    assert result.exit_code == 1
+    assert signal.getsignal(signal.SIGTERM) is before

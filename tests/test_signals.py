@@ -166,3 +166,19 @@ def test_a_signal_while_the_engine_threads_run_leaves_nothing(inputs, checkpoint
     assert code == 128 + signum, stderr
     assert stderr.strip().splitlines() == [f"geoseg: terminated by {signal.Signals(signum).name}"]
     assert os.listdir(out) == []
+
+
+def test_sigkill_leaves_only_a_hidden_temporary_name_never_the_final_one(inputs, checkpoint, tmp_path):
+    """SIGKILL cannot be caught: what it leaves must not pass for a finished output."""
+    out = tmp_path / "out"
+    out.mkdir()
+    marker = tmp_path / "paused"
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_CLI, str(marker), *_commands(inputs, checkpoint, out)["convert"]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+    )  # fmt: skip
+    _wait_for(marker.exists, process)
+    code, _ = _stop(process, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    (left,) = os.listdir(out)
+    assert left.startswith(".m.safetensors.") and left.endswith(".tmp.safetensors")
