@@ -57,8 +57,8 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        average = y.mean(dim=(2, 3), keepdim=True, dtype=torch.float32)
         maximum, no_autocast = _float32_region(y.amax(dim=(2, 3), keepdim=True))
+        average = y.mean(dim=(2, 3), keepdim=True, dtype=maximum.dtype)  # no float16 copy of y
         with no_autocast:
             gate = torch.sigmoid(
                 self.fc12(torch.relu(self.fc11(average))) + self.fc22(torch.relu(self.fc21(maximum)))
