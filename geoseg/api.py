@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from geoseg.evaluation import EvaluationResult, evaluate, write_confusion_csv
     from geoseg.inference.engine import PredictResult, predict_scene
     from geoseg.inference.predict import iter_predict, predict
+    from geoseg.model.build import build_model
     from geoseg.model.card import ClassInfo, ModelCard
     from geoseg.model.checkpoint import (
         convert_checkpoint,
@@ -41,6 +42,7 @@ _EXPORTS = {
     "load_checkpoint": "geoseg.model.checkpoint",
     "save_checkpoint": "geoseg.model.checkpoint",
     "build_manet": "geoseg.model.manet",
+    "build_model": "geoseg.model.build",
     "PRESET_NAMES": "geoseg.model.presets",
     "preset_card": "geoseg.model.presets",
     "TrainingConfig": "geoseg.training.loop",
@@ -68,6 +70,7 @@ __all__ = [
     "TrainingResult",
     "VectorizeResult",
     "build_manet",
+    "build_model",
     "convert_checkpoint",
     "default_checkpoint_path",
     "describe",
