@@ -34,17 +34,17 @@ def plot_training_curves(
 
 
 def _draw_loss(axes, history: Sequence[dict[str, Any]]) -> None:
-    steps, losses = [], []
+    steps, losses, middles = [], [], []
     for record in history:
         values = record.get("step_losses") or []
         first = int(record["step"]) - len(values) + 1
         steps.extend(range(first, first + len(values)))
         losses.extend(values)
+        middles.append((first + int(record["step"])) / 2)  # an epoch's mean drawn at its middle step
     if losses:
         axes.plot(steps, losses, color="#9ecae1", linewidth=0.8, label="each step")
-    ends = [int(r["step"]) for r in history]
     means = [float(r["loss"]) for r in history]
-    axes.plot(ends, means, "o-", color="#08519c", markersize=4, linewidth=1.5, label="epoch mean")
+    axes.plot(middles, means, "o-", color="#08519c", markersize=4, linewidth=1.5, label="epoch mean")
     axes.set_xlabel("step")
     axes.set_ylabel("training loss")
     axes.set_title("training loss", fontsize=10)

@@ -1,0 +1,107 @@
+"""``geoseg quicklook`` on the command line: the picture, --json, and one-line errors that leave nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import write_scene
+from PIL import Image
+from test_plots_quicklook import COLORS, NAMES, UTM, blocky_classes, write_classes
+
+from geoseg.cli.main import cli
+
+
+def run(*args):
+    return CliRunner().invoke(cli, ["quicklook", *map(str, args)])
+
+
+@pytest.fixture
+def classes(tmp_path):
+    return write_classes(tmp_path / "classes.tif", blocky_classes(400, 600))
+
+
+def test_writes_the_png_and_reports_it_as_json(classes, tmp_path):
+    output = tmp_path / "map.png"
+    result = run(classes, "-o", output, "--max-size", 500, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["output"] == str(output) and record["metres_per_pixel"] > 0.5
+    assert list(record["class_fractions"]) == NAMES
+    assert sum(record["class_fractions"].values()) == pytest.approx(1.0, abs=1e-5)
+    image = Image.open(output)
+    assert image.mode == "RGBA" and (record["width"], record["height"]) == image.size
+    assert max(image.size) <= 500
+
+
+def test_plain_output_names_the_picture(classes, tmp_path):
+    result = run(classes, "-o", tmp_path / "map.png")
+    assert result.exit_code == 0, result.output
+    width, height = Image.open(tmp_path / "map.png").size
+    assert result.output == f"{classes} -> {tmp_path / 'map.png'} ({width}x{height} px)\n"
+
+
+def test_over_draws_on_the_image(classes, tmp_path):
+    image = write_scene(tmp_path / "scene.tif", width=600, height=400, **UTM)
+    assert image.shape == (3, 400, 600)
+    result = run(classes, "-o", tmp_path / "over.png", "--over", tmp_path / "scene.tif")
+    assert result.exit_code == 0, result.output
+    drawn = np.asarray(Image.open(tmp_path / "over.png"))
+    assert not any(np.all(drawn[..., :3] == c, axis=-1).sum() > 1000 for c in COLORS)  # blended, not flat
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: write_scene(p, 40, 30, count=1, dtype="float32", **UTM), "float32 values; a class raster"),
+        (lambda p: write_scene(p, 40, 30, count=3, **UTM), "has 3; to draw classes over an image pass"),
+        (lambda p: p.write_bytes(b"not a raster"), "not a raster GDAL can read"),
+    ],
+)
+def test_not_a_class_raster_is_one_line_and_exit_1(tmp_path, make, message):
+    source = tmp_path / "input.tif"
+    make(source)
+    result = run(source, "-o", tmp_path / "map.png")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {source}: ") and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["input.tif"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_folder_is_one_line_and_exit_1(classes, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        result = run(classes, "-o", folder / "map.png")
+    finally:
+        folder.chmod(0o700)
+    assert result.exit_code == 1 and "is not writable" in result.output
+    assert list(folder.iterdir()) == []
+
+
+def test_missing_output_folder_is_one_line_and_exit_1(classes, tmp_path):
+    result = run(classes, "-o", tmp_path / "nowhere" / "map.png")
+    assert result.exit_code == 1
+    assert (
+        result.output.strip()
+        == f"Error: {tmp_path / 'nowhere' / 'map.png'}: folder {tmp_path / 'nowhere'} does not exist"
+    )
+
+
+def test_missing_matplotlib_is_one_line_and_exit_1(classes, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = run(classes, "-o", tmp_path / "map.png")
+    assert result.exit_code == 1
+    assert result.output.strip().endswith("install it with: pip install 'geoseg[plot]'")
+    assert not (tmp_path / "map.png").exists()
+
+
+def test_too_small_max_size_is_a_usage_error(classes, tmp_path):
+    result = run(classes, "-o", tmp_path / "map.png", "--max-size", 100)
+    assert result.exit_code == 2 and "--max-size" in result.output
