@@ -59,7 +59,7 @@ def counts(classes):
 def test_json_reports_input_output_counts_per_class_name_and_seconds(runner, tmp_path, classes_tif):
     path, classes = classes_tif
     out = tmp_path / "polygons.gpkg"
-    result = runner.invoke(cli, ["vectorize", path, "-o", str(out), "--json", "--block-size", "16"])
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(out), "--json", "--split-polygons-at", "0"])
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout)
     assert set(record) == {"input", "output", "polygons", "seconds"}
@@ -76,6 +76,7 @@ def test_options_reach_the_library(runner, tmp_path, classes_tif):
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert list(json.loads(result.stdout)["polygons"]) == ["tree"]
+    assert "--split-polygons-at" in runner.invoke(cli, ["vectorize", "--help"]).output
     info = pyogrio.read_info(out)
     assert info["geometry_type"] == "MultiPolygon"
     assert info["layer_name"] == "trees"
@@ -150,7 +151,7 @@ def test_unknown_suffix(runner, tmp_path, classes_tif):
     [
         (["--min-area", "2", "--min-pixels", "3"], "give either --min-area or --min-pixels, not both"),
         (["--connectivity", "6"], "'6' is not one of '4', '8'"),
-        (["--block-size", "4"], "4 is not in the range x>=16"),
+        (["--split-polygons-at", "-1"], "-1 is not in the range x>=0"),
     ],
 )
 def test_usage_errors_exit_2(runner, tmp_path, classes_tif, extra, message):
@@ -166,16 +167,17 @@ def test_ctrl_c_exits_130_and_leaves_nothing(runner, tmp_path, classes_tif, monk
     folder.mkdir()
     import geoseg.vector.vectorize as module
 
-    real = module.polygonize_raster
+    real = module.polygonize_window
+    calls = []
 
     def interrupted(*args, **kwargs):
-        for i, item in enumerate(real(*args, **kwargs)):
-            if i == 2:
-                raise KeyboardInterrupt
-            yield item
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(module, "polygonize_raster", interrupted)
-    result = runner.invoke(cli, ["vectorize", path, "-o", str(folder / "x.shp"), "--block-size", "16"])
+    monkeypatch.setattr(module, "polygonize_window", interrupted)
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(folder / "x.shp"), "--split-polygons-at", "16"])
     assert result.exit_code == 130
     assert "interrupted" in result.stderr
     assert list(folder.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Blockwise polygonizing: exactly one valid polygon per connected region, whatever the block size.
+"""Polygonizing a window: exactly one valid polygon per connected region, in the raster's pixel grid.
 
 Every result is checked against scipy.ndimage.label on the same pixels: polygon counts per class, areas,
 and, by rasterizing the polygons back, that each polygon covers exactly the pixels of one region.
@@ -15,27 +15,15 @@ import shapely
 from rasterio import features
 from scipy import ndimage
 
-from geoseg.vector.blocks import STRUCTURES, BlockGrid, label_regions
-from geoseg.vector.polygonize import polygonize_raster
+from geoseg.vector.blocks import STRUCTURES, BlockGrid, Window, label_regions
+from geoseg.vector.polygonize import polygonize_window
 
 DATA = Path(__file__).parents[1].parent / "shared" / "data"
 LABELS = DATA / "labeled"
 
 
-def array_reader(classes: np.ndarray, valid: np.ndarray | None = None):
-    def read(window):
-        rows, cols = slice(window.row0, window.row1), slice(window.col0, window.col1)
-        return classes[rows, cols], None if valid is None else valid[rows, cols]
-
-    return read
-
-
-def polygonize(classes, valid=None, block_size=64, connectivity=4):
-    grid = BlockGrid(classes.shape[0], classes.shape[1], block_size)
-    parts = list(polygonize_raster(array_reader(classes, valid), grid, connectivity))
-    polygons = np.concatenate([p for p, _ in parts]) if parts else np.empty(0, object)
-    values = np.concatenate([v for _, v in parts]) if parts else np.empty(0, np.int64)
-    return polygons, values
+def polygonize(classes, valid=None, connectivity=4):
+    return polygonize_window(classes, valid, Window(0, 0, *classes.shape), connectivity)
 
 
 def components(classes, valid, connectivity):
@@ -76,10 +64,6 @@ def assert_exact(classes, valid, polygons, values, connectivity):
     assert pairs.shape[1] == len(polygons) == len(label_class) - 1
     assert (values[pairs[0] - 1] == label_class[pairs[1]]).all()
     assert shapely.union_all(polygons).area == areas.sum()
-
-
-def canonical(polygons, values):
-    return sorted(zip(values.tolist(), shapely.to_wkt(shapely.normalize(polygons)).tolist(), strict=True))
 
 
 def checkerboard(n):
@@ -128,26 +112,49 @@ PATTERNS = {
 
 @pytest.mark.parametrize("connectivity", [4, 8])
 @pytest.mark.parametrize("name", sorted(PATTERNS))
-def test_one_polygon_per_region_on_synthetic_patterns_and_block_independent(name, connectivity):
+def test_one_polygon_per_region_on_synthetic_patterns(name, connectivity):
     classes = PATTERNS[name]
-    polygons, values = polygonize(classes, block_size=16, connectivity=connectivity)
+    polygons, values = polygonize(classes, connectivity=connectivity)
     assert_exact(classes, None, polygons, values, connectivity)
-    whole = polygonize(classes, block_size=4096, connectivity=connectivity)
-    assert canonical(polygons, values) == canonical(*whole)
+
+
+@pytest.mark.parametrize("connectivity", [4, 8])
+def test_cells_of_a_grid_are_the_regions_of_each_cell_in_raster_pixel_coordinates(connectivity):
+    classes = PATTERNS["noise"]
+    for _, _, cell in BlockGrid(*classes.shape, 50):
+        part = classes[cell.row0 : cell.row1, cell.col0 : cell.col1]
+        polygons, values = polygonize_window(part, None, cell, connectivity)
+        bounds = shapely.bounds(polygons)
+        assert bounds[:, [0, 2]].min() == cell.col0 and bounds[:, [0, 2]].max() == cell.col1
+        assert bounds[:, [1, 3]].min() == cell.row0 and bounds[:, [1, 3]].max() == cell.row1
+        local = shapely.transform(polygons, lambda xy, c=cell: xy - [c.col0, c.row0])
+        assert_exact(part, None, local, values, connectivity)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint32, np.int64])
+def test_class_ids_of_any_integer_type_come_back_unchanged(dtype):
+    info = np.iinfo(dtype)
+    classes = np.where(rings(30) == 1, info.max, np.where(rings(30) == 2, info.min, 7)).astype(dtype)
+    polygons, values = polygonize(classes)
+    assert values.dtype == np.int64
+    assert set(values.tolist()) == {int(info.max), int(info.min), 7}
+    ids = {int(v): int(c) for v, c in zip(*np.unique(classes, return_counts=True), strict=True)}
+    for value, pixels in ids.items():
+        assert shapely.area(polygons[values == value]).sum() == pixels
 
 
 def test_checkerboard_counts_are_every_pixel_with_4_and_one_region_per_class_with_8():
     classes = checkerboard(40)
-    _, values = polygonize(classes, block_size=16, connectivity=4)
+    _, values = polygonize(classes, connectivity=4)
     assert len(values) == 40 * 40
-    polygons, values = polygonize(classes, block_size=16, connectivity=8)
+    polygons, values = polygonize(classes, connectivity=8)
     assert sorted(values.tolist()) == [0, 1]
     assert all(shapely.get_num_geometries(polygons) == 800)  # squares meeting only at corners
 
 
 def test_region_enclosing_another_has_the_holes():
     classes = enclosed(100)
-    polygons, values = polygonize(classes, block_size=32)
+    polygons, values = polygonize(classes)
     building = polygons[values == 1]
     assert len(building) == 1
     assert shapely.get_num_interior_rings(building[0]) == 1
@@ -159,26 +166,16 @@ def test_nodata_pixels_give_no_polygon():
     valid = np.ones(classes.shape, bool)
     valid[20:50, 30:70] = False
     valid[::7, :] = False
-    polygons, values = polygonize(classes, valid, block_size=16)
+    polygons, values = polygonize(classes, valid)
     assert_exact(classes, valid, polygons, values, 4)
     assert shapely.union_all(polygons).area == valid.sum()
 
 
-def test_snake_across_many_blocks_is_one_polygon():
+def test_snake_is_one_polygon():
     classes = snake(97)
-    polygons, values = polygonize(classes, block_size=16)
+    polygons, values = polygonize(classes)
     assert (values == 1).sum() == 1
     assert polygons[values == 1][0].area == (classes == 1).sum()
-
-
-def test_regions_meeting_at_a_corner_across_a_block_corner():
-    classes = np.zeros((32, 32), np.uint8)
-    classes[15, 15] = 1
-    classes[16, 16] = 1  # diagonal neighbours, in the blocks above-left and below-right of the corner
-    for connectivity, count in ((4, 2), (8, 1)):
-        polygons, values = polygonize(classes, block_size=16, connectivity=connectivity)
-        assert (values == 1).sum() == count
-        assert_exact(classes, None, polygons, values, connectivity)
 
 
 @pytest.mark.parametrize("connectivity", [4, 8])
@@ -188,11 +185,8 @@ def test_real_potsdam_label_raster(connectivity):
         pytest.skip(f"shared data missing: {path}")
     with rasterio.open(path) as dataset:
         classes = dataset.read(1)
-    polygons, values = polygonize(classes, block_size=64, connectivity=connectivity)
+    polygons, values = polygonize(classes, connectivity=connectivity)
     assert_exact(classes, None, polygons, values, connectivity)
-    assert canonical(polygons, values) == canonical(
-        *polygonize(classes, block_size=512, connectivity=connectivity)
-    )
 
 
 @pytest.mark.parametrize("name", ["vaihingen/label_area1_0_0_512_512.png", "loveda/label_1.png"])
@@ -202,5 +196,5 @@ def test_real_png_labels(name):
         pytest.skip(f"shared data missing: {path}")
     with rasterio.open(path) as dataset:
         classes = dataset.read(1)
-    polygons, values = polygonize(classes, block_size=128)
+    polygons, values = polygonize(classes)
     assert_exact(classes, None, polygons, values, 4)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyogrio
+import pyproj
 import pytest
 import rasterio
 import shapely
@@ -18,7 +19,6 @@ from scipy import integrate, ndimage
 from geoseg.errors import GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import write_class_metadata
 from geoseg.vector import vectorize as vectorize_module
-from geoseg.vector.area import WGS84, AuthalicCylinder
 from geoseg.vector.vectorize import vectorize
 
 POTSDAM = Path(__file__).parents[1].parent / "shared" / "data" / "labeled" / "potsdam"
@@ -65,6 +65,12 @@ def region_counts(classes, valid=None):
     return counts
 
 
+def utm_areal_scale(x=366976.5, y=5808562.6):
+    """How much larger than on the ground a map square of UTM 33N is there (PROJ's areal scale factor)."""
+    lon, lat = pyproj.Transformer.from_crs(32633, 4326, always_xy=True).transform(x, y)
+    return pyproj.Proj(32633).get_factors(lon, lat).areal_scale
+
+
 @pytest.fixture
 def named(tmp_path):
     classes = texture()
@@ -78,7 +84,7 @@ def test_real_label_raster_to_geopackage_counts_areas_crs_and_attributes(tmp_pat
     with rasterio.open(POTSDAM_LABEL) as dataset:
         classes = dataset.read(1)
     out = tmp_path / "potsdam.gpkg"
-    result = vectorize(POTSDAM_LABEL, out, block_size=64)
+    result = vectorize(POTSDAM_LABEL, out, split_polygons_at=0)
     expected = region_counts(classes)
     assert result.polygons == {str(k): v for k, v in expected.items()}
     meta, polygons, table = read_layer(out)
@@ -89,7 +95,7 @@ def test_real_label_raster_to_geopackage_counts_areas_crs_and_attributes(tmp_pat
     for value in expected:
         pixels = int((classes == value).sum())
         assert table["area"][table["class_id"] == value].sum() == pytest.approx(
-            pixels * 0.05 * 0.05, rel=1e-12
+            pixels * 0.05 * 0.05 / utm_areal_scale(), rel=1e-6
         )
     # the georeferencing is pixel-exact: the union is the raster's footprint
     assert shapely.union_all(polygons).equals(
@@ -98,15 +104,29 @@ def test_real_label_raster_to_geopackage_counts_areas_crs_and_attributes(tmp_pat
     assert result.to_dict()["polygons"] == result.polygons
 
 
-def test_block_size_does_not_change_the_file(tmp_path, named):
-    path, _ = named
-    outputs = [vectorize(path, tmp_path / f"b{size}.gpkg", block_size=size).output for size in (16, 4096)]
-    layers = [read_layer(out) for out in outputs]
-    canon = [
-        sorted(zip(t["class_id"].tolist(), shapely.to_wkt(shapely.normalize(p)).tolist(), strict=True))
-        for _, p, t in layers
-    ]
-    assert canon[0] == canon[1]
+def test_split_grid_cuts_regions_exactly_at_its_lines_and_zero_never_cuts(tmp_path, named):
+    path, classes = named
+    valid = classes != 255
+    whole = vectorize(path, tmp_path / "whole.gpkg", split_polygons_at=0)
+    assert whole.polygons == {NAMES[k]: v for k, v in region_counts(classes, valid).items()}
+    split = vectorize(path, tmp_path / "split.gpkg", split_polygons_at=40)
+    expected: dict[str, int] = {}
+    for row in range(0, 96, 40):
+        for col in range(0, 96, 40):
+            cell = (slice(row, row + 40), slice(col, col + 40))
+            for k, v in region_counts(classes[cell], valid[cell]).items():
+                expected[NAMES[k]] = expected.get(NAMES[k], 0) + v
+    assert split.polygons == expected
+    assert sum(split.polygons.values()) > sum(whole.polygons.values())
+    _, polygons, _ = read_layer(tmp_path / "split.gpkg")
+    # no polygon crosses a grid line (x = 366976.5 + 20 m, y = 5808562.6 - 20 m, ...)
+    x0, y0 = 366976.5, 5808562.6
+    minx, miny, maxx, maxy = shapely.bounds(polygons).T
+    cell_col = np.floor((minx - x0) / 20 + 1e-9)
+    cell_row = np.floor((y0 - maxy) / 20 + 1e-9)
+    assert (np.floor((maxx - x0) / 20 - 1e-9) == cell_col).all()
+    assert (np.floor((y0 - miny) / 20 - 1e-9) == cell_row).all()
+    assert shapely.union_all(polygons).area == pytest.approx(valid.sum() * 0.25)
 
 
 def test_class_names_from_the_raster_nodata_and_class_filter(tmp_path, named):
@@ -116,7 +136,7 @@ def test_class_names_from_the_raster_nodata_and_class_filter(tmp_path, named):
     assert result.polygons == {NAMES[k]: v for k, v in region_counts(classes, valid).items()}
     _, polygons, table = read_layer(tmp_path / "all.gpkg")
     assert set(table["class_name"]) == {NAMES[k] for k in np.unique(classes[valid])}
-    assert table["area"].sum() == pytest.approx(valid.sum() * 0.25)
+    assert table["area"].sum() == pytest.approx(valid.sum() * 0.25 / utm_areal_scale(), rel=1e-6)
     nodata_corner = shapely.box(366976.5, 5808562.6 - 5, 366976.5 + 5, 5808562.6)
     assert shapely.area(shapely.intersection(polygons, nodata_corner)).max() == 0
 
@@ -235,9 +255,7 @@ def test_geoparquet_has_geo_metadata_and_wkb(tmp_path, named):
 
 def test_eight_connectivity_gives_valid_multipolygons(tmp_path):
     classes = (np.indices((20, 20)).sum(axis=0) % 2).astype(np.uint8)
-    result = vectorize(
-        write_raster(tmp_path / "c.tif", classes), tmp_path / "c.gpkg", connectivity=8, block_size=16
-    )
+    result = vectorize(write_raster(tmp_path / "c.tif", classes), tmp_path / "c.gpkg", connectivity=8)
     assert result.polygons == {"0": 1, "1": 1}
     meta, polygons, _ = read_layer(tmp_path / "c.gpkg")
     assert meta["geometry_type"] == "MultiPolygon"
@@ -245,17 +263,64 @@ def test_eight_connectivity_gives_valid_multipolygons(tmp_path):
     assert sorted(shapely.get_num_geometries(polygons).tolist()) == [200, 200]
 
 
-def test_area_respects_linear_units(tmp_path):
-    classes = np.zeros((4, 5), np.uint8)
-    path = write_raster(
-        tmp_path / "ft.tif", classes, crs="EPSG:2263", transform=from_origin(1e6, 2e5, 2.0, 2.0)
-    )
-    vectorize(path, tmp_path / "ft.gpkg")
-    area = read_layer(tmp_path / "ft.gpkg")[2]["area"][0]
-    assert area == pytest.approx(20 * 4 * 0.30480060960121924**2, rel=1e-12)
+def geodesic_area(crs, corners, edge_points=2000):
+    """Reference: pyproj.Geod's area of a rectangle given in CRS coordinates, its edges densified in the CRS
+    (straight pixel edges, not geodesics between the corners) and taken to the CRS's own ellipsoid."""
+    source = pyproj.CRS.from_user_input(crs)
+    geodetic = source.geodetic_crs
+    ring = shapely.segmentize(shapely.box(*corners).exterior, (corners[2] - corners[0]) / edge_points)
+    x, y = shapely.get_coordinates(ring).T
+    lon, lat = pyproj.Transformer.from_crs(source, geodetic, always_xy=True).transform(x, y)
+    degrees = math.degrees(geodetic.axis_info[0].unit_conversion_factor)
+    ellipsoid = geodetic.ellipsoid
+    geod = pyproj.Geod(a=ellipsoid.semi_major_metre, rf=ellipsoid.inverse_flattening)
+    area, _ = geod.polygon_area_perimeter(np.asarray(lon) * degrees, np.asarray(lat) * degrees)
+    return abs(area)
 
 
-def ellipsoid_cell_area(lat0, lat1, dlon, a=WGS84[0], f=WGS84[1]):
+CUSTOM_LCC = (
+    'PROJCS["custom LCC",GEOGCS["custom",DATUM["custom",SPHEROID["custom",6378200,298.3]],'
+    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Lambert_Conformal_Conic_2SP"],'
+    'PARAMETER["standard_parallel_1",33.3],PARAMETER["standard_parallel_2",45.7],'
+    'PARAMETER["latitude_of_origin",39.1],PARAMETER["central_meridian",-96.77],'
+    'PARAMETER["false_easting",1234567.8],PARAMETER["false_northing",-765432.1],'
+    'UNIT["US survey foot",0.304800609601219]]'
+)
+
+
+@pytest.mark.parametrize(
+    ("crs", "transform"),
+    [
+        ("EPSG:3857", from_origin(1447153.0, 6800125.0, 10.0, 10.0)),  # 13 E, 52 N: Mercator 2.6x too large
+        ("EPSG:4326", from_origin(13.0, 52.5, 1e-4, 1e-4)),
+        ("EPSG:2263", from_origin(1e6, 2e5, 2.0, 2.0)),  # US feet
+        (CUSTOM_LCC, from_origin(1000, 2000, 5.0, 5.0)),  # custom ellipsoid, US feet
+    ],
+    ids=["3857", "4326", "2263-feet", "custom-wkt"],
+)
+def test_areas_are_geodesic_in_every_crs(tmp_path, crs, transform):
+    # a small rectangle (centroid rule) and the rest of a 600 x 400 raster with a hole (vertex transform)
+    classes = np.zeros((400, 600), np.uint8)
+    classes[100:130, 200:240] = 1
+    rio_crs = rasterio.CRS.from_user_input(crs)
+    path = write_raster(tmp_path / "r.tif", classes, crs=rio_crs, transform=transform)
+    vectorize(path, tmp_path / "r.gpkg")
+    _, _, table = read_layer(tmp_path / "r.gpkg")
+    area = dict(zip(table["class_id"].tolist(), table["area"].tolist(), strict=True))
+
+    def world_box(col0, row0, col1, row1):
+        (x0, y1), (x1, y0) = transform * (col0, row0), transform * (col1, row1)
+        return (x0, y0, x1, y1)
+
+    small = geodesic_area(crs, world_box(200, 100, 240, 130))
+    whole = geodesic_area(crs, world_box(0, 0, 600, 400))
+    assert area[1] == pytest.approx(small, rel=1e-7)
+    assert area[0] == pytest.approx(whole - small, rel=1e-7)
+    if crs == "EPSG:3857":  # the planar area would be cos(52 deg)^-2 = 2.63 times too large
+        assert 40 * 30 * 100 / area[1] == pytest.approx(1 / math.cos(math.radians(52.0)) ** 2, rel=2e-3)
+
+
+def ellipsoid_cell_area(lat0, lat1, dlon, a=6378137.0, f=1 / 298.257223563):
     """Independent reference: integrate M(phi) N(phi) cos(phi) over the cell (radii of curvature)."""
     e2 = f * (2 - f)
 
@@ -267,24 +332,13 @@ def ellipsoid_cell_area(lat0, lat1, dlon, a=WGS84[0], f=WGS84[1]):
     return value * math.radians(dlon)
 
 
-def test_authalic_areas_match_the_ellipsoid_integral_and_its_whole_surface():
-    cylinder = AuthalicCylinder(*WGS84)
-    globe = shapely.box(-180, -90, 180, 90)
-    assert cylinder.areas(np.array([globe]))[0] == pytest.approx(510065621724088.5, rel=1e-12)
-    for lat in (0.0, 37.5, 71.0, 89.9):
-        for step in (1e-4, 1e-6):  # pixels of about 10 m and 10 cm
-            cell = shapely.box(10.0, lat, 10.0 + step, lat + step)
-            expected = ellipsoid_cell_area(lat, lat + step, step)
-            assert cylinder.areas(np.array([cell]))[0] == pytest.approx(expected, rel=1e-6)
-
-
 def test_geographic_raster_area_is_the_sum_of_its_pixels_on_the_ellipsoid(tmp_path):
     classes = np.zeros((30, 40), np.uint8)
     classes[5:20, 10:30] = 1
     step = 1e-4
     transform = from_origin(13.0, 52.5, step, step)
     path = write_raster(tmp_path / "geo.tif", classes, crs="EPSG:4326", transform=transform)
-    vectorize(path, tmp_path / "geo.gpkg", block_size=16)
+    vectorize(path, tmp_path / "geo.gpkg")
     _, _, table = read_layer(tmp_path / "geo.gpkg")
     inner = table["area"][table["class_id"] == 1][0]
     expected = sum(
@@ -316,8 +370,8 @@ def test_simplified_polygons_still_tile_the_valid_area(tmp_path, monkeypatch, ba
     classes = texture(120, seed=4)
     classes[40:60, 0:30] = 255
     path = write_raster(tmp_path / "c.tif", classes, nodata=255, transform=from_origin(0, 120, 1.0, 1.0))
-    plain = vectorize(path, tmp_path / "plain.gpkg", block_size=32)
-    simple = vectorize(path, tmp_path / "simple.gpkg", simplify=2.0, block_size=32)
+    plain = vectorize(path, tmp_path / "plain.gpkg", split_polygons_at=32)
+    simple = vectorize(path, tmp_path / "simple.gpkg", simplify=2.0, split_polygons_at=32)
     assert simple.polygons == plain.polygons
     _, polygons, table = read_layer(tmp_path / "simple.gpkg")
     _, originals, _ = read_layer(tmp_path / "plain.gpkg")
@@ -332,20 +386,19 @@ def test_simplified_polygons_still_tile_the_valid_area(tmp_path, monkeypatch, ba
     pairs = left < right
     overlaps = shapely.area(shapely.intersection(polygons[left[pairs]], polygons[right[pairs]]))
     assert overlaps.max() < 1e-9
-    assert table["area"] == pytest.approx(shapely.area(polygons))
+    scale = table["area"] / shapely.area(polygons)  # true areas: UTM's scale factor far from its meridian
+    assert scale == pytest.approx(scale[0], rel=1e-4)
 
 
 def test_min_pixels_removes_small_regions_and_keeps_the_map_gap_free(tmp_path):
     classes = texture(120, seed=6)
     path = write_raster(tmp_path / "c.tif", classes, transform=from_origin(0, 120, 1.0, 1.0))
     before = vectorize(path, tmp_path / "a.gpkg")
-    after = vectorize(path, tmp_path / "b.gpkg", min_pixels=30, block_size=32)
+    after = vectorize(path, tmp_path / "b.gpkg", min_pixels=30)
     assert sum(after.polygons.values()) < sum(before.polygons.values())
-    _, polygons, table = read_layer(tmp_path / "b.gpkg")
+    _, polygons, _ = read_layer(tmp_path / "b.gpkg")
     assert shapely.area(polygons).min() >= 30
-    assert table["area"].sum() == 120 * 120
-    same = vectorize(path, tmp_path / "c.gpkg", min_area=30.0, block_size=4096)
-    assert same.polygons == after.polygons
+    assert shapely.area(polygons).sum() == 120 * 120
 
 
 def test_non_integer_raster_is_refused(tmp_path):
@@ -391,7 +444,7 @@ def test_a_raster_that_breaks_while_reading_is_one_line_naming_it(tmp_path):
     whole = path.read_bytes()
     (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(InputError, match=r"cut\.tif: read failed \(") as caught:
-        vectorize(tmp_path / "cut.tif", tmp_path / "cut.gpkg", block_size=64)
+        vectorize(tmp_path / "cut.tif", tmp_path / "cut.gpkg", split_polygons_at=64)
     assert "See previous exception" not in str(caught.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "whole.tif"]
 
@@ -415,6 +468,6 @@ def test_interrupt_leaves_nothing_behind(tmp_path, named, suffix):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        vectorize(path, folder / f"x{suffix}", block_size=16, progress=interrupt)
+        vectorize(path, folder / f"x{suffix}", split_polygons_at=16, progress=interrupt)
     assert calls == [1, 2, 3]
     assert list(folder.iterdir()) == []

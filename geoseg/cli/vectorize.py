@@ -35,7 +35,8 @@ from geoseg.cli.options import (
     type=click.FloatRange(min=0),
     default=None,
     metavar="M2",
-    help="First hand regions under this area (square metres) to their neighbours (a sieve, gap-free).",
+    help="Merge regions under this area (square metres on the ellipsoid, in any CRS) into their neighbours "
+    "first, gap-free: no polygon is smaller, also after --simplify.",
 )
 @click.option(
     "--min-pixels",
@@ -48,9 +49,9 @@ from geoseg.cli.options import (
     "--simplify",
     type=click.FloatRange(min=0),
     default=None,
-    metavar="TOLERANCE",
-    help="Simplify shared boundaries once for both neighbours (metres, about the largest shift); "
-    "no gaps or overlaps appear.",
+    metavar="METRES",
+    help="Simplify shared boundaries once for both neighbours; the tolerance is in metres on the ground "
+    "(about the largest shift), whatever the CRS's unit. No gaps or overlaps appear.",
 )
 @click.option(
     "--connectivity",
@@ -60,11 +61,13 @@ from geoseg.cli.options import (
     help="Pixels touching by an edge (4) or also by a corner (8) form one region.",
 )
 @click.option(
-    "--block-size",
-    type=click.IntRange(min=16),
+    "--split-polygons-at",
+    "split",
+    type=click.IntRange(min=0),
     default=None,
     metavar="PX",
-    help="Pixels per block side; memory follows it, never the raster size. [default: 1024]",
+    help="Cut regions at the lines of a pixel-aligned grid of PX pixels, so memory stays flat even when "
+    "one region spans the scene; 0 never cuts (memory then grows with the raster). [default: 4096]",
 )
 @click.option(
     "--layer", default=None, help="Layer name (GeoPackage, Shapefile...). Default: the output's stem."
@@ -85,7 +88,7 @@ def vectorize(
     min_pixels: int | None,
     simplify: float | None,
     connectivity: str,
-    block_size: int | None,
+    split: int | None,
     layer: str | None,
     keep_crs: bool,
     overwrite: bool,
@@ -94,9 +97,9 @@ def vectorize(
 ) -> None:
     """Turn CLASSES (a class raster from geoseg predict, or any single-band integer raster) into polygons.
 
-    One feature per connected region, with class_id, class_name and area in square metres (geodesic on the
-    ellipsoid for longitude/latitude rasters). Regions are never split at block edges; nodata gives no
-    polygon.
+    One feature per connected region, with class_id, class_name and area in square metres (true areas on
+    the CRS's ellipsoid, in any CRS). Regions larger than the split grid are cut at its lines (one polygon
+    per grid cell); nodata gives no polygon. A raster placed only by GCPs or RPCs is refused: warp it first.
     Every format keeps the raster's CRS, except GeoJSON (WGS84 longitude/latitude unless --keep-crs).
 
     \b
@@ -105,7 +108,7 @@ def vectorize(
     geoseg vectorize classes.tif -o map.geojson --min-pixels 20 --connectivity 8 --json
     """
     from geoseg.api import vectorize as run_vectorize
-    from geoseg.vector.vectorize import DEFAULT_BLOCK_SIZE
+    from geoseg.vector.vectorize import DEFAULT_SPLIT
 
     if min_area is not None and min_pixels is not None:
         raise click.UsageError("give either --min-area or --min-pixels, not both")
@@ -119,7 +122,7 @@ def vectorize(
             min_pixels=min_pixels,
             simplify=simplify,
             connectivity=int(connectivity),
-            block_size=block_size or DEFAULT_BLOCK_SIZE,
+            split_polygons_at=DEFAULT_SPLIT if split is None else split,
             layer=layer,
             keep_crs=keep_crs,
             overwrite=overwrite,

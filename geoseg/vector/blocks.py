@@ -1,8 +1,8 @@
-"""Reading a class raster block by block, and labelling the connected regions of one block.
+"""Windows of a class raster, the grid of cells it is cut into, and labelling the regions of a window.
 
-Everything downstream works in *pixel space*: a block's polygons have integer corner coordinates in the
-whole raster's pixel grid, so the edges of neighbouring blocks match bit for bit and unions across seams
-are exact. The affine transform is applied once, when polygons are written.
+Everything downstream works in *pixel space*: a cell's polygons have integer corner coordinates in the
+whole raster's pixel grid, so the edges of neighbouring cells match bit for bit. The affine transform is
+applied once, when polygons are written.
 """
 
 from __future__ import annotations
@@ -39,19 +39,10 @@ class Window:
     def width(self) -> int:
         return self.col1 - self.col0
 
-    def grow(self, halo: int, height: int, width: int) -> Window:
-        """This window widened by ``halo`` pixels on every side, clipped to a raster of the given size."""
-        return Window(
-            max(0, self.row0 - halo),
-            max(0, self.col0 - halo),
-            min(height, self.row1 + halo),
-            min(width, self.col1 + halo),
-        )
-
 
 @dataclass(frozen=True)
 class BlockGrid:
-    """The raster cut into square blocks, visited row by row (the order the seam merge relies on)."""
+    """The raster cut into square blocks (the cells of the split grid), visited row by row."""
 
     height: int
     width: int

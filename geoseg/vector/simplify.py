@@ -10,19 +10,43 @@ outer boundary kept fixed (``simplify_boundary=False``). An edge between two pol
 is therefore kept exactly as the pixel edges (both sides agree on it), and so is the outline of the valid
 area (the raster edge and nodata): the polygons still tile exactly the valid pixels. Batches hold about a
 million vertices, so such unsimplified edges are rare.
+
+Minimum area: simplifying moves boundaries, so a region just over ``--min-area`` could come out under it.
+Such polygons keep their pixel edges and the rest of the batch is simplified again around them (their
+edges are then part of the fixed outline), until none is under the minimum: a few rounds at most.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import shapely
 
 
-def simplify_coverage(polygons: np.ndarray, tolerance_px: float) -> np.ndarray:
-    """Coverage-simplify pixel-space polygons by ``tolerance_px`` pixels, keeping the batch outline fixed."""
+def simplify_coverage(
+    polygons: np.ndarray,
+    tolerance_px: float,
+    too_small: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> np.ndarray:
+    """Coverage-simplify pixel-space polygons by ``tolerance_px`` pixels, keeping the batch outline fixed.
+
+    ``too_small(polygons)`` marks polygons that must not come out of it smaller than a minimum area; those
+    that would keep their original (pixel) boundary instead.
+    """
     if not len(polygons) or tolerance_px <= 0:
         return polygons
     noded = shapely.segmentize(polygons, 1.0)
-    simplified = shapely.coverage_simplify(noded, tolerance_px, simplify_boundary=False)
-    # drop the vertices left on straight runs (the fixed outline keeps its 1-pixel spacing otherwise)
-    return shapely.simplify(simplified, 0.0)
+    out = polygons.copy()
+    simplify = np.ones(len(polygons), bool)
+    while simplify.any():
+        simplified = shapely.coverage_simplify(noded[simplify], tolerance_px, simplify_boundary=False)
+        # drop the vertices left on straight runs (the fixed outline keeps its 1-pixel spacing otherwise)
+        simplified = shapely.simplify(simplified, 0.0)
+        shrunk = too_small(simplified) if too_small is not None else np.zeros(len(simplified), bool)
+        indices = np.flatnonzero(simplify)
+        out[indices[~shrunk]] = simplified[~shrunk]
+        if not shrunk.any():
+            break
+        simplify[indices[shrunk]] = False
+    return out

@@ -1,10 +1,14 @@
 """``vectorize``: a class raster to polygons, one per connected region, at any raster size.
 
-The pipeline, block by block: read (classes and the valid mask) -> optional sieve (``sieve.py``) ->
-label and polygonize -> merge pieces across block edges (``polygonize.py``) -> batches of complete polygons
--> optional coverage simplification (``simplify.py``) -> world coordinates, class names, areas -> write
-(``output.py``). Memory depends on the block size, the batch size and the polygons still open, not on the
-raster size.
+The pipeline, cell by cell of the split grid: read (classes and the valid mask) -> optional sieve
+(``sieve.py``) -> polygonize the cell whole with GDAL (``polygonize.py``) -> batches of polygons -> optional
+coverage simplification (``simplify.py``) -> world coordinates, class names, true areas (``area.py``) ->
+write (``output.py``).
+
+The split grid (``split_polygons_at`` pixels, pixel-aligned from the raster's top-left corner) bounds the
+work: a region crossing a grid line becomes one polygon per cell, so memory depends on the cell size only,
+even when one region spans the whole scene (a background class does). Without it the raster is one cell:
+regions are never cut, and memory grows with the raster.
 """
 
 from __future__ import annotations
@@ -23,16 +27,17 @@ import shapely
 from geoseg.atomic import check_output_path
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import read_class_names
-from geoseg.vector.area import AuthalicCylinder, ellipsoid
+from geoseg.vector.area import GroundArea
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
 from geoseg.vector.output import FeatureWriter, atomic_vector_output, output_driver
-from geoseg.vector.polygonize import polygonize_raster
-from geoseg.vector.sieve import sieved_reader
+from geoseg.vector.polygonize import polygonize_window
+from geoseg.vector.sieve import sieve
 from geoseg.vector.simplify import simplify_coverage
 
-DEFAULT_BLOCK_SIZE = 1024
-# each block is read once (twice at most with a sieve halo), so a small GDAL block cache suffices and keeps
-# memory from following the raster size up to the cache limit
+# cells of the split grid, in pixels: about 4 s and 0.4 GB each at worst (benchmarks/vectorize.py)
+DEFAULT_SPLIT = 4096
+# each cell is read once, so a small GDAL block cache suffices and keeps memory from following the raster
+# size up to the cache limit
 GDAL_CACHE_MB = 64
 # complete polygons are simplified and written in batches of about this many vertices
 BATCH_VERTICES = 1_000_000
@@ -65,7 +70,7 @@ def vectorize(
     min_pixels: int | None = None,
     simplify: float | None = None,
     connectivity: int = 4,
-    block_size: int = DEFAULT_BLOCK_SIZE,
+    split_polygons_at: int = DEFAULT_SPLIT,
     layer: str | None = None,
     keep_crs: bool = False,
     overwrite: bool = False,
@@ -73,45 +78,60 @@ def vectorize(
 ) -> VectorizeResult:
     """Polygonize an integer class raster into ``output_path`` (.gpkg, .fgb, .geojson, .parquet or .shp).
 
-    One feature per connected region (``connectivity`` 4 or 8, as GDAL), never split at block edges, with
-    ``class_id``, ``class_name`` (from the names ``geoseg predict`` stores, else the id as text) and
-    ``area`` (square metres). Nodata pixels give no polygon. ``classes`` keeps only those classes (names or
-    ids).
-    ``min_area`` (square metres) or ``min_pixels`` first sieves smaller regions into their neighbours.
-    ``simplify`` (metres, about the largest boundary shift) simplifies each shared boundary once, so
-    neighbours keep no gaps or overlaps. GeoJSON is written in WGS84 longitude/latitude (RFC 7946) unless
-    ``keep_crs``; every other format keeps the raster's CRS. ``progress(done, total)`` counts blocks.
+    One feature per connected region (``connectivity`` 4 or 8, as GDAL) with ``class_id``, ``class_name``
+    (from the names ``geoseg predict`` stores, else the id as text) and ``area`` (square metres on the
+    ellipsoid, in any CRS). Regions crossing the lines of a pixel-aligned grid of ``split_polygons_at``
+    pixels are cut there (0: never, at a memory cost that grows with the raster). Nodata pixels give no
+    polygon. ``classes`` keeps only those classes (names or ids).
+    ``min_area`` (square metres) or ``min_pixels`` first merges smaller regions into their neighbours, so no
+    polygon is smaller, also after ``simplify`` (ground metres, about the largest boundary shift), which
+    simplifies each shared boundary once, so neighbours keep no gaps or overlaps. GeoJSON is written in
+    WGS84 longitude/latitude (RFC 7946) unless ``keep_crs``; every other format keeps the raster's CRS.
+    ``progress(done, total)`` counts cells.
     """
     started = time.perf_counter()
     classes_path, output_path = Path(classes_path), Path(output_path)
-    _check_options(min_area, min_pixels, simplify, connectivity, block_size)
+    _check_options(min_area, min_pixels, simplify, connectivity, split_polygons_at)
     driver = output_driver(output_path)
     check_output_path(output_path, overwrite)
 
     import rasterio
-    from rasterio.errors import RasterioIOError
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     try:
-        dataset = rasterio.open(classes_path)
+        with warnings.catch_warnings():  # said once, in geoseg's words, by _Georeference
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            dataset = rasterio.open(classes_path)
     except RasterioIOError as error:
         raise InputError(f"{classes_path}: cannot open as a raster ({_first_line(error)})") from None
     with dataset, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         _check_raster(dataset, classes_path)
+        _check_placement(dataset, classes_path)
         names = read_class_names(dataset) or []
         selected = _select_classes(classes, names, classes_path)
         if driver == "GeoJSON":
             _check_geojson_crs(dataset, classes_path, output_path, keep_crs)
         geo = _Georeference(dataset, classes_path, geojson=driver == "GeoJSON" and not keep_crs)
-        if min_area is not None:
-            min_pixels = math.ceil(min_area / geo.pixel_area_m2)
+        ground = geo.ground
 
         height, width = dataset.height, dataset.width
         read = _dataset_reader(dataset, classes_path)
-        if min_pixels is not None and min_pixels > 1:
-            read = sieved_reader(read, height, width, min_pixels, connectivity)
-        if selected is not None and simplify is None:
-            read = _only_classes(read, selected)  # unselected classes need no polygons at all
-        tolerance_px = simplify / geo.pixel_size_m if simplify else None
+        # unselected classes need no polygons at all, unless simplification needs them as neighbours
+        wanted = np.array(sorted(selected)) if selected is not None and simplify is None else None
+        tolerance_px = simplify / ground.pixel_size_m if simplify else None
+
+        def cell_min_pixels(window: Window) -> int | None:
+            """--min-area in pixels with the smallest true pixel area of the cell: no region under it."""
+            if min_area is not None:
+                return math.ceil(
+                    min_area / ground.min_pixel_area(window.row0, window.col0, window.row1, window.col1)
+                )
+            return min_pixels
+
+        def too_small(polygons: np.ndarray) -> np.ndarray:
+            if min_area is not None:
+                return ground.areas(polygons) < min_area
+            return shapely.area(polygons) < (min_pixels or 0)
 
         def class_name(value: int) -> str:
             return names[value] if 0 <= value < len(names) else str(value)
@@ -145,7 +165,8 @@ def vectorize(
                     batch.clear()
                     batch_values.clear()
                     if tolerance_px:
-                        polygons = simplify_coverage(polygons, tolerance_px)
+                        sieved = min_area is not None or (min_pixels or 0) > 1
+                        polygons = simplify_coverage(polygons, tolerance_px, too_small if sieved else None)
                     if selected is not None:
                         keep = np.isin(values, list(selected))
                         polygons, values = polygons[keep], values[keep]
@@ -154,14 +175,25 @@ def vectorize(
                     if connectivity == 8:
                         polygons = _as_multipolygons(polygons)
                     world = geo.to_world(polygons)
-                    areas = geo.areas(polygons, world)
+                    areas = ground.areas(polygons)
                     for value, count in zip(*np.unique(values, return_counts=True), strict=True):
                         counts[int(value)] = counts.get(int(value), 0) + int(count)
                     labels = np.array([class_name(int(v)) for v in values], dtype=object)
                     writer.write(shapely.to_wkb(world), values, labels, areas)
 
-                grid = BlockGrid(height, width, block_size)
-                for polygons, values in polygonize_raster(read, grid, connectivity, progress):
+                grid = BlockGrid(height, width, split_polygons_at or max(height, width))
+                for done, (_, _, window) in enumerate(grid, start=1):
+                    cell, valid = read(window)
+                    threshold = cell_min_pixels(window)
+                    if threshold is not None and threshold > 1:
+                        cell, valid = sieve(cell, valid, threshold, connectivity)
+                    if wanted is not None:
+                        keep = np.isin(cell, wanted)
+                        valid = keep if valid is None else keep & valid
+                    polygons, values = polygonize_window(cell, valid, window, connectivity)
+                    del cell, valid
+                    if progress is not None:
+                        progress(done, len(grid))
                     batch.append(polygons)
                     batch_values.append(values)
                     vertices += int(shapely.get_num_coordinates(polygons).sum())
@@ -177,7 +209,7 @@ def vectorize(
 
 
 def _check_options(
-    min_area: float | None, min_pixels: int | None, simplify: float | None, connectivity: int, block_size: int
+    min_area: float | None, min_pixels: int | None, simplify: float | None, connectivity: int, split: int
 ) -> None:
     if connectivity not in (4, 8):
         raise ConfigurationError(f"connectivity must be 4 or 8, not {connectivity}")
@@ -189,8 +221,8 @@ def _check_options(
         raise ConfigurationError(f"minimum pixels must be zero or more, not {min_pixels}")
     if simplify is not None and not simplify >= 0:
         raise ConfigurationError(f"simplify tolerance must be zero or more metres, not {simplify}")
-    if block_size < 16:
-        raise ConfigurationError(f"block size must be at least 16 pixels, not {block_size}")
+    if split != 0 and split < 16:
+        raise ConfigurationError(f"the split grid must be 0 (never split) or at least 16 pixels, not {split}")
 
 
 def _first_line(error: Exception) -> str:
@@ -209,6 +241,24 @@ def _check_raster(dataset, path: Path) -> None:
             f"{path}: holds {dtype.name} values; vectorize needs an integer class raster "
             "(such as the output of geoseg predict)"
         )
+
+
+def _check_placement(dataset, path: Path) -> None:
+    """Refuse a raster placed only by GCPs or RPCs (also behind an identity geotransform, as a VRT with an
+    SRS may be): its pixel grid is not the map, and vectorizing it would put the polygons in pixel space."""
+    if not dataset.transform.is_identity:
+        return
+    gcps, _ = dataset.gcps
+    if gcps:
+        what, how = "ground control points (GCPs)", "gdalwarp -t_srs <CRS>"
+    elif dataset.rpcs is not None:
+        what, how = "RPCs", "gdalwarp -rpc -t_srs <CRS>"
+    else:
+        return
+    raise InputError(
+        f"{path}: is placed by {what}, not by a geotransform; warp it onto a map grid first "
+        f"({how} {path.name} warped.tif), then vectorize the warped raster"
+    )
 
 
 def _check_geojson_crs(dataset, path: Path, output_path: Path, keep_crs: bool) -> None:
@@ -287,17 +337,6 @@ def _dataset_reader(dataset, path: Path) -> BlockReader:
     return read
 
 
-def _only_classes(read: BlockReader, selected: set[int]) -> BlockReader:
-    wanted = np.array(sorted(selected))
-
-    def read_selected(window: Window) -> tuple[np.ndarray, np.ndarray | None]:
-        classes, valid = read(window)
-        keep = np.isin(classes, wanted)
-        return classes, keep if valid is None else keep & valid
-
-    return read_selected
-
-
 def _as_multipolygons(polygons: np.ndarray) -> np.ndarray:
     single = shapely.get_type_id(polygons) == shapely.GeometryType.POLYGON
     if single.any():
@@ -307,40 +346,24 @@ def _as_multipolygons(polygons: np.ndarray) -> np.ndarray:
 
 
 class _Georeference:
-    """Pixel space to the raster's coordinates, and areas in square metres."""
+    """Pixel space to the raster's coordinates, the output CRS, and true areas (``ground``)."""
 
     def __init__(self, dataset, path: Path, geojson: bool) -> None:
         crs, transform = dataset.crs, dataset.transform
         self.transform = transform
-        self.pixel_area = abs(transform.determinant)
         self.output_crs_wkt = crs.to_wkt() if crs else None
         self.projjson = crs.to_dict(projjson=True) if crs else None
         # GDAL's GeoJSON writer reprojects to WGS84 longitude/latitude when asked for RFC 7946
         self.rfc7946 = geojson and crs is not None
-        self.cylinder = None
-        self.degrees = 1.0  # degrees per angular unit of a geographic CRS (0.9 for grads, as in NTF Paris)
         if crs is None:
-            warnings.warn(
-                f"{path}: has no CRS; areas are in square raster units and outputs carry no CRS"
-                + (" (GeoJSON stays in raster coordinates, not longitude/latitude)" if geojson else ""),
-                GeosegWarning,
-                stacklevel=3,
-            )
-            self.pixel_area_m2 = self.pixel_area
-        elif crs.is_geographic:
-            self.cylinder = AuthalicCylinder(*ellipsoid(crs))
-            self.degrees = round(math.degrees(crs.units_factor[1]), 12)
-            centre_lat = (transform @ (dataset.width / 2, dataset.height / 2))[1] * self.degrees
-            north_up = transform.b == 0 and transform.d == 0
-            side = math.sqrt(self.pixel_area)
-            dlon, dlat = (transform.a, transform.e) if north_up else (side, side)
-            self.pixel_area_m2 = self.cylinder.pixel_area(
-                centre_lat, dlon * self.degrees, dlat * self.degrees
-            )
-        else:
-            unit = crs.units_factor[1]  # also for engineering (LOCAL_CS) CRSs, which have no "linear" unit
-            self.pixel_area_m2 = self.pixel_area * unit * unit
-        self.pixel_size_m = math.sqrt(self.pixel_area_m2)
+            stays = " (GeoJSON stays in raster coordinates, not longitude/latitude)" if geojson else ""
+            if transform.is_identity:
+                what = "has no georeferencing (no CRS, geotransform, GCPs or RPCs); polygons are in pixel "
+                message = f"{path}: {what}coordinates, areas in square pixels, and outputs carry no CRS"
+            else:
+                message = f"{path}: has no CRS; areas are in square raster units and outputs carry no CRS"
+            warnings.warn(message + stays, GeosegWarning, stacklevel=3)
+        self.ground = GroundArea(crs, transform, dataset.width, dataset.height)
 
     def to_world(self, polygons: np.ndarray) -> np.ndarray:
         a, b, c, d, e, f = self.transform[:6]
@@ -353,11 +376,3 @@ class _Georeference:
             return out
 
         return shapely.transform(polygons, affine)
-
-    def areas(self, pixel_polygons: np.ndarray, world_polygons: np.ndarray) -> np.ndarray:
-        """Square metres: exact ellipsoidal areas for geographic rasters, scaled planar areas otherwise."""
-        if self.cylinder is not None:
-            if self.degrees != 1.0:
-                world_polygons = shapely.transform(world_polygons, lambda xy: xy * self.degrees)
-            return self.cylinder.areas(world_polygons)
-        return shapely.area(pixel_polygons) * self.pixel_area_m2
