@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -471,3 +473,153 @@ def test_interrupt_leaves_nothing_behind(tmp_path, named, suffix):
         vectorize(path, folder / f"x{suffix}", split_polygons_at=16, progress=interrupt)
     assert calls == [1, 2, 3]
     assert list(folder.iterdir()) == []
+
+
+def gcps():
+    from rasterio.control import GroundControlPoint
+
+    return [
+        GroundControlPoint(0, 0, 13.0, 52.5),
+        GroundControlPoint(0, 16, 13.0, 52.49),
+        GroundControlPoint(16, 0, 13.01, 52.5),
+        GroundControlPoint(16, 16, 13.01, 52.49),
+    ]
+
+
+def write_placed(path, **placement):
+    profile = dict(driver="GTiff", width=16, height=16, count=1, dtype="uint8")
+    with rasterio.open(path, "w", **profile, **placement) as dst:
+        dst.write(texture(16)[None])
+    return path
+
+
+def test_a_raster_placed_by_gcps_is_refused_saying_to_warp_it(tmp_path):
+    path = write_placed(tmp_path / "gcps.tif", gcps=gcps(), crs="EPSG:4326")
+    with pytest.raises(InputError) as caught:
+        vectorize(path, tmp_path / "gcps.gpkg")
+    assert str(caught.value) == (
+        f"{path}: is placed by ground control points (GCPs), not by a geotransform; warp it onto a map grid "
+        "first (gdalwarp -t_srs <CRS> gcps.tif warped.tif), then vectorize the warped raster"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gcps.tif"]
+
+
+def test_a_raster_placed_by_rpcs_is_refused_saying_to_warp_it(tmp_path):
+    from rasterio.rpc import RPC
+
+    rpcs = RPC(
+        height_off=50,
+        height_scale=500,
+        lat_off=52.5,
+        lat_scale=0.01,
+        line_den_coeff=[1] + [0] * 19,
+        line_num_coeff=[0, 0, -1] + [0] * 17,
+        line_off=8,
+        line_scale=8,
+        long_off=13.0,
+        long_scale=0.01,
+        samp_den_coeff=[1] + [0] * 19,
+        samp_num_coeff=[0, 1] + [0] * 18,
+        samp_off=8,
+        samp_scale=8,
+    )
+    path = write_placed(tmp_path / "rpcs.tif", rpcs=rpcs)
+    with pytest.raises(
+        InputError, match=r"rpcs\.tif: is placed by RPCs, not by a geotransform; .*gdalwarp -rpc"
+    ):
+        vectorize(path, tmp_path / "rpcs.gpkg")
+
+
+def test_a_vrt_with_an_srs_an_identity_geotransform_and_gcps_is_refused(tmp_path):
+    # GDAL reports its identity geotransform with the SRS: vectorized as is, the polygons would sit in
+    # pixel units labelled EPSG:32633, hundreds of kilometres from the scene
+    write_raster(tmp_path / "src.tif", texture(16), crs=None, transform=rasterio.Affine.identity())
+    points = "".join(
+        f'<GCP Id="{i}" Pixel="{p.col}" Line="{p.row}" X="{p.x}" Y="{p.y}"/>' for i, p in enumerate(gcps())
+    )
+    vrt = tmp_path / "scene.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="16" rasterYSize="16"><SRS>EPSG:32633</SRS>'
+        f"<GeoTransform>0, 1, 0, 0, 0, 1</GeoTransform>"
+        f'<GCPList Projection="EPSG:4326">{points}</GCPList>'
+        f'<VRTRasterBand dataType="Byte" band="1"><SimpleSource><SourceFilename relativeToVRT="1">src.tif'
+        f"</SourceFilename><SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>"
+    )
+    with rasterio.open(vrt) as dataset:
+        assert dataset.crs == "EPSG:32633" and dataset.transform.is_identity and dataset.gcps[0]
+    with pytest.raises(InputError, match=r"scene\.vrt: is placed by ground control points \(GCPs\)"):
+        vectorize(vrt, tmp_path / "scene.gpkg")
+
+
+def test_a_raster_without_any_georeferencing_gives_one_warning_in_geoseg_words(tmp_path):
+    path = write_placed(tmp_path / "bare.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        vectorize(path, tmp_path / "bare.gpkg")
+    assert [(w.category, str(w.message)) for w in caught] == [
+        (
+            GeosegWarning,
+            f"{path}: has no georeferencing (no CRS, geotransform, GCPs or RPCs); polygons are in pixel "
+            "coordinates, areas in square pixels, and outputs carry no CRS",
+        )
+    ]
+    _, polygons, table = read_layer(tmp_path / "bare.gpkg")
+    assert table["area"].sum() == 256
+    assert shapely.union_all(polygons).equals(shapely.box(0, 0, 16, 16))
+
+
+def speckled(seed, n=120):
+    """A smooth map with a 60 x 60 patch of random classes (1 pixel each) and a band of nodata."""
+    classes = texture(n, seed=seed)
+    classes[20:80, 30:90] = np.random.default_rng(seed).integers(0, 4, (60, 60))
+    classes[100:104, :] = 255
+    return classes
+
+
+@pytest.mark.parametrize("simplify", [None, 3.0])
+@pytest.mark.parametrize(("min_area", "split"), [(10.0, 0), (10.0, 32), (64.0, 50), (400.0, 0), (400.0, 64)])
+def test_no_polygon_under_min_area_on_speckle_at_any_threshold_and_split(tmp_path, min_area, split, simplify):
+    # 1 m pixels in EPSG:4326 terms near 60 N: the true pixel area changes by 0.2 % across the raster
+    classes = speckled(int(min_area) + split)
+    transform = from_origin(10.0, 60.0, 1.8e-5, 9e-6)
+    path = write_raster(tmp_path / "s.tif", classes, crs="EPSG:4326", transform=transform, nodata=255)
+    out = tmp_path / "s.gpkg"
+    vectorize(path, out, min_area=min_area, simplify=simplify, split_polygons_at=split)
+    _, polygons, table = read_layer(out)
+    assert table["area"].min() >= min_area
+    assert shapely.is_valid(polygons).all()
+    # gap-free: together the polygons still cover every valid pixel (the ellipsoid's area of it)
+    everything = vectorize(path, tmp_path / "all.gpkg", split_polygons_at=split)
+    assert sum(everything.polygons.values()) > len(polygons)
+    assert table["area"].sum() == pytest.approx(read_layer(tmp_path / "all.gpkg")[2]["area"].sum(), rel=1e-7)
+
+
+def test_simplify_keeps_the_pixel_outline_of_a_polygon_it_would_shrink_under_min_pixels(tmp_path):
+    classes = np.zeros((40, 40), np.uint8)
+    classes[10:30, 19:21] = 1  # a 2-pixel-wide strip of 40 px: simplified by 3 px it would collapse
+    classes[5:35, 30:33] = 2
+    path = write_raster(tmp_path / "c.tif", classes, transform=from_origin(0, 40, 1.0, 1.0))
+    vectorize(path, tmp_path / "c.gpkg", min_pixels=40, simplify=3.0 * 0.9996)
+    _, polygons, table = read_layer(tmp_path / "c.gpkg")
+    strip = polygons[table["class_id"] == 1][0]
+    assert strip.equals(shapely.box(19, 10, 21, 30))
+    assert shapely.area(polygons).min() >= 40
+
+
+def test_memory_stays_flat_when_one_region_spans_the_scene(tmp_path, monkeypatch):
+    # a background class touching every cell, with many holes: peak Python memory (numpy included) of the
+    # whole run at 256^2 and 1024^2 pixels, 16 times the area, with 128-pixel cells and small write batches
+    monkeypatch.setattr(vectorize_module, "BATCH_VERTICES", 5000)
+    peaks = {}
+    for n in (256, 1024):
+        classes = np.zeros((n, n), np.uint8)
+        rows, cols = np.indices((n, n))
+        classes[(rows % 6 < 3) & (cols % 6 < 3)] = 1
+        classes[(rows % 24 == 20) & (cols % 24 < 20)] = 2
+        path = write_raster(tmp_path / f"{n}.tif", classes, transform=from_origin(0, n, 1.0, 1.0))
+        vectorize(path, tmp_path / "warm-up.gpkg", split_polygons_at=128, overwrite=True)  # imports, caches
+        tracemalloc.start()
+        vectorize(path, tmp_path / f"{n}.gpkg", split_polygons_at=128)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peaks[1024] < 1.5 * peaks[256]
