@@ -43,7 +43,7 @@ def test_convert_raw_state_dict_with_preset_then_info_shows_the_card(runner, raw
     out = tmp_path / "vaihingen.safetensors"
     result = runner.invoke(cli, ["convert", str(raw_state), "-o", str(out), "--preset", "vaihingen"])
     assert result.exit_code == 0, result.output
-    assert "MANet resnet18, 6 classes (impervious surfaces, building" in result.output
+    assert "MANet (resnet18), 6 classes (impervious surfaces, building" in result.output
     info = runner.invoke(cli, ["info", str(out), "--json"])
     assert info.exit_code == 0, info.output
     described = json.loads(info.output)

@@ -21,8 +21,9 @@ def convert(source, output, preset, card_path, half, overwrite, as_json) -> None
     """Convert SOURCE (the authors' raw state dict or a GeoSeg Lightning .ckpt) into a geoseg checkpoint.
 
     The file is read with torch.load(weights_only=True): pickles that could run code are refused. Key names
-    are mapped, the backbone and class count read from tensor shapes; classes, colours and bands come from
-    --preset or --card.
+    are mapped; the network (MANet, MACU-Net or MAResU-Net), backbone and class count are read from the
+    tensors; classes, colours and bands come from --preset or --card. With a preset, a MACU-Net or MAResU-Net
+    checkpoint gets its authors' input scaling (÷255, no mean/std) instead of MANet's ImageNet one.
 
     \b
     geoseg convert manet_vaihingen.ckpt -o manet_vaihingen.safetensors --preset vaihingen
@@ -37,6 +38,6 @@ def convert(source, output, preset, card_path, half, overwrite, as_json) -> None
         emit_json(result)
     else:
         click.echo(
-            f"Wrote {result['output']}: MANet {result['backbone']}, {result['classes']} classes "
+            f"Wrote {result['output']}: {result['network']}, {result['classes']} classes "
             f"({', '.join(result['class_names'])}), {result['parameters']:,} parameters"
         )

@@ -22,10 +22,10 @@ from geoseg.cli.options import (
     stderr_is_terminal,
     stderr_progress,
 )
-from geoseg.model.card import BACKBONES
+from geoseg.model.card import ARCHITECTURES, BACKBONES
 
 
-@click.command(short_help="Train MANet on image/label rasters.")
+@click.command(short_help="Train MANet, MACU-Net or MAResU-Net on image/label rasters.")
 @click.option(
     "--images",
     multiple=True,
@@ -38,7 +38,18 @@ from geoseg.model.card import BACKBONES
 @click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
 @preset_option
 @card_option
-@click.option("--backbone", type=click.Choice(BACKBONES), default="resnet50", show_default=True)
+@click.option(
+    "--architecture",
+    type=click.Choice(tuple(ARCHITECTURES)),
+    default=None,
+    help="The network: manet, or its smaller siblings macunet and maresunet. [the card's, else manet]",
+)
+@click.option(
+    "--backbone",
+    type=click.Choice(BACKBONES),
+    default=None,
+    help="MANet's encoder [resnet50]; MAResU-Net has resnet34, MACU-Net none.",
+)
 @click.option("--val-images", multiple=True, help="Validation images (scored after every epoch).")
 @click.option("--val-labels", multiple=True, help="Validation labels, paired like --labels.")
 @click.option(
@@ -86,7 +97,8 @@ def train(
     output: str,
     preset: str | None,
     card_path: str | None,
-    backbone: str,
+    architecture: str | None,
+    backbone: str | None,
     val_images: tuple[str, ...],
     val_labels: tuple[str, ...],
     val_fraction: float,
@@ -109,10 +121,13 @@ def train(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Train MANet on image/label pairs and write the best checkpoint (by validation mIoU) with a complete
+    """Train a network on image/label pairs and write the best checkpoint (by validation mIoU) with a complete
     model card, ready for geoseg predict. The classes, colours, bands and normalisation come from --preset or
-    --card. Images pair with labels by name (a.tif ↔ a.png, image_3.png ↔ label_3.png). Every pair is checked
-    before the first step. Imagery is read as predict reads it: bands by name or --bands, alpha, nodata and
+    --card (a preset takes the normalisation the network's authors used: ImageNet mean/std for MANet, only
+    ÷255 for MACU-Net and MAResU-Net). --init starts from a checkpoint's weights or, for MANet and
+    MAResU-Net, a torchvision ResNet state dict you hold (e.g. ImageNet resnet34 for MAResU-Net). Images
+    pair with labels by name (a.tif ↔ a.png, image_3.png ↔ label_3.png). Every pair is checked before the
+    first step. Imagery is read as predict reads it: bands by name or --bands, alpha, nodata and
     masks as masks (such pixels count in neither the loss nor the scores), 16-bit data only with --scale
     (whose range the checkpoint's card records, so predict applies it); a label must lie on its image's grid.
     A state file beside the output lets --resume continue an interrupted run. OUTPUT's NAME.curves.png shows
@@ -123,16 +138,21 @@ def train(
         --val-fraction 0.2 --epochs 100 -o vaihingen.safetensors
     geoseg train --images 'img/*.png' --labels 'lbl/*.png' --preset loveda --label-offset 1 \\
         --backbone resnet18 --crop 256 --steps 2000 -o loveda_r18.safetensors
+    geoseg train --images tiles/images --labels tiles/labels --preset vaihingen --architecture maresunet \
+        --init resnet34-imagenet.pth --epochs 100 -o maresunet_vaihingen.safetensors
     """
     from geoseg.api import TrainingConfig
     from geoseg.api import train as run_training
-    from geoseg.model.presets import resolve_card
+    from geoseg.model.presets import preset_card, resolve_card
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")
     if not preset and not card_path:
         raise click.UsageError("name the classes with --preset NAME or --card FILE")
-    card = resolve_card(preset, card_path)
+    if preset:
+        card = preset_card(preset, backbone, architecture=architecture or "manet")
+    else:
+        card = resolve_card(None, card_path)
     config = TrainingConfig(
         crop=crop,
         batch_size=batch_size,
@@ -156,6 +176,7 @@ def train(
             labels,
             output,
             card=card,
+            architecture=architecture,
             backbone=backbone,
             val_images=val_images,
             val_labels=val_labels,

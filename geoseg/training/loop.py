@@ -29,9 +29,9 @@ from geoseg.device import autocast_dtype, resolve_device
 from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE, LabelEncoding
 from geoseg.metrics import confusion_matrix, scores_from_confusion
-from geoseg.model.card import ModelCard
+from geoseg.model.build import build_model, network_label
+from geoseg.model.card import DEFAULT_BACKBONES, ModelCard
 from geoseg.model.checkpoint import read_state_dict, save_checkpoint, torch_load_weights
-from geoseg.model.manet import build_manet
 from geoseg.model.normalize import normalize
 from geoseg.raster.reading import Scale
 from geoseg.training.dataset import (
@@ -150,7 +150,8 @@ def train(
     output: str | os.PathLike,
     *,
     card: ModelCard,
-    backbone: str = "resnet50",
+    architecture: str | None = None,
+    backbone: str | None = None,
     val_images: Sequence[str | os.PathLike] = (),
     val_labels: Sequence[str | os.PathLike] = (),
     config: TrainingConfig | None = None,
@@ -160,13 +161,16 @@ def train(
     progress: ProgressCallback | None = None,
     curves: str | os.PathLike | None = None,
 ) -> TrainingResult:
-    """Train MANet on image/label rasters and write the best checkpoint (with its card) to ``output``.
+    """Train a network on image/label rasters and write the best checkpoint (with its card) to ``output``.
 
-    ``card`` gives classes, colours, bands and normalisation (a preset's or the user's). Every input is
-    checked before the first step. ``resume`` continues from a state file; ``init`` starts from the weights
-    of another checkpoint (any geoseg or foreign MANet file, or a torchvision ResNet state dict for the
-    encoder), loading every tensor whose name and shape match. ``curves`` is a PNG redrawn (atomically)
-    after every epoch with the loss of each step and the validation scores (see :func:`curves_path_for`).
+    ``card`` gives classes, colours, bands and normalisation (a preset's or the user's). ``architecture``
+    (``manet``, ``macunet``, ``maresunet``; None: the card's) and ``backbone`` (None: the card's for the
+    same architecture, else the architecture's default) choose the network. Every input is checked before
+    the first step. ``resume`` continues from a state file; ``init`` starts from the weights of another
+    checkpoint (any geoseg or foreign file of the same network, or a torchvision ResNet state dict for the
+    encoder of MANet or MAResU-Net), loading every tensor whose name and shape match. ``curves`` is a PNG
+    redrawn (atomically) after every epoch with the loss of each step and the validation scores (see
+    :func:`curves_path_for`).
     """
     config = config or TrainingConfig()
     config.check()
@@ -182,7 +186,10 @@ def train(
 
         require_matplotlib()
         check_output_path(curves, overwrite or resume is not None)
-    card = ModelCard.from_dict({**card.to_dict(), "backbone": backbone})
+    architecture = architecture or card.architecture
+    if backbone is None:
+        backbone = card.backbone if architecture == card.architecture else DEFAULT_BACKBONES.get(architecture)
+    card = ModelCard.from_dict({**card.to_dict(), "architecture": architecture, "backbone": backbone})
     ignore_index = config.ignore_index if config.ignore_index is not None else card.ignore_index
     encoding = LabelEncoding(
         num_classes=card.num_classes,
@@ -204,7 +211,7 @@ def train(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
 
-    model = build_manet(card.num_classes, backbone, in_channels=card.num_bands)
+    model = build_model(architecture, card.num_classes, backbone=backbone, in_channels=card.num_bands)
     init_note = initialise_from(model, init) if init is not None and state is None else None
     model.to(device)
     optimizer = _optimizer(model, config)
@@ -470,7 +477,8 @@ def _trained_card(
         training=training,
         accuracy=accuracy,
         description=card.description
-        or f"MANet ({card.backbone}) trained with geoseg on {len(rasters)} labelled image(s)",
+        or f"{network_label(card.architecture, card.backbone)} trained with geoseg on {len(rasters)} "
+        "labelled image(s)",
     )
     return ModelCard.from_dict(values)
 
@@ -494,12 +502,13 @@ def initialise_from(model: torch.nn.Module, path: str | os.PathLike) -> str:
     matched = {}
     for key, tensor in state.items():
         name = key
-        for pattern, replacement in _TORCHVISION_NAMES:
-            name = pattern.sub(replacement, name)
+        if name not in own:  # MACU-Net's own conv1.* must not become a ResNet stem
+            for pattern, replacement in _TORCHVISION_NAMES:
+                name = pattern.sub(replacement, name)
         if name in own and tuple(own[name].shape) == tuple(tensor.shape):
             matched[name] = tensor.to(own[name].dtype)
     if not matched:
-        raise CheckpointError(f"{path}: no tensor matches MANet ({model.backbone_name}) by name and shape")
+        raise CheckpointError(f"{path}: no tensor matches the {type(model).__name__} by name and shape")
     model.load_state_dict(matched, strict=False)
     return f"{path.name} ({len(matched)} of {len(own)} tensors)"
 
@@ -515,6 +524,7 @@ def _range_source(scale: Scale) -> str:
 
 def _signature(card: ModelCard) -> dict[str, Any]:
     return {
+        "architecture": card.architecture,
         "backbone": card.backbone,
         "classes": card.class_names,
         "bands": card.bands,
