@@ -20,6 +20,9 @@ if TYPE_CHECKING:
     )
     from geoseg.model.manet import build_manet
     from geoseg.model.presets import PRESET_NAMES, preset_card
+    from geoseg.plots.curves import plot_training_curves
+    from geoseg.plots.evaluation import plot_evaluation
+    from geoseg.plots.quicklook import QuicklookResult, quicklook
     from geoseg.training.loop import TrainingConfig, TrainingResult, train
     from geoseg.vector.vectorize import VectorizeResult, vectorize
 
@@ -45,6 +48,10 @@ _EXPORTS = {
     "build_model": "geoseg.model.build",
     "PRESET_NAMES": "geoseg.model.presets",
     "preset_card": "geoseg.model.presets",
+    "plot_training_curves": "geoseg.plots.curves",
+    "plot_evaluation": "geoseg.plots.evaluation",
+    "QuicklookResult": "geoseg.plots.quicklook",
+    "quicklook": "geoseg.plots.quicklook",
     "TrainingConfig": "geoseg.training.loop",
     "TrainingResult": "geoseg.training.loop",
     "train": "geoseg.training.loop",
@@ -66,6 +73,7 @@ __all__ = [
     "EvaluationResult",
     "ModelCard",
     "PredictResult",
+    "QuicklookResult",
     "TrainingConfig",
     "TrainingResult",
     "VectorizeResult",
@@ -77,9 +85,12 @@ __all__ = [
     "evaluate",
     "iter_predict",
     "load_checkpoint",
+    "plot_evaluation",
+    "plot_training_curves",
     "predict",
     "predict_scene",
     "preset_card",
+    "quicklook",
     "save_checkpoint",
     "train",
     "vectorize",

@@ -106,7 +106,7 @@ def evaluate(
     if confusion_path:
         write_confusion_csv(result, confusion_path, overwrite=overwrite)
     if plot_path:
-        from geoseg.plots.evaluation import plot_evaluation
+        from geoseg.api import plot_evaluation
 
         plot_evaluation(result, plot_path, overwrite=overwrite)
     if as_json:

@@ -47,7 +47,7 @@ def quicklook(
     geoseg quicklook classes.tif -o classes.png
     geoseg quicklook classes.tif -o check.png --over scene.tif --max-size 1000
     """
-    from geoseg.plots.quicklook import quicklook as draw
+    from geoseg.api import quicklook as draw
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")

@@ -94,8 +94,9 @@ def quicklook(
         if over is not None:
             image = _read_image(over, dataset, str(classes), shape)
         size = (dataset.width, dataset.height)
-    legend = _legend(values, valid, names, colors)
-    rgba = _colorize(values, valid, legend, image)
+    codes, keys = _codes(values)
+    legend = _legend(np.bincount(codes[valid], minlength=len(keys)), keys, names, colors)
+    rgba = _colorize(codes, keys, valid, legend, image)
     zoom = _zoom(shape, max_size - panel, max_size)
     if zoom > 1:
         rgba = np.repeat(np.repeat(rgba, zoom, axis=0), zoom, axis=1)
@@ -206,13 +207,22 @@ def _metres_per_pixel(dataset) -> float | None:
 # --- drawing --------------------------------------------------------------------------------------------
 
 
+def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``values`` as small indices into ``keys`` (an offset for the usual narrow range, else ``np.unique``),
+    so counting and colouring are one ``bincount`` and one table look-up instead of sorts."""
+    lo, hi = int(values.min()), int(values.max())
+    if hi - lo < 1 << 16:
+        return values.astype(np.intp) - lo, np.arange(lo, hi + 1)
+    keys, inverse = np.unique(values, return_inverse=True)
+    return inverse.reshape(values.shape), keys
+
+
 def _legend(
-    values: np.ndarray, valid: np.ndarray, names: list[str], colors: dict[int, tuple[int, int, int]]
+    counts: np.ndarray, keys: np.ndarray, names: list[str], colors: dict[int, tuple[int, int, int]]
 ) -> list[LegendEntry]:
     """Every named class, plus any other value found, with its colour and share of the valid pixels."""
-    present, counts = np.unique(values[valid], return_counts=True)
     total = int(counts.sum())
-    shares = {int(v): int(n) / total for v, n in zip(present, counts, strict=True)}
+    shares = {int(keys[i]): int(counts[i]) / total for i in np.flatnonzero(counts)}
     return [
         LegendEntry(
             value,
@@ -225,14 +235,17 @@ def _legend(
 
 
 def _colorize(
-    values: np.ndarray, valid: np.ndarray, legend: list[LegendEntry], image: np.ndarray | None
+    codes: np.ndarray,
+    keys: np.ndarray,
+    valid: np.ndarray,
+    legend: list[LegendEntry],
+    image: np.ndarray | None,
 ) -> np.ndarray:
     """RGBA pixels: class colours (over ``image`` when given), transparent where nothing is valid."""
     lookup = {e.value: e.color for e in legend}
-    present, inverse = np.unique(values, return_inverse=True)
-    palette = np.array([lookup.get(int(v), (0, 0, 0)) for v in present], dtype=np.uint8)
-    rgb = palette[inverse.reshape(values.shape)]
-    rgba = np.zeros((*values.shape, 4), dtype=np.uint8)
+    palette = np.array([lookup.get(int(v), (0, 0, 0)) for v in keys], dtype=np.uint8)
+    rgb = palette[codes]
+    rgba = np.zeros((*codes.shape, 4), dtype=np.uint8)
     if image is None:
         rgba[..., :3] = rgb
         rgba[..., 3] = np.where(valid, 255, 0)
