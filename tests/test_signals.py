@@ -182,3 +182,25 @@ def test_sigkill_leaves_only_a_hidden_temporary_name_never_the_final_one(inputs,
     assert code == -signal.SIGKILL
     (left,) = os.listdir(out)
     assert left.startswith(".m.safetensors.") and left.endswith(".tmp.safetensors")
+
+
+@pytest.mark.slow
+def test_a_signal_stops_dask_workers_too_and_leaves_nothing(inputs, checkpoint, tmp_path):
+    """With --workers the handler lives in the CLI process only; closing the cluster ends its workers."""
+    import psutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geoseg.cli.main", "predict", str(inputs / "large.tif"), "-o",
+         str(out / "classes.tif"), "-m", str(checkpoint), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+    )  # fmt: skip
+    _wait_for(lambda: any(out.iterdir()), process, timeout=300)
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert children, "the cluster's worker processes"
+    code, stderr = _stop(process, signal.SIGTERM)
+    assert (code, stderr.strip().splitlines()) == (143, ["geoseg: terminated by SIGTERM"])
+    assert os.listdir(out) == []
+    _, alive = psutil.wait_procs(children, timeout=30)
+    assert alive == []

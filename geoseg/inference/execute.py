@@ -233,7 +233,7 @@ def _local_cluster(workers: int, source: ModelSource, device: torch.device) -> D
             }
             for i in range(workers)
         }
-        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+        scheduler = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": ":0"}}
         cluster = SpecCluster(workers=spec, scheduler=scheduler, **quiet)
         resources = {"GPU": 1}
     else:
@@ -242,7 +242,7 @@ def _local_cluster(workers: int, source: ModelSource, device: torch.device) -> D
             threads_per_worker=max(1, (os.cpu_count() or 1) // workers),
             processes=True,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: None still takes 8787, warning when it is in use
             resources={"region": 1},
             **quiet,
         )
