@@ -309,16 +309,30 @@ def test_complex_sar_data_is_refused_with_or_without_a_scale(tmp_path, dtype):
             assert str(refused.value) == expected
 
 
-def test_scale_auto_on_pixels_gdal_cannot_decode_names_the_file_and_gdals_reason(tmp_path):
+def test_pixels_gdal_cannot_decode_are_refused_with_gdals_reason_before_any_work(tmp_path):
     from helpers import set_tiff_compression_tag
 
     path = _write(tmp_path / "next.tif", np.arange(3 * 64 * 64).astype(np.uint16).reshape(3, 64, 64))
     set_tiff_compression_tag(path, 32766)  # NeXT: the header opens, the strips do not decode
-    with open_raster(path) as d:
-        assert select_bands(d, RGB, None, str(path)) == [1, 2, 3]
+    with open_raster(path) as d, pytest.raises(InputError) as refused:
+        select_bands(d, RGB, None, str(path))
+    assert str(refused.value) == (
+        f"{path}: read failed (next.tif, band 1: IReadBlock failed at X offset 0, Y offset 0: "
+        "TIFFReadEncodedStrip() failed.)"
+    )
+
+
+def test_scale_auto_on_a_damaged_raster_names_the_file_and_gdals_reason(tmp_path):
+    pixels = np.arange(3 * 256 * 256).astype(np.uint16).reshape(3, 256, 256)
+    path = _write(tmp_path / "whole.tif", pixels, tiled=True, blockxsize=64, blockysize=64)
+    data = path.read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(data[: len(data) // 2])  # the first blocks decode, the last do not
+    with open_raster(cut) as d:
+        assert select_bands(d, RGB, None, str(cut)) == [1, 2, 3]
         with pytest.raises(InputError) as refused:
-            resolve_value_range(d, [1, 2, 3], "auto", path=str(path))
+            resolve_value_range(d, [1, 2, 3], "auto", path=str(cut))
     message = str(refused.value)
-    assert message.startswith(f"{path}: --scale auto could not read the pixels (")
-    assert "TIFFReadEncodedStrip() failed" in message and "See previous exception" not in message
+    assert message.startswith(f"{cut}: --scale auto could not read the pixels (cut.tif, band ")
+    assert message.endswith("TIFFReadEncodedTile() failed.)")
     assert isinstance(refused.value.__cause__, rasterio.errors.RasterioIOError)

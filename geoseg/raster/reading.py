@@ -179,6 +179,7 @@ def check_imagery(dataset, indexes: Sequence[int], path: str | None = None) -> N
 
     Fed as grey levels, 1-bit values or palette indices give plausible-looking nonsense, and complex (SAR)
     values would lose their imaginary part, so none of them is ever used as it is, whatever ``--bands`` says.
+    Pixels that GDAL cannot decode at all (a compression it lacks) are refused with GDAL's reason.
     """
     path = path or dataset.name
     for index in indexes:
@@ -202,6 +203,10 @@ def check_imagery(dataset, indexes: Sequence[int], path: str | None = None) -> N
                 f"{expand.upper()} first: gdal_translate -expand {expand} {path} expanded.tif "
                 "(-of VRT makes a virtual copy)"
             )
+    try:  # one block per band: a codec GDAL lacks fails here, before any warning or output
+        dataset.read(list(indexes), window=Window(0, 0, 1, 1))
+    except RasterioError as error:
+        raise InputError(f"{path}: read failed ({gdal_message(error)})") from error
 
 
 def has_mask(dataset) -> bool:
