@@ -105,3 +105,20 @@ def test_missing_matplotlib_is_one_line_and_exit_1(classes, tmp_path, monkeypatc
 def test_too_small_max_size_is_a_usage_error(classes, tmp_path):
     result = run(classes, "-o", tmp_path / "map.png", "--max-size", 100)
     assert result.exit_code == 2 and "--max-size" in result.output
+
+
+def test_quicklook_does_not_import_torch(classes, tmp_path):
+    """In a fresh interpreter: pictures of thousands of class rasters should not pay for torch's import."""
+    import subprocess
+
+    probe = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from geoseg.cli.main import cli\n"
+        "result = CliRunner().invoke(cli, sys.argv[1:])\n"
+        "print(result.exit_code, 'torch' in sys.modules)\n"
+    )
+    args = ["quicklook", str(classes), "-o", str(tmp_path / "map.png")]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["0", "False"], done.stdout + done.stderr
+    assert (tmp_path / "map.png").is_file()

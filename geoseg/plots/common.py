@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from geoseg.atomic import atomic_output
 from geoseg.errors import ConfigurationError, GeosegError
 
@@ -88,6 +90,19 @@ def save_png(figure: Figure, path: str | os.PathLike, *, title: str, overwrite: 
     """Write ``figure`` as a PNG atomically; the metadata holds ``title`` (a base name, never a full path)."""
     with atomic_output(path, overwrite=overwrite) as tmp:
         figure.savefig(tmp, format="png", dpi=DPI, metadata={"Title": title})
+    return Path(path)
+
+
+def save_rgba_png(
+    pixels: np.ndarray, path: str | os.PathLike, *, title: str, overwrite: bool = False
+) -> Path:
+    """Write (rows, cols, 4) uint8 pixels as a PNG atomically, with ``title`` as its only text metadata."""
+    from PIL import Image, PngImagePlugin  # matplotlib's own PNG writer
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Title", title)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        Image.fromarray(pixels, mode="RGBA").save(tmp, format="PNG", pnginfo=info)
     return Path(path)
 
 

@@ -1,9 +1,9 @@
 """Quick-looks: a class raster as a PNG in its own colours, with a legend and a scale bar.
 
 The raster is read through its overviews (a decimated read with ``out_shape``: GDAL picks the overview, which
-geoseg builds with mode resampling), so a 100,000² map costs about what a 1,000² one does. The map is drawn
-pixel for pixel at the PNG's top left (no resampling by matplotlib), nodata transparent; the legend and the
-scale bar sit in a panel on its right.
+geoseg builds with mode resampling), so a 100,000² map costs about what a 1,000² one does. The map is copied
+pixel for pixel into the PNG's top left (no resampling by matplotlib), nodata transparent; the legend and the
+scale bar sit in a panel on its right, drawn by matplotlib.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from rasterio.enums import Resampling
 from geoseg.errors import ConfigurationError, InputError
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
-from geoseg.plots.common import base_name, check_png_output, default_color, new_figure, save_png
+from geoseg.plots.common import base_name, check_png_output, default_color, new_figure, save_rgba_png
 from geoseg.raster.classes import read_class_names
 from geoseg.raster.grids import check_same_grid
 from geoseg.raster.reading import data_band_indexes, has_mask, open_raster, percentile_range
@@ -105,10 +105,13 @@ def quicklook(
     rows = max(1, (max_size - _fixed_panel_height(ground)) // _ROW)
     height = min(max_size, max(map_h, _fixed_panel_height(ground) + _ROW * min(rows, len(legend))))
     figure = new_figure(map_w + panel, height)
-    figure.patch.set_alpha(0.0)  # nodata and the space under a wide map stay transparent
-    figure.figimage(rgba, xo=0, yo=height - map_h, origin="upper")
+    figure.patch.set_alpha(0.0)  # the space under a wide map stays transparent
     _draw_panel(figure, map_w, panel, height, base_name(classes), size, metres, legend, rows, ground)
-    path = save_png(figure, output, title=f"{base_name(classes)} quick-look", overwrite=overwrite)
+    figure.canvas.draw()
+    # the map goes in as it is, pixel for pixel: matplotlib's image path would resample it in float64
+    pixels = np.array(figure.canvas.buffer_rgba())
+    pixels[:map_h, :map_w] = rgba
+    path = save_rgba_png(pixels, output, title=f"{base_name(classes)} quick-look", overwrite=overwrite)
     return QuicklookResult(path, map_w + panel, height, map_w, map_h, legend, ground)
 
 
@@ -226,7 +229,7 @@ def _legend(
     return [
         LegendEntry(
             value,
-            names[value] if value < len(names) else str(value),
+            names[value] if 0 <= value < len(names) else str(value),
             colors.get(value) or default_color(value),
             shares.get(value, 0.0),
         )
