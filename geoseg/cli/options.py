@@ -37,7 +37,8 @@ preset_option = click.option(
     "--preset",
     type=click.Choice(PRESET_NAMES, case_sensitive=False),
     default=None,
-    help="Dataset preset: classes, colours, bands and normalisation of a published MANet setup.",
+    help="Dataset preset: classes, colours and bands of a published setup (normalised as the network's "
+    "authors trained it).",
 )
 card_option = click.option(
     "--card",

@@ -7,6 +7,7 @@ import click
 from geoseg.cli.options import (
     bands_option,
     card_option,
+    compile_option,
     device_option,
     emit_json,
     json_option,
@@ -17,6 +18,20 @@ from geoseg.cli.options import (
     quiet_option,
     scale_option,
 )
+
+
+def _check_workers(ctx, param, value: str) -> int | str:
+    """A positive number of worker processes, or ``auto`` (one per GPU with CUDA, else one)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        workers = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number of workers or auto") from None
+    if workers < 1:
+        raise click.BadParameter(f"{workers}: give at least 1 worker (1 runs in this process), or auto")
+    return workers
 
 
 def _check_tile(ctx, param, value: int | None) -> int | None:
@@ -59,6 +74,7 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
 )
 @device_option
 @precision_option
+@compile_option
 @click.option(
     "--tta",
     type=click.Choice(["none", "flip", "d4"]),
@@ -92,6 +108,27 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     is_flag=True,
     help="Also draw <stem>.quicklook.png beside each class raster (legend, scale bar; see geoseg quicklook).",
 )
+@click.option(
+    "--workers",
+    default="1",
+    show_default=True,
+    callback=_check_workers,
+    metavar="N|auto",
+    help="Worker processes computing regions on a local Dask cluster (cores shared out; auto with --device "
+    "cuda: one per GPU). 1 runs in this process.",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Run the regions on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (inputs, model and output "
+    "folder must be reachable by its workers).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Keep finished regions if interrupted, and compute only the missing ones when run again.",
+)
 @overwrite_option
 @click.option("--keep-going", is_flag=True, help="Carry on past a failing scene; exit code 1 at the end.")
 @json_option
@@ -109,6 +146,7 @@ def predict(
     batch_size: int,
     device: str,
     precision: str,
+    compile_network: bool,
     tta: str,
     bands: list[int] | None,
     scale: tuple[float, float] | str | None,
@@ -116,21 +154,26 @@ def predict(
     probabilities: bool,
     vector: str | None,
     quicklook: bool,
+    workers: int | str,
+    scheduler: str | None,
+    resume: bool,
     overwrite: bool,
     keep_going: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Segment INPUT rasters (GeoTIFF or anything GDAL reads, /vsizip/ paths included) with a MANet
-    checkpoint. Outputs have the input's CRS, transform and size, nodata 255 where the input has no data,
-    colours and class names, overviews and a cloud-optimized layout. Scenes of any size run in bounded
-    memory; overlapping tiles are blended without seams.
+    """Segment INPUT rasters (GeoTIFF or anything GDAL reads, /vsizip/ paths included) with a MANet,
+    MACU-Net or MAResU-Net checkpoint. Outputs have the input's CRS, transform and size, nodata 255 where
+    the input has no data, colours and class names, overviews and a cloud-optimized layout. Scenes of any
+    size run in bounded memory; overlapping tiles are blended without seams.
 
     \b
     geoseg predict scene.tif -o classes.tif
     geoseg predict scene.tif -o classes.tif -m model.safetensors --confidence
     geoseg predict tiles/*.tif -o results/ --keep-going --json
     geoseg predict landsat.tif -o classes.tif --scale auto --bands 4,3,2
+    geoseg predict big.tif -o classes.tif --workers 4 --resume
+    geoseg predict big.tif -o classes.tif --device cuda --workers auto
     """
     from geoseg.api import iter_predict
 
@@ -153,6 +196,7 @@ def predict(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            compile=compile_network,
             tta=tta,
             bands=bands,
             scale=scale,
@@ -162,6 +206,9 @@ def predict(
             quicklook=quicklook,
             overwrite=overwrite,
             keep_going=keep_going,
+            workers=workers,
+            scheduler=scheduler,
+            resume=resume,
             progress=callback,
         ):
             if result.error is not None:
@@ -172,7 +219,7 @@ def predict(
             elif result.error is None and not quiet:
                 click.echo(
                     f"{result.input} -> {result.outputs['classes']} ({result.width}x{result.height} px, "
-                    f"{result.tiles} tiles, {result.seconds:.1f} s on {result.device})"
+                    f"{result.tiles} tiles, {result.seconds:.1f} s on {result.device} in {result.precision})"
                 )
     finally:
         close()

@@ -29,26 +29,29 @@ from geoseg.inference.plan import ScenePlan
 from geoseg.inference.region import Network, Progress, RegionResult, prepare_network, run_region
 from geoseg.model.card import ModelCard
 
-CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_S = 5  # a scheduler answers at once; this is for the address being wrong
+WORKERS_TIMEOUT_S = 30  # workers of a cluster started just now may still be importing torch
 
 
 @dataclass
 class ModelSource:
     """How a worker gets the network: a checkpoint it can read (loaded once per worker), or the network
-    itself (in-memory models of the Python API, sent with each task). ``digest`` names it in worker caches."""
+    itself (in-memory models of the Python API, sent with each task). ``digest`` names it in worker caches;
+    ``compile``: each worker runs it through ``torch.compile`` once."""
 
     digest: str
     path: str | None = None
     preset: str | None = None
     card: ModelCard | str | None = None
     module: torch.nn.Module | None = field(default=None, repr=False)
+    compile: bool = False
 
     def load(self) -> torch.nn.Module:
         if self.module is not None:
             return self.module
-        from geoseg.model.checkpoint import load_checkpoint
+        from geoseg.inference.predict import load_model  # checkpoints and ONNX exports alike
 
-        return load_checkpoint(Path(self.path), preset=self.preset, card=self.card)[0]
+        return load_model(self.path, self.preset, self.card)[0]
 
 
 @dataclass
@@ -98,9 +101,9 @@ class LocalExecutor:
 
     workers = 1
 
-    def __init__(self, model: torch.nn.Module, device: torch.device):
+    def __init__(self, model: torch.nn.Module, device: torch.device, *, compile: bool = False):
         self.device = device
-        self.network = prepare_network(model, device)
+        self.network = prepare_network(model, device, compile=compile)
 
     def check(self, plan: ScenePlan, folder: Path) -> None:
         """Nothing to check: this process planned the scene and created the work folder."""
@@ -207,7 +210,7 @@ def open_executor(
     if workers < 1:
         raise ConfigurationError(f"--workers {workers}: give at least 1 (or auto)")
     if workers == 1:
-        return LocalExecutor(model, device)
+        return LocalExecutor(model, device, compile=source.compile)
     return _local_cluster(workers, source, device)
 
 
@@ -268,11 +271,11 @@ def _remote(address: str, source: ModelSource, device: torch.device) -> DaskExec
             "'dask scheduler' and check the address (tcp://HOST:8786)"
         ) from error
     try:
-        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+        client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
     except (TimeoutError, OSError) as error:
         client.close()
         raise ConfigurationError(
-            f"--scheduler {address}: no worker joined within {CONNECT_TIMEOUT_S} s; start some with "
+            f"--scheduler {address}: no worker joined within {WORKERS_TIMEOUT_S} s; start some with "
             f"'dask worker {address}'"
         ) from error
     gpu = any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
@@ -281,23 +284,23 @@ def _remote(address: str, source: ModelSource, device: torch.device) -> DaskExec
 
 # --- on the workers ------------------------------------------------------------------------------------
 
-_NETWORKS: dict[tuple[str, str], Network] = {}
+_NETWORKS: dict[tuple[str, str, bool], Network] = {}
 _NETWORKS_LOCK = threading.Lock()
 
 
 def _run_on_worker(task: RegionTask, source: ModelSource, exclusive: bool) -> RegionResult:
-    """A region on a Dask worker: the network from this process's cache, torch threads fitting the worker
-    (all of its threads when it runs one region at a time, else its share of the cores)."""
+    """A region on a Dask worker: the network from this process's cache, and torch threads as Dask means
+    them: all of the worker's threads when it runs one region at a time (a resource of 1), else one per
+    region, the worker running as many regions at once as it has threads (more would oversubscribe)."""
     from distributed import get_worker
 
-    nthreads = get_worker().state.nthreads
-    torch.set_num_threads(nthreads if exclusive else max(1, (os.cpu_count() or 1) // nthreads))
+    torch.set_num_threads(get_worker().state.nthreads if exclusive else 1)
     device = resolve_device(task.device)
-    key = (source.digest, str(device))
+    key = (source.digest, str(device), source.compile)
     with _NETWORKS_LOCK:
         network = _NETWORKS.get(key)
         if network is None:
-            network = _NETWORKS[key] = prepare_network(source.load(), device)
+            network = _NETWORKS[key] = prepare_network(source.load(), device, compile=source.compile)
     return _run(task, network, device, None)
 
 

@@ -14,13 +14,17 @@ from pathlib import Path, PurePath
 import torch
 
 from geoseg.atomic import check_output_path
-from geoseg.device import resolve_device
+from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError, GeosegError, OutputError
+from geoseg.inference.acceleration import check_compile
 from geoseg.inference.engine import (
+    ModelSource,
     OutputPaths,
     PredictResult,
     Progress,
     ScenePlan,
+    model_digest,
+    open_executor,
     plan_scene,
     run_scene,
 )
@@ -139,6 +143,10 @@ def load_model(
     from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
 
     path = default_checkpoint_path() if model is None else Path(model)
+    if path.suffix.lower() == ".onnx":  # an export run by onnxruntime (geoseg export)
+        from geoseg.export.runtime import load_onnx
+
+        return load_onnx(path, preset=preset, card=card)
     return load_checkpoint(path, preset=preset, card=card)
 
 
@@ -154,6 +162,7 @@ def iter_predict(
     batch_size: int = 4,
     device: str | torch.device = "auto",
     precision: str = "auto",
+    compile: bool = False,
     tta: str = "none",
     bands: list[int] | None = None,
     scale: Scale = None,
@@ -164,12 +173,18 @@ def iter_predict(
     overwrite: bool = False,
     keep_going: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
+    workers: int | str = 1,
+    scheduler: str | None = None,
+    resume: bool = False,
     progress: Progress | None = None,
 ) -> Iterator[PredictResult]:
     """Like :func:`predict`, yielding each scene's result as soon as it is written (for ``--json`` pipelines).
 
     ``model`` may also be an in-memory network, then ``card`` must be a :class:`ModelCard`. With
     ``keep_going`` a failing scene yields a result whose ``error`` holds the one-line message.
+    ``workers`` > 1 (or ``auto``: one per GPU) runs regions on a Dask LocalCluster, ``scheduler`` on an
+    existing Dask cluster; ``resume`` keeps finished regions of an interrupted run (see
+    :func:`geoseg.inference.engine.run_scene`).
     """
     inputs = [str(i) for i in inputs]
     if not inputs:
@@ -188,12 +203,20 @@ def iter_predict(
 
         require_matplotlib()  # before the first scene, not after an hour of inference
     resolved = device if isinstance(device, torch.device) else resolve_device(device)
+    resolve_precision(precision, resolved)  # an unusable --precision or --compile fails before any work
+    if compile:
+        check_compile(resolved)
     if isinstance(model, torch.nn.Module):
         if not isinstance(card, ModelCard):
             raise ConfigurationError("an in-memory model needs its ModelCard (card=...)")
         network, model_card = model, card
+        model_source = ModelSource(model_digest(network), module=network, compile=compile)
     else:
-        network, model_card = load_model(model, preset, card)
+        from geoseg.model.checkpoint import default_checkpoint_path
+
+        path = default_checkpoint_path() if model is None else Path(model)
+        network, model_card = load_model(path, preset, card)
+        model_source = ModelSource(model_digest(network), str(path), preset, card, compile=compile)
 
     scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError]] = []
     for source, paths in zip(inputs, plans, strict=True):
@@ -216,47 +239,55 @@ def iter_predict(
     for paths in plans:
         paths.classes.parent.mkdir(exist_ok=True)
     total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))
-    done_before = 0
-    for source, paths, plan in scenes:
-        if isinstance(plan, GeosegError):
-            yield _failure(source, resolved, plan)
-            continue
-        scene_progress = None
-        if progress is not None:
+    # One executor for all scenes: a cluster starts once, and each worker loads the model once.
+    executor = open_executor(network, model_source, resolved, workers, scheduler)
+    try:
+        done_before = 0
+        for source, paths, plan in scenes:
+            if isinstance(plan, GeosegError):
+                yield _failure(source, resolved, plan)
+                continue
+            scene_progress = None
+            if progress is not None:
 
-            def scene_progress(done: int, _total: int, offset: int = done_before) -> None:
-                progress(offset + done, total)
+                def scene_progress(done: int, _total: int, offset: int = done_before) -> None:
+                    progress(offset + done, total)
 
-        try:
-            result = run_scene(
-                network,
-                model_card,
-                plan,
-                paths,
-                batch_size=batch_size,
-                device=resolved,
-                precision=precision,
-                tta=tta,
-                overwrite=overwrite,
-                progress=scene_progress,
-            )
-            if paths.polygons is not None:
-                from geoseg.vector.vectorize import vectorize as polygonize
+            try:
+                result = run_scene(
+                    network,
+                    model_card,
+                    plan,
+                    paths,
+                    batch_size=batch_size,
+                    device=resolved,
+                    precision=precision,
+                    tta=tta,
+                    overwrite=overwrite,
+                    resume=resume,
+                    progress=scene_progress,
+                    executor=executor,
+                    source=model_source,
+                )
+                if paths.polygons is not None:
+                    from geoseg.vector.vectorize import vectorize as polygonize
 
-                polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
-                result.outputs["polygons"] = str(paths.polygons)
-                result.seconds += polygons.seconds
-            if paths.quicklook is not None:
-                from geoseg.plots.quicklook import quicklook as draw_quicklook
+                    polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
+                    result.outputs["polygons"] = str(paths.polygons)
+                    result.seconds += polygons.seconds
+                if paths.quicklook is not None:
+                    from geoseg.plots.quicklook import quicklook as draw_quicklook
 
-                draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
-                result.outputs["quicklook"] = str(paths.quicklook)
-            yield result
-        except Exception as error:
-            if not keep_going:
-                raise
-            yield _failure(source, resolved, error)
-        done_before += plan.grid.num_tiles
+                    draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
+                    result.outputs["quicklook"] = str(paths.quicklook)
+                yield result
+            except Exception as error:
+                if not keep_going:
+                    raise
+                yield _failure(source, resolved, error)
+            done_before += plan.grid.num_tiles
+    finally:
+        executor.close()
 
 
 def predict(
@@ -271,6 +302,7 @@ def predict(
     batch_size: int = 4,
     device: str | torch.device = "auto",
     precision: str = "auto",
+    compile: bool = False,
     tta: str = "none",
     bands: list[int] | None = None,
     scale: Scale = None,
@@ -281,6 +313,9 @@ def predict(
     overwrite: bool = False,
     keep_going: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
+    workers: int | str = 1,
+    scheduler: str | None = None,
+    resume: bool = False,
     progress: Progress | None = None,
 ) -> list[PredictResult]:
     """Segment GeoTIFFs (or anything GDAL reads) into class rasters aligned pixel for pixel with the inputs.
@@ -292,6 +327,9 @@ def predict(
     polygons and ``quicklook`` a PNG picture of each class raster (names: see :func:`prepare_outputs`).
     ``progress(done, total)`` counts tiles over all scenes (skipped ones too); each result's ``tiles``
     counts the tiles computed, without those that hold no valid input pixel (they are skipped).
+    ``precision`` ``auto`` is the fastest that keeps the classes on the device (see
+    :func:`geoseg.device.resolve_precision`); ``compile`` runs the network through ``torch.compile``
+    (minutes once, worth it on big scenes only).
     """
     return list(
         iter_predict(
@@ -305,6 +343,7 @@ def predict(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            compile=compile,
             tta=tta,
             bands=bands,
             scale=scale,
@@ -315,6 +354,9 @@ def predict(
             overwrite=overwrite,
             keep_going=keep_going,
             chunk_size=chunk_size,
+            workers=workers,
+            scheduler=scheduler,
+            resume=resume,
             progress=progress,
         )
     )

@@ -1,0 +1,157 @@
+"""Regions on Dask: a LocalCluster of worker processes and a cluster started by hand (``dask scheduler`` +
+``dask worker``) give the raster of one process, a dying worker costs time only, and bad addresses fail in
+one line. Every cluster is shut down: no process outlives its test."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import rasterio
+from affine import Affine
+from click.testing import CliRunner
+from helpers import KillOnceNet, PixelNet, write_scene
+
+import geoseg.inference.plan as planning
+from geoseg.cli.main import cli
+from geoseg.errors import ConfigurationError
+from geoseg.inference.engine import predict_scene
+from geoseg.model.card import ClassInfo, ModelCard
+
+CARD = ModelCard(
+    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
+    backbone="resnet18",
+    tile_size=64,
+    overlap=16,
+)
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def scene(tmp_path, monkeypatch):
+    """1100 x 300 px, cut into two regions of one block column each (the real minimum is ten tiles)."""
+    monkeypatch.setattr(planning, "MIN_REGION_TILES", 1)
+    mask = np.full((300, 1100), 255, np.uint8)
+    mask[100:200, 450:700] = 0
+    path = tmp_path / "scene.tif"
+    write_scene(path, 1100, 300, mask=mask, crs="EPSG:32633", transform=Affine(0.5, 0, 5e5, 0, -0.5, 5.8e6))
+    return path
+
+
+@pytest.fixture
+def reference(scene, tmp_path):
+    """The single-process result: classes and confidence."""
+    paths = tmp_path / "one.tif", tmp_path / "one.confidence.tif"
+    result = predict_scene(PixelNet(), CARD, scene, paths[0], confidence_path=paths[1], device="cpu")
+    return result, [_read(p) for p in paths]
+
+
+def _read(path):
+    with rasterio.open(path) as src:
+        return src.read(), src.read_masks(), src.profile, src.tags()
+
+
+def _children() -> list[psutil.Process]:
+    """Processes started by this one, but multiprocessing's resource tracker (it lives as long as we do)."""
+    alive = [p for p in psutil.Process().children(recursive=True) if p.is_running()]
+    return [p for p in alive if "resource_tracker" not in " ".join(p.cmdline())]
+
+
+def _same_as(reference, outputs) -> None:
+    for (data, masks, profile, tags), path in zip(reference, outputs, strict=True):
+        got = _read(path)
+        assert np.array_equal(got[0], data) and np.array_equal(got[1], masks)
+        assert got[2:] == (profile, tags)
+
+
+@pytest.mark.slow  # worker processes importing torch: ~35 s on two loaded cores
+def test_two_workers_on_a_local_cluster_give_the_single_process_raster(scene, reference, tmp_path):
+    one, expected = reference
+    outputs = tmp_path / "two.tif", tmp_path / "two.confidence.tif"
+    two = predict_scene(
+        PixelNet(), CARD, scene, outputs[0], confidence_path=outputs[1], device="cpu", workers=2
+    )
+    _same_as(expected, outputs)
+    assert two.class_fractions == one.class_fractions
+    assert two.tiles > one.tiles  # two regions: the tiles on their border are computed by both
+    assert not any(p.name.endswith(".geoseg-work") for p in tmp_path.iterdir())
+    deadline = time.monotonic() + 10
+    while _children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _children() == []  # the cluster is shut down
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_region_costs_time_not_correctness(scene, reference, tmp_path):
+    _, expected = reference
+    marker = tmp_path / "killed-once"
+    outputs = tmp_path / "two.tif", tmp_path / "two.confidence.tif"
+    predict_scene(
+        KillOnceNet(marker), CARD, scene, outputs[0], confidence_path=outputs[1], device="cpu", workers=2
+    )
+    assert marker.exists()  # a worker did die, and Dask ran its region again elsewhere
+    _same_as(expected, outputs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1, all killed afterwards."""
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
+    common = {"env": env, "cwd": tmp_path, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    scheduler = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
+    worker = [sys.executable, "-m", "distributed.cli.dask_worker", address, "--host", "127.0.0.1"]
+    processes = [subprocess.Popen([*scheduler, "--port", str(port), "--no-dashboard"], **common)]
+    try:
+        for _ in range(2):
+            processes.append(subprocess.Popen([*worker, "--nthreads", "1", "--no-dashboard"], **common))
+        yield address
+    finally:
+        for process in reversed(processes):
+            for child in psutil.Process(process.pid).children(recursive=True):
+                child.kill()
+            process.kill()
+            process.wait(timeout=30)
+
+
+@pytest.mark.slow  # three Python processes importing torch and Dask: ~30 s on two loaded cores
+def test_a_cluster_started_by_hand_gives_the_single_process_raster(scene, reference, tmp_path, cluster):
+    _, expected = reference
+    outputs = tmp_path / "remote.tif", tmp_path / "remote.confidence.tif"
+    result = predict_scene(
+        PixelNet(), CARD, scene, outputs[0], confidence_path=outputs[1], device="cpu", scheduler=cluster
+    )
+    _same_as(expected, outputs)
+    assert result.tiles > reference[0].tiles  # two workers: two regions
+
+
+def test_an_address_without_a_scheduler_fails_in_one_line_before_any_work(scene, tmp_path):
+    address = f"tcp://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    with pytest.raises(ConfigurationError, match=f"--scheduler {address}: cannot reach a Dask scheduler"):
+        predict_scene(PixelNet(), CARD, scene, tmp_path / "out.tif", device="cpu", scheduler=address)
+    assert time.monotonic() - started < 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+@pytest.mark.parametrize("workers", ["0", "-2", "many"])
+def test_workers_must_be_a_positive_number_or_auto(workers, scene, tmp_path):
+    result = CliRunner().invoke(
+        cli, ["predict", str(scene), "-o", str(tmp_path / "o.tif"), "--workers", workers]
+    )
+    assert result.exit_code == 2
+    assert "--workers" in result.output and "auto" in result.output
