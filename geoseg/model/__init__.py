@@ -1,1 +1,1 @@
-"""The network (MANet), its model card and the checkpoint formats."""
+"""The networks (MANet, its siblings MACU-Net and MAResU-Net), the model card and the checkpoint formats."""
