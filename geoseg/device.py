@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
 from geoseg.errors import ConfigurationError
@@ -35,21 +37,64 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``precision`` on ``device``, or None for plain float32.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    ``auto`` means bf16 on GPUs that support it, fp16 on other GPUs, fp32 on the CPU (where CPU autocast is
-    rarely faster and changes results).
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware, as torch reports it (AVX512-BF16 or AMX on x86, BF16 on
+    Arm). Only there does bf16 autocast pay: elsewhere oneDNN emulates it, several times slower than fp32."""
+    x86 = any(_cpu_probe(name) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    if x86 or platform.machine().lower() not in ("arm64", "aarch64"):
+        return x86
+    # On Arm oneDNN's own check is the hardware BF16 extension (on x86 it would accept bare AVX512).
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _cpu_probe(name: str) -> bool:
+    """A ``torch.cpu`` capability probe; False where this torch build lacks it."""
+    probe = getattr(torch.cpu, name, None)
+    return bool(probe()) if probe is not None else False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision that runs on ``device``: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto`` is the fastest mode that keeps the classes: bf16 on GPUs that support it, else fp16; bf16 on
+    CPUs with native bf16, else fp32 (MPS: fp16). An explicit mode the device cannot run fast fails here,
+    before any work, naming what to use instead.
     """
     precision = (precision or "auto").lower()
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        raise ConfigurationError(f"unknown precision {precision!r}; use auto, fp32, bf16 or fp16")
-    if precision == "fp32":
-        return None
+    if precision not in PRECISIONS:
+        raise ConfigurationError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if device.type == "cuda":
+        bf16 = torch.cuda.is_bf16_supported()
+        if precision == "auto":
+            return "bf16" if bf16 else "fp16"
+        if precision == "bf16" and not bf16:
+            raise ConfigurationError(
+                f"{torch.cuda.get_device_name(device)} does not support bf16; use --precision fp16 or auto"
+            )
+        return precision
+    if device.type == "mps":
+        return "fp16" if precision == "auto" else precision
     if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "mps":
-            return torch.float16
-        return None
-    return torch.bfloat16 if precision == "bf16" else torch.float16
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    if precision == "bf16" and not cpu_has_native_bf16():
+        raise ConfigurationError(
+            "this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), where bf16 is emulated and slower "
+            "than float32; use --precision fp32 or auto"
+        )
+    if precision == "fp16" and not _cpu_probe("_is_amx_fp16_supported"):
+        raise ConfigurationError(
+            "fp16 on this CPU (no AMX-FP16) is emulated and slower than float32; use --precision fp32 or auto"
+        )
+    return precision
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of :func:`resolve_precision`'s choice, or None for plain float32."""
+    return _AUTOCAST[resolve_precision(precision, device)]

@@ -12,12 +12,25 @@ import torch
 from click.testing import CliRunner
 
 from geoseg.cli.main import cli
+from geoseg.device import cpu_has_native_bf16
 from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import save_checkpoint
 from geoseg.model.manet import build_manet
 from geoseg.model.presets import preset_card
 
-RESULT_KEYS = {"input", "outputs", "width", "height", "tiles", "seconds", "device", "class_fractions"}
+RESULT_KEYS = {
+    "input",
+    "outputs",
+    "width",
+    "height",
+    "tiles",
+    "seconds",
+    "device",
+    "precision",
+    "class_fractions",
+}
+# --precision auto on this CPU: bf16 only where the CPU has it natively
+AUTO_CPU = "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +106,7 @@ def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
             tiles,
             "cpu",
         )
+        assert record["precision"] == AUTO_CPU
         assert sum(record["class_fractions"].values()) == pytest.approx(1.0)
         assert list(record["class_fractions"]) == preset_card("loveda").class_names
     assert records[1]["outputs"] == {

@@ -30,8 +30,16 @@ precision_option = click.option(
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
     default="auto",
     show_default=True,
-    help="Mixed precision on GPUs (auto: bf16 where supported, else fp16; fp32 on the CPU). "
-    "The kernel attention always runs in float32.",
+    help="Network precision. auto: the fastest that keeps the classes (bf16 on GPUs that support it, else "
+    "fp16; bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32). The attention always runs in "
+    "float32.",
+)
+compile_option = click.option(
+    "--compile",
+    "compile_network",
+    is_flag=True,
+    help="Run the network through torch.compile: a few minutes once per run, faster tiles after; "
+    "pays off on big scenes only (README: break-even).",
 )
 preset_option = click.option(
     "--preset",

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from geoseg.atomic import check_output_path
-from geoseg.device import autocast_dtype, resolve_device
+from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError
 from geoseg.inference.assemble import assemble
 from geoseg.inference.execute import (
@@ -132,7 +132,7 @@ def run_scene(
     if batch_size < 1:
         raise ConfigurationError(f"batch size {batch_size} must be at least 1")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    amp_dtype = autocast_dtype(precision, device)
+    precision = resolve_precision(precision, device)
     started = time.perf_counter()
     if source is None:
         source = ModelSource(model_digest(model), module=model)
@@ -152,7 +152,7 @@ def run_scene(
                 "bands": list(plan.bands),
                 "value range": list(plan.value_range),
                 "tta": tta,
-                "precision": str(amp_dtype or "float32").replace("torch.", ""),
+                "precision": precision,
                 "device": device.type,
                 "batch size": batch_size,
                 "chunk size": grid.chunk_size,
@@ -195,6 +195,7 @@ def run_scene(
         seconds=time.perf_counter() - started,
         device=str(device),
         class_fractions={name: (float(counts[i]) / valid if valid else 0.0) for i, name in enumerate(names)},
+        precision=precision,
     )
 
 

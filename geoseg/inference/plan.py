@@ -80,6 +80,7 @@ class PredictResult:
     device: str
     class_fractions: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    precision: str | None = None  # what the network ran in (fp32, bf16, fp16); None when it never ran
 
     def to_dict(self) -> dict[str, Any]:
         record = {
@@ -90,6 +91,7 @@ class PredictResult:
             "tiles": self.tiles,
             "seconds": round(self.seconds, 3),
             "device": self.device,
+            "precision": self.precision,
             "class_fractions": self.class_fractions,
         }
         if self.error is not None:

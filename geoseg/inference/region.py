@@ -30,6 +30,7 @@ from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
 from geoseg.errors import CheckpointError
+from geoseg.inference.acceleration import accelerate
 from geoseg.inference.blending import WindowWeights
 from geoseg.inference.grid import Chunk, Region, Tile, TileGrid
 from geoseg.inference.plan import ScenePlan
@@ -55,12 +56,10 @@ class RegionResult:
     tiles: int
 
 
-def prepare_network(model: torch.nn.Module, device: torch.device) -> Network:
-    """The model on ``device`` in evaluation mode, as the callable the loop runs."""
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+def prepare_network(model: torch.nn.Module, device: torch.device, *, compile: bool = False) -> Network:
+    """The model on ``device`` in evaluation mode, in its fastest layout and compiled if asked
+    (:func:`~geoseg.inference.acceleration.accelerate`), as the callable the loop runs."""
+    return accelerate(model.to(device).eval(), device, compile=compile)
 
 
 def part_profile(plan: ScenePlan, region: Region, kind: str, num_classes: int) -> dict[str, Any]:
@@ -146,8 +145,6 @@ def _probabilities(
 ) -> torch.Tensor:
     """Softmax probabilities (B, K, T, T) in float32, averaged over the test-time views."""
     x = normalize(batch, value_range, card.mean, card.std)
-    if x.device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
     total = None
     for forward, inverse in views:
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
