@@ -30,7 +30,7 @@ from geoseg.raster.classes import read_class_names
 from geoseg.vector.area import GroundArea
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
 from geoseg.vector.output import FeatureWriter, atomic_vector_output, output_driver
-from geoseg.vector.polygonize import polygonize_window
+from geoseg.vector.polygonize import apply_affine, polygonize_window
 from geoseg.vector.sieve import sieve
 from geoseg.vector.simplify import simplify_coverage
 
@@ -128,10 +128,10 @@ def vectorize(
                 )
             return min_pixels
 
-        def too_small(polygons: np.ndarray) -> np.ndarray:
+        def too_small(pixel_polygons: np.ndarray) -> np.ndarray:
             if min_area is not None:
-                return ground.areas(polygons) < min_area
-            return shapely.area(polygons) < (min_pixels or 0)
+                return ground.areas(geo.to_world(pixel_polygons)) < min_area
+            return shapely.area(pixel_polygons) < (min_pixels or 0)
 
         def class_name(value: int) -> str:
             return names[value] if 0 <= value < len(names) else str(value)
@@ -164,9 +164,10 @@ def vectorize(
                     values = np.concatenate(batch_values) if batch_values else np.empty(0, np.int64)
                     batch.clear()
                     batch_values.clear()
-                    if tolerance_px:
+                    if tolerance_px:  # in pixel space, where shared edges meet exactly
                         sieved = min_area is not None or (min_pixels or 0) > 1
                         polygons = simplify_coverage(polygons, tolerance_px, too_small if sieved else None)
+                        polygons = geo.to_world(polygons)
                     if selected is not None:
                         keep = np.isin(values, list(selected))
                         polygons, values = polygons[keep], values[keep]
@@ -174,12 +175,12 @@ def vectorize(
                         return
                     if connectivity == 8:
                         polygons = _as_multipolygons(polygons)
-                    world = geo.to_world(polygons)
                     areas = ground.areas(polygons)
-                    for value, count in zip(*np.unique(values, return_counts=True), strict=True):
+                    present, index = np.unique(values, return_inverse=True)
+                    for value, count in zip(present, np.bincount(index.ravel()), strict=True):
                         counts[int(value)] = counts.get(int(value), 0) + int(count)
-                    labels = np.array([class_name(int(v)) for v in values], dtype=object)
-                    writer.write(shapely.to_wkb(world), values, labels, areas)
+                    labels = np.array([class_name(int(v)) for v in present], dtype=object)[index.ravel()]
+                    writer.write(shapely.to_wkb(polygons), values, labels, areas)
 
                 grid = BlockGrid(height, width, split_polygons_at or max(height, width))
                 for done, (_, _, window) in enumerate(grid, start=1):
@@ -190,7 +191,9 @@ def vectorize(
                     if wanted is not None:
                         keep = np.isin(cell, wanted)
                         valid = keep if valid is None else keep & valid
-                    polygons, values = polygonize_window(cell, valid, window, connectivity)
+                    # straight to CRS coordinates, unless simplification needs the pixel grid
+                    world = None if tolerance_px else geo.transform
+                    polygons, values = polygonize_window(cell, valid, window, connectivity, world)
                     del cell, valid
                     if progress is not None:
                         progress(done, len(grid))
@@ -269,7 +272,7 @@ def _check_geojson_crs(dataset, path: Path, output_path: Path, keep_crs: bool) -
     crs = dataset.crs
     if crs is None or (keep_crs and crs.to_epsg() is not None):
         return
-    x, y = dataset.transform * (dataset.width / 2, dataset.height / 2)
+    x, y = dataset.transform @ (dataset.width / 2, dataset.height / 2)
     try:
         transform(crs, "EPSG:4326", [x], [y])
         to_lonlat = True
@@ -366,13 +369,4 @@ class _Georeference:
         self.ground = GroundArea(crs, transform, dataset.width, dataset.height)
 
     def to_world(self, polygons: np.ndarray) -> np.ndarray:
-        a, b, c, d, e, f = self.transform[:6]
-
-        def affine(xy: np.ndarray) -> np.ndarray:
-            x, y = xy[:, 0], xy[:, 1]
-            out = np.empty_like(xy)
-            out[:, 0] = x * a + c if b == 0 else x * a + y * b + c
-            out[:, 1] = y * e + f if d == 0 else x * d + y * e + f
-            return out
-
-        return shapely.transform(polygons, affine)
+        return shapely.transform(polygons, lambda xy: apply_affine(xy, self.transform))
