@@ -85,3 +85,16 @@ def test_a_command_restores_the_signal_handlers_it_installed(tmp_path):
     result = CliRunner().invoke(cli, ["info", str(tmp_path / "missing.tif")])
     assert result.exit_code == 1
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_stop_signal_while_a_failure_is_reported_still_ends_in_one_line(monkeypatch, tmp_path):
+    from geoseg.errors import InputError
+
+    _patch_describe(monkeypatch, InputError("bad input"))
+
+    def signal_arrives(message):
+        raise cli_main.Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(cli_main, "_one_line", signal_arrives)
+    result = CliRunner().invoke(cli, ["info", str(tmp_path)])
+    assert (result.exit_code, result.output) == (143, "geoseg: terminated by SIGTERM\n")

@@ -96,6 +96,14 @@ class GeosegGroup(click.Group):
         return getattr(module, name)
 
     def invoke(self, ctx: click.Context):
+        # Outermost, so that a stop signal arriving while a failure is being reported still ends in one line.
+        try:
+            return self._invoke_reporting(ctx)
+        except Terminated as stop:
+            click.echo(f"geoseg: terminated by {signal.Signals(stop.signum).name}", err=True)
+            sys.exit(128 + stop.signum)
+
+    def _invoke_reporting(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
@@ -103,9 +111,6 @@ class GeosegGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("geoseg: interrupted", err=True)
             sys.exit(130)
-        except Terminated as stop:
-            click.echo(f"geoseg: terminated by {signal.Signals(stop.signum).name}", err=True)
-            sys.exit(128 + stop.signum)
         except GeosegError as error:
             click.echo(f"Error: {_one_line(error)}", err=True)
             sys.exit(1)
