@@ -122,3 +122,53 @@ def test_quicklook_does_not_import_torch(classes, tmp_path):
     done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
     assert done.stdout.split() == ["0", "False"], done.stdout + done.stderr
     assert (tmp_path / "map.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A small random MANet (ResNet-18) with LoveDA's classes and 64 px tiles."""
+    import torch
+
+    from geoseg.model.card import ModelCard
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.manet import build_manet
+    from geoseg.model.presets import preset_card
+
+    card = ModelCard.from_dict(
+        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
+    )
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "r18.safetensors"
+    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
+    return path
+
+
+def test_predict_quicklook_writes_stem_quicklook_png_beside_the_classes(checkpoint, tmp_path):
+    write_scene(tmp_path / "scene.tif", width=96, height=64, **UTM)
+    args = [
+        "predict",
+        tmp_path / "scene.tif",
+        "-o",
+        tmp_path / "map.tif",
+        "-m",
+        checkpoint,
+        "--device",
+        "cpu",
+    ]
+    result = CliRunner().invoke(cli, [*map(str, args), "--quicklook", "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output.strip().splitlines()[-1])
+    assert record["outputs"]["quicklook"] == str(tmp_path / "map.quicklook.png")
+    assert Image.open(tmp_path / "map.quicklook.png").mode == "RGBA"
+
+
+def test_predict_quicklook_that_exists_fails_before_any_work(checkpoint, tmp_path):
+    write_scene(tmp_path / "scene.tif", width=96, height=64, **UTM)
+    (tmp_path / "map.quicklook.png").write_bytes(b"old")
+    args = ["predict", tmp_path / "scene.tif", "-o", tmp_path / "map.tif", "-m", checkpoint, "--quicklook"]
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {tmp_path / 'map.quicklook.png'}: output exists; pass --overwrite to replace it"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["map.quicklook.png", "scene.tif"]
