@@ -1,16 +1,28 @@
-"""geoseg vectorize against polygonizing the whole array at once, and its memory as the raster grows.
+"""geoseg vectorize: speed against the whole-array way, the sieve's cost, and memory as the raster grows.
 
-    python benchmarks/vectorize.py [--sizes 5000,20000] [--block-size PX] [--keep DIR]
+    python benchmarks/vectorize.py [--parts speed,sieve,memory] [--speed-size 4000] [--sieve-size 2048]
+                                   [--sizes 5000,20000] [--keep DIR]
 
-Writes class rasters with a realistic texture (six classes: the argmax of six smooth random fields, as a
-segmentation network's output looks, with some small specks) as tiled GeoTIFFs in a temporary folder,
-generated block by block so the generator's memory stays bounded too. Every measured run is a fresh child
-process reporting its own peak RSS (``ru_maxrss``) and wall time, so runs do not share caches or memory.
+Class rasters are generated block by block (bounded memory) as tiled GeoTIFFs in EPSG:32633, 0.5 m pixels:
 
-Printed, side by side on the first size: the time and peak memory of ``geoseg.vectorize`` and of the
-whole-array way (``rasterio.features.shapes`` over the whole array, the same fast conversion to shapely,
-written once with pyogrio); then geoseg's time and peak memory on each size.
-Targets: geoseg at least 0.8x the whole-array speed; the largest size within 1.5x the memory of the first.
+* *percolating*: a background class whose pixels lie between the quartiles of one smooth noise field (about
+  half the scene, one region touching every part of it, full of holes, as impervious surfaces or low
+  vegetation are), the rest split into three classes by a second field;
+* *texture*: the argmax of six smooth fields with specks, as a segmentation network's output looks.
+
+Every measured run is a fresh child process reporting its own peak RSS (``ru_maxrss``) and wall time.
+
+Printed:
+
+* speed: geoseg vectorize (default split grid) and the whole-array way (``rasterio.features.shapes`` over the
+  whole array, the same conversion to shapely, one pyogrio write) side by side on the percolating raster;
+  target: geoseg at least as fast, in less memory.
+* sieve: on the texture raster, per 2048-pixel cell, the time of one pass over the raster (read + label the
+  regions) and of the sieve at 4, 64 and 1,000 pixels, and the ratio; target: a small constant factor
+  whatever the threshold (the old halo sieve read 1.1x, 3.6x and 31.7x the raster at 4, 64 and 400 px).
+* memory: geoseg's peak memory and time on the percolating raster at each size, at a quarter of the
+  resolution (each value repeated 4 x 4, so the largest size runs in a few minutes); target: the largest
+  within 1.5x the memory of the first.
 """
 
 from __future__ import annotations
@@ -72,7 +84,25 @@ def texture_block(row0: int, col0: int, height: int, width: int, seed: int = 0) 
     return out
 
 
-def write_texture(path: Path, size: int) -> None:
+def _fractal(rows: np.ndarray, cols: np.ndarray, scale: int, salt: int) -> np.ndarray:
+    return (
+        _value_noise(rows, cols, scale, salt)
+        + 0.5 * _value_noise(rows, cols, scale // 4, salt + 1)
+        + 0.25 * _value_noise(rows, cols, max(scale // 12, 2), salt + 2)
+    )
+
+
+def percolating_block(row0: int, col0: int, height: int, width: int) -> np.ndarray:
+    """Class 1 between the quartiles of one field (one region across the scene); 0, 2, 3 by another."""
+    rows = np.arange(row0, row0 + height, dtype=np.float64)
+    cols = np.arange(col0, col0 + width, dtype=np.float64)
+    a, b = _fractal(rows, cols, 48, 1), _fractal(rows, cols, 40, 4)
+    out = np.where(b < 0.72, 0, np.where(b < 1.03, 2, 3)).astype(np.uint8)
+    out[(a > 0.72) & (a < 1.03)] = 1  # about the quartiles of the sum of three smooth noises
+    return out
+
+
+def write_raster(path: Path, size: int, block) -> None:
     import rasterio
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -84,7 +114,7 @@ def write_texture(path: Path, size: int) -> None:
         "count": 1,
         "dtype": "uint8",
         "crs": "EPSG:32633",
-        "transform": from_origin(366976.5, 5808562.6, 0.1, 0.1),
+        "transform": from_origin(366976.5, 5808562.6, 0.5, 0.5),
         "tiled": True,
         "blockxsize": 512,
         "blockysize": 512,
@@ -95,13 +125,13 @@ def write_texture(path: Path, size: int) -> None:
         for row in range(0, size, TILE):
             for col in range(0, size, TILE):
                 h, w = min(TILE, size - row), min(TILE, size - col)
-                dst.write(texture_block(row, col, h, w), 1, window=Window(col, row, w, h))
+                dst.write(block(row, col, h, w), 1, window=Window(col, row, w, h))
 
 
-def run_geoseg(src: str, out: str, block_size: int) -> dict:
+def run_geoseg(src: str, out: str) -> dict:
     from geoseg.vector.vectorize import vectorize
 
-    result = vectorize(src, out, block_size=block_size, overwrite=True)
+    result = vectorize(src, out, overwrite=True)
     return {"polygons": sum(result.polygons.values())}
 
 
@@ -131,67 +161,111 @@ def run_whole_array(src: str, out: str) -> dict:
     return {"polygons": len(values)}
 
 
-def child(kind: str, src: str, out: str, block_size: int) -> None:
+def run_sieve(src: str, thresholds: list[int]) -> dict:
+    """Seconds of one pass (read + label) and of the sieve at each threshold, summed over the cells."""
+    import rasterio
+    from rasterio.windows import Window as RioWindow
+
+    from geoseg.vector.blocks import BlockGrid, label_regions
+    from geoseg.vector.sieve import sieve
+
+    seconds = {"one pass": 0.0, **{str(m): 0.0 for m in thresholds}}
+    with rasterio.open(src) as dataset:
+        for _, _, w in BlockGrid(dataset.height, dataset.width, 2048):
+            start = time.perf_counter()
+            classes = dataset.read(1, window=RioWindow(w.col0, w.row0, w.width, w.height))
+            label_regions(classes, None, 4)
+            seconds["one pass"] += time.perf_counter() - start
+            for m in thresholds:
+                start = time.perf_counter()
+                sieve(classes, None, m, 4)
+                seconds[str(m)] += time.perf_counter() - start
+    return seconds
+
+
+def child(kind: str, src: str, out: str) -> None:
     start = time.perf_counter()
-    info = run_geoseg(src, out, block_size) if kind == "geoseg" else run_whole_array(src, out)
+    if kind == "sieve":
+        info = run_sieve(src, [4, 64, 1000])
+    else:
+        info = run_geoseg(src, out) if kind == "geoseg" else run_whole_array(src, out)
     info["seconds"] = time.perf_counter() - start
     info["peak_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(info))
 
 
-def measure(kind: str, src: Path, out: Path, block_size: int) -> dict:
+def measure(kind: str, src: Path, out: Path) -> dict:
     out.unlink(missing_ok=True)
-    command = [sys.executable, __file__, "--child", kind, str(src), str(out), "--block-size", str(block_size)]
+    command = [sys.executable, __file__, "--child", kind, str(src), str(out)]
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def raster(folder: Path, name: str, size: int, block) -> Path:
+    path = folder / f"{name}_{size}.tif"
+    if not path.exists():
+        start = time.perf_counter()
+        write_raster(path, size, block)
+        print(f"generated {name} {size}x{size} in {time.perf_counter() - start:.0f} s", flush=True)
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="speed,sieve,memory")
+    parser.add_argument("--speed-size", type=int, default=4000)
+    parser.add_argument("--sieve-size", type=int, default=2048)
     parser.add_argument("--sizes", default="5000,20000")
-    parser.add_argument("--block-size", type=int, default=None, help="default: geoseg's default block size")
     parser.add_argument("--keep", type=Path, default=None, help="folder to keep the rasters in (reused)")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "SRC", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.block_size is None:
-        from geoseg.vector.vectorize import DEFAULT_BLOCK_SIZE
-
-        args.block_size = DEFAULT_BLOCK_SIZE
     if args.child:
-        child(*args.child, args.block_size)
+        child(*args.child)
         return
-    sizes = [int(s) for s in args.sizes.split(",")]
+    from geoseg.vector.vectorize import DEFAULT_SPLIT
+
+    parts = args.parts.split(",")
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        rasters = {}
-        for size in sizes:
-            rasters[size] = folder / f"texture_{size}.tif"
-            if not rasters[size].exists():
-                start = time.perf_counter()
-                write_texture(rasters[size], size)
-                print(f"generated {size}x{size} texture in {time.perf_counter() - start:.0f} s", flush=True)
-        first = sizes[0]
-        whole = measure("whole", rasters[first], Path(tmp) / "whole.gpkg", args.block_size)
-        ours = {
-            size: measure("geoseg", rasters[size], Path(tmp) / f"geoseg_{size}.gpkg", args.block_size)
-            for size in sizes
-        }
+        out = Path(tmp) / "out.gpkg"
+        if "speed" in parts:
+            n = args.speed_size
+            src = raster(folder, "percolating", n, percolating_block)
+            whole, ours = measure("whole", src, out), measure("geoseg", src, out)
+            print(f"\nspeed: {n}x{n} percolating raster, GPKG output, split grid {DEFAULT_SPLIT} px")
+            print(f"{'':34}{'polygons':>10}{'time s':>10}{'peak MiB':>10}")
+            for name, r in (("whole array (shapes + pyogrio)", whole), ("geoseg vectorize", ours)):
+                print(f"{name:34}{r['polygons']:>10}{r['seconds']:>10.1f}{r['peak_mib']:>10.0f}")
+            speed, memory = whole["seconds"] / ours["seconds"], ours["peak_mib"] / whole["peak_mib"]
+            print(f"geoseg speed vs whole array: {speed:.2f}x, memory {memory:.2f}x")
+        if "sieve" in parts:
+            n = args.sieve_size
+            src = raster(folder, "texture", n, texture_block)
+            r = measure("sieve", src, out)
+            print(f"\nsieve: {n}x{n} texture raster, 2048-pixel cells, 4-connectivity")
+            print(f"one pass (read + label): {r['one pass']:.2f} s")
+            for m in ("4", "64", "1000"):
+                print(f"sieve at {m:>4} px: {r[m]:6.2f} s = {r[m] / r['one pass']:.2f}x one pass")
+        if "memory" in parts:
+            sizes = [int(s) for s in args.sizes.split(",")]
 
-    print(f"\nvectorize, {first}x{first} texture, 6 classes, block {args.block_size} px, GPKG output")
-    print(f"{'':34}{'polygons':>10}{'time s':>10}{'peak MiB':>10}")
-    for name, r in (("whole array (shapes + pyogrio)", whole), ("geoseg vectorize", ours[first])):
-        print(f"{name:34}{r['polygons']:>10}{r['seconds']:>10.1f}{r['peak_mib']:>10.0f}")
-    print(f"speed vs whole array: {whole['seconds'] / ours[first]['seconds']:.2f}x (target >= 0.8x)")
-    print("\ngeoseg peak memory as the raster grows (same texture)")
-    for size in sizes:
-        r = ours[size]
-        ratio = r["peak_mib"] / ours[first]["peak_mib"]
-        line = (
-            f"{size:>6}x{size:<6}{r['polygons']:>10} polygons{r['seconds']:>8.1f} s{r['peak_mib']:>8.0f} MiB"
-        )
-        print(f"{line}  {ratio:.2f}x")
-    print("target: the largest within 1.5x the memory of the first")
+            def coarse(row0: int, col0: int, h: int, w: int) -> np.ndarray:
+                """The percolating map at a quarter of the resolution, each pixel repeated 4 x 4."""
+                small = percolating_block(row0 // 4, col0 // 4, -(-h // 4), -(-w // 4))
+                return small.repeat(4, axis=0).repeat(4, axis=1)[:h, :w]
+
+            runs = {n: measure("geoseg", raster(folder, "percolating-coarse", n, coarse), out) for n in sizes}
+            print(f"\nmemory: percolating raster (4 x 4 pixel steps), split grid {DEFAULT_SPLIT} px")
+            first = runs[sizes[0]]
+            for n in sizes:
+                r = runs[n]
+                ratio = r["peak_mib"] / first["peak_mib"]
+                print(
+                    f"{n:>6}x{n:<6}{r['polygons']:>10} polygons{r['seconds']:>8.1f} s"
+                    f"{r['peak_mib']:>8.0f} MiB  {ratio:.2f}x"
+                )
+            print("target: the largest within 1.5x the memory of the first")
 
 
 if __name__ == "__main__":

@@ -76,10 +76,32 @@ def test_options_reach_the_library(runner, tmp_path, classes_tif):
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
     assert list(json.loads(result.stdout)["polygons"]) == ["tree"]
-    assert "--split-polygons-at" in runner.invoke(cli, ["vectorize", "--help"]).output
     info = pyogrio.read_info(out)
     assert info["geometry_type"] == "MultiPolygon"
     assert info["layer_name"] == "trees"
+
+
+def test_help_gives_the_units_of_min_area_and_simplify_and_the_split_grid(runner):
+    result = runner.invoke(cli, ["vectorize", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "--simplify METRES" in text and "the tolerance is in metres on the ground" in text
+    assert "(square metres on the ellipsoid, in any CRS)" in text
+    assert "--split-polygons-at PX" in text and "[default: 4096]" in text
+
+
+def test_split_grid_reaches_the_library_and_a_too_small_one_is_one_line(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    out = tmp_path / "cut.gpkg"
+    args = ["vectorize", path, "-o", str(out), "--json"]
+    whole = json.loads(runner.invoke(cli, [*args, "--split-polygons-at", "0"]).stdout)["polygons"]
+    cut = json.loads(runner.invoke(cli, [*args, "--split-polygons-at", "16", "--overwrite"]).stdout)[
+        "polygons"
+    ]
+    assert sum(cut.values()) > sum(whole.values())
+    result = runner.invoke(cli, [*args, "--split-polygons-at", "8", "--overwrite"])
+    assert result.exit_code == 1
+    assert result.stderr == "Error: the split grid must be 0 (never split) or at least 16 pixels, not 8\n"
 
 
 def test_summary_line_without_json(runner, tmp_path, classes_tif):
