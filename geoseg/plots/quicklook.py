@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from rasterio.enums import Resampling
 from geoseg.errors import ConfigurationError, InputError
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
-from geoseg.plots.common import base_name, check_png_output, default_color, new_figure, save_rgba_png
+from geoseg.plots.common import DPI, base_name, check_png_output, default_color, new_figure, save_rgba_png
 from geoseg.raster.classes import read_class_names
 from geoseg.raster.grids import check_same_grid
 from geoseg.raster.reading import data_band_indexes, has_mask, open_raster, percentile_range
@@ -29,7 +30,6 @@ DEFAULT_MAX_SIZE = 1600
 MIN_MAX_SIZE = 320  # below this the legend no longer fits legibly beside the map
 SMALL_MAP = 512  # small rasters are enlarged (whole pixels) to about this size
 OVERLAY_OPACITY = 0.55  # class colours over an image
-MAX_NAME = 24  # longer class names are shortened in the legend
 
 # panel layout, in PNG pixels
 _PAD = 14
@@ -86,7 +86,8 @@ def quicklook(
     with open_raster(classes) as dataset:
         _check_class_raster(dataset, str(classes), over is not None)
         names, colors = _names_and_colors(dataset, model_card)
-        panel = _panel_width(names)
+        measure = _text_width_measure()
+        panel = _panel_width(names, measure)
         shape = _map_shape(dataset.height, dataset.width, max_size - panel, max_size)
         values, valid = _read_classes(dataset, shape)
         metres = _metres_per_pixel(dataset)
@@ -106,7 +107,7 @@ def quicklook(
     height = min(max_size, max(map_h, _fixed_panel_height(ground) + _ROW * min(rows, len(legend))))
     figure = new_figure(map_w + panel, height)
     figure.patch.set_alpha(0.0)  # the space under a wide map stays transparent
-    _draw_panel(figure, map_w, panel, height, base_name(classes), size, metres, legend, rows, ground)
+    _draw_panel(figure, map_w, panel, height, base_name(classes), size, metres, legend, rows, ground, measure)
     figure.canvas.draw()
     # the map goes in as it is, pixel for pixel: matplotlib's image path would resample it in float64
     pixels = np.array(figure.canvas.buffer_rgba())
@@ -259,14 +260,44 @@ def _colorize(
     return rgba
 
 
-def _short(name: str) -> str:
-    return name if len(name) <= MAX_NAME else name[: MAX_NAME - 1] + "…"
+_WIDEST_SHARES = ("100 %", "<0.1 %", "9.9 %")
+_NAME_GAP = 12  # between a class name and its share
 
 
-def _panel_width(names: list[str]) -> int:
-    """Wide enough for the longest (shortened) name and its share at 10 pt."""
-    longest = max((len(_short(n)) for n in names), default=4)
-    return int(min(_PANEL_MAX, max(_PANEL_MIN, 2 * _PAD + _SWATCH[0] + 8 + 7.5 * (longest + 6))))
+def _text_width_measure() -> Callable[..., float]:
+    """``measure(text, bold=False)``: its width in PNG pixels at the panel's font size, as Agg renders it."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer = RendererAgg(1, 1, DPI)
+    fonts = {bold: FontProperties(size=_FONT, weight="bold" if bold else "normal") for bold in (False, True)}
+
+    def measure(text: str, bold: bool = False) -> float:
+        return renderer.get_text_width_height_descent(text, fonts[bold], ismath=False)[0]
+
+    return measure
+
+
+def _fit(text: str, room: float, measure: Callable[..., float], bold: bool = False) -> str:
+    """``text`` shortened with an ellipsis until it is at most ``room`` pixels wide."""
+    if measure(text, bold) <= room:
+        return text
+    while len(text) > 1 and measure(text + "…", bold) > room:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _name_room(panel: int, measure: Callable[..., float]) -> float:
+    """Pixels left for a class name in a legend row: the panel less margins, swatch and share column."""
+    shares = max(measure(t) for t in _WIDEST_SHARES)
+    return panel - 2 * _PAD - _SWATCH[0] - 8 - _NAME_GAP - shares
+
+
+def _panel_width(names: list[str], measure: Callable[..., float]) -> int:
+    """Wide enough for the longest name and its share, within limits (longer names are shortened)."""
+    longest = max((measure(n) for n in names), default=0.0)
+    needed = math.ceil(longest + _PANEL_MIN - _name_room(_PANEL_MIN, measure))
+    return min(_PANEL_MAX, max(_PANEL_MIN, needed))
 
 
 def _fixed_panel_height(ground: float | None) -> int:
@@ -293,6 +324,7 @@ def _draw_panel(
     legend: list[LegendEntry],
     rows: int,
     ground: float | None,
+    measure: Callable[..., float],
 ) -> None:
     """Title, raster size, one legend row per class (swatch, name, share), scale bar; pixel coordinates."""
     from matplotlib.patches import Rectangle
@@ -309,14 +341,15 @@ def _draw_panel(
     box(left, 0, width, height, facecolor="white", edgecolor="none")
     box(left, 0, 1, height, facecolor="#888888", edgecolor="none")  # separates a white class from the panel
     x, top = left + _PAD, height - _PAD
-    text(x, top, title if len(title) <= 30 else title[:29] + "…", fontweight="bold")
+    text(x, top, _fit(title, width - 2 * _PAD, measure, bold=True), fontweight="bold")
     detail = f"{size[0]:,} × {size[1]:,} px" + (f" · {_distance_text(resolution)}" if resolution else "")
     text(x, top - 20, detail, color="#444444", fontsize=_FONT - 1)
     y = top - 50
     shown = legend if len(legend) <= rows else legend[: rows - 1]
+    room = _name_room(width, measure)
     for entry in shown:
         box(x, y - _SWATCH[1], *_SWATCH, facecolor=np.array(entry.color) / 255, edgecolor="#333333", lw=0.8)
-        text(x + _SWATCH[0] + 8, y + 1, _short(entry.name))
+        text(x + _SWATCH[0] + 8, y + 1, _fit(entry.name, room, measure))
         text(left + width - _PAD, y + 1, _share_text(entry.share), ha="right", color="#444444")
         y -= _ROW
     if len(shown) < len(legend):
