@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from geoseg.describe import describe
     from geoseg.evaluation import EvaluationResult, evaluate, write_confusion_csv
+    from geoseg.export.exporter import export_model
     from geoseg.inference.engine import PredictResult, predict_scene
     from geoseg.inference.predict import iter_predict, predict
     from geoseg.model.build import build_model
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from geoseg.plots.curves import plot_training_curves
     from geoseg.plots.evaluation import plot_evaluation
     from geoseg.plots.quicklook import QuicklookResult, quicklook
+    from geoseg.stac.mlm import checkpoint_stac_item
     from geoseg.training.loop import TrainingConfig, TrainingResult, train
     from geoseg.vector.vectorize import VectorizeResult, vectorize
 
@@ -31,7 +33,9 @@ if TYPE_CHECKING:
 # calls, so that a shell loop over thousands of scenes is not spent importing.
 _EXPORTS = {
     "describe": "geoseg.describe",
+    "checkpoint_stac_item": "geoseg.stac.mlm",
     "EvaluationResult": "geoseg.evaluation",
+    "export_model": "geoseg.export.exporter",
     "evaluate": "geoseg.evaluation",
     "write_confusion_csv": "geoseg.evaluation",
     "PredictResult": "geoseg.inference.engine",
@@ -78,11 +82,13 @@ __all__ = [
     "TrainingResult",
     "VectorizeResult",
     "build_manet",
+    "checkpoint_stac_item",
     "build_model",
     "convert_checkpoint",
     "default_checkpoint_path",
     "describe",
     "evaluate",
+    "export_model",
     "iter_predict",
     "load_checkpoint",
     "plot_evaluation",

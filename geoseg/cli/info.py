@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from geoseg.cli.options import emit_json, json_option
@@ -10,14 +12,25 @@ from geoseg.cli.options import emit_json, json_option
 @click.command(short_help="Describe a checkpoint or a raster.")
 @click.argument("path")
 @json_option
-def info(path: str, as_json: bool) -> None:
+@click.option(
+    "--stac",
+    is_flag=True,
+    help="Print the checkpoint as a STAC Item with the Machine Learning Model (MLM) extension (JSON).",
+)
+def info(path: str, as_json: bool, stac: bool) -> None:
     """Describe PATH: a checkpoint (its model card, parameter count, backbone) or a raster (size, CRS,
     transform, bands, dtype, nodata/mask, block layout). GDAL paths such as /vsizip/ work.
 
     \b
     geoseg info models/manet_r50_loveda_demo.safetensors
     geoseg info scene.tif --json
+    geoseg info models/manet_r50_loveda_demo.safetensors --stac > manet.item.json
     """
+    if stac:
+        from geoseg.api import checkpoint_stac_item
+
+        click.echo(json.dumps(checkpoint_stac_item(path), indent=2))
+        return
     from geoseg.api import describe
 
     description = describe(path)

@@ -29,6 +29,7 @@ COMMANDS = {
     "train": "train",
     "convert": "convert",
     "info": "info",
+    "export": "export",
     "quicklook": "quicklook",
 }
 

@@ -44,7 +44,15 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
 
 
 @click.command(short_help="Segment orthophotos into class rasters.")
-@click.argument("inputs", nargs=-1, required=True, metavar="INPUT...")
+@click.argument("inputs", nargs=-1, metavar="INPUT...")
+@click.option(
+    "--from-file",
+    "input_list",
+    type=click.File("r", encoding="utf-8"),
+    default=None,
+    metavar="FILE|-",
+    help="Read inputs from FILE (- for standard input), one path or URL per line; # starts a comment.",
+)
 @click.option(
     "-o",
     "--output",
@@ -56,7 +64,8 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     "--model",
     "model_path",
     default=None,
-    help="Checkpoint (.safetensors, or a foreign .ckpt/.pth with --preset/--card). Default: the bundled one.",
+    help="Checkpoint (.safetensors, or a foreign .ckpt/.pth with --preset/--card) or an ONNX export "
+    "(geoseg export; run by onnxruntime). Default: the bundled one.",
 )
 @preset_option
 @card_option
@@ -130,6 +139,11 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     help="Keep finished regions if interrupted, and compute only the missing ones when run again.",
 )
 @overwrite_option
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Skip scenes whose outputs all exist (JSON status 'skipped'): a re-run carries on where it stopped.",
+)
 @click.option("--keep-going", is_flag=True, help="Carry on past a failing scene; exit code 1 at the end.")
 @json_option
 @quiet_option
@@ -137,6 +151,7 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
 def predict(
     ctx: click.Context,
     inputs: tuple[str, ...],
+    input_list,
     output: str,
     model_path: str | None,
     preset: str | None,
@@ -158,6 +173,7 @@ def predict(
     scheduler: str | None,
     resume: bool,
     overwrite: bool,
+    skip_existing: bool,
     keep_going: bool,
     as_json: bool,
     quiet: bool,
@@ -171,6 +187,7 @@ def predict(
     geoseg predict scene.tif -o classes.tif
     geoseg predict scene.tif -o classes.tif -m model.safetensors --confidence
     geoseg predict tiles/*.tif -o results/ --keep-going --json
+    find /data -name '*.tif' | geoseg predict --from-file - -o results/ --skip-existing --json
     geoseg predict landsat.tif -o classes.tif --scale auto --bands 4,3,2
     geoseg predict big.tif -o classes.tif --workers 4 --resume
     geoseg predict big.tif -o classes.tif --device cuda --workers auto
@@ -179,6 +196,13 @@ def predict(
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")
+    if skip_existing and overwrite:
+        raise click.UsageError("give either --skip-existing or --overwrite, not both")
+    if input_list is not None:
+        lines = (line.strip() for line in input_list)
+        inputs += tuple(line for line in lines if line and not line.startswith("#"))
+    if not inputs:
+        raise click.UsageError("no inputs: give INPUT... or --from-file FILE (- for standard input)")
     if tile is not None and overlap is not None and overlap >= tile:
         raise click.BadParameter(f"{overlap} must be smaller than --tile {tile}", param_hint="'--overlap'")
 
@@ -205,6 +229,7 @@ def predict(
             vectorize=vector,
             quicklook=quicklook,
             overwrite=overwrite,
+            skip_existing=skip_existing,
             keep_going=keep_going,
             workers=workers,
             scheduler=scheduler,
@@ -216,6 +241,8 @@ def predict(
                 click.echo(f"Error: {result.error}", err=True)
             if as_json:
                 emit_json(result.to_dict())
+            elif result.status == "skipped" and not quiet:
+                click.echo(f"{result.input}: skipped, {result.outputs['classes']} exists")
             elif result.error is None and not quiet:
                 click.echo(
                     f"{result.input} -> {result.outputs['classes']} ({result.width}x{result.height} px, "

@@ -81,6 +81,7 @@ class PredictResult:
     class_fractions: dict[str, float] = field(default_factory=dict)
     error: str | None = None
     precision: str | None = None  # what the network ran in (fp32, bf16, fp16); None when it never ran
+    status: str | None = None  # "skipped": every output existed already (skip_existing)
 
     def to_dict(self) -> dict[str, Any]:
         record = {
@@ -96,6 +97,8 @@ class PredictResult:
         }
         if self.error is not None:
             record["error"] = self.error
+        if self.status is not None:
+            record["status"] = self.status
         return record
 
 

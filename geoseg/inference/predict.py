@@ -45,6 +45,7 @@ def prepare_outputs(
     vectorize: str | os.PathLike | None = None,
     quicklook: bool = False,
     overwrite: bool = False,
+    skip_existing: bool = False,
 ) -> list[OutputPaths]:
     """Output names per input, checked before any work.
 
@@ -54,7 +55,8 @@ def prepare_outputs(
     folder, two inputs with the same stem or an output that would replace its input fail here.
     ``vectorize`` is a vector file for one input, or a format (``gpkg``, ``fgb``, ``geojson``, ``parquet``,
     ``shp``) giving ``<stem>.polygons.<format>`` beside the class rasters. ``quicklook`` adds
-    ``<stem>.quicklook.png`` beside each class raster.
+    ``<stem>.quicklook.png`` beside each class raster. With ``skip_existing`` a scene whose outputs all
+    exist is left for :func:`iter_predict` to skip instead of failing the check.
     """
     inputs = [str(i) for i in inputs]
     output_text = str(output)
@@ -112,9 +114,16 @@ def prepare_outputs(
             raise OutputError(f"{output}: cannot create the output folder, {parent} is not writable")
         return plans  # a new folder holds nothing yet; it is created when the first scene starts
     for paths in plans:
+        if skip_existing and outputs_exist(paths):
+            continue
         for _, path in paths.items():
             check_output_path(path, overwrite)
     return plans
+
+
+def outputs_exist(paths: OutputPaths) -> bool:
+    """Whether a scene is finished: every output exists (each is renamed into place only when complete)."""
+    return all(path.exists() for _, path in paths.items())
 
 
 def _vector_format(vectorize: str | os.PathLike | None) -> str | None:
@@ -172,6 +181,7 @@ def iter_predict(
     quicklook: bool = False,
     overwrite: bool = False,
     keep_going: bool = False,
+    skip_existing: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     workers: int | str = 1,
     scheduler: str | None = None,
@@ -181,7 +191,9 @@ def iter_predict(
     """Like :func:`predict`, yielding each scene's result as soon as it is written (for ``--json`` pipelines).
 
     ``model`` may also be an in-memory network, then ``card`` must be a :class:`ModelCard`. With
-    ``keep_going`` a failing scene yields a result whose ``error`` holds the one-line message.
+    ``keep_going`` a failing scene yields a result whose ``error`` holds the one-line message. With
+    ``skip_existing`` a scene whose outputs all exist yields a result with ``status`` "skipped", unopened
+    (a re-run over thousands of scenes carries on where the last one stopped).
     ``workers`` > 1 (or ``auto``: one per GPU) runs regions on a Dask LocalCluster, ``scheduler`` on an
     existing Dask cluster; ``resume`` keeps finished regions of an interrupted run (see
     :func:`geoseg.inference.engine.run_scene`).
@@ -197,6 +209,7 @@ def iter_predict(
         vectorize=vectorize,
         quicklook=quicklook,
         overwrite=overwrite,
+        skip_existing=skip_existing,
     )
     if quicklook:
         from geoseg.plots.common import require_matplotlib
@@ -218,8 +231,11 @@ def iter_predict(
         network, model_card = load_model(path, preset, card)
         model_source = ModelSource(model_digest(network), str(path), preset, card, compile=compile)
 
-    scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError]] = []
+    scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError | None]] = []
     for source, paths in zip(inputs, plans, strict=True):
+        if skip_existing and outputs_exist(paths):
+            scenes.append((source, paths, None))  # finished by an earlier run: not even opened
+            continue
         try:
             plan = plan_scene(
                 model_card,
@@ -244,6 +260,10 @@ def iter_predict(
     try:
         done_before = 0
         for source, paths, plan in scenes:
+            if plan is None:
+                outputs = {kind: str(path) for kind, path in paths.items()}
+                yield PredictResult(source, outputs, 0, 0, 0, 0.0, str(resolved), status="skipped")
+                continue
             if isinstance(plan, GeosegError):
                 yield _failure(source, resolved, plan)
                 continue
@@ -312,6 +332,7 @@ def predict(
     quicklook: bool = False,
     overwrite: bool = False,
     keep_going: bool = False,
+    skip_existing: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     workers: int | str = 1,
     scheduler: str | None = None,
@@ -353,6 +374,7 @@ def predict(
             quicklook=quicklook,
             overwrite=overwrite,
             keep_going=keep_going,
+            skip_existing=skip_existing,
             chunk_size=chunk_size,
             workers=workers,
             scheduler=scheduler,

@@ -144,7 +144,8 @@ def _probabilities(
     views: list[tuple[Callable, Callable]],
 ) -> torch.Tensor:
     """Softmax probabilities (B, K, T, T) in float32, averaged over the test-time views."""
-    x = normalize(batch, value_range, card.mean, card.std)
+    prepare = getattr(network, "prepare_input", None)  # an ONNX export scales and normalises inside
+    x = prepare(batch, value_range) if prepare else normalize(batch, value_range, card.mean, card.std)
     total = None
     for forward, inverse in views:
         with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):

@@ -1,0 +1,136 @@
+"""``geoseg export``: a checkpoint as a self-contained ONNX model or ``torch.export`` program.
+
+An export is meant to be used without geoseg (onnxruntime in a QGIS plugin or a service, a ``.pt2`` loaded
+with ``torch.export.load``), so it takes what such a user has, raw pixel values (float32, N×C×H×W in the
+card's band order), and applies the card's value range and normalisation inside; it returns class
+probabilities (softmax inside) or, on request, raw logits. Batch, height and width are dynamic, height and
+width as multiples of 32 (the network's requirement, stated in the graph's shape constraints). The card
+travels inside: ONNX ``metadata_props`` and the ``.pt2``'s extra files, under the same key as in a geoseg
+checkpoint.
+
+Both formats come from one ``torch.export`` program: the ONNX file is that program translated by the
+TorchDynamo exporter (torch's default since 2.9; the TorchScript exporter is deprecated), so the two formats
+cannot drift apart. ``benchmarks/export.py`` compares the two ONNX exporters.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from geoseg.atomic import atomic_output, check_output_path
+from geoseg.errors import ConfigurationError
+from geoseg.export.runtime import OUTPUT_KIND_KEY, require
+from geoseg.model.card import ModelCard
+from geoseg.model.checkpoint import CARD_METADATA_KEY, load_checkpoint
+from geoseg.model.normalize import normalize
+
+INPUT_NAME = "pixels"
+ONNX_OPSET = 18
+SUFFIXES = (".onnx", ".pt2")
+
+
+class RawPixelNetwork(nn.Module):
+    """The network with the card's scaling and normalisation in front and, unless ``logits``, a softmax
+    behind: raw pixel values in, probabilities out, as a user of the export holds and wants them."""
+
+    def __init__(self, network: nn.Module, card: ModelCard, *, logits: bool = False) -> None:
+        super().__init__()
+        self.network = network
+        self.value_range = tuple(card.value_range)
+        self.mean = list(card.mean)
+        self.std = list(card.std)
+        self.logits = logits
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        scores = self.network(normalize(pixels, self.value_range, self.mean, self.std))
+        return scores if self.logits else torch.softmax(scores, dim=1)
+
+
+def export_program(
+    network: nn.Module, card: ModelCard, *, logits: bool = False
+) -> torch.export.ExportedProgram:
+    """The float32 network as a ``torch.export`` program with dynamic batch and 32-multiple height/width.
+
+    The example batch has two tiles: a batch of one would be specialised to a constant.
+    """
+    wrapped = RawPixelNetwork(network.float().eval(), card, logits=logits).eval()
+    example = torch.zeros((2, card.num_bands, 64, 96), dtype=torch.float32)
+    dims = {
+        0: torch.export.Dim("batch", min=1),
+        2: 32 * torch.export.Dim("height_32", min=1),
+        3: 32 * torch.export.Dim("width_32", min=1),
+    }
+    with torch.no_grad():
+        return torch.export.export(wrapped, (example,), dynamic_shapes={INPUT_NAME: dims})
+
+
+def export_model(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    preset: str | None = None,
+    card: ModelCard | str | os.PathLike | None = None,
+    logits: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Export the checkpoint ``model`` to ``output`` (``.onnx`` or ``.pt2``, by its suffix), atomically.
+
+    A foreign checkpoint needs ``preset`` or ``card`` like everywhere else: an export without class names,
+    bands and normalisation could not be used correctly.
+    """
+    output = Path(output)
+    kind = output.suffix.lower()
+    if kind not in SUFFIXES:
+        raise ConfigurationError(
+            f"{output}: unknown export format {output.suffix or '(no suffix)'!r}; "
+            "name the output .onnx (onnxruntime) or .pt2 (torch.export)"
+        )
+    check_output_path(output, overwrite)
+    if kind == ".onnx":
+        require("onnxscript")  # the TorchDynamo exporter's translator: before any work
+    network, model_card = load_checkpoint(model, preset=preset, card=card)
+    start = time.perf_counter()
+    program = export_program(network, model_card, logits=logits)
+    metadata = {
+        CARD_METADATA_KEY: model_card.to_json(),
+        OUTPUT_KIND_KEY: "logits" if logits else "probabilities",
+    }
+    with atomic_output(output, overwrite) as tmp:
+        if kind == ".onnx":
+            _write_onnx(program, model_card, metadata, tmp)
+        else:
+            torch.export.save(program, str(tmp), extra_files=metadata)
+    return {
+        "input": str(model),
+        "output": str(output),
+        "format": "onnx" if kind == ".onnx" else "pt2",
+        "opset": ONNX_OPSET if kind == ".onnx" else None,
+        "outputs": metadata[OUTPUT_KIND_KEY],
+        "bands": model_card.bands,
+        "classes": model_card.class_names,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
+def _write_onnx(
+    program: torch.export.ExportedProgram, card: ModelCard, metadata: dict[str, str], path: Path
+) -> None:
+    output_name = metadata[OUTPUT_KIND_KEY]
+    onnx_program = torch.onnx.export(
+        program,
+        dynamo=True,
+        opset_version=ONNX_OPSET,
+        input_names=[INPUT_NAME],
+        output_names=[output_name],
+        optimize=True,
+        verbose=False,
+    )
+    onnx_program.model.metadata_props.update(metadata)
+    onnx_program.model.doc_string = card.name or card.description or f"geoseg {card.architecture}"
+    onnx_program.save(str(path))
