@@ -23,7 +23,7 @@ from geoseg.raster.reading import Scale, open_raster, resolve_value_range, selec
 from geoseg.raster.writing import georeferencing
 
 MIN_REGION_TILES = 10  # a region side of at least 10 tiles: each border repeats ~T/S tile rows of ~10
-RESUME_REGION_PIXELS = 4096 * 4096  # with --resume, an interruption loses at most about this much per worker
+RESUME_REGION_PIXELS = 2048 * 2048  # with --resume, a region per this many px at least (what a kill loses)
 REGIONS_PER_WORKER = 2  # a little slack so that a slow or restarted worker does not hold up the end
 
 
