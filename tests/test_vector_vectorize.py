@@ -499,15 +499,15 @@ def test_a_raster_placed_by_gcps_is_refused_saying_to_warp_it(tmp_path):
         vectorize(path, tmp_path / "gcps.gpkg")
     assert str(caught.value) == (
         f"{path}: is placed by ground control points (GCPs), not by a geotransform; warp it onto a map grid "
-        "first (gdalwarp -t_srs <CRS> gcps.tif warped.tif), then vectorize the warped raster"
+        "first (gdalwarp -t_srs <CRS> gcps.tif warped.tif) to vectorize it"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gcps.tif"]
 
 
-def test_a_raster_placed_by_rpcs_is_refused_saying_to_warp_it(tmp_path):
+def rpcs_near_berlin():
     from rasterio.rpc import RPC
 
-    rpcs = RPC(
+    return RPC(
         height_off=50,
         height_scale=500,
         lat_off=52.5,
@@ -523,7 +523,10 @@ def test_a_raster_placed_by_rpcs_is_refused_saying_to_warp_it(tmp_path):
         samp_off=8,
         samp_scale=8,
     )
-    path = write_placed(tmp_path / "rpcs.tif", rpcs=rpcs)
+
+
+def test_a_raster_placed_by_rpcs_is_refused_saying_to_warp_it(tmp_path):
+    path = write_placed(tmp_path / "rpcs.tif", rpcs=rpcs_near_berlin())
     with pytest.raises(
         InputError, match=r"rpcs\.tif: is placed by RPCs, not by a geotransform; .*gdalwarp -rpc"
     ):
@@ -623,3 +626,28 @@ def test_memory_stays_flat_when_one_region_spans_the_scene(tmp_path, monkeypatch
         peaks[n] = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
     assert peaks[1024] < 1.5 * peaks[256]
+
+
+def test_predict_vectorize_refuses_an_rpc_scene_before_any_inference(tmp_path):
+    from helpers import PixelNet, write_scene
+
+    from geoseg.api import predict
+    from geoseg.model.card import ClassInfo, ModelCard
+
+    scene = tmp_path / "rpc.tif"
+    write_scene(scene, width=64, height=64, rpcs=rpcs_near_berlin())
+    card = ModelCard(
+        classes=[ClassInfo(f"c{i}", (i, i, i)) for i in range(6)],
+        bands=["red", "green", "blue"],
+        backbone="resnet18",
+        tile_size=64,
+        overlap=16,
+    )
+
+    class Untouchable(PixelNet):
+        def forward(self, x):
+            raise AssertionError("no tile may be computed")
+
+    with pytest.raises(InputError, match=r"rpc\.tif: is placed by RPCs, not by a geotransform; warp it"):
+        predict([scene], tmp_path / "out.tif", model=Untouchable(), card=card, vectorize=tmp_path / "p.gpkg")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rpc.tif"]

@@ -246,6 +246,10 @@ def iter_predict(
                 scale=scale,
                 chunk_size=chunk_size,
             )
+            if paths.polygons is not None and plan.georef["transform"] is None:
+                from geoseg.vector.vectorize import refuse_unmapped
+
+                refuse_unmapped("gcps" if plan.georef["gcps"] else "rpcs", source)  # before the inference
         except GeosegError as error:
             if not keep_going:
                 raise

@@ -27,6 +27,7 @@ import shapely
 from geoseg.atomic import check_output_path
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import read_class_names
+from geoseg.raster.grids import placement
 from geoseg.vector.area import GroundArea
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
 from geoseg.vector.output import FeatureWriter, atomic_vector_output, output_driver
@@ -106,7 +107,7 @@ def vectorize(
         raise InputError(f"{classes_path}: cannot open as a raster ({_first_line(error)})") from None
     with dataset, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
         _check_raster(dataset, classes_path)
-        _check_placement(dataset, classes_path)
+        refuse_unmapped(placement(dataset), classes_path)
         names = read_class_names(dataset) or []
         selected = _select_classes(classes, names, classes_path)
         if driver == "GeoJSON":
@@ -246,21 +247,19 @@ def _check_raster(dataset, path: Path) -> None:
         )
 
 
-def _check_placement(dataset, path: Path) -> None:
-    """Refuse a raster placed only by GCPs or RPCs (also behind an identity geotransform, as a VRT with an
-    SRS may be): its pixel grid is not the map, and vectorizing it would put the polygons in pixel space."""
-    if not dataset.transform.is_identity:
+def refuse_unmapped(kind: str | None, path: str | os.PathLike) -> None:
+    """Refuse a raster placed only by GCPs or RPCs (``kind`` as ``geoseg.raster.grids.placement`` says; also
+    behind an identity geotransform, as a VRT with an SRS may be): its pixel grid is not the map, and
+    polygons of it would lie in pixel space. ``predict --vectorize`` asks before any inference."""
+    if kind not in ("gcps", "rpcs"):
         return
-    gcps, _ = dataset.gcps
-    if gcps:
-        what, how = "ground control points (GCPs)", "gdalwarp -t_srs <CRS>"
-    elif dataset.rpcs is not None:
-        what, how = "RPCs", "gdalwarp -rpc -t_srs <CRS>"
-    else:
-        return
+    what, how = {
+        "gcps": ("ground control points (GCPs)", "gdalwarp -t_srs <CRS>"),
+        "rpcs": ("RPCs", "gdalwarp -rpc -t_srs <CRS>"),
+    }[kind]
     raise InputError(
         f"{path}: is placed by {what}, not by a geotransform; warp it onto a map grid first "
-        f"({how} {path.name} warped.tif), then vectorize the warped raster"
+        f"({how} {Path(path).name} warped.tif) to vectorize it"
     )
 
 
