@@ -28,22 +28,33 @@ from geoseg.model.presets import preset_card
 
 GEOREF = dict(crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5))
 
-# Runs the CLI with the last step before an output's rename paused until a signal arrives.
+# Runs the CLI (arguments after the marker and the output's name) with the last step before that output's
+# rename paused until a signal arrives.
 PAUSED_CLI = """
 import sys, time
 from pathlib import Path
 import geoseg.atomic as atomic
 
-marker = Path(sys.argv[1])
+marker, name = Path(sys.argv[1]), sys.argv[2]
+give_default_permissions = atomic._give_default_permissions
 
 def pause(path):
-    marker.write_text(str(path))
-    time.sleep(120)
+    if path.name.startswith(f".{name}."):
+        marker.write_text(str(path))
+        time.sleep(120)
+    give_default_permissions(path)
 
 atomic._give_default_permissions = pause
 from geoseg.cli.main import cli
-cli(sys.argv[2:], prog_name="geoseg")
+cli(sys.argv[3:], prog_name="geoseg")
 """
+
+OUTPUT_NAMES = {
+    "predict": "classes.tif",
+    "vectorize": "map.gpkg",
+    "train": "m.safetensors",
+    "convert": "m.safetensors",
+}
 
 
 @pytest.fixture(scope="module")
@@ -136,12 +147,10 @@ def test_a_signal_right_before_the_rename_leaves_nothing(inputs, checkpoint, tmp
     (out / "kept.txt").write_text("an earlier file")
     marker = tmp_path / "paused"
     process = subprocess.Popen(
-        [sys.executable, "-c", PAUSED_CLI, str(marker), *_commands(inputs, checkpoint, out)[command]],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_environment(),
-    )
+        [sys.executable, "-c", PAUSED_CLI, str(marker), OUTPUT_NAMES[command],
+         *_commands(inputs, checkpoint, out)[command]],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+    )  # fmt: skip
     _wait_for(marker.exists, process)
     assert Path(marker.read_text()).parent == out and Path(marker.read_text()).name.startswith(".")
     code, stderr = _stop(process, signum)
@@ -174,7 +183,8 @@ def test_sigkill_leaves_only_a_hidden_temporary_name_never_the_final_one(inputs,
     out.mkdir()
     marker = tmp_path / "paused"
     process = subprocess.Popen(
-        [sys.executable, "-c", PAUSED_CLI, str(marker), *_commands(inputs, checkpoint, out)["convert"]],
+        [sys.executable, "-c", PAUSED_CLI, str(marker), "m.safetensors",
+         *_commands(inputs, checkpoint, out)["convert"]],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
     )  # fmt: skip
     _wait_for(marker.exists, process)
