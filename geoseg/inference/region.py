@@ -372,7 +372,7 @@ def _stream(
     Returns the per-class pixel counts of valid pixels and the number of tiles computed.
     """
     stop = threading.Event()
-    reader = Reader(source, plan, grid, batch_size, device.type == "cuda", stop)
+    reader = Reader(source, plan, grid, batch_size, device, stop)
     writer = _Writer(sinks, card.num_classes, (grid.region.y0, grid.region.x0), stop)
     frontier = _Frontier(scratch_dir)
     blender = _Blender(grid, card.num_classes, device, frontier)
@@ -409,8 +409,9 @@ def _stream(
                 if item[0] == "chunk":
                     masks[item[1]] = item[2]
                     continue
-                batch, tiles = item[1].to(device, non_blocking=True), item[2]
+                batch, tiles = reader.upload(item[1], item[4]), item[2]
                 probs = _probabilities(network, batch, card, plan.value_range, amp_dtype, views)
+                reader.release(item[4])
                 for b, tile in enumerate(tiles):
                     finish_until(tile.chunk)
                     blender.add(tile, probs[b])
