@@ -23,9 +23,10 @@ def plot_evaluation(result: EvaluationResult, output: str | os.PathLike, *, over
     """Write the confusion matrix and the per-class F1/IoU bars of ``result`` as one PNG, atomically."""
     k = len(result.class_names)
     side = max(360, CELL_PX * k)
-    figure = new_figure(2 * side + 420, side + 230, layout="constrained")
-    matrix_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1.15, 1])
     labels = [_label(name, c.excluded) for name, c in zip(result.class_names, result.per_class, strict=True)]
+    below = 5 * max(len(label) for label in labels)  # room for the slanted class names under the matrix
+    figure = new_figure(2 * side + 420, side + 200 + below, layout="constrained")
+    matrix_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1.15, 1])
     _draw_confusion(figure, matrix_axes, result.confusion, labels)
     _draw_scores(bar_axes, result, labels)
     figure.suptitle(
@@ -62,7 +63,7 @@ def _draw_confusion(figure, axes, confusion: np.ndarray, labels: list[str]) -> N
     cmap = colormaps["Blues"].with_extremes(bad="#eeeeee")  # grey row: a class absent from the truth
     image = axes.imshow(np.ma.masked_invalid(share), cmap=cmap, vmin=0, vmax=1)
     k = len(labels)
-    font = 9 if k <= 8 else 7
+    font = 9 if k <= 8 else 8 if k <= 16 else 7
     for i in range(k):
         for j in range(k):
             if rows[i, 0] == 0:
