@@ -36,7 +36,8 @@ def describe_raster(path: str) -> dict[str, Any]:
     from geoseg.raster.classes import read_class_names
     from geoseg.raster.reading import open_raster
 
-    with open_raster(path, unreadable="neither a checkpoint nor a raster GDAL can read") as dataset:
+    unreadable = "neither a checkpoint nor a raster GDAL can read"
+    with open_raster(path, unreadable, require_bands=False) as dataset:
         crs = dataset.crs
         mask_kinds = []
         for flags in dataset.mask_flag_enums:
@@ -65,6 +66,7 @@ def describe_raster(path: str) -> dict[str, Any]:
                 }
                 for i in dataset.indexes
             ],
+            **({"subdatasets": dataset.subdatasets} if dataset.subdatasets else {}),
         }
 
 

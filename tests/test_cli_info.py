@@ -187,3 +187,17 @@ def test_info_says_a_transform_places_an_ordinary_raster(runner, tmp_path):
     assert described["georeferencing"] == "transform"
     assert described["bounds"] == [500000.0, 3999997.0, 500004.0, 4000000.0]
     assert "gcps" not in described and "rpcs" not in described
+
+
+def test_info_lists_the_subdatasets_of_a_container(runner, tmp_path):
+    path = tmp_path / "two.gpkg"
+    for i, table in enumerate(["a", "b"]):
+        options = {"RASTER_TABLE": table, **({"APPEND_SUBDATASET": "YES"} if i else {})}
+        with rasterio.open(
+            path, "w", driver="GPKG", width=8, height=8, count=3, dtype="uint8", **GEOREF, **options
+        ) as dst:
+            dst.write(np.zeros((3, 8, 8), np.uint8))
+    result = runner.invoke(cli, ["info", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.stdout)
+    assert (described["count"], described["subdatasets"]) == (0, [f"GPKG:{path}:a", f"GPKG:{path}:b"])

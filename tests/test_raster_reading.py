@@ -336,3 +336,29 @@ def test_scale_auto_on_a_damaged_raster_names_the_file_and_gdals_reason(tmp_path
     assert message.startswith(f"{cut}: --scale auto could not read the pixels (cut.tif, band ")
     assert message.endswith("TIFFReadEncodedTile() failed.)")
     assert isinstance(refused.value.__cause__, rasterio.errors.RasterioIOError)
+
+
+def _two_raster_geopackage(path):
+    for i, table in enumerate(["a", "b"]):
+        options = {"RASTER_TABLE": table, **({"APPEND_SUBDATASET": "YES"} if i else {})}
+        with rasterio.open(
+            path, "w", driver="GPKG", width=16, height=16, count=3, dtype="uint8", crs="EPSG:32633",
+            transform=Affine(1, 0, 500000, 0, -1, 4000000), **options,
+        ) as dst:  # fmt: skip
+            dst.write(np.full((3, 16, 16), 50 * i, np.uint8))
+    return path
+
+
+def test_a_container_without_bands_names_a_subdataset_to_open_and_that_name_opens(tmp_path):
+    path = _two_raster_geopackage(tmp_path / "two.gpkg")
+    with pytest.raises(InputError) as refused:
+        open_raster(path)
+    assert str(refused.value) == (
+        f"{path}: holds no raster bands but 2 subdataset(s); open one by its GDAL name, "
+        f"e.g. GPKG:{path}:a (geoseg info {path} lists them)"
+    )
+    with open_raster(f"GPKG:{path}:b") as d:
+        assert select_bands(d, RGB) == [1, 2, 3]
+        assert int(read_bands(d, Window(0, 0, 2, 2), [1, 2, 3]).max()) == 50
+    with pytest.raises(InputError, match=r"GPKG:.*missing\.gpkg:a: not a raster GDAL can read \("):
+        open_raster(f"GPKG:{tmp_path / 'missing.gpkg'}:a")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,14 +42,19 @@ _BAND_ALIASES = {
     "red edge": "rededge",
     "red-edge": "rededge",
 }
+# A driver prefix of a subdataset name (two characters at least: "C:" is a Windows drive).
+_GDAL_PREFIX = re.compile(r"^[A-Za-z][A-Za-z0-9_]+:")
 # Colour interpretations that say nothing about what a band holds.
 _UNNAMED_INTERPS = {ColorInterp.undefined, ColorInterp.gray, ColorInterp.palette, ColorInterp.alpha}
 
 
 def is_gdal_path(path: str | os.PathLike) -> bool:
-    """GDAL virtual paths and URLs (``/vsizip/...``, ``s3://...``) that only GDAL can check."""
+    """GDAL virtual paths, URLs and subdataset names (``/vsizip/...``, ``s3://...``, ``NETCDF:"a.nc":ndvi``,
+    ``GPKG:a.gpkg:table``) that only GDAL can check; a local file of that name is a local file."""
     text = str(path)
-    return text.startswith("/vsi") or "://" in text
+    if text.startswith("/vsi") or "://" in text:
+        return True
+    return _GDAL_PREFIX.match(text) is not None and not Path(text).exists()
 
 
 def gdal_message(error: BaseException) -> str:
@@ -60,11 +66,13 @@ def gdal_message(error: BaseException) -> str:
 
 
 def open_raster(
-    path: str | os.PathLike, unreadable: str = "not a raster GDAL can read"
+    path: str | os.PathLike, unreadable: str = "not a raster GDAL can read", *, require_bands: bool = True
 ) -> rasterio.DatasetReader:
     """Open a raster for reading, turning GDAL's failures into one-line :class:`InputError` messages
     (``unreadable`` says what the file is not); rasterio's own warning about a raster without georeferencing
-    is silenced: the commands that care say so once, in their own words."""
+    is silenced: the commands that care say so once, in their own words. A container without bands of its
+    own (NetCDF, HDF, a GeoPackage of several rasters) is refused naming a subdataset to open instead,
+    unless ``require_bands`` is false (``info`` lists them)."""
     text = str(path)
     if not is_gdal_path(text):
         if not Path(text).exists():
@@ -74,10 +82,20 @@ def open_raster(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(text)
+            dataset = rasterio.open(text)
     except RasterioError as error:
         message = " ".join(str(error).split())
         raise InputError(f"{text}: {unreadable} ({message})") from error
+    if dataset.count == 0 and require_bands:
+        subdatasets = dataset.subdatasets
+        dataset.close()
+        if not subdatasets:
+            raise InputError(f"{text}: holds no raster bands")
+        raise InputError(
+            f"{text}: holds no raster bands but {len(subdatasets)} subdataset(s); open one by its GDAL name, "
+            f"e.g. {subdatasets[0]} (geoseg info {text} lists them)"
+        )
+    return dataset
 
 
 def canonical_band_name(name: str) -> str:
