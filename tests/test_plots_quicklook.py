@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from PIL import Image
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-from geoseg.errors import ConfigurationError, GeosegError, InputError, OutputError
+from geoseg.errors import ConfigurationError, GeosegError, GeosegWarning, InputError, OutputError
 from geoseg.model.presets import preset_card
 from geoseg.plots.quicklook import OVERLAY_OPACITY, SMALL_MAP, quicklook
 from geoseg.raster.classes import NODATA_CLASS, write_class_metadata
@@ -99,6 +100,22 @@ def test_overviews_are_read_not_the_full_resolution(tmp_path):
     assert [e.share for e in result.legend[:3]] == [1.0, 0.0, 0.0]  # class 0: the overviews' content
     large = quicklook(path, tmp_path / "large.png", max_size=2400)  # 1:1 needs the full resolution
     assert [e.share for e in large.legend[:3]] == [0.0, 0.0, 1.0]
+
+
+def test_large_raster_without_overviews_warns_how_to_add_them(tmp_path):
+    path = tmp_path / "plain.tif"
+    profile = tiled_profile(2000, 1500, 1, NODATA_CLASS, UTM)
+    with open_tiled(path, profile) as dst:
+        dst.write(blocky_classes(1500, 2000), 1)
+        write_class_metadata(dst, NAMES, COLORS)
+    with pytest.warns(GeosegWarning, match=f"no overviews.*gdaladdo -r mode {path}"):
+        result = quicklook(path, tmp_path / "map.png", max_size=400)
+    assert result.map_width <= 400
+    with rasterio.open(path, "r+") as dst:
+        dst.build_overviews([2, 4, 8], Resampling.mode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quicklook(path, tmp_path / "again.png", max_size=400)
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import rasterio
 from rasterio.enums import Resampling
 
-from geoseg.errors import ConfigurationError, InputError
+from geoseg.errors import ConfigurationError, GeosegWarning, InputError
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
 from geoseg.plots.common import DPI, base_name, check_png_output, default_color, new_figure, save_rgba_png
@@ -158,7 +159,18 @@ def _zoom(shape: tuple[int, int], max_width: int, max_height: int) -> int:
 
 
 def _read_classes(dataset, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Class values and validity at ``shape`` (nearest neighbour from the best overview: still classes)."""
+    """Class values and validity at ``shape`` (nearest neighbour from the best overview: still classes).
+
+    Without overviews GDAL reads every block for a much smaller picture: memory stays bounded, but the time
+    grows with the raster, so a warning says how to add them.
+    """
+    if not dataset.overviews(1) and dataset.width * dataset.height > 16 * shape[0] * shape[1]:
+        warnings.warn(
+            f"{dataset.name}: no overviews, so the quick-look reads every pixel; add them once with "
+            f"gdaladdo -r mode {dataset.name}",
+            GeosegWarning,
+            stacklevel=3,
+        )
     values = dataset.read(1, out_shape=shape, resampling=Resampling.nearest)
     valid = np.ones(shape, dtype=bool)
     nodata = dataset.nodata
