@@ -34,6 +34,20 @@ def _check_workers(ctx, param, value: str) -> int | str:
     return workers
 
 
+def _check_batch_size(ctx, param, value: str) -> int | str:
+    """A positive number of tiles per batch, or ``auto`` (on CUDA what fits, else 4)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number of tiles or auto") from None
+    if size < 1:
+        raise click.BadParameter(f"{size}: give at least 1 tile per batch, or auto")
+    return size
+
+
 def _check_tile(ctx, param, value: int | None) -> int | None:
     if value is not None and (value <= 0 or value % 32):
         lower = max(32, value // 32 * 32)
@@ -79,7 +93,12 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     help="Overlap of neighbouring tiles. Default: the card's.",
 )
 @click.option(
-    "--batch-size", type=click.IntRange(min=1), default=4, show_default=True, help="Tiles per batch."
+    "--batch-size",
+    default="auto",
+    show_default=True,
+    callback=_check_batch_size,
+    help="Tiles per batch, or auto: on CUDA the most that fit (halved with a warning if they do not), "
+    "else 4.",
 )
 @device_option
 @precision_option
@@ -158,7 +177,7 @@ def predict(
     card_path: str | None,
     tile: int | None,
     overlap: int | None,
-    batch_size: int,
+    batch_size: int | str,
     device: str,
     precision: str,
     compile_network: bool,

@@ -9,10 +9,18 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
+from collections.abc import Callable
 
 import torch
 
-from geoseg.errors import ConfigurationError
+from geoseg.errors import ConfigurationError, GeosegError, GeosegWarning
+
+CPU_BATCH = 4
+MAX_AUTO_BATCH = 64
+# Device memory one tile pixel needs during MANet-R50's forward pass (bf16 convolutions, float32 attention,
+# softmax and blending), with room to spare: a first guess that OutOfMemoryError halving corrects.
+_BYTES_PER_PIXEL = 2048
 
 
 def channels_last_pays(device: torch.device) -> bool:
@@ -94,3 +102,49 @@ def accelerate(model: torch.nn.Module, device: torch.device, *, compile: bool = 
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return AcceleratedNetwork(model, channels_last=channels_last, compile=compile)
+
+
+def resolve_batch_size(batch_size: int | str, device: torch.device, tile: int) -> int:
+    """``auto``: on CUDA the largest power of two (up to 64) whose tiles fit in the device's free memory
+    by a generous per-pixel estimate (halved at run time if it does not fit after all, see
+    :class:`HalvingBatches`); elsewhere 4, where larger batches do not run faster."""
+    if batch_size != "auto":
+        size = int(batch_size)
+        if size < 1:
+            raise ConfigurationError(f"batch size {size} must be at least 1 (or auto)")
+        return size
+    if device.type != "cuda":
+        return CPU_BATCH
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = max(1, int(0.8 * free) // (tile * tile * _BYTES_PER_PIXEL))
+    return min(MAX_AUTO_BATCH, 1 << (fits.bit_length() - 1))
+
+
+class HalvingBatches:
+    """Runs batches in slices of at most ``limit`` tiles; on ``torch.cuda.OutOfMemoryError`` the limit is
+    halved (one warning each time) and the batch run again, so a batch size that does not fit slows the
+    run instead of ending it. One tile that does not fit is an error naming what to change."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __call__(self, run: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor) -> torch.Tensor:
+        while True:
+            try:
+                if len(batch) <= self.limit:
+                    return run(batch)
+                return torch.cat([run(batch[i : i + self.limit]) for i in range(0, len(batch), self.limit)])
+            except torch.cuda.OutOfMemoryError:
+                if self.limit == 1:
+                    raise GeosegError(
+                        "out of GPU memory with one tile per batch; use a smaller --tile or --device cpu"
+                    ) from None
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.limit = max(1, min(self.limit, len(batch)) // 2)
+                warnings.warn(
+                    f"out of GPU memory: running {self.limit} tile(s) at a time (set --batch-size "
+                    f"{self.limit} to start there)",
+                    GeosegWarning,
+                    stacklevel=2,
+                )

@@ -16,7 +16,7 @@ import torch
 from geoseg.atomic import check_output_path
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError, GeosegError, OutputError
-from geoseg.inference.acceleration import check_compile
+from geoseg.inference.acceleration import check_compile, resolve_batch_size
 from geoseg.inference.engine import (
     ModelSource,
     OutputPaths,
@@ -168,7 +168,7 @@ def iter_predict(
     card: ModelCard | str | os.PathLike | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | str = "auto",
     device: str | torch.device = "auto",
     precision: str = "auto",
     compile: bool = False,
@@ -230,6 +230,7 @@ def iter_predict(
         path = default_checkpoint_path() if model is None else Path(model)
         network, model_card = load_model(path, preset, card)
         model_source = ModelSource(model_digest(network), str(path), preset, card, compile=compile)
+    batch_size = resolve_batch_size(batch_size, resolved, tile or model_card.tile_size)
 
     scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError | None]] = []
     for source, paths in zip(inputs, plans, strict=True):
@@ -323,7 +324,7 @@ def predict(
     card: ModelCard | str | os.PathLike | None = None,
     tile: int | None = None,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int | str = "auto",
     device: str | torch.device = "auto",
     precision: str = "auto",
     compile: bool = False,
@@ -354,7 +355,8 @@ def predict(
     counts the tiles computed, without those that hold no valid input pixel (they are skipped).
     ``precision`` ``auto`` is the fastest that keeps the classes on the device (see
     :func:`geoseg.device.resolve_precision`); ``compile`` runs the network through ``torch.compile``
-    (minutes once, worth it on big scenes only).
+    (minutes once, worth it on big scenes only). ``batch_size`` ``auto``: see
+    :func:`geoseg.inference.acceleration.resolve_batch_size`.
     """
     return list(
         iter_predict(

@@ -30,7 +30,7 @@ from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
 from geoseg.errors import CheckpointError
-from geoseg.inference.acceleration import accelerate
+from geoseg.inference.acceleration import HalvingBatches, accelerate
 from geoseg.inference.blending import WindowWeights
 from geoseg.inference.grid import Chunk, Region, Tile, TileGrid
 from geoseg.inference.plan import ScenePlan
@@ -377,7 +377,12 @@ def _stream(
     frontier = _Frontier(scratch_dir)
     blender = _Blender(grid, card.num_classes, device, frontier)
     views = _tta_views(tta)
+    slices = HalvingBatches(batch_size)
     masks: dict[int, np.ndarray | None] = {}
+
+    def probabilities(part: torch.Tensor) -> torch.Tensor:
+        return _probabilities(network, part, card, plan.value_range, amp_dtype, views)
+
     chunks = grid.chunks()
     done = computed = 0
     want_confidence, want_probabilities = "confidence" in sinks, "probabilities" in sinks
@@ -410,7 +415,7 @@ def _stream(
                     masks[item[1]] = item[2]
                     continue
                 batch, tiles = reader.upload(item[1], item[4]), item[2]
-                probs = _probabilities(network, batch, card, plan.value_range, amp_dtype, views)
+                probs = slices(probabilities, batch)
                 reader.release(item[4])
                 for b, tile in enumerate(tiles):
                     finish_until(tile.chunk)
