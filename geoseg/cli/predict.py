@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import click
 
 from geoseg.cli.options import (
@@ -254,19 +256,23 @@ def predict(
             scheduler=scheduler,
             resume=resume,
             progress=callback,
+            status=None if callback is None else callback.status,
         ):
-            if result.error is not None:
-                failures += 1
-                click.echo(f"Error: {result.error}", err=True)
-            if as_json:
-                emit_json(result.to_dict())
-            elif result.status == "skipped" and not quiet:
-                click.echo(f"{result.input}: skipped, {result.outputs['classes']} exists")
-            elif result.error is None and not quiet:
-                click.echo(
-                    f"{result.input} -> {result.outputs['classes']} ({result.width}x{result.height} px, "
-                    f"{result.tiles} tiles, {result.seconds:.1f} s on {result.device} in {result.precision})"
-                )
+            # lines start below the bar, which is drawn again under them
+            with contextlib.nullcontext() if callback is None else callback.above():
+                if result.error is not None:
+                    failures += 1
+                    click.echo(f"Error: {result.error}", err=True)
+                if as_json:
+                    emit_json(result.to_dict())
+                elif result.status == "skipped" and not quiet:
+                    click.echo(f"{result.input}: skipped, {result.outputs['classes']} exists")
+                elif result.error is None and not quiet:
+                    click.echo(
+                        f"{result.input} -> {result.outputs['classes']} ({result.width}x{result.height} "
+                        f"px, {result.tiles} tiles, {result.seconds:.1f} s on {result.device} in "
+                        f"{result.precision})"
+                    )
     finally:
         close()
     if failures:

@@ -8,7 +8,7 @@ one runs.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePath
 
 import torch
@@ -187,6 +187,7 @@ def iter_predict(
     scheduler: str | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> Iterator[PredictResult]:
     """Like :func:`predict`, yielding each scene's result as soon as it is written (for ``--json`` pipelines).
 
@@ -196,7 +197,7 @@ def iter_predict(
     (a re-run over thousands of scenes carries on where the last one stopped).
     ``workers`` > 1 (or ``auto``: one per GPU) runs regions on a Dask LocalCluster, ``scheduler`` on an
     existing Dask cluster; ``resume`` keeps finished regions of an interrupted run (see
-    :func:`geoseg.inference.engine.run_scene`).
+    :func:`geoseg.inference.engine.run_scene`). ``status(text)`` hears of regions, workers and the step.
     """
     inputs = [str(i) for i in inputs]
     if not inputs:
@@ -291,11 +292,15 @@ def iter_predict(
                     overwrite=overwrite,
                     resume=resume,
                     progress=scene_progress,
+                    status=status,
                     executor=executor,
                     source=model_source,
                 )
                 if paths.polygons is not None:
                     from geoseg.vector.vectorize import vectorize as polygonize
+
+                    if status is not None:
+                        status(f"vectorizing {paths.classes.name}")
 
                     polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
                     result.outputs["polygons"] = str(paths.polygons)
@@ -305,6 +310,8 @@ def iter_predict(
 
                     draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
                     result.outputs["quicklook"] = str(paths.quicklook)
+                if status is not None:
+                    status("")
                 yield result
             except Exception as error:
                 if not keep_going:
@@ -343,6 +350,7 @@ def predict(
     scheduler: str | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> list[PredictResult]:
     """Segment GeoTIFFs (or anything GDAL reads) into class rasters aligned pixel for pixel with the inputs.
 
@@ -386,6 +394,7 @@ def predict(
             scheduler=scheduler,
             resume=resume,
             progress=progress,
+            status=status,
         )
     )
 
