@@ -7,7 +7,8 @@ The rule, applied to one in-memory window (a split cell, see ``vectorize``), who
 * Every small group joins a neighbouring group at once: among its large neighbours if it has any, else
   among all; the one it shares the most neighbouring pixel pairs with (ties: the larger group, then the
   lower id). Two small groups that chose each other become one. Repeat until no small group has a
-  neighbour; sizes at least double for the groups that stay small, so this takes a few rounds.
+  neighbour; every small group merges with another in each round, so their number at least halves: a
+  few rounds.
 * A merged group takes the class of the group it joined (the class of the largest group in a pair that
   chose each other), so a speck goes to its surrounding field and a patch of pure noise becomes clumps of
   at least ``min_pixels`` pixels.
@@ -40,7 +41,6 @@ def sieve(
         return classes, valid
     src, dst, count = _neighbour_pairs(labels, small, connectivity)
     group = np.arange(n, dtype=np.int64)  # group of each region (a region id: the group's root)
-    group_class = label_class.copy()
     isolated = np.zeros(n, bool)
     while True:
         small_group = (sizes < min_pixels) & ~isolated
@@ -80,7 +80,7 @@ def sieve(
         np.add.at(sizes, pointer[merged], sizes[merged])
         sizes[merged] = 0
         group = pointer[group]
-    out = group_class[group][labels].astype(classes.dtype, copy=False)
+    out = label_class[group][labels].astype(classes.dtype, copy=False)
     outside = labels == 0
     out[outside] = classes[outside]
     dropped = isolated[group][labels]

@@ -9,7 +9,7 @@ Bounded memory: the coverage is simplified one batch of complete polygons at a t
 outer boundary kept fixed (``simplify_boundary=False``). An edge between two polygons of different batches
 is therefore kept exactly as the pixel edges (both sides agree on it), and so is the outline of the valid
 area (the raster edge and nodata): the polygons still tile exactly the valid pixels. Batches hold about a
-million vertices, so such unsimplified edges are rare.
+quarter of a million vertices (some thousands of polygons), so such unsimplified edges are rare.
 
 Minimum area: simplifying moves boundaries, so a region just over ``--min-area`` could come out under it.
 Such polygons keep their pixel edges and the rest of the batch is simplified again around them (their

@@ -37,11 +37,11 @@ from geoseg.vector.simplify import simplify_coverage
 
 # cells of the split grid, in pixels: about 4 s and 0.4 GB each at worst (benchmarks/vectorize.py)
 DEFAULT_SPLIT = 4096
-# each cell is read once, straight into its array: GDAL's block cache is of no use, and a large one would
-# only fill up over the first cells (64 MB of it made a 20,000² run peak 1.4x a 5,000² one)
+# each cell is read once, straight into its array, so a small GDAL block cache suffices
 GDAL_CACHE_MB = 8
-# complete polygons are simplified and written in batches of about this many vertices
-BATCH_VERTICES = 1_000_000
+# complete polygons are simplified and written in batches of about this many vertices (with a million, a
+# 20,000² run peaked 1.43x a 5,000² one, whose whole output fits in one batch; 1.3x with this)
+BATCH_VERTICES = 250_000
 
 
 @dataclass(frozen=True)
