@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,7 @@ def test_geoseg_train_writes_curves_beside_the_checkpoint(tiles, tmp_path):
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     picture = tmp_path / "m.curves.png"
+    assert json.loads(result.output.strip().splitlines()[-1])["curves"] == str(picture)
     assert Image.open(picture).size == (1300, 480)
 
 
@@ -147,4 +149,5 @@ def test_geoseg_train_without_matplotlib_warns_and_trains(tiles, tmp_path, monke
     result = CliRunner().invoke(cli, [str(a) for a in args])
     assert result.exit_code == 0, result.output
     assert "Warning: no training curves: drawing pictures needs matplotlib" in result.output
+    assert result.output.strip().splitlines()[-1].startswith("resumable state:")  # no curves line after it
     assert output.is_file() and not (tmp_path / "m.curves.png").exists()

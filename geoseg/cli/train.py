@@ -169,6 +169,7 @@ def train(
         bands=bands,
         scale=scale,
     )
+    curves = _curves_path(output)
     display = _Display(quiet or as_json)
     try:
         result = run_training(
@@ -185,7 +186,7 @@ def train(
             init=init,
             overwrite=overwrite,
             progress=display.update,
-            curves=_curves_path(output),
+            curves=curves,
         )
     finally:
         display.close()
@@ -197,6 +198,7 @@ def train(
         "first_loss": result.losses[0] if result.losses else None,
         "last_loss": result.losses[-1] if result.losses else None,
         "validation": result.validation,
+        "curves": str(curves) if curves else None,
     }
     if as_json:
         emit_json(summary)
@@ -210,6 +212,8 @@ def train(
     scores += f"{_pct(best['overall_accuracy'])} % at step {best['step']})" if best else ""
     click.echo(f"wrote {result.output}{scores}")
     click.echo(f"resumable state: {result.state} (delete it when the run is final)")
+    if curves:
+        click.echo(f"training curves: {curves}")
 
 
 def _curves_path(output: str):
