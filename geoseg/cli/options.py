@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -202,10 +203,28 @@ def progress_reporter(
             speed = task.finished_speed or task.speed
             return Text(f"{speed:.1f}/s" if speed else "-/s", style="progress.data.speed")
 
-    progress = stderr_progress(_RateColumn())
-    task_id = progress.add_task(description, total=None)
+    progress = stderr_progress(_RateColumn(), TextColumn("{task.fields[status]}"))
+    return _Reporter(progress, progress.add_task(description, total=None, status="")), progress.stop
 
-    def update(done: int, total: int) -> None:
-        progress.update(task_id, completed=done, total=total)
 
-    return update, progress.stop
+class _Reporter:
+    """The callback of :func:`progress_reporter`: ``(done, total)``, plus a status text (regions, workers,
+    the current step) and :meth:`above` for lines printed while the bar is live."""
+
+    def __init__(self, progress, task_id) -> None:
+        self.progress, self.task_id = progress, task_id
+
+    def __call__(self, done: int, total: int) -> None:
+        self.progress.update(self.task_id, completed=done, total=total)
+
+    def status(self, text: str) -> None:
+        self.progress.update(self.task_id, status=text)
+
+    @contextlib.contextmanager
+    def above(self) -> Iterator[None]:
+        """Stop the bar (leaving it on its own line), let the caller print, and draw it again below."""
+        self.progress.stop()
+        try:
+            yield
+        finally:
+            self.progress.start()

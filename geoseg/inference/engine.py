@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,8 @@ __all__ = [
     "predict_scene",
     "run_scene",
 ]
+
+Status = Callable[[str], None]
 
 
 def predict_scene(
@@ -117,6 +120,7 @@ def run_scene(
     scheduler: str | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    status: Status | None = None,
     executor: LocalExecutor | DaskExecutor | None = None,
     source: ModelSource | None = None,
 ) -> PredictResult:
@@ -126,6 +130,7 @@ def run_scene(
     the regions, or the given ``executor`` (shared by the scenes of :func:`~geoseg.inference.predict.predict`,
     with the ``source`` it was opened with). Without ``resume`` nothing is left behind on failure or Ctrl-C;
     with it, finished regions survive in the work folder and the same call computes only the others.
+    ``status(text)`` hears of regions done and workers when there is more than one of either.
     """
     if tta not in TTA_MODES:
         raise ConfigurationError(f"unknown test-time augmentation {tta!r}; use none, flip or d4")
@@ -175,9 +180,14 @@ def run_scene(
                 for region in regions
                 if region.index not in results
             ]
+            tell = status if status is not None and (len(regions) > 1 or executor.workers > 1) else None
+            if tell is not None:
+                tell(f"{len(results)}/{len(regions)} regions, {executor.workers} workers")
             for result in executor.run(todo, _scene_progress(progress, plan, regions, todo)):
                 work.record(result)
                 results[result.region.index] = result
+                if tell is not None:
+                    tell(f"{len(results)}/{len(regions)} regions, {executor.workers} workers")
             assemble(plan, outputs, work, regions, card, overwrite)
     finally:
         if own_executor:
