@@ -362,3 +362,26 @@ def test_a_container_without_bands_names_a_subdataset_to_open_and_that_name_open
         assert int(read_bands(d, Window(0, 0, 2, 2), [1, 2, 3]).max()) == 50
     with pytest.raises(InputError, match=r"GPKG:.*missing\.gpkg:a: not a raster GDAL can read \("):
         open_raster(f"GPKG:{tmp_path / 'missing.gpkg'}:a")
+
+
+def test_bands_of_different_dtypes_are_read_together_in_the_dtype_that_holds_them(tmp_path):
+    _write(tmp_path / "b8.tif", np.full((2, 32, 32), 100, np.uint8))
+    _write(tmp_path / "b16.tif", np.full((1, 32, 32), 3000, np.uint16))
+    sources = [("b8.tif", 1, "Byte"), ("b8.tif", 2, "Byte"), ("b16.tif", 1, "UInt16")]
+    bands = "".join(
+        f'<VRTRasterBand dataType="{kind}" band="{i}"><SimpleSource><SourceFilename relativeToVRT="1">'
+        f"{name}</SourceFilename><SourceBand>{band}</SourceBand></SimpleSource></VRTRasterBand>"
+        for i, (name, band, kind) in enumerate(sources, start=1)
+    )
+    path = tmp_path / "mixed.vrt"
+    path.write_text(
+        f'<VRTDataset rasterXSize="32" rasterYSize="32"><SRS>EPSG:32633</SRS>'
+        f"<GeoTransform>0,1,0,0,0,-1</GeoTransform>{bands}</VRTDataset>"
+    )
+    with open_raster(path) as d:
+        indexes = select_bands(d, RGB, None, str(path))
+        data = read_bands(d, Window(0, 0, 4, 4), indexes)
+        assert data.dtype == np.uint16 and data[:, 0, 0].tolist() == [100, 100, 3000]
+        with pytest.raises(InputError, match=r"mixed\.vrt: uint16 data but the model expects 8-bit values"):
+            resolve_value_range(d, indexes, None, path=str(path))
+        assert resolve_value_range(d, indexes, "auto", path=str(path)) == (100.0, 3000.0)

@@ -222,7 +222,7 @@ def check_imagery(dataset, indexes: Sequence[int], path: str | None = None) -> N
                 "(-of VRT makes a virtual copy)"
             )
     try:  # one block per band: a codec GDAL lacks fails here, before any warning or output
-        dataset.read(list(indexes), window=Window(0, 0, 1, 1))
+        read_bands(dataset, Window(0, 0, 1, 1), indexes)
     except RasterioError as error:
         raise InputError(f"{path}: read failed ({gdal_message(error)})") from error
 
@@ -232,9 +232,27 @@ def has_mask(dataset) -> bool:
     return any(MaskFlags.all_valid not in flags for flags in dataset.mask_flag_enums)
 
 
+def band_dtype(dataset, indexes: Sequence[int]) -> np.dtype:
+    """The one dtype the bands ``indexes`` are read in: the smallest that holds them all, since a VRT may
+    mix Byte and UInt16 bands (which rasterio refuses to read together) and one value range covers all."""
+    return np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+
+
+def _read(
+    dataset, indexes: Sequence[int], window: Window | None = None, shape: tuple[int, int] | None = None
+) -> np.ndarray:
+    """``dataset.read`` of ``indexes`` (C, h, w) in their :func:`band_dtype`, optionally decimated to
+    ``shape``; rasterio refuses bands of different dtypes in one call, so those are read one by one."""
+    indexes = list(indexes)
+    if len({dataset.dtypes[i - 1] for i in indexes}) == 1:
+        return dataset.read(indexes, window=window, out_shape=shape and (len(indexes), *shape))
+    dtype = band_dtype(dataset, indexes)
+    return np.stack([dataset.read(i, window=window, out_shape=shape, out_dtype=dtype) for i in indexes])
+
+
 def read_bands(dataset, window: Window, indexes: Sequence[int]) -> np.ndarray:
-    """Bands ``indexes`` inside ``window`` as (C, h, w) in the raster's dtype; NaN and inf become 0."""
-    data = dataset.read(list(indexes), window=window)
+    """Bands ``indexes`` inside ``window`` as (C, h, w) in their :func:`band_dtype`; NaN and inf become 0."""
+    data = _read(dataset, indexes, window)
     if data.dtype.kind == "f":
         np.nan_to_num(data, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return data
@@ -250,8 +268,8 @@ def read_valid_mask(dataset, window: Window, indexes: Sequence[int] | None = Non
     valid = None
     if has_mask(dataset):
         valid = dataset.dataset_mask(window=window) > 0
-    if indexes is not None and np.dtype(dataset.dtypes[0]).kind == "f":
-        finite = np.isfinite(dataset.read(list(indexes), window=window)).all(axis=0)
+    if indexes is not None and band_dtype(dataset, indexes).kind == "f":
+        finite = np.isfinite(_read(dataset, indexes, window)).all(axis=0)
         valid = finite if valid is None else valid & finite
     if valid is not None and valid.all():
         return None
@@ -283,14 +301,14 @@ def sample_values(dataset, indexes: Sequence[int], max_pixels: int = 2048 * 2048
         shape = (max(1, round(dataset.height / factor)), max(1, round(dataset.width / factor)))
         parts = [
             (
-                dataset.read(indexes, out_shape=(len(indexes), *shape)),
+                _read(dataset, indexes, shape=shape),
                 dataset.dataset_mask(out_shape=shape) > 0 if masked else None,
             )
         ]
     else:
         parts = []
         for window in _sample_windows(dataset):
-            parts.append((dataset.read(indexes, window=window), read_valid_mask(dataset, window)))
+            parts.append((_read(dataset, indexes, window), read_valid_mask(dataset, window)))
     values = np.concatenate(
         [d[:, m] if m is not None else d.reshape(len(indexes), -1) for d, m in parts], axis=1
     )
@@ -348,7 +366,7 @@ def resolve_value_range(
         if not hi > lo:
             raise InputError(f"{path}: --scale {lo:g},{hi:g} needs MAX > MIN")
         return lo, hi
-    dtype = np.dtype(dataset.dtypes[indexes[0] - 1])
+    dtype = band_dtype(dataset, indexes)
     if dtype == np.uint8 or tuple(model_range) != EIGHT_BIT_RANGE:
         return float(model_range[0]), float(model_range[1])
     raise InputError(
