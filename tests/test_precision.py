@@ -3,15 +3,21 @@ scene, and bf16 classes that agree with float32 on real crops with the bundled m
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
+import rasterio
 import torch
+from affine import Affine
 from click.testing import CliRunner
+from rasterio.windows import Window
 
 from geoseg import device as device_module
 from geoseg.cli.main import cli
 from geoseg.errors import ConfigurationError
 from geoseg.inference import acceleration
 from geoseg.inference.acceleration import AcceleratedNetwork, accelerate, channels_last_pays, check_compile
+from geoseg.inference.engine import predict_scene
+from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
 
 CPU = torch.device("cpu")
 
@@ -128,3 +134,45 @@ def test_compiled_network_sees_one_batch_size_per_scene(monkeypatch):
     assert out.shape == (3, 2, 8, 8)
     torch.testing.assert_close(out, plain(short))
     assert shapes == [(4, 3, 8, 8), (4, 3, 8, 8)]
+
+
+# --- classes stay right -------------------------------------------------------------------------------
+
+# Real 256² crops (file under shared/data or the repository, row, column) where bf16 disagreed with float32
+# most before the stem and first stage were kept in float32 (98.5 % of pixels; 99.6 % after).
+CROPS = [
+    ("aerial/netherlands_0p25m_epsg28992.tif", 600, 600),
+    ("labeled/vaihingen/image_area1_0_0_512_512_irrg.png", 0, 0),
+    ("labeled/loveda/image_0.png", 512, 0),
+]
+
+
+@pytest.mark.slow  # the bundled ResNet-50 in emulated bf16 (no native bf16 here): a minute or two
+def test_bf16_classes_agree_with_float32_on_real_crops(shared_data, tmp_path, monkeypatch):
+    """The default on a CPU with native bf16 (bf16, channels_last) against --precision fp32: one 256² tile per
+    crop, side by side in one mosaic, so no blending hides a difference."""
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    parts = []
+    for name, row, col in CROPS:
+        with rasterio.open(shared_data / name) as src:
+            parts.append(src.read([1, 2, 3], window=Window(col, row, 256, 256)))
+    mosaic = np.concatenate(parts, axis=2)
+    profile = dict(driver="GTiff", width=768, height=256, count=3, dtype="uint8", crs="EPSG:3857")
+    with rasterio.open(
+        tmp_path / "mosaic.tif", "w", transform=Affine(0.25, 0, 0, 0, -0.25, 0), **profile
+    ) as dst:
+        dst.write(mosaic)
+    model, card = load_checkpoint(default_checkpoint_path())
+    classes = {}
+    for precision in ("auto", "fp32"):
+        out = tmp_path / f"{precision}.tif"
+        result = predict_scene(
+            model, card, tmp_path / "mosaic.tif", out, tile=256, overlap=0, batch_size=3, precision=precision
+        )
+        assert result.precision == ("bf16" if precision == "auto" else "fp32")
+        with rasterio.open(out) as src:
+            classes[precision] = src.read(1)
+    assert len(np.unique(classes["fp32"])) >= 4  # the crops hold several classes
+    agreement = float((classes["auto"] == classes["fp32"]).mean())
+    assert agreement >= 0.995, f"bf16 agrees with float32 on {agreement:.2%} of pixels"

@@ -1,0 +1,171 @@
+"""CPU speed of the default configuration, and whether it keeps the classes.
+
+Side by side in one process, alternating, on the same tiles of a real scene with the bundled model (or
+``--model``):
+
+- **bare fp32 eager**: the network's forward passes alone, float32, contiguous layout, no compile;
+- **bare default**: the same forward passes in the configuration ``--precision auto`` picks here (bf16 on
+  CPUs with native bf16, channels_last on AVX512, ``--compile`` if given);
+- **end to end**: ``geoseg predict`` at ``--precision auto`` (reading, blending, writing, COG; model load,
+  compilation and warm-up included).
+
+Prints end-to-end ÷ bare fp32 eager (issue 9 target: >= 2.0 where the CPU has native bf16, never < 1.6),
+end-to-end ÷ bare default (target >= 0.90), and the class agreement of the default with
+``--precision fp32`` over the scene's valid pixels (target >= 99.5 %). ``--force-bf16`` runs the bf16 path
+on a CPU without native bf16 (emulated by oneDNN, several times slower: its times mean nothing there, its
+agreement does). ``--compile`` also prints the compile time and the break-even in tiles.
+
+    .venv/bin/python benchmarks/cpu_speed.py
+    .venv/bin/python benchmarks/cpu_speed.py --scene /work/shared/data/aerial/brazil_oam_0p10m_epsg3395.tif
+    .venv/bin/python benchmarks/cpu_speed.py --force-bf16 --repeats 1
+    .venv/bin/python benchmarks/cpu_speed.py --compile --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+
+import geoseg.device
+from geoseg.device import autocast_dtype, resolve_precision
+from geoseg.inference.acceleration import accelerate, channels_last_pays
+from geoseg.inference.grid import tile_starts
+from geoseg.inference.plan import plan_scene
+from geoseg.inference.predict import load_model, predict
+from geoseg.model.checkpoint import default_checkpoint_path
+from geoseg.model.normalize import normalize
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "netherlands_0p25m_epsg28992.tif"
+CPU = torch.device("cpu")
+
+
+def scene_tiles(path: Path, card) -> tuple[torch.Tensor, tuple[float, float]]:
+    """Every tile of the scene's grid (uint8, N×C×T×T) and its value range: what predict computes."""
+    plan = plan_scene(card, path)
+    grid = plan.grid
+    tile, stride = grid.tile, grid.stride
+    with rasterio.open(path) as src:
+        data = src.read(plan.bands)
+    if data.shape[1] < tile or data.shape[2] < tile:
+        pad = ((0, 0), (0, max(0, tile - data.shape[1])), (0, max(0, tile - data.shape[2])))
+        data = np.pad(data, pad, mode="reflect")
+    tiles = [
+        data[:, y : y + tile, x : x + tile]
+        for y in tile_starts(data.shape[1], tile, stride)
+        for x in tile_starts(data.shape[2], tile, stride)
+    ]
+    return torch.from_numpy(np.stack(tiles)), plan.value_range
+
+
+def bare_seconds(
+    network, tiles: torch.Tensor, value_range, card, amp: torch.dtype | None, batch: int
+) -> float:
+    """Forward passes alone over ``tiles`` in batches (normalised first, outside the clock)."""
+    x = normalize(tiles, value_range, card.mean, card.std)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        start = time.perf_counter()
+        for i in range(0, len(x), batch):
+            network(x[i : i + batch])
+        return time.perf_counter() - start
+
+
+def end_to_end(scene: Path, model: Path, out: Path, precision: str, batch: int, compile: bool) -> float:
+    start = time.perf_counter()
+    predict([scene], out, model=model, device="cpu", precision=precision, compile=compile,
+            batch_size=batch, overwrite=True)  # fmt: skip
+    return time.perf_counter() - start
+
+
+def agreement(a: Path, b: Path) -> float:
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        ca, cb = x.read(1), y.read(1)
+    valid = (ca != 255) & (cb != 255)
+    return float((ca[valid] == cb[valid]).mean())
+
+
+def compile_break_even(model, tiles, value_range, card, amp, batch: int) -> None:
+    """Compile time (first batch minus a steady one) and the tiles after which compiling has paid."""
+    eager = accelerate(model, CPU)
+    compiled = accelerate(model, CPU, compile=True)
+    x = tiles[:batch]
+    first = bare_seconds(compiled, x, value_range, card, amp, batch)
+    steady = min(bare_seconds(compiled, x, value_range, card, amp, batch) for _ in range(2))
+    plain = min(bare_seconds(eager, x, value_range, card, amp, batch) for _ in range(2))
+    saving = (plain - steady) / batch
+    print(f"compile: first batch {first:.1f} s (compile ~{first - steady:.1f} s)")
+    print(f"compile: {steady / batch:.2f} s/tile compiled, {plain / batch:.2f} s/tile eager")
+    if saving > 0:
+        print(f"compile break-even: {(first - steady) / saving:.0f} tiles")
+    else:
+        print("compile break-even: never (compiled tiles are not faster here)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--scene", type=Path, action="append", help="real scene(s); default: the sample")
+    parser.add_argument("--model", type=Path, default=None, help="checkpoint (default: the bundled one)")
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds of the three timings")
+    parser.add_argument("--compile", action="store_true", help="default configuration with torch.compile")
+    parser.add_argument("--force-bf16", action="store_true", help="bf16 even without native support")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.force_bf16:
+        geoseg.device.cpu_has_native_bf16 = lambda: True
+    model_path = args.model or default_checkpoint_path()
+    precision = resolve_precision("auto", CPU)
+    amp = autocast_dtype("auto", CPU)
+    print(f"CPU: torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{torch.get_num_threads()} threads; native bf16: {geoseg.device.cpu_has_native_bf16()}"
+          f"{' (forced)' if args.force_bf16 else ''}")  # fmt: skip
+    layout = "channels_last" if channels_last_pays(CPU) else "contiguous"
+    print(f"default here: precision {precision}, {layout}, compile {args.compile}")
+
+    for scene in args.scene or [SAMPLE]:
+        eager, card = load_model(model_path, None, None)
+        eager.eval()
+        default = accelerate(load_model(model_path, None, None)[0].eval(), CPU, compile=args.compile)
+        tiles, value_range = scene_tiles(scene, card)
+        print(f"\n{scene.name}: {len(tiles)} tiles of {tiles.shape[-1]} px, batch {args.batch_size}")
+        bare_seconds(default, tiles[: args.batch_size], value_range, card, amp, args.batch_size)  # warm-up
+        times: dict[str, list[float]] = {"bare fp32 eager": [], "bare default": [], "end to end": []}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "default.tif"
+            for _ in range(args.repeats):
+                times["bare fp32 eager"].append(
+                    bare_seconds(eager, tiles, value_range, card, None, args.batch_size)
+                )
+                times["bare default"].append(
+                    bare_seconds(default, tiles, value_range, card, amp, args.batch_size)
+                )
+                times["end to end"].append(
+                    end_to_end(scene, model_path, out, "auto", args.batch_size, args.compile)
+                )
+            for name, values in times.items():
+                print(f"  {name:16s} {statistics.median(values) / len(tiles):6.2f} s/tile  "
+                      f"({', '.join(f'{v:.1f}' for v in values)} s)")  # fmt: skip
+            e2e, median = statistics.median(times["end to end"]), statistics.median
+            print(f"  end to end / bare fp32 eager (speed-up): {median(times['bare fp32 eager']) / e2e:.2f}")
+            print(f"  end to end / bare default (plumbing):    {median(times['bare default']) / e2e:.2f}")
+            reference = Path(tmp) / "fp32.tif"
+            end_to_end(scene, model_path, reference, "fp32", args.batch_size, False)
+            share = agreement(out, reference) * 100
+            print(f"  classes agree with --precision fp32 on {share:.2f} % of valid pixels")
+        if args.compile:
+            compile_break_even(load_model(model_path, None, None)[0].eval(), tiles, value_range, card, amp,
+                               args.batch_size)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
