@@ -32,8 +32,8 @@ precision_option = click.option(
     default="auto",
     show_default=True,
     help="Network precision. auto: the fastest that keeps the classes (bf16 on GPUs that support it, else "
-    "fp16; bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32). The attention always runs in "
-    "float32.",
+    "fp16; bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32). MANet keeps its stem, first "
+    "encoder stage and attention in float32, which keeps the classes.",
 )
 compile_option = click.option(
     "--compile",
