@@ -155,3 +155,28 @@ def test_workers_must_be_a_positive_number_or_auto(workers, scene, tmp_path):
     )
     assert result.exit_code == 2
     assert "--workers" in result.output and "auto" in result.output
+
+
+def _visible_devices() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.mark.slow
+def test_gpu_workers_are_pinned_one_per_device_with_a_gpu_resource(monkeypatch):
+    """The --device cuda --workers auto cluster, started on a machine without GPUs by pretending two."""
+    import torch
+
+    from geoseg.inference.execute import ModelSource, _local_cluster
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    executor = _local_cluster(2, ModelSource("digest", module=PixelNet()), torch.device("cuda"))
+    try:
+        executor.client.wait_for_workers(2, timeout=60)
+        assert sorted(executor.client.run(_visible_devices).values()) == ["0", "1"]
+        workers = executor.client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in workers] == [{"GPU": 1}, {"GPU": 1}]
+        assert [w["nthreads"] for w in workers] == [1, 1] and executor.resources == {"GPU": 1}
+    finally:
+        executor.close()
+    with pytest.raises(ConfigurationError, match="--workers 3: this machine has 2 CUDA device"):
+        _local_cluster(3, ModelSource("digest", module=PixelNet()), torch.device("cuda"))
