@@ -177,3 +177,14 @@ def test_card_backbones_must_fit_the_architecture():
         preset_card("loveda", "resnet50", architecture="macunet")
     with pytest.raises(CardError, match="architecture 'unet' is not one of manet, macunet, maresunet"):
         ModelCard.from_dict({**preset_card("loveda").to_dict(), "architecture": "unet"})
+
+
+def test_init_from_a_macunet_checkpoint_copies_every_tensor_including_its_own_conv1(tmp_path):
+    """MACU-Net's ``conv1.*`` is its first stage, not a torchvision stem to be renamed ``firstconv.*``."""
+    from geoseg.training.loop import initialise_from
+
+    source = _trained_like("macunet", classes=6)
+    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "netG.pth")
+    target = build_model("macunet", 6)
+    assert initialise_from(target, tmp_path / "netG.pth") == "netG.pth (339 of 339 tensors)"
+    _same_outputs(source, target)
