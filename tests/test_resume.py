@@ -148,3 +148,36 @@ def test_ctrl_c_leaves_nothing_without_resume_and_the_finished_regions_with_it(s
         names = sorted(p.name for p in (tmp_path / WORK).iterdir())
         assert "manifest.json" in names and "region-00000.json" in names
         assert all(not n.startswith(".") for n in names)  # no temporary part of the interrupted region
+
+
+def test_the_command_refuses_a_work_folder_of_another_model_in_one_line(tmp_path):
+    """``geoseg predict --resume`` over parts computed by another network: exit 1, one line, parts kept."""
+    import torch
+    from click.testing import CliRunner
+
+    from geoseg.cli.main import cli
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.manet import build_manet
+    from geoseg.model.presets import preset_card
+
+    card = ModelCard.from_dict(
+        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
+    )
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "r18.safetensors"
+    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, checkpoint)
+    scene = tmp_path / "scene.tif"
+    write_scene(scene, 200, 150, crs="EPSG:32633", transform=Affine(0.5, 0, 5e5, 0, -0.5, 5.8e6))
+    output = tmp_path / "out.tif"
+    with pytest.raises(KeyboardInterrupt):
+        predict_scene(
+            PixelNet(classes=card.num_classes), card, scene, output, device="cpu", resume=True,
+            progress=Interrupt(0.0),
+        )  # fmt: skip
+    result = CliRunner().invoke(
+        cli, ["predict", str(scene), "-o", str(output), "-m", str(checkpoint), "--device", "cpu", "--resume"]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {output}: cannot resume, the model changed from ")
+    assert result.stderr.count("\n") == 1 and "drop --resume" in result.stderr
+    assert (tmp_path / WORK / "manifest.json").is_file() and not output.exists()
