@@ -1,1 +1,1 @@
-"""Training MANet on labelled rasters: pairing and cropping data, the loss, the loop."""
+"""Training MANet or a sibling on labelled rasters: pairing and cropping data, the loss, the loop."""

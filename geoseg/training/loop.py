@@ -1,4 +1,4 @@
-"""Training MANet on labelled rasters: AdamW, soft cross-entropy + Dice, validation after every epoch.
+"""Training a network on labelled rasters: AdamW, soft cross-entropy + Dice, validation after every epoch.
 
 An *epoch* is as many steps as it takes to draw about as many crop pixels as the training rasters hold.
 After each epoch the model is scored on the validation rasters (whole images, tiled, with
@@ -79,7 +79,7 @@ class TrainingConfig:
     def check(self) -> None:
         if self.crop < 32 or self.crop % 32:
             raise ConfigurationError(
-                f"--crop must be a positive multiple of 32 (MANet's stride), got {self.crop}"
+                f"--crop must be a positive multiple of 32 (the networks' stride), got {self.crop}"
             )
         if self.batch_size < 1:
             raise ConfigurationError(f"--batch-size must be at least 1, got {self.batch_size}")
