@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import rasterio
@@ -16,6 +18,7 @@ from geoseg.raster.reading import (
     read_bands,
     read_valid_mask,
     resolve_value_range,
+    sample_values,
     select_bands,
 )
 
@@ -385,3 +388,24 @@ def test_bands_of_different_dtypes_are_read_together_in_the_dtype_that_holds_the
         with pytest.raises(InputError, match=r"mixed\.vrt: uint16 data but the model expects 8-bit values"):
             resolve_value_range(d, indexes, None, path=str(path))
         assert resolve_value_range(d, indexes, "auto", path=str(path)) == (100.0, 3000.0)
+
+
+def test_nodata_beside_an_alpha_band_gives_gdals_mask_without_rasterios_misleading_warning(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    data = np.full((4, 4, 4), 100, np.uint8)
+    data[3] = 255
+    data[:3, 0, 0] = 0  # every colour band at the nodata value, alpha 255: the alpha band decides (valid)
+    data[3, 1, 1] = 0  # alpha 0: invalid
+    path = _write(tmp_path / "rgba.tif", data, nodata=0)
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+    with open_raster(path) as d, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        valid = read_valid_mask(d, Window(0, 0, 4, 4), [1, 2, 3])
+        sample = sample_values(d, [1, 2, 3])
+    assert [str(w.message) for w in caught] == []
+    expected = np.ones((4, 4), bool)
+    expected[1, 1] = False
+    assert np.array_equal(valid, expected)
+    assert sample.size == 3 * 15

@@ -25,7 +25,7 @@ from geoseg.model.presets import resolve_card
 from geoseg.plots.common import DPI, base_name, check_png_output, default_color, new_figure, save_rgba_png
 from geoseg.raster.classes import read_class_names
 from geoseg.raster.grids import check_same_grid
-from geoseg.raster.reading import data_band_indexes, has_mask, open_raster, percentile_range
+from geoseg.raster.reading import data_band_indexes, dataset_mask, has_mask, open_raster, percentile_range
 
 DEFAULT_MAX_SIZE = 1600
 MIN_MAX_SIZE = 320  # below this the legend no longer fits legibly beside the map
@@ -177,7 +177,7 @@ def _read_classes(dataset, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarr
     if nodata is not None and not math.isnan(nodata):
         valid &= values != nodata
     if has_mask(dataset):
-        valid &= dataset.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+        valid &= dataset_mask(dataset, out_shape=shape, resampling=Resampling.nearest) > 0
     return values, valid
 
 
@@ -193,7 +193,7 @@ def _read_image(path: str | os.PathLike, classes, classes_name: str, shape: tupl
             data = np.clip((data.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
         valid = np.ones(shape, dtype=bool)
         if has_mask(image):
-            valid = image.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+            valid = dataset_mask(image, out_shape=shape, resampling=Resampling.nearest) > 0
     rgb = np.repeat(data, 3, axis=0) if len(bands) == 1 else data
     return np.dstack([*rgb, np.where(valid, 255, 0).astype(np.uint8)])
 

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import rasterio
 from rasterio.enums import ColorInterp, MaskFlags
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegWarning, InputError
@@ -227,6 +227,15 @@ def check_imagery(dataset, indexes: Sequence[int], path: str | None = None) -> N
         raise InputError(f"{path}: read failed ({gdal_message(error)})") from error
 
 
+def dataset_mask(dataset, **kwargs) -> np.ndarray:
+    """GDAL's dataset mask (``dataset.dataset_mask(**kwargs)``: 0 invalid, 255 valid) without rasterio's
+    NodataShadowWarning for rasters with both a nodata value and an alpha band: it speaks of per-band masks
+    and is wrong here (the dataset mask follows the alpha band), so it would only mislead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NodataShadowWarning)
+        return dataset.dataset_mask(**kwargs)
+
+
 def has_mask(dataset) -> bool:
     """True when some pixels may be invalid (nodata value, internal mask or alpha band)."""
     return any(MaskFlags.all_valid not in flags for flags in dataset.mask_flag_enums)
@@ -267,7 +276,7 @@ def read_valid_mask(dataset, window: Window, indexes: Sequence[int] | None = Non
     """
     valid = None
     if has_mask(dataset):
-        valid = dataset.dataset_mask(window=window) > 0
+        valid = dataset_mask(dataset, window=window) > 0
     if indexes is not None and band_dtype(dataset, indexes).kind == "f":
         finite = np.isfinite(_read(dataset, indexes, window)).all(axis=0)
         valid = finite if valid is None else valid & finite
@@ -302,7 +311,7 @@ def sample_values(dataset, indexes: Sequence[int], max_pixels: int = 2048 * 2048
         parts = [
             (
                 _read(dataset, indexes, shape=shape),
-                dataset.dataset_mask(out_shape=shape) > 0 if masked else None,
+                dataset_mask(dataset, out_shape=shape) > 0 if masked else None,
             )
         ]
     else:
