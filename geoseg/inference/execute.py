@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -162,7 +161,9 @@ class DaskExecutor:
             for task in tasks
         ]
         try:
-            for future, task in _completed(as_completed(futures), futures, tasks):
+            task_of = {future.key: task for future, task in zip(futures, tasks, strict=True)}
+            for future in as_completed(futures):
+                task = task_of[future.key]
                 try:
                     result = future.result()
                 except KilledWorker as error:
@@ -183,12 +184,6 @@ class DaskExecutor:
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close()
-
-
-def _completed(finished, futures: list, tasks: list[RegionTask]) -> Iterator[tuple[Any, RegionTask]]:
-    by_key = {f.key: t for f, t in zip(futures, tasks, strict=True)}
-    for future in finished:
-        yield future, by_key[future.key]
 
 
 def open_executor(
