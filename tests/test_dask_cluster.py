@@ -180,3 +180,18 @@ def test_gpu_workers_are_pinned_one_per_device_with_a_gpu_resource(monkeypatch):
         executor.close()
     with pytest.raises(ConfigurationError, match="--workers 3: this machine has 2 CUDA device"):
         _local_cluster(3, ModelSource("digest", module=PixelNet()), torch.device("cuda"))
+
+
+def test_a_worker_that_cannot_reach_the_input_model_or_folder_says_which(scene, tmp_path):
+    from geoseg.inference.execute import _check_access
+
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"weights")
+    assert _check_access(str(scene), str(tmp_path), str(model)) is None
+    assert "missing.tif" in _check_access(str(tmp_path / "missing.tif"), str(tmp_path), None)
+    assert _check_access(str(scene), str(tmp_path), str(tmp_path / "gone.safetensors")) == (
+        f"cannot read the model {tmp_path / 'gone.safetensors'} (workers need it on a shared file system)"
+    )
+    assert _check_access(str(scene), str(tmp_path / "nowhere"), None) == (
+        f"cannot write the output folder {tmp_path / 'nowhere'} (workers need it on a shared file system)"
+    )

@@ -311,5 +311,5 @@ def _check_access(input_path: str, folder: str, model_path: str | None) -> str |
     if model_path is not None and not os.access(model_path, os.R_OK):
         return f"cannot read the model {model_path} (workers need it on a shared file system)"
     if not os.access(folder, os.W_OK):
-        return f"cannot write the work folder {folder} (workers need it on a shared file system)"
+        return f"cannot write the output folder {folder} (workers need it on a shared file system)"
     return None
