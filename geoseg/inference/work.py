@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from geoseg.inference.grid import Region
 from geoseg.inference.region import RegionResult
 
 MANIFEST = "manifest.json"
+_REMOVE_TRIES = 20
 
 
 class WorkFolder:
@@ -50,7 +52,7 @@ class WorkFolder:
         if resume and (self.path / MANIFEST).is_file():
             regions = self._check(manifest)
         else:
-            shutil.rmtree(self.path, ignore_errors=True)  # a folder left by a killed run without --resume
+            self.remove()  # a folder left by a killed run without --resume
             try:
                 self.path.mkdir()
             except OSError as error:
@@ -65,7 +67,16 @@ class WorkFolder:
             completed = True
         finally:
             if completed or not resume:
-                shutil.rmtree(self.path, ignore_errors=True)
+                self.remove()
+
+    def remove(self) -> None:
+        """Remove the folder, again while a region still running on a Dask worker (cancelled, not yet
+        stopped) creates a file in it between listing and removal; it never creates the folder itself."""
+        for _ in range(_REMOVE_TRIES):
+            shutil.rmtree(self.path, ignore_errors=True)
+            if not self.path.exists():
+                return
+            time.sleep(0.1)
 
     def record(self, result: RegionResult) -> None:
         """Mark a region done (after its parts are in place): its class counts and tiles computed."""
