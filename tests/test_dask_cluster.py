@@ -75,10 +75,15 @@ def _same_as(reference, outputs) -> None:
 def test_two_workers_on_a_local_cluster_give_the_single_process_raster(scene, reference, tmp_path):
     one, expected = reference
     outputs = tmp_path / "two.tif", tmp_path / "two.confidence.tif"
+    calls, texts = [], []
     two = predict_scene(
-        PixelNet(), CARD, scene, outputs[0], confidence_path=outputs[1], device="cpu", workers=2
-    )
+        PixelNet(), CARD, scene, outputs[0], confidence_path=outputs[1], device="cpu", workers=2,
+        progress=lambda done, total: calls.append((done, total)), status=texts.append,
+    )  # fmt: skip
     _same_as(expected, outputs)
+    grid_tiles = calls[-1][1]
+    assert calls[-1] == (grid_tiles, grid_tiles) and all(0 <= d <= grid_tiles for d, _ in calls)
+    assert texts[0] == "0/2 regions, 2 workers" and texts[-1] == "2/2 regions, 2 workers"
     assert two.class_fractions == one.class_fractions
     assert two.tiles > one.tiles  # two regions: the tiles on their border are computed by both
     assert not any(p.name.endswith(".geoseg-work") for p in tmp_path.iterdir())

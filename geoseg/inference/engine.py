@@ -73,10 +73,11 @@ def predict_scene(
     scheduler: str | None = None,
     resume: bool = False,
     progress: Progress | None = None,
+    status: Status | None = None,
 ) -> PredictResult:
     """Segment one scene with an in-memory ``model`` (moved to ``device``) described by ``card``.
 
-    ``workers``/``scheduler``/``resume``: see :func:`run_scene`.
+    ``workers``/``scheduler``/``resume``/``status``: see :func:`run_scene`.
     """
     outputs = OutputPaths(
         Path(output_path),
@@ -102,6 +103,7 @@ def predict_scene(
         scheduler=scheduler,
         resume=resume,
         progress=progress,
+        status=status,
     )
 
 

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -146,14 +147,28 @@ class DaskExecutor:
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
 
-        total, done = sum(t.tiles for t in tasks), 0
+        total = sum(t.tiles for t in tasks)
         run_id = uuid.uuid4().hex[:8]
+        topic = f"geoseg-progress-{run_id}" if progress is not None else None
+        done: dict[int, int] = {}
+        lock = threading.Lock()
+
+        def tell(region: int, tiles: int) -> None:
+            """Tiles done per region, from workers' events (another thread) and from finished regions."""
+            with lock:
+                done[region] = max(done.get(region, 0), tiles)
+                count = sum(done.values())
+            progress(count, total)
+
+        if topic is not None:
+            self.client.subscribe_topic(topic, lambda event: tell(*event[1]))
         futures = [
             self.client.submit(
                 _run_on_worker,
                 task,
                 self.source,
                 self.resources is not None,
+                topic,
                 key=f"geoseg-region-{run_id}-{task.region.index}",
                 resources=self.resources,
                 pure=False,
@@ -171,12 +186,13 @@ class DaskExecutor:
                         f"{task.plan.path}: region {task.region.index} killed its worker several times "
                         "(out of memory?); lower --batch-size or give the workers more memory"
                     ) from error
-                done += task.tiles
                 if progress is not None:
-                    progress(done, total)
+                    tell(task.region.index, task.tiles)
                 yield result
         finally:
             self.client.cancel(futures)
+            if topic is not None:
+                self.client.unsubscribe_topic(topic)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -281,22 +297,35 @@ def _remote(address: str, source: ModelSource, device: torch.device) -> DaskExec
 
 _NETWORKS: dict[tuple[str, str, bool], Network] = {}
 _NETWORKS_LOCK = threading.Lock()
+_EVENT_INTERVAL_S = 0.5
 
 
-def _run_on_worker(task: RegionTask, source: ModelSource, exclusive: bool) -> RegionResult:
+def _run_on_worker(task: RegionTask, source: ModelSource, exclusive: bool, topic: str | None) -> RegionResult:
     """A region on a Dask worker: the network from this process's cache, and torch threads as Dask means
     them: all of the worker's threads when it runs one region at a time (a resource of 1), else one per
-    region, the worker running as many regions at once as it has threads (more would oversubscribe)."""
+    region, the worker running as many regions at once as it has threads (more would oversubscribe).
+    Tiles done go to the client as events on ``topic``, a few per second."""
     from distributed import get_worker
 
-    torch.set_num_threads(get_worker().state.nthreads if exclusive else 1)
+    worker = get_worker()
+    torch.set_num_threads(worker.state.nthreads if exclusive else 1)
     device = resolve_device(task.device)
     key = (source.digest, str(device), source.compile)
     with _NETWORKS_LOCK:
         network = _NETWORKS.get(key)
         if network is None:
             network = _NETWORKS[key] = prepare_network(source.load(), device, compile=source.compile)
-    return _run(task, network, device, None)
+    report = None
+    if topic is not None:
+        last = [0.0]
+
+        def report(done: int, _total: int) -> None:
+            now = time.monotonic()
+            if now - last[0] >= _EVENT_INTERVAL_S:
+                last[0] = now
+                worker.log_event(topic, (task.region.index, done))
+
+    return _run(task, network, device, report)
 
 
 def _check_access(input_path: str, folder: str, model_path: str | None) -> str | None:
