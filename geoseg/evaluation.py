@@ -26,7 +26,7 @@ from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
 from geoseg.raster.classes import NODATA_CLASS, read_class_names
 from geoseg.raster.grids import check_same_grid
-from geoseg.raster.reading import is_gdal_path, open_raster
+from geoseg.raster.reading import check_decodable, is_gdal_path, open_raster, read_failures
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_BLOCK = 1024
@@ -119,6 +119,8 @@ def evaluate(
     if block_size <= 0:
         raise ConfigurationError(f"block size must be positive, got {block_size}")
     with _open(prediction, "prediction") as pred_ds, _open(truth, "truth") as truth_ds:
+        check_decodable(pred_ds, [1], str(prediction))
+        check_decodable(truth_ds, list(truth_ds.indexes), str(truth))
         check_same_grid(pred_ds, truth_ds, str(prediction), str(truth))
         if pred_ds.count != 1:
             raise InputError(f"{prediction}: a class raster has 1 band, this one has {pred_ds.count}")
@@ -140,8 +142,10 @@ def evaluate(
         ignored = 0
         windows = list(_blocks(pred_ds.height, pred_ds.width, block_size))
         for done, window in enumerate(windows, start=1):
-            predicted = pred_ds.read(1, window=window)
-            labels = decode_labels(truth_ds.read(window=window), encoding, str(truth))
+            with read_failures(prediction):
+                predicted = pred_ds.read(1, window=window)
+            with read_failures(truth):
+                labels = decode_labels(truth_ds.read(window=window), encoding, str(truth))
             valid = labels != IGNORE
             for value in pred_nodata:
                 valid &= predicted != value

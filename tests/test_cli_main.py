@@ -98,3 +98,53 @@ def test_a_stop_signal_while_a_failure_is_reported_still_ends_in_one_line(monkey
     monkeypatch.setattr(cli_main, "_one_line", signal_arrives)
     result = CliRunner().invoke(cli, ["info", str(tmp_path)])
     assert (result.exit_code, result.output) == (143, "geoseg: terminated by SIGTERM\n")
+
+
+@pytest.fixture(scope="module")
+def undecodable(tmp_path_factory):
+    """A 3-band image and a 1-band class raster whose headers open but whose pixels GDAL cannot decode (NeXT
+    compression), without georeferencing (which every command would otherwise warn about first)."""
+    import numpy as np
+    import rasterio
+    from helpers import set_tiff_compression_tag
+
+    folder = tmp_path_factory.mktemp("undecodable")
+    for name, count in [("image.tif", 3), ("classes.tif", 1)]:
+        with rasterio.open(
+            folder / name, "w", driver="GTiff", width=64, height=64, count=count, dtype="uint8"
+        ) as dst:
+            dst.write(np.zeros((count, 64, 64), np.uint8))
+        set_tiff_compression_tag(folder / name, 32766)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "{image}", "-o", "{out}/classes.tif", "-m", "{model}"],
+        ["predict", "{image}", "-o", "{out}/classes.tif", "-m", "{model}", "--scale", "auto"],
+        ["vectorize", "{classes}", "-o", "{out}/map.gpkg"],
+        ["evaluate", "{classes}", "{classes}", "--preset", "loveda"],
+    ],
+)
+def test_pixels_gdal_cannot_decode_are_one_line_before_any_warning(undecodable, tmp_path, command):
+    import torch
+
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.manet import build_manet
+    from geoseg.model.presets import preset_card
+
+    model = tmp_path / "m.safetensors"
+    if "-m" in command:
+        torch.manual_seed(0)
+        save_checkpoint(build_manet(7, "resnet18"), preset_card("loveda", "resnet18"), model)
+    image, classes = undecodable / "image.tif", undecodable / "classes.tif"
+    args = [a.format(image=image, classes=classes, out=tmp_path, model=model) for a in command]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    path = image if command[0] == "predict" else classes
+    reason = (
+        f"{path.name}, band 1: IReadBlock failed at X offset 0, Y offset 0: TIFFReadEncodedStrip() failed."
+    )
+    assert result.output == f"Error: {path}: read failed ({reason})\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["m.safetensors"] if "-m" in command else [])

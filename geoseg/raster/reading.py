@@ -6,11 +6,12 @@ holds a scene in memory: everything reads windows (or a bounded sample of them).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -221,8 +222,22 @@ def check_imagery(dataset, indexes: Sequence[int], path: str | None = None) -> N
                 f"{expand.upper()} first: gdal_translate -expand {expand} {path} expanded.tif "
                 "(-of VRT makes a virtual copy)"
             )
-    try:  # one block per band: a codec GDAL lacks fails here, before any warning or output
+    check_decodable(dataset, indexes, path)
+
+
+def check_decodable(dataset, indexes: Sequence[int], path: str | None = None) -> None:
+    """Read one block of each band ``indexes``: a compression GDAL lacks (OJPEG, NeXT...) or a broken file
+    fails here with GDAL's reason, before any warning, output or work."""
+    with read_failures(path or dataset.name):
         read_bands(dataset, Window(0, 0, 1, 1), indexes)
+
+
+@contextlib.contextmanager
+def read_failures(path: str | os.PathLike) -> Iterator[None]:
+    """Inside, a GDAL read failure becomes one :class:`InputError` line naming the file and GDAL's reason,
+    instead of rasterio's "Read failed. See previous exception for details"."""
+    try:
+        yield
     except RasterioError as error:
         raise InputError(f"{path}: read failed ({gdal_message(error)})") from error
 

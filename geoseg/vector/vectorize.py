@@ -28,6 +28,7 @@ from geoseg.atomic import check_output_path
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import read_class_names
 from geoseg.raster.grids import placement
+from geoseg.raster.reading import check_decodable
 from geoseg.vector.area import GroundArea
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
 from geoseg.vector.output import FeatureWriter, atomic_vector_output, output_driver
@@ -245,6 +246,7 @@ def _check_raster(dataset, path: Path) -> None:
             f"{path}: holds {dtype.name} values; vectorize needs an integer class raster "
             "(such as the output of geoseg predict)"
         )
+    check_decodable(dataset, [1], str(path))  # before any warning about the raster
 
 
 def refuse_unmapped(kind: str | None, path: str | os.PathLike) -> None:
