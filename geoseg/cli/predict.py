@@ -98,6 +98,7 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     "--batch-size",
     default="auto",
     show_default=True,
+    metavar="N|auto",
     callback=_check_batch_size,
     help="Tiles per batch, or auto: on CUDA the most that fit (halved with a warning if they do not), "
     "else 4.",
