@@ -28,7 +28,7 @@ from geoseg.atomic import check_output_path
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import read_class_names
 from geoseg.raster.grids import placement
-from geoseg.raster.reading import check_decodable
+from geoseg.raster.reading import check_decodable, read_failures
 from geoseg.vector.area import GroundArea
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
 from geoseg.vector.output import FeatureWriter, atomic_vector_output, output_driver
@@ -318,25 +318,20 @@ def _select_classes(classes: Sequence[str | int] | None, names: list[str], path:
 def _dataset_reader(dataset, path: Path) -> BlockReader:
     """Read a window's classes and valid mask (nodata value, internal mask or alpha, GDAL's rules)."""
     from rasterio.enums import MaskFlags
-    from rasterio.errors import RasterioError
     from rasterio.windows import Window as RioWindow
-
-    from geoseg.raster.reading import gdal_message
 
     flags = dataset.mask_flag_enums[0]
     nodata = dataset.nodata
 
     def read(window: Window) -> tuple[np.ndarray, np.ndarray | None]:
         rio_window = RioWindow(window.col0, window.row0, window.width, window.height)
-        try:
+        with read_failures(path):
             classes = dataset.read(1, window=rio_window)
             if MaskFlags.all_valid in flags:
                 return classes, None
             if list(flags) == [MaskFlags.nodata] and nodata is not None:
                 return classes, classes != nodata
             return classes, dataset.read_masks(1, window=rio_window) > 0
-        except RasterioError as error:
-            raise InputError(f"{path}: read failed ({gdal_message(error)})") from error
 
     return read
 
