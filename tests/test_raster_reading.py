@@ -409,3 +409,19 @@ def test_nodata_beside_an_alpha_band_gives_gdals_mask_without_rasterios_misleadi
     expected[1, 1] = False
     assert np.array_equal(valid, expected)
     assert sample.size == 3 * 15
+
+
+def test_fewer_than_8_bits_need_a_scale_that_says_their_range(tmp_path):
+    path = tmp_path / "four_bit.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8", nbits=4, photometric="rgb"
+    ) as dst:
+        dst.write(np.arange(3 * 64).reshape(3, 8, 8).astype(np.uint8) % 16)
+    with open_raster(path) as d:
+        indexes = select_bands(d, RGB, None, str(path))
+        with pytest.raises(InputError) as refused:
+            resolve_value_range(d, indexes, None, path=str(path))
+        assert str(refused.value) == (
+            f"{path}: 4-bit values 0..15 but the model expects 8-bit values 0..255; pass --scale 0,15"
+        )
+        assert resolve_value_range(d, indexes, (0, 15), path=str(path)) == (0.0, 15.0)

@@ -391,6 +391,13 @@ def resolve_value_range(
             raise InputError(f"{path}: --scale {lo:g},{hi:g} needs MAX > MIN")
         return lo, hi
     dtype = band_dtype(dataset, indexes)
+    bits = min(int(dataset.tags(i, ns="IMAGE_STRUCTURE").get("NBITS", 8)) for i in indexes)
+    if dtype == np.uint8 and bits < 8 and tuple(model_range) == EIGHT_BIT_RANGE:
+        top = 2**bits - 1  # GDAL's NBITS: a 4-bit band holds 0..15, which 0..255 would show nearly black
+        raise InputError(
+            f"{path}: {bits}-bit values 0..{top} but the model expects 8-bit values 0..255; "
+            f"pass --scale 0,{top}"
+        )
     if dtype == np.uint8 or tuple(model_range) != EIGHT_BIT_RANGE:
         return float(model_range[0]), float(model_range[1])
     raise InputError(
