@@ -148,3 +148,21 @@ def test_pixels_gdal_cannot_decode_are_one_line_before_any_warning(undecodable, 
     )
     assert result.output == f"Error: {path}: read failed ({reason})\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == (["m.safetensors"] if "-m" in command else [])
+
+
+def test_every_json_line_is_strict_json_with_non_finite_numbers_as_strings(capsys):
+    import json
+
+    from geoseg.cli.options import emit_json
+
+    emit_json({"iou": {"road": float("nan"), "water": 0.5}, "range": (float("-inf"), float("inf")), "n": 3})
+    line = capsys.readouterr().out
+
+    def refuse(name):
+        raise ValueError(name)
+
+    assert json.loads(line, parse_constant=refuse) == {
+        "iou": {"road": "nan", "water": 0.5},
+        "range": ["-inf", "inf"],
+        "n": 3,
+    }
