@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
@@ -66,7 +67,7 @@ def part_profile(plan: ScenePlan, region: Region, kind: str, num_classes: int) -
     """The tiled GeoTIFF profile of one part: the region's size, its corner's place in the scene's grid."""
     georef = dict(plan.georef)
     if georef.get("transform") is not None:
-        georef["transform"] = georef["transform"] * georef["transform"].translation(region.x0, region.y0)
+        georef["transform"] = georef["transform"] * Affine.translation(region.x0, region.y0)
     count = num_classes if kind == "probabilities" else 1
     nodata = NODATA_CLASS if kind == "classes" else None  # others: internal mask
     return tiled_profile(region.width, region.height, count, nodata, georef)
