@@ -34,8 +34,9 @@ COMMANDS = {
 }
 
 
-# Signals that stop a run the way Ctrl-C does (SIGINT keeps Python's own KeyboardInterrupt).
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+# Signals that stop a run the way Ctrl-C does (SIGINT keeps Python's own KeyboardInterrupt); Windows has
+# no SIGHUP.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 class Terminated(BaseException):
