@@ -295,13 +295,15 @@ CUSTOM_LCC = (
     [
         ("EPSG:3857", from_origin(1447153.0, 6800125.0, 10.0, 10.0)),  # 13 E, 52 N: Mercator 2.6x too large
         ("EPSG:4326", from_origin(13.0, 52.5, 1e-4, 1e-4)),
+        ("EPSG:4326", from_origin(13.0, 62.0, 0.01, 0.01)),  # 6 x 4 degrees: every vertex transformed
         ("EPSG:2263", from_origin(1e6, 2e5, 2.0, 2.0)),  # US feet
         (CUSTOM_LCC, from_origin(1000, 2000, 5.0, 5.0)),  # custom ellipsoid, US feet
     ],
-    ids=["3857", "4326", "2263-feet", "custom-wkt"],
+    ids=["3857", "4326", "4326-large", "2263-feet", "custom-wkt"],
 )
 def test_areas_are_geodesic_in_every_crs(tmp_path, crs, transform):
-    # a small rectangle (centroid rule) and the rest of a 600 x 400 raster with a hole (vertex transform)
+    # a rectangle and the rest of a 600 x 400 raster with it as a hole: polygons of 30 m to 700 km, so each
+    # way of computing an area is checked (centroid, second moments, every vertex)
     classes = np.zeros((400, 600), np.uint8)
     classes[100:130, 200:240] = 1
     rio_crs = rasterio.CRS.from_user_input(crs)
