@@ -13,11 +13,13 @@ from geoseg.model.sniff import sniff_checkpoint
 
 def describe(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-ready description of a checkpoint or a raster, decided by the file's content."""
+    from geoseg.raster.reading import is_gdal_path
+
     text = str(path)
     local = Path(text)
-    if not text.startswith("/vsi") and not local.exists():
+    if not is_gdal_path(text) and not local.exists():
         raise InputError(f"{text}: file not found")
-    if not text.startswith("/vsi") and local.is_file():
+    if not is_gdal_path(text) and local.is_file():
         try:
             sniff_checkpoint(local)
         except CheckpointError as error:

@@ -201,3 +201,9 @@ def test_info_lists_the_subdatasets_of_a_container(runner, tmp_path):
     assert result.exit_code == 0, result.output
     described = json.loads(result.stdout)
     assert (described["count"], described["subdatasets"]) == (0, [f"GPKG:{path}:a", f"GPKG:{path}:b"])
+    one = runner.invoke(cli, ["info", f"GPKG:{path}:b", "--json"])
+    assert one.exit_code == 0, one.output
+    assert (json.loads(one.stdout)["count"], json.loads(one.stdout)["width"]) == (
+        4,
+        8,
+    )  # GeoPackage tiles are RGBA
