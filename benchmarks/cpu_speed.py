@@ -117,18 +117,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating rounds of the three timings")
     parser.add_argument("--compile", action="store_true", help="default configuration with torch.compile")
-    parser.add_argument("--force-bf16", action="store_true", help="bf16 even without native support")
+    parser.add_argument(
+        "--force-bf16", action="store_true", help="bf16 and channels_last as on a CPU with native bf16"
+    )
+    parser.add_argument("--agreement-only", action="store_true", help="skip the timings")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.force_bf16:
+    capability, native = torch.backends.cpu.get_cpu_capability(), geoseg.device.cpu_has_native_bf16()
+    if args.force_bf16:  # CPUs with native bf16 all have AVX512 too, where channels_last pays
         geoseg.device.cpu_has_native_bf16 = lambda: True
+        torch.backends.cpu.get_cpu_capability = lambda: "AVX512_BF16"
     model_path = args.model or default_checkpoint_path()
     precision = resolve_precision("auto", CPU)
     amp = autocast_dtype("auto", CPU)
-    print(f"CPU: torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{torch.get_num_threads()} threads; native bf16: {geoseg.device.cpu_has_native_bf16()}"
-          f"{' (forced)' if args.force_bf16 else ''}")  # fmt: skip
+    forced = "; bf16 and channels_last forced" if args.force_bf16 else ""
+    print(f"CPU: torch {torch.__version__}, capability {capability}, {torch.get_num_threads()} threads; "
+          f"native bf16: {native}{forced}")  # fmt: skip
     layout = "channels_last" if channels_last_pays(CPU) else "contiguous"
     print(f"default here: precision {precision}, {layout}, compile {args.compile}")
 
@@ -138,11 +143,15 @@ def main() -> None:
         default = accelerate(load_model(model_path, None, None)[0].eval(), CPU, compile=args.compile)
         tiles, value_range = scene_tiles(scene, card)
         print(f"\n{scene.name}: {len(tiles)} tiles of {tiles.shape[-1]} px, batch {args.batch_size}")
-        bare_seconds(default, tiles[: args.batch_size], value_range, card, amp, args.batch_size)  # warm-up
         times: dict[str, list[float]] = {"bare fp32 eager": [], "bare default": [], "end to end": []}
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "default.tif"
-            for _ in range(args.repeats):
+            if args.agreement_only:
+                end_to_end(scene, model_path, out, "auto", args.batch_size, args.compile)
+            else:  # warm-up of both networks first
+                bare_seconds(eager, tiles[: args.batch_size], value_range, card, None, args.batch_size)
+                bare_seconds(default, tiles[: args.batch_size], value_range, card, amp, args.batch_size)
+            for _ in range(0 if args.agreement_only else args.repeats):
                 times["bare fp32 eager"].append(
                     bare_seconds(eager, tiles, value_range, card, None, args.batch_size)
                 )
@@ -152,12 +161,15 @@ def main() -> None:
                 times["end to end"].append(
                     end_to_end(scene, model_path, out, "auto", args.batch_size, args.compile)
                 )
-            for name, values in times.items():
+            for name, values in times.items() if not args.agreement_only else ():
                 print(f"  {name:16s} {statistics.median(values) / len(tiles):6.2f} s/tile  "
                       f"({', '.join(f'{v:.1f}' for v in values)} s)")  # fmt: skip
-            e2e, median = statistics.median(times["end to end"]), statistics.median
-            print(f"  end to end / bare fp32 eager (speed-up): {median(times['bare fp32 eager']) / e2e:.2f}")
-            print(f"  end to end / bare default (plumbing):    {median(times['bare default']) / e2e:.2f}")
+            if not args.agreement_only:
+                e2e, median = statistics.median(times["end to end"]), statistics.median
+                print(
+                    f"  end to end / bare fp32 eager (speed-up): {median(times['bare fp32 eager']) / e2e:.2f}"
+                )
+                print(f"  end to end / bare default (plumbing):    {median(times['bare default']) / e2e:.2f}")
             reference = Path(tmp) / "fp32.tif"
             end_to_end(scene, model_path, reference, "fp32", args.batch_size, False)
             share = agreement(out, reference) * 100
