@@ -154,10 +154,27 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
+# torch.load(weights_only=True) can still run code from a crafted pickle before this (CVE-2025-32434).
+SAFE_TORCH_LOAD = (2, 6)
+
+
+def torch_load_weights(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)``, the one way geoseg reads a pickle (foreign checkpoints, training
+    states); refused with one line on a torch older than 2.6, where ``weights_only`` is not a safe guard."""
+    found = re.match(r"(\d+)\.(\d+)", str(torch.__version__))
+    if found is None or (int(found[1]), int(found[2])) < SAFE_TORCH_LOAD:
+        raise CheckpointError(
+            f"{path}: refused: torch {torch.__version__} can run code hidden in a pickled checkpoint "
+            "even with weights_only=True (CVE-2025-32434); upgrade to torch>=2.6 "
+            "(pip install -U 'torch>=2.6'), or use a .safetensors checkpoint"
+        )
+    return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _torch_load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """``torch.load`` restricted to tensors and plain containers: a pickle that would run code is refused."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        obj = torch_load_weights(path)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
             f"{path}: refused: the file holds Python objects beyond tensors and plain data, "
