@@ -619,8 +619,8 @@ def test_memory_stays_flat_when_one_region_spans_the_scene(tmp_path, monkeypatch
     for n in (256, 1024):
         classes = np.zeros((n, n), np.uint8)
         rows, cols = np.indices((n, n))
-        classes[(rows % 6 < 3) & (cols % 6 < 3)] = 1
-        classes[(rows % 24 == 20) & (cols % 24 < 20)] = 2
+        classes[(rows % 8 < 4) & (cols % 8 < 4)] = 1
+        classes[(rows % 32 == 28) & (cols % 32 < 28)] = 2
         path = write_raster(tmp_path / f"{n}.tif", classes, transform=from_origin(0, n, 1.0, 1.0))
         vectorize(path, tmp_path / "warm-up.gpkg", split_polygons_at=128, overwrite=True)  # imports, caches
         tracemalloc.start()
