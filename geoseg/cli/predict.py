@@ -7,6 +7,7 @@ import contextlib
 import click
 
 from geoseg.cli.options import (
+    NameListType,
     bands_option,
     card_option,
     compile_option,
@@ -115,6 +116,13 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     "vertical, both) or the 8 flips and rotations of d4.",
 )
 @bands_option
+@click.option(
+    "--assets",
+    type=NameListType(),
+    default=None,
+    help="For STAC Item inputs: the asset keys to stack, in the model's band order (default: the assets "
+    "whose bands' common names match the card's bands).",
+)
 @scale_option
 @click.option(
     "--confidence",
@@ -186,6 +194,7 @@ def predict(
     compile_network: bool,
     tta: str,
     bands: list[int] | None,
+    assets: list[str] | None,
     scale: tuple[float, float] | str | None,
     confidence: bool,
     probabilities: bool,
@@ -200,7 +209,8 @@ def predict(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Segment INPUT rasters (GeoTIFF or anything GDAL reads, /vsizip/ paths included) with a MANet,
+    """Segment INPUT rasters (GeoTIFF or anything GDAL reads, /vsizip/ paths and URLs included; a STAC Item
+    .json path or URL is stacked from the assets whose bands match the model's) with a MANet,
     MACU-Net or MAResU-Net checkpoint. Outputs have the input's CRS, transform and size, nodata 255 where
     the input has no data, colours and class names, overviews and a cloud-optimized layout. Scenes of any
     size run in bounded memory; overlapping tiles are blended without seams.
@@ -211,6 +221,7 @@ def predict(
     geoseg predict tiles/*.tif -o results/ --keep-going --json
     find /data -name '*.tif' | geoseg predict --from-file - -o results/ --skip-existing --json
     geoseg predict landsat.tif -o classes.tif --scale auto --bands 4,3,2
+    geoseg predict https://example.com/stac/items/scene-42.json -o classes.tif
     geoseg predict big.tif -o classes.tif --workers 4 --resume
     geoseg predict big.tif -o classes.tif --device cuda --workers auto
     """
@@ -252,6 +263,7 @@ def predict(
             quicklook=quicklook,
             overwrite=overwrite,
             skip_existing=skip_existing,
+            assets=assets,
             keep_going=keep_going,
             workers=workers,
             scheduler=scheduler,

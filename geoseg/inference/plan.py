@@ -82,6 +82,7 @@ class PredictResult:
     error: str | None = None
     precision: str | None = None  # what the network ran in (fp32, bf16, fp16); None when it never ran
     status: str | None = None  # "skipped": every output existed already (skip_existing)
+    item: str | None = None  # the id of the STAC Item the scene was stacked from
 
     def to_dict(self) -> dict[str, Any]:
         record = {
@@ -99,6 +100,8 @@ class PredictResult:
             record["error"] = self.error
         if self.status is not None:
             record["status"] = self.status
+        if self.item is not None:
+            record["item"] = self.item
         return record
 
 

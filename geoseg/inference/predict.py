@@ -31,6 +31,7 @@ from geoseg.inference.engine import (
 from geoseg.inference.grid import DEFAULT_CHUNK
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale, is_gdal_path
+from geoseg.stac.items import is_stac_item, item_scene
 
 RASTER_SUFFIXES = (".tif", ".tiff")
 SUFFIXES = {"classes": ".classes.tif", "confidence": ".confidence.tif", "probabilities": ".probabilities.tif"}
@@ -182,6 +183,7 @@ def iter_predict(
     overwrite: bool = False,
     keep_going: bool = False,
     skip_existing: bool = False,
+    assets: list[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     workers: int | str = 1,
     scheduler: str | None = None,
@@ -194,7 +196,9 @@ def iter_predict(
     ``model`` may also be an in-memory network, then ``card`` must be a :class:`ModelCard`. With
     ``keep_going`` a failing scene yields a result whose ``error`` holds the one-line message. With
     ``skip_existing`` a scene whose outputs all exist yields a result with ``status`` "skipped", unopened
-    (a re-run over thousands of scenes carries on where the last one stopped).
+    (a re-run over thousands of scenes carries on where the last one stopped). An input that is a STAC
+    Item (``.json`` path or URL, or an API ``.../items/ID`` URL) is stacked from its assets whose bands'
+    common names match the card's bands, or from ``assets`` in order (see :mod:`geoseg.stac.items`).
     ``workers`` > 1 (or ``auto``: one per GPU) runs regions on a Dask LocalCluster, ``scheduler`` on an
     existing Dask cluster; ``resume`` keeps finished regions of an interrupted run (see
     :func:`geoseg.inference.engine.run_scene`). ``status(text)`` hears of regions, workers and the step.
@@ -234,14 +238,17 @@ def iter_predict(
     batch_size = resolve_batch_size(batch_size, resolved, tile or model_card.tile_size)
 
     scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError | None]] = []
+    items: dict[str, tuple[Path, str]] = {}  # STAC Item input -> (its VRT, its id)
     for source, paths in zip(inputs, plans, strict=True):
         if skip_existing and outputs_exist(paths):
             scenes.append((source, paths, None))  # finished by an earlier run: not even opened
             continue
         try:
+            if is_stac_item(source):
+                items[source] = item_scene(source, paths.classes, model_card.bands, assets)
             plan = plan_scene(
                 model_card,
-                source,
+                str(items[source][0]) if source in items else source,
                 tile=tile,
                 overlap=overlap,
                 bands=bands,
@@ -310,6 +317,8 @@ def iter_predict(
 
                     draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
                     result.outputs["quicklook"] = str(paths.quicklook)
+                if source in items:
+                    result.input, result.item = source, items[source][1]
                 if status is not None:
                     status("")
                 yield result
@@ -320,6 +329,8 @@ def iter_predict(
             done_before += plan.grid.num_tiles
     finally:
         executor.close()
+        for vrt, _ in items.values():
+            vrt.unlink(missing_ok=True)
 
 
 def predict(
@@ -345,6 +356,7 @@ def predict(
     overwrite: bool = False,
     keep_going: bool = False,
     skip_existing: bool = False,
+    assets: list[str] | None = None,
     chunk_size: int = DEFAULT_CHUNK,
     workers: int | str = 1,
     scheduler: str | None = None,
@@ -389,6 +401,7 @@ def predict(
             overwrite=overwrite,
             keep_going=keep_going,
             skip_existing=skip_existing,
+            assets=assets,
             chunk_size=chunk_size,
             workers=workers,
             scheduler=scheduler,
