@@ -69,7 +69,17 @@ def test_evaluate_does_not_import_torch(class_rasters):
     assert record["torch"] is False
 
 
-@pytest.mark.parametrize("command", ["--help", "info --help", "vectorize --help", "evaluate --help"])
+def test_quicklook_does_not_import_torch(class_rasters, tmp_path):
+    out = tmp_path / "classes.png"
+    record = _run("quicklook", class_rasters[0], "-o", str(out))
+    assert record["exit_code"] == 0, record["output"]
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert record["torch"] is False
+
+
+@pytest.mark.parametrize(
+    "command", ["--help", "info --help", "vectorize --help", "evaluate --help", "quicklook --help"]
+)
 def test_help_does_not_import_torch(command):
     record = _run(*command.split())
     assert record["exit_code"] == 0, record["output"]

@@ -23,12 +23,9 @@ from geoseg.model.card import ModelCard
 MLM_SCHEMA = "https://stac-extensions.github.io/mlm/v1.4.0/schema.json"
 CLASSIFICATION_SCHEMA = "https://stac-extensions.github.io/classification/v2.0.0/schema.json"
 TASK = "semantic-segmentation"
-# artifact types by suffix, as the MLM extension names them (https://github.com/stac-extensions/mlm)
-ARTIFACT_TYPES = {
-    ".safetensors": ("safetensors", "application/octet-stream; framework=pytorch; profile=safetensors"),
-    ".pt2": ("torch.export.save", "application/octet-stream; framework=pytorch; profile=torch.export"),
-    ".onnx": ("onnx", "application/octet-stream; framework=onnx; profile=onnx"),
-}
+# the model asset: MLM's artifact type names how the file is read (safetensors: weights with the card inside)
+ARTIFACT_TYPE = "safetensors"
+MEDIA_TYPE = "application/octet-stream; framework=pytorch; profile=safetensors"
 
 
 def value_scaling(card: ModelCard) -> list[dict[str, Any]]:
@@ -66,7 +63,6 @@ def model_item(
     from geoseg.model.build import network_label
 
     path = Path(path)
-    artifact_type, media_type = ARTIFACT_TYPES.get(path.suffix.lower(), ARTIFACT_TYPES[".safetensors"])
     tile = card.tile_size
     name = card.name or path.stem
     modified = dt.datetime.fromtimestamp(path.stat().st_mtime, tz=dt.timezone.utc)
@@ -134,10 +130,10 @@ def model_item(
         "assets": {
             "model": {
                 "href": path.name,
-                "type": media_type,
+                "type": MEDIA_TYPE,
                 "title": f"{card.architecture} {card.backbone} weights with their geoseg model card",
                 "roles": ["mlm:model", "mlm:weights"],
-                "mlm:artifact_type": artifact_type,
+                "mlm:artifact_type": ARTIFACT_TYPE,
             }
         },
     }
