@@ -110,6 +110,22 @@ def test_plain_network_is_left_alone_where_nothing_pays(monkeypatch):
     assert accelerate(plain, CPU) is plain
 
 
+def test_a_network_without_parameters_runs_as_it_is(monkeypatch):
+    """An ONNX runtime network: no layout to change, nothing to compile, its prepare_input still seen."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+
+    class Session(torch.nn.Module):
+        def prepare_input(self, batch, value_range):
+            return batch.float()
+
+        def forward(self, x):
+            return x
+
+    network = Session()
+    assert accelerate(network, CPU) is network
+    assert accelerate(network, CPU, compile=True) is network
+
+
 def test_compiled_network_sees_one_batch_size_per_scene(monkeypatch):
     """A short last batch is padded to the scene's batch size: one compilation, not one per batch size."""
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")

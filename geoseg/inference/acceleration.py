@@ -93,9 +93,11 @@ def accelerate(model: torch.nn.Module, device: torch.device, *, compile: bool = 
     """``model`` (already on ``device``, in eval mode) in channels_last where that pays, compiled if asked.
 
     Compilation is opt-in: it costs minutes once per process and pays only on big scenes (README: break-even).
+    A network without torch parameters (an ONNX runtime session) runs as it is: there is nothing to lay out
+    or compile, and the engine must still see its ``prepare_input``.
     """
     channels_last = channels_last_pays(device)
-    if not (channels_last or compile):
+    if not (channels_last or compile) or next(model.parameters(), None) is None:
         return model
     if compile:
         check_compile(device)
