@@ -265,6 +265,24 @@ def test_eight_connectivity_gives_valid_multipolygons(tmp_path):
     assert sorted(shapely.get_num_geometries(polygons).tolist()) == [200, 200]
 
 
+def test_simplified_eight_connected_polygons_stay_valid_in_geographic_coordinates(tmp_path):
+    # seed 7: simplified in pixel space the MultiPolygons are valid, but taken to 0.0001-degree coordinates
+    # a part's vertex on another part's diagonal edge rounded across it (2 self-intersections before)
+    classes = np.random.default_rng(7).integers(0, 4, (48, 48)).astype(np.uint8)
+    path = write_raster(
+        tmp_path / "c.tif", classes, crs="EPSG:4326", transform=from_origin(10, 70, 1e-4, 1e-4)
+    )
+    vectorize(path, tmp_path / "plain.gpkg", min_pixels=12, connectivity=8)
+    vectorize(path, tmp_path / "simple.gpkg", min_pixels=12, simplify=10, connectivity=8)
+    _, plain, _ = read_layer(tmp_path / "plain.gpkg")
+    _, polygons, table = read_layer(tmp_path / "simple.gpkg")
+    assert shapely.is_valid(polygons).all()
+    assert shapely.get_num_coordinates(polygons).sum() < 0.8 * shapely.get_num_coordinates(plain).sum()
+    assert shapely.area(polygons).sum() == pytest.approx(48 * 48 * 1e-8, rel=1e-9)
+    assert shapely.union_all(polygons).area == pytest.approx(48 * 48 * 1e-8, rel=1e-9)  # no gaps, no overlaps
+    assert shapely.area(polygons).min() >= 12 * 1e-8 * (1 - 1e-9)
+
+
 def geodesic_area(crs, corners, edge_points=2000):
     """Reference: pyproj.Geod's area of a rectangle given in CRS coordinates, its edges densified in the CRS
     (straight pixel edges, not geodesics between the corners) and taken to the CRS's own ellipsoid."""

@@ -132,10 +132,17 @@ def vectorize(
                 )
             return min_pixels
 
-        def too_small(pixel_polygons: np.ndarray) -> np.ndarray:
+        def keeps_pixel_edges(pixel_polygons: np.ndarray) -> np.ndarray:
+            """Simplified polygons that must keep their pixel outline instead: those under the minimum, and
+            those that the affine's rounding makes invalid in CRS coordinates (a part's vertex lying exactly
+            on another's diagonal edge in pixel space may end up across it, as at 0.0001 degree pixels)."""
+            world = geo.to_world(pixel_polygons)
+            rejected = ~shapely.is_valid(world)
             if min_area is not None:
-                return ground.areas(geo.to_world(pixel_polygons)) < min_area
-            return shapely.area(pixel_polygons) < (min_pixels or 0)
+                rejected |= ground.areas(world) < min_area
+            elif (min_pixels or 0) > 1:
+                rejected |= shapely.area(pixel_polygons) < min_pixels
+            return rejected
 
         def class_name(value: int) -> str:
             return names[value] if 0 <= value < len(names) else str(value)
@@ -169,8 +176,7 @@ def vectorize(
                     batch.clear()
                     batch_values.clear()
                     if tolerance_px:  # in pixel space, where shared edges meet exactly
-                        sieved = min_area is not None or (min_pixels or 0) > 1
-                        polygons = simplify_coverage(polygons, tolerance_px, too_small if sieved else None)
+                        polygons = simplify_coverage(polygons, tolerance_px, keeps_pixel_edges)
                         polygons = geo.to_world(polygons)
                     if selected is not None:
                         keep = np.isin(values, list(selected))
