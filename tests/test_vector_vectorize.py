@@ -158,6 +158,22 @@ def test_plain_ids_as_names_without_stored_names(tmp_path):
     assert set(read_layer(tmp_path / "c.gpkg")[2]["class_name"]) == {"2"}
 
 
+def test_uint64_ids_keep_their_values_up_to_int64_max_and_larger_ones_are_refused(tmp_path):
+    classes = np.zeros((20, 20), np.uint64)
+    classes[5:10, 5:10] = 2**63 - 1
+    classes[12:15, 0:3] = 2**40 + 1
+    path = write_raster(tmp_path / "c.tif", classes)
+    result = vectorize(path, tmp_path / "c.gpkg")
+    assert result.polygons == {"0": 1, str(2**40 + 1): 1, str(2**63 - 1): 1}
+    table = read_layer(tmp_path / "c.gpkg")[2]
+    assert sorted(table["class_id"].tolist()) == [0, 2**40 + 1, 2**63 - 1]
+    classes[0, 0] = 2**63 + 5  # was written as class_id -9223372036854775803
+    path = write_raster(tmp_path / "big.tif", classes)
+    with pytest.raises(InputError, match=r"holds class id 9223372036854775813, above 9223372036854775807"):
+        vectorize(path, tmp_path / "big.gpkg")
+    assert not (tmp_path / "big.gpkg").exists()
+
+
 @pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".shp", ".geojson"])
 def test_every_ogr_format_opens_with_pyogrio_and_carries_the_right_crs(tmp_path, named, suffix):
     path, classes = named

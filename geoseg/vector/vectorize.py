@@ -195,6 +195,7 @@ def vectorize(
                 grid = BlockGrid(height, width, split_polygons_at or max(height, width))
                 for done, (_, _, window) in enumerate(grid, start=1):
                     cell, valid = read(window)
+                    _check_ids_fit_int64(cell, valid, classes_path)
                     threshold = cell_min_pixels(window)
                     if threshold is not None and threshold > 1:
                         cell, valid = sieve(cell, valid, threshold, connectivity)
@@ -342,6 +343,20 @@ def _dataset_reader(dataset, path: Path) -> BlockReader:
             return classes, dataset.read_masks(1, window=rio_window) > 0
 
     return read
+
+
+def _check_ids_fit_int64(cell: np.ndarray, valid: np.ndarray | None, path: Path) -> None:
+    """Refuse uint64 class ids that no vector format can hold (64-bit signed integer fields), rather than
+    write them wrapped round to negative ids."""
+    if cell.dtype != np.uint64:
+        return
+    ids = cell if valid is None else cell[valid]
+    limit = np.iinfo(np.int64).max
+    if ids.size and ids.max() > limit:
+        raise InputError(
+            f"{path}: holds class id {int(ids.max())}, above {limit}, the largest a vector attribute "
+            "(a 64-bit integer) can hold; renumber the classes first"
+        )
 
 
 def _as_multipolygons(polygons: np.ndarray) -> np.ndarray:
