@@ -91,6 +91,8 @@ def test_onnx_carries_the_card_opset_and_dynamic_dims(checkpoint, onnx_logits):
     assert graph_input.name == "pixels" and graph_input.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     assert dims[1].dim_value == 3
     assert all(d.dim_param and not d.dim_value for d in (dims[0], dims[2], dims[3]))
+    half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}  # attention and all: float32 in the graph
+    assert not [i.name for i in model.graph.initializer if i.data_type in half]
 
 
 def test_pt2_logits_match_pytorch_and_carry_the_card(checkpoint, tiles, tmp_path):
