@@ -19,6 +19,10 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     local = Path(text)
     if not is_gdal_path(text) and not local.exists():
         raise InputError(f"{text}: file not found")
+    if not is_gdal_path(text) and local.is_file() and local.suffix.lower() == ".onnx":
+        from geoseg.export.metadata import describe_onnx  # an export (geoseg export), read without torch
+
+        return describe_onnx(local)
     if not is_gdal_path(text) and local.is_file():
         try:
             sniff_checkpoint(local)

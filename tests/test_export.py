@@ -95,6 +95,18 @@ def test_onnx_carries_the_card_opset_and_dynamic_dims(checkpoint, onnx_logits):
     assert not [i.name for i in model.graph.initializer if i.data_type in half]
 
 
+def test_info_describes_an_onnx_export_on_its_own(checkpoint, onnx_logits):
+    result = CliRunner().invoke(cli, ["info", str(onnx_logits), "--json"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["format"] == "onnx" and record["returns"] == "logits" and record["opset"]["ai.onnx"] == 18
+    assert ModelCard.from_dict(record["card"]) == checkpoint[2]
+    (shape,) = record["inputs"].values()
+    assert shape[1] == 3 and all(isinstance(d, str) for d in (shape[0], shape[2], shape[3]))
+    (shape,) = record["outputs"].values()
+    assert shape[1] == 6
+
+
 def test_pt2_logits_match_pytorch_and_carry_the_card(checkpoint, tiles, tmp_path):
     path = tmp_path / "net.pt2"
     export_model(checkpoint[0], path, logits=True)

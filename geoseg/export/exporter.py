@@ -25,7 +25,7 @@ from torch import nn
 
 from geoseg.atomic import atomic_output, check_output_path
 from geoseg.errors import ConfigurationError
-from geoseg.export.runtime import OUTPUT_KIND_KEY, require
+from geoseg.export.metadata import OUTPUT_KIND_KEY, require
 from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import CARD_METADATA_KEY, load_checkpoint
 from geoseg.model.normalize import normalize

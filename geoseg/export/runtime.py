@@ -10,33 +10,21 @@ network (normalised input, logits out) and gets the card's normalisation as a ch
 from __future__ import annotations
 
 import hashlib
-import importlib
 import os
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import torch
 from torch import nn
 
-from geoseg.errors import CheckpointError, ConfigurationError
+from geoseg.errors import CheckpointError
+from geoseg.export.metadata import OUTPUT_KIND_KEY, require
 from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import CARD_METADATA_KEY
 from geoseg.model.normalize import normalize
 from geoseg.model.presets import resolve_card
 
-OUTPUT_KIND_KEY = "geoseg.output"  # "probabilities" or "logits"
 _TINY = float(np.finfo(np.float32).tiny)
-
-
-def require(module: str) -> ModuleType:
-    """Import an optional dependency of the ``onnx`` extra, or say in one line how to install it."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ConfigurationError(
-            f"{module} is not installed; ONNX support is an extra: pip install 'geoseg[onnx]'"
-        ) from error
 
 
 class OnnxNetwork(nn.Module):

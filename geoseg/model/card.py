@@ -16,6 +16,7 @@ from typing import Any
 from geoseg.errors import CardError
 
 CARD_FORMAT_VERSION = 1
+CARD_METADATA_KEY = "geoseg.card"  # where checkpoints and exports store the card's JSON
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")  # MANet's

@@ -21,11 +21,10 @@ import torch
 from geoseg.atomic import atomic_output
 from geoseg.errors import CardError, CheckpointError
 from geoseg.model.build import build_model, network_label
-from geoseg.model.card import ModelCard
+from geoseg.model.card import CARD_METADATA_KEY, ModelCard
 from geoseg.model.presets import preset_card, resolve_card
 from geoseg.model.sniff import sniff_checkpoint
 
-CARD_METADATA_KEY = "geoseg.card"
 MODELS_DIR = Path(__file__).resolve().parents[2] / "models"
 BUNDLED_MODEL_NAME = "manet_r50_loveda_demo.safetensors"
 
