@@ -54,6 +54,25 @@ def test_info_on_a_raster_does_not_import_torch(class_rasters):
     assert record["torch"] is False
 
 
+def test_info_on_an_onnx_model_does_not_import_torch(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    value = helper.make_tensor_value_info
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["pixels"], ["scores"])],
+        "bare",
+        [value("pixels", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+        [value("scores", TensorProto.FLOAT, ["batch", 3, "height", "width"])],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "bare.onnx"))
+    record = _run("info", str(tmp_path / "bare.onnx"), "--json")
+    assert record["exit_code"] == 0, record["output"]
+    described = json.loads(record["output"])
+    assert described["card"] is None and described["inputs"] == {"pixels": ["batch", 3, "height", "width"]}
+    assert record["torch"] is False
+
+
 def test_vectorize_does_not_import_torch(class_rasters, tmp_path):
     out = tmp_path / "polygons.gpkg"
     record = _run("vectorize", class_rasters[0], "-o", str(out), "--json")
