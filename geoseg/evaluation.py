@@ -126,6 +126,7 @@ def evaluate(
             raise InputError(f"{prediction}: a class raster has 1 band, this one has {pred_ds.count}")
         if not np.issubdtype(np.dtype(pred_ds.dtypes[0]), np.integer):
             raise InputError(f"{prediction}: class values must be integers, got {pred_ds.dtypes[0]}")
+        _check_card_matches_prediction(model_card, pred_ds, str(prediction))
         names, colors = _class_names_and_colors(model_card, pred_ds)
         if ignore_index is None and model_card is not None:
             ignore_index = model_card.ignore_index
@@ -243,6 +244,21 @@ def _open(path: str | os.PathLike, role: str):
 
 def _is_integral(value: float | None) -> bool:
     return value is not None and not math.isnan(value) and float(value).is_integer()
+
+
+def _check_card_matches_prediction(card: ModelCard | None, prediction, path: str) -> None:
+    """A class raster that names its classes (geoseg predict does) must be scored with those classes."""
+    own = read_class_names(prediction)
+    if card is None or not own or own == card.class_names:
+        return
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+    raise InputError(
+        f"{path}: its {len(own)} classes ({listed(own)}) are not the {len(card.class_names)} of "
+        f"--preset/--card ({listed(card.class_names)}); drop --preset/--card to score it with its own classes"
+    )
 
 
 def _class_names_and_colors(card: ModelCard | None, prediction) -> tuple[list[str] | None, list | None]:

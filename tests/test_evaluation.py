@@ -225,3 +225,16 @@ def test_real_loveda_labels_decode_to_the_published_class_counts(shared_data, tm
     # PROVENANCE.md: image 2 holds raw classes {1, 4, 6, 7} -> background, water, forest, agricultural
     assert [c.pixels for c in result.per_class] == [8244, 0, 0, 29109, 0, 914057, 97166]
     assert math.isclose(result.overall_accuracy, 97166 / (1024 * 1024))
+
+
+def test_prediction_naming_other_classes_than_the_preset_is_refused_not_scored(tmp_path):
+    loveda = preset_card("loveda")  # seven classes: background, building, road, ...
+    prediction = write(
+        tmp_path / "p.tif", PREDICTION, names=loveda.class_names, colors=[c.color for c in loveda.classes]
+    )
+    truth = write(tmp_path / "t.tif", TRUTH)
+    with pytest.raises(InputError, match=r"p\.tif: its 7 classes \(background, building, road.*not the 6"):
+        evaluate(prediction, truth, preset="potsdam")
+    result = evaluate(prediction, truth, preset="loveda")  # the same classes: scored as before
+    assert result.class_names == loveda.class_names
+    assert result.confusion[:3, :3].tolist() == [[3, 1, 0], [0, 3, 1], [1, 1, 6]]
