@@ -127,3 +127,10 @@ def test_missing_state_file_for_resume(tiles, tmp_path):
     result = run(*base_args(tiles, tmp_path / "m.safetensors"), "--resume", tmp_path / "gone.state.pt")
     assert result.exit_code == 1
     assert "gone.state.pt: state file not found" in result.output
+
+
+def test_help_shows_every_example_command_with_its_line_continuations():
+    result = CliRunner().invoke(cli, ["train", "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "--architecture maresunet \\\n" in result.output
+    assert "maresunet         --init" not in result.output

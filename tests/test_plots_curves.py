@@ -151,3 +151,18 @@ def test_geoseg_train_without_matplotlib_warns_and_trains(tiles, tmp_path, monke
     assert "Warning: no training curves: drawing pictures needs matplotlib" in result.output
     assert result.output.strip().splitlines()[-1].startswith("resumable state:")  # no curves line after it
     assert output.is_file() and not (tmp_path / "m.curves.png").exists()
+
+
+def test_validation_axis_of_a_single_epoch_has_only_whole_epoch_ticks():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from geoseg.plots.curves import _draw_scores
+
+    axes = Figure().add_subplot()
+    _draw_scores(axes, history(1, True))
+    low, high = axes.get_xlim()
+    visible = [t for t in axes.get_xticks() if low <= t <= high]
+    assert visible == [1.0]

@@ -138,7 +138,7 @@ def train(
         --val-fraction 0.2 --epochs 100 -o vaihingen.safetensors
     geoseg train --images 'img/*.png' --labels 'lbl/*.png' --preset loveda --label-offset 1 \\
         --backbone resnet18 --crop 256 --steps 2000 -o loveda_r18.safetensors
-    geoseg train --images tiles/images --labels tiles/labels --preset vaihingen --architecture maresunet \
+    geoseg train --images tiles/images --labels tiles/labels --preset vaihingen --architecture maresunet \\
         --init resnet34-imagenet.pth --epochs 100 -o maresunet_vaihingen.safetensors
     """
     from geoseg.api import TrainingConfig

@@ -92,7 +92,8 @@ def _draw_scores(axes, history: Sequence[dict[str, Any]]) -> None:
         )
     from matplotlib.ticker import MaxNLocator
 
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    axes.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)  # one epoch: whole-number ticks, not 0.945..1.05
     axes.set_ylim(0, 100)
     axes.legend(fontsize=9, loc="lower right")
 
