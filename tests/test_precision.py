@@ -17,6 +17,8 @@ from geoseg.errors import ConfigurationError
 from geoseg.inference import acceleration
 from geoseg.inference.acceleration import AcceleratedNetwork, accelerate, channels_last_pays, check_compile
 from geoseg.inference.engine import predict_scene
+from geoseg.inference.predict import predict
+from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
 
 CPU = torch.device("cpu")
@@ -192,3 +194,17 @@ def test_bf16_classes_agree_with_float32_on_real_crops(shared_data, tmp_path, mo
     assert len(np.unique(classes["fp32"])) >= 4  # the crops hold several classes
     agreement = float((classes["auto"] == classes["fp32"]).mean())
     assert agreement >= 0.995, f"bf16 agrees with float32 on {agreement:.2%} of pixels"
+
+
+def test_compile_of_a_network_without_torch_parameters_fails_before_any_work(shared_data, tmp_path):
+    """An ONNX export runs in onnxruntime: --compile would silently do nothing, so it is refused."""
+
+    class Session(torch.nn.Module):
+        def forward(self, x):
+            raise AssertionError("the network ran")
+
+    card = ModelCard(classes=[ClassInfo("a", (0, 0, 0)), ClassInfo("b", (9, 9, 9))], tile_size=64, overlap=16)
+    scene = shared_data / "variants" / "colorado_hro_0p15m.tif"
+    with pytest.raises(ConfigurationError, match=r"no torch parameters to compile .* run without --compile$"):
+        predict([scene], tmp_path / "c.tif", model=Session(), card=card, device="cpu", compile=True)
+    assert list(tmp_path.iterdir()) == []

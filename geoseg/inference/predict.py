@@ -236,6 +236,11 @@ def iter_predict(
         network, model_card = load_model(path, preset, card)
         model_source = ModelSource(model_digest(network), str(path), preset, card, compile=compile)
     batch_size = resolve_batch_size(batch_size, resolved, tile or model_card.tile_size)
+    if compile and next(network.parameters(), None) is None:
+        raise ConfigurationError(
+            "this model has no torch parameters to compile (an ONNX export runs in onnxruntime); "
+            "run without --compile"
+        )
 
     scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError | None]] = []
     items: dict[str, tuple[Path, str]] = {}  # STAC Item input -> (its VRT, its id)
