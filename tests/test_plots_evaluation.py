@@ -118,3 +118,20 @@ def test_cli_without_matplotlib_says_how_to_install_it(rasters, tmp_path, monkey
         "pip install 'geoseg[plot]'"
     )
     assert not (tmp_path / "accuracy.png").exists()
+
+
+def test_title_says_which_classes_the_means_leave_out(rasters, tmp_path, monkeypatch):
+    import geoseg.plots.evaluation as module
+
+    titles = []
+    real_save = module.save_png
+    monkeypatch.setattr(
+        module,
+        "save_png",
+        lambda figure, *a, **k: titles.append(figure.get_suptitle()) or real_save(figure, *a, **k),
+    )
+    result = evaluate(*rasters[1], exclude_classes=["water"])  # means over building only: F1 80 %, IoU 66.7 %
+    plot_evaluation(result, tmp_path / "excluded.png")
+    plot_evaluation(evaluate(*rasters[1]), tmp_path / "all.png")
+    assert "mean F1 without water 80.0 % · mIoU without water 66.7 %" in titles[0]
+    assert "mean F1 73.3 % · mIoU 58.3 %" in titles[1]

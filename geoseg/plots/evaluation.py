@@ -29,10 +29,11 @@ def plot_evaluation(result: EvaluationResult, output: str | os.PathLike, *, over
     matrix_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1.15, 1])
     _draw_confusion(figure, matrix_axes, result.confusion, labels)
     _draw_scores(bar_axes, result, labels)
+    scope = f" without {', '.join(result.excluded_classes)}" if result.excluded_classes else ""
     figure.suptitle(
         f"{base_name(result.prediction)} vs {base_name(result.truth)}\n"
-        f"overall accuracy {_pct(result.overall_accuracy)} · mean F1 {_pct(result.mean_f1)} · "
-        f"mIoU {_pct(result.mean_iou)} · {result.pixels_evaluated:,} pixels",
+        f"overall accuracy {_pct(result.overall_accuracy)} · mean F1{scope} {_pct(result.mean_f1)} · "
+        f"mIoU{scope} {_pct(result.mean_iou)} · {result.pixels_evaluated:,} pixels",
         fontsize=11,
     )
     return save_png(figure, output, title="geoseg evaluation", overwrite=overwrite)
