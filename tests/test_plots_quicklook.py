@@ -287,3 +287,13 @@ def test_predict_draws_a_quicklook_beside_each_class_raster(tmp_path):
         drawn = rgba(picture)[: 64 * zoom, : 96 * zoom, :3]
         palette = np.array([c.color for c in card.classes], np.uint8)
         np.testing.assert_array_equal(drawn, palette[np.kron(data, np.ones((zoom, zoom), np.uint8))])
+
+
+def test_legend_share_of_a_class_short_of_the_whole_map_never_reads_100_percent():
+    from geoseg.plots.quicklook import _share_text
+
+    assert _share_text(65273 / 65536) == "99.6 %"  # 263 pixels of another class beside it
+    assert _share_text(0.9996) == ">99.9 %"
+    assert _share_text(1.0) == "100 %"
+    assert _share_text(0.994) == "99 %"
+    assert _share_text(0.25) == "25 %"

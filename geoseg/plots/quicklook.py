@@ -272,7 +272,7 @@ def _colorize(
     return rgba
 
 
-_WIDEST_SHARES = ("100 %", "<0.1 %", "9.9 %")
+_WIDEST_SHARES = ("100 %", "<0.1 %", "9.9 %", ">99.9 %", "99.9 %")
 _NAME_GAP = 12  # between a class name and its share
 
 
@@ -322,6 +322,10 @@ def _share_text(share: float) -> str:
         return "–"
     if share < 0.001:
         return "<0.1 %"
+    if share > 0.999 and share < 1:
+        return ">99.9 %"  # a class that is not the whole map never reads 100 %
+    if share >= 0.995 and share < 1:
+        return f"{100 * share:.1f} %"
     return f"{100 * share:.1f} %" if share < 0.1 else f"{100 * share:.0f} %"
 
 
