@@ -458,6 +458,28 @@ def test_unknown_class_name_lists_the_known_ones(tmp_path, named):
     assert not (tmp_path / "x.gpkg").exists()
 
 
+@pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".parquet"])
+def test_an_output_that_cannot_be_written_is_one_line_naming_it_not_the_temporary_file(
+    tmp_path, named, monkeypatch, suffix
+):
+    import pyarrow.parquet as pq
+    from pyogrio.errors import DataSourceError
+
+    def read_only(path, *args, **kwargs):  # as on a read-only or full file system
+        if suffix == ".parquet":
+            raise OSError(f"[Errno 30] Failed to open local file '{path}'. Detail: [errno 30] Read-only")
+        raise DataSourceError(f"sqlite3_open({path}) failed: unable to open database file")
+
+    monkeypatch.setattr(raw, "write", read_only)
+    monkeypatch.setattr(pq, "ParquetWriter", read_only)
+    output = tmp_path / f"out{suffix}"
+    with pytest.raises(OutputError) as error:
+        vectorize(named[0], output)
+    assert str(error.value).startswith(f"{output}: cannot write it in {tmp_path} (")
+    assert "\n" not in str(error.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif"]
+
+
 def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
     path, _ = named
     out = tmp_path / "x.gpkg"

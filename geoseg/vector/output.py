@@ -77,6 +77,19 @@ def _no_crs_warning() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """A file that cannot be created or written (read-only or full file system) is one line naming the
+    output, not GDAL's or Arrow's message about a hidden temporary file."""
+    from pyogrio.errors import DataSourceError
+
+    try:
+        yield
+    except (OSError, DataSourceError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise OutputError(f"{path}: cannot write it in {path.parent} ({reason})") from None
+
+
 class FeatureWriter:
     """Appends batches of (WKB polygon, class id, class name, area) to one layer; ``finish`` completes it."""
 
@@ -91,8 +104,10 @@ class FeatureWriter:
         geometry_type: str,
         wide_ids: bool,
         rfc7946: bool = False,
+        final: Path | None = None,
     ) -> None:
         self.path = path
+        self.final = final or path  # the name errors give (``path`` may be a temporary sibling of it)
         self.driver = driver
         self.layer = layer
         self.crs_wkt = crs_wkt
@@ -110,11 +125,12 @@ class FeatureWriter:
     ) -> None:
         columns = [class_ids.astype(self.id_dtype), class_names.astype(object), areas.astype(np.float64)]
         if self.driver == "Parquet":
-            self._write_parquet(wkb, columns)
+            with _writing(self.final):
+                self._write_parquet(wkb, columns)
         else:
             from pyogrio import raw
 
-            with _no_crs_warning():
+            with _no_crs_warning(), _writing(self.final):
                 raw.write(
                     str(self.target),
                     wkb,
@@ -171,14 +187,15 @@ class FeatureWriter:
         if not self.started:
             self.write(np.empty(0, object), np.empty(0, np.int64), np.empty(0, object), np.empty(0))
         if self._parquet is not None:
-            self._parquet.close()
+            with _writing(self.final):
+                self._parquet.close()
             self._parquet = None
         if self.target == self.path:
             return
         from pyogrio import raw
 
         options = {"RFC7946": "YES"} if self.rfc7946 else None
-        with raw.open_arrow(str(self.target)) as (meta, stream), _no_crs_warning():
+        with raw.open_arrow(str(self.target)) as (meta, stream), _no_crs_warning(), _writing(self.final):
             raw.write_arrow(
                 stream,
                 str(self.path),

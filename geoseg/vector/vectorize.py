@@ -164,6 +164,7 @@ def vectorize(
                 geometry_type=geometry_type,
                 wide_ids=wide_ids,
                 rfc7946=geo.rfc7946,
+                final=output_path,
             )
             try:
                 batch: list[np.ndarray] = []
