@@ -174,6 +174,36 @@ def test_uint64_ids_keep_their_values_up_to_int64_max_and_larger_ones_are_refuse
     assert not (tmp_path / "big.gpkg").exists()
 
 
+def test_shapefile_keeps_18_digit_ids_exact_and_refuses_longer_ones(tmp_path):
+    classes = np.zeros((20, 20), np.int64)
+    classes[5:10, 5:10] = 10**18 - 1
+    classes[12:15, 0:3] = -(10**17 - 1)
+    vectorize(write_raster(tmp_path / "c.tif", classes), tmp_path / "c.shp")
+    table = read_layer(tmp_path / "c.shp")[2]
+    assert table["class_id"].dtype == np.int64
+    assert sorted(table["class_id"].tolist()) == [-(10**17 - 1), 0, 10**18 - 1]
+    classes[0, 0], classes[19, 19] = (
+        2**62 + 1,
+        2**62 + 3,
+    )  # both were read back as the real 4.611686018427388e18
+    path = write_raster(tmp_path / "big.tif", classes)
+    with pytest.raises(
+        OutputError, match=r"class id 461168601842738790[57] has more digits than a Shapefile"
+    ):
+        vectorize(path, tmp_path / "big.shp")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "big.tif",
+        "c.cpg",
+        "c.dbf",
+        "c.prj",
+        "c.shp",
+        "c.shx",
+        "c.tif",
+    ]
+    vectorize(path, tmp_path / "big.gpkg")
+    assert {2**62 + 1, 2**62 + 3} <= set(read_layer(tmp_path / "big.gpkg")[2]["class_id"].tolist())
+
+
 @pytest.mark.parametrize("suffix", [".gpkg", ".fgb", ".shp", ".geojson"])
 def test_every_ogr_format_opens_with_pyogrio_and_carries_the_right_crs(tmp_path, named, suffix):
     path, classes = named

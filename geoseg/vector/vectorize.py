@@ -45,6 +45,8 @@ GDAL_CACHE_MB = 8
 # complete polygons are simplified and written in batches of about this many vertices (with a million, a
 # 20,000² run peaked 1.43x a 5,000² one, whose whole output fits in one batch; 1.3x with this)
 BATCH_VERTICES = 250_000
+# the ids a Shapefile's Integer64 field (18 characters, a minus sign included) holds
+SHAPEFILE_MAX_ID, SHAPEFILE_MIN_ID = 10**18 - 1, -(10**17 - 1)
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,8 @@ def vectorize(
                         polygons, values = polygons[keep], values[keep]
                     if not len(values):
                         return
+                    if driver == "ESRI Shapefile":
+                        _check_ids_fit_shapefile(values, output_path)
                     if connectivity == 8:
                         polygons = _as_multipolygons(polygons)
                     areas = ground.areas(polygons)
@@ -357,6 +361,17 @@ def _check_ids_fit_int64(cell: np.ndarray, valid: np.ndarray | None, path: Path)
         raise InputError(
             f"{path}: holds class id {int(ids.max())}, above {limit}, the largest a vector attribute "
             "(a 64-bit integer) can hold; renumber the classes first"
+        )
+
+
+def _check_ids_fit_shapefile(values: np.ndarray, output_path: Path) -> None:
+    """A Shapefile's integer fields hold 18 characters: GDAL stores longer ids as reals, which readers
+    round (two classes over 2^53 then share one id), so refuse them."""
+    outside = values[(values > SHAPEFILE_MAX_ID) | (values < SHAPEFILE_MIN_ID)]
+    if outside.size:
+        raise OutputError(
+            f"{output_path}: class id {int(outside[0])} has more digits than a Shapefile's integer field "
+            "holds (18 characters); write .gpkg, .fgb or .parquet"
         )
 
 
