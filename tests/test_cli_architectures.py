@@ -129,6 +129,6 @@ def test_train_maresunet_starts_from_a_torchvision_resnet34_you_hold(tiles, tmp_
 
 def test_train_refuses_a_backbone_macunet_does_not_have(tiles, tmp_path):
     result = _train(tiles, tmp_path / "m.safetensors", "--architecture", "macunet", "--backbone", "resnet18")
-    assert result.exit_code == 1
-    assert "backbone 'resnet18' does not fit architecture macunet" in result.output
+    assert result.exit_code == 2  # a usage error, naming the two options the user gave
+    assert "--backbone resnet18 does not fit --architecture macunet" in result.output
     assert not (tmp_path / "m.safetensors").exists()

@@ -134,3 +134,26 @@ def test_help_shows_every_example_command_with_its_line_continuations():
     assert result.exit_code == 0
     assert "--architecture maresunet \\\n" in result.output
     assert "maresunet         --init" not in result.output
+
+
+@pytest.mark.parametrize(
+    "architecture, backbone, message",
+    [
+        ("macunet", "resnet18", "--backbone resnet18 does not fit --architecture macunet, which has none"),
+        (
+            "maresunet",
+            "resnet50",
+            "--backbone resnet50 does not fit --architecture maresunet, whose backbone is resnet34",
+        ),
+    ],
+)
+def test_backbone_that_does_not_fit_the_architecture_is_a_usage_error_naming_both_options(
+    tmp_path, architecture, backbone, message
+):
+    args = ["train", "--images", str(tmp_path), "--labels", str(tmp_path), "--preset", "loveda"]
+    args += ["--architecture", architecture, "--backbone", backbone, "-o", str(tmp_path / "m.safetensors")]
+    result = CliRunner().invoke(cli, args, terminal_width=300)
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "card:" not in result.output
+    assert not (tmp_path / "m.safetensors").exists()

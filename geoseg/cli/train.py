@@ -149,6 +149,10 @@ def train(
         raise click.UsageError("give either --preset or --card, not both")
     if not preset and not card_path:
         raise click.UsageError("name the classes with --preset NAME or --card FILE")
+    if backbone and architecture and backbone not in ARCHITECTURES[architecture]:
+        fits = ", ".join(str(b) for b in ARCHITECTURES[architecture] if b)
+        which = f"whose backbone is {fits}" if fits else "which has none: leave --backbone out"
+        raise click.UsageError(f"--backbone {backbone} does not fit --architecture {architecture}, {which}")
     if preset:
         card = preset_card(preset, backbone, architecture=architecture or "manet")
     else:
