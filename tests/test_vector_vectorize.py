@@ -510,6 +510,17 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it_not_the_temporar
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif"]
 
 
+def test_a_shapefile_side_car_left_alone_needs_overwrite_too(tmp_path, named):
+    table = tmp_path / "out.dbf"  # no out.shp: vectorize replaced it silently before
+    table.write_bytes(b"someone's table")
+    with pytest.raises(OutputError, match=r"out.dbf: output exists; pass --overwrite"):
+        vectorize(named[0], tmp_path / "out.shp")
+    assert table.read_bytes() == b"someone's table"
+    assert not (tmp_path / "out.shp").exists()
+    vectorize(named[0], tmp_path / "out.shp", overwrite=True)
+    assert len(read_layer(tmp_path / "out.shp")[1]) > 0
+
+
 def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
     path, _ = named
     out = tmp_path / "x.gpkg"

@@ -53,6 +53,10 @@ def output_driver(path: str | os.PathLike) -> str:
 def atomic_vector_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
     """``atomic_output`` that also moves (or on failure removes) a shapefile's side-car files."""
     final = Path(path)
+    if final.suffix.lower() == ".shp" and not overwrite:
+        for ext in SHAPEFILE_SIDECARS:  # a .dbf alone may be someone's table: replaced only when asked
+            if final.with_suffix(ext).exists():
+                raise OutputError(f"{final.with_suffix(ext)}: output exists; pass --overwrite to replace it")
     with atomic_output(final, overwrite) as tmp:
         try:
             yield tmp
