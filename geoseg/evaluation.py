@@ -20,7 +20,7 @@ import numpy as np
 
 from geoseg.atomic import atomic_output
 from geoseg.errors import ConfigurationError, InputError
-from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, decode_labels
+from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, read_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
@@ -146,7 +146,7 @@ def evaluate(
             with read_failures(prediction):
                 predicted = pred_ds.read(1, window=window)
             with read_failures(truth):
-                labels = decode_labels(truth_ds.read(window=window), encoding, str(truth))
+                labels = read_labels(truth_ds, window, encoding, str(truth))
             valid = labels != IGNORE
             for value in pred_nodata:
                 valid &= predicted != value

@@ -139,3 +139,39 @@ def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str) -> np
         ignored |= classes == encoding.ignore_index
     out[ignored] = IGNORE
     return out
+
+
+def palette_lookup(dataset, colors) -> np.ndarray | None:
+    """``(3, n)`` stored value → colour for a one-band label raster whose colour table holds the class
+    colours at other values than their class indices (a palette PNG or TIFF in its own order), so that its
+    pixels decode by colour, as any GIS shows them; None where the values are to be read as indices (no
+    table, or one that agrees with the class order, as geoseg's own class rasters)."""
+    if colors is None or dataset.count != 1 or dataset.dtypes[0] not in ("uint8", "uint16"):
+        return None
+    try:
+        table = dataset.colormap(1)
+    except ValueError:
+        return None
+    classes = {tuple(int(v) for v in c[:3]): i for i, c in enumerate(colors)}
+    entries = {int(value): tuple(int(v) for v in rgba[:3]) for value, rgba in table.items()}
+    if not any(classes.get(rgb, value) != value for value, rgb in entries.items() if rgb != _BLACK):
+        return None  # black entries are unused ones (or ISPRS boundaries): they decide nothing
+    lookup = np.zeros((3, 256 if dataset.dtypes[0] == "uint8" else 65536), dtype=np.uint8)
+    for value, rgb in entries.items():
+        if 0 <= value < lookup.shape[1]:
+            lookup[:, value] = rgb
+    return lookup
+
+
+def read_labels(dataset, window, encoding: LabelEncoding, source: str) -> np.ndarray:
+    """A window of a label raster decoded (see :func:`decode_labels`), a palette raster by its colours."""
+    data = dataset.read(window=window)
+    lookup = palette_lookup(dataset, encoding.colors)
+    if lookup is None:
+        return decode_labels(data, encoding, source)
+    nodata = encoding.nodata
+    stored = data[0]
+    labels = decode_labels(lookup[:, stored], encoding, source)
+    if nodata is not None and not np.isnan(nodata):
+        labels[stored == nodata] = IGNORE
+    return labels

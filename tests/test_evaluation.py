@@ -238,3 +238,29 @@ def test_prediction_naming_other_classes_than_the_preset_is_refused_not_scored(t
     result = evaluate(prediction, truth, preset="loveda")  # the same classes: scored as before
     assert result.class_names == loveda.class_names
     assert result.confusion[:3, :3].tolist() == [[3, 1, 0], [0, 3, 1], [1, 1, 6]]
+
+
+def test_palette_truth_in_its_own_colour_order_is_decoded_by_colour_not_by_stored_value(tmp_path):
+    card = preset_card("potsdam")
+    colors = [tuple(c.color) for c in card.classes]
+    order = [5, 2, 0, 1, 3, 4]  # stored value k holds class order[k]
+    stored = np.array([order.index(v) for v in TRUTH.ravel()], dtype=np.uint8).reshape(TRUTH.shape)
+    stored[0, 0] = 9  # a black entry: ignored, as in colour labels
+    path = tmp_path / "palette.tif"
+    with rasterio.open(
+        path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs=CRS, transform=TRANSFORM
+    ) as dst:
+        dst.write(stored, 1)
+        dst.write_colormap(1, {k: (*colors[order[k]], 255) if k < 6 else (0, 0, 0, 255) for k in range(256)})
+    result = evaluate(write(tmp_path / "p.tif", PREDICTION), str(path), preset="potsdam")
+    assert result.confusion[:3, :3].tolist() == [[2, 1, 0], [0, 3, 1], [1, 1, 6]]
+    assert result.pixels_evaluated == 15 and result.pixels_ignored == 1
+
+
+def test_class_raster_with_geoseg_colour_table_as_truth_is_still_read_by_index(tmp_path):
+    card = preset_card("uavid")  # its clutter class is black, as the unused colour-table entries
+    colors = [tuple(c.color) for c in card.classes]
+    truth = write(tmp_path / "t.tif", TRUTH, nodata=255, names=card.class_names, colors=colors)
+    prediction = write(tmp_path / "p.tif", PREDICTION, names=card.class_names, colors=colors)
+    result = evaluate(prediction, truth, preset="uavid")
+    assert result.confusion[:3, :3].tolist() == [[3, 1, 0], [0, 3, 1], [1, 1, 6]]

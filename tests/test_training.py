@@ -352,3 +352,20 @@ def test_state_file_holding_code_objects_is_refused(tiles, tmp_path):
     ):
         train([tiles / "image_0.png"], [tiles / "label_0.png"], tmp_path / "other.safetensors",
               resume=tmp_path / "other.state.pt", **common)  # fmt: skip
+
+
+def test_palette_label_in_its_own_colour_order_trains_on_the_classes_its_colours_show(tmp_path):
+    colors = [tuple(c.color) for c in LOVEDA.classes]
+    classes = np.repeat(np.arange(7, dtype=np.uint8), 64 * 64 // 7 + 1)[: 64 * 64].reshape(64, 64)
+    order = [6, 5, 4, 3, 2, 1, 0]  # stored value k is drawn in the colour of class order[k]
+    profile = dict(driver="GTiff", width=64, height=64, dtype="uint8")
+    with rasterio.open(tmp_path / "a.tif", "w", count=3, **profile) as dst:
+        dst.write(np.full((3, 64, 64), 128, np.uint8))
+    with rasterio.open(tmp_path / "a_mask.tif", "w", count=1, **profile) as dst:
+        dst.write(
+            np.array(order, np.uint8)[classes], 1
+        )  # class c stored as order[c] (order is its own inverse)
+        dst.write_colormap(1, {k: (*colors[order[k]], 255) if k < 7 else (0, 0, 0, 255) for k in range(256)})
+    [raster] = check_pairs([(tmp_path / "a.tif", tmp_path / "a_mask.tif")], ENCODING, RGB, 64)
+    assert raster.label_data.tolist() == classes.tolist()
+    assert raster.class_pixels.tolist() == np.bincount(classes.ravel(), minlength=7).tolist()

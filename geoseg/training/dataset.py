@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
-from geoseg.labels import IGNORE, LabelEncoding, decode_labels
+from geoseg.labels import IGNORE, LabelEncoding, read_labels
 from geoseg.raster.grids import check_same_grid, placement
 from geoseg.raster.reading import (
     EIGHT_BIT_RANGE,
@@ -192,7 +192,7 @@ class LabelledRaster:
             return image, self.label_data[row : row + size, col : col + size]
         window = Window(col, row, size, size)
         with open_raster(self.label) as src:
-            labels = decode_labels(src.read(window=window), self.encoding, str(self.label))
+            labels = read_labels(src, window, self.encoding, str(self.label))
         with open_raster(self.image) as src:
             return read_bands(src, window, self.indexes), _mask_invalid(labels, src, window, self.indexes)
 
@@ -246,7 +246,7 @@ def check_pairs(
             counts = np.zeros(encoding.num_classes + 1, dtype=np.int64)
             decoded = np.empty((label.height, label.width), dtype=np.uint8) if keep else None
             for window in _blocks(label.height, label.width, SCAN_BLOCK):
-                block = decode_labels(label.read(window=window), pair_encoding, str(label_path))
+                block = read_labels(label, window, pair_encoding, str(label_path))
                 block = _mask_invalid(block, image, window, indexes)
                 values = np.where(block == IGNORE, encoding.num_classes, block)
                 counts += np.bincount(values.ravel(), minlength=encoding.num_classes + 1)
