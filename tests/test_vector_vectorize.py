@@ -400,6 +400,26 @@ def ellipsoid_cell_area(lat0, lat1, dlon, a=6378137.0, f=1 / 298.257223563):
     return value * math.radians(dlon)
 
 
+def test_a_raster_round_the_globe_has_finite_areas_that_sum_to_the_ellipsoid(tmp_path):
+    # the equal-area projection centred on (0, 0) has no image of (180, 0), a vertex of two polygons: their
+    # areas were NaN (with numpy's 'invalid value' warning), and pyproj.Geod gives a ring round all
+    # longitudes no area at all
+    classes = texture(36, seed=3)[:18]
+    path = write_raster(tmp_path / "c.tif", classes, crs="EPSG:4326", transform=from_origin(-180, 90, 10, 10))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        vectorize(path, tmp_path / "c.gpkg")
+    _, polygons, table = read_layer(tmp_path / "c.gpkg")
+    assert np.isfinite(table["area"]).all()
+    geod = pyproj.Geod(ellps="WGS84")
+    e = math.sqrt(geod.es)
+    ellipsoid = 2 * math.pi * geod.a**2 * (1 + (1 - e * e) / (2 * e) * math.log((1 + e) / (1 - e)))
+    assert table["area"].sum() == pytest.approx(ellipsoid, rel=1e-9)  # 510,065,621.7 km²
+    inside = shapely.bounds(polygons)[:, 2] < 180  # those away from 180 E agree with pyproj.Geod
+    reference = [abs(geod.geometry_area_perimeter(shapely.segmentize(p, 0.01))[0]) for p in polygons[inside]]
+    np.testing.assert_allclose(table["area"][inside], reference, rtol=1e-6)
+
+
 def test_geographic_raster_area_is_the_sum_of_its_pixels_on_the_ellipsoid(tmp_path):
     classes = np.zeros((30, 40), np.uint8)
     classes[5:20, 10:30] = 1

@@ -38,6 +38,7 @@ class GroundArea:
 
     def __init__(self, crs, transform: Affine, width: int, height: int) -> None:
         self.transform = transform
+        self.crs = crs
         self.pixel_crs_area = abs(transform.determinant)  # CRS units² per pixel
         self.to_equal_area = None
         self.unit_area = 1.0  # square metres per CRS unit², for planar areas
@@ -65,6 +66,14 @@ class GroundArea:
 
     def areas(self, polygons: np.ndarray) -> np.ndarray:
         """Ground areas (m²) of polygons in the raster's CRS coordinates."""
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # the antipode: see below
+            out = self._projected_areas(polygons)
+        unmapped = ~np.isfinite(out)
+        if unmapped.any():  # a vertex at the antipode of the projection's centre (a raster round the globe)
+            out[unmapped] = self._geodesic_areas(polygons[unmapped])
+        return out
+
+    def _projected_areas(self, polygons: np.ndarray) -> np.ndarray:
         planar = shapely.area(polygons)
         if self.to_equal_area is None or not len(polygons):
             return planar * self.unit_area
@@ -82,6 +91,43 @@ class GroundArea:
         if large.any():
             out[large] = self._transformed_areas(polygons[large])
         return out
+
+    def _geodesic_areas(self, polygons: np.ndarray) -> np.ndarray:
+        """Areas on the CRS's ellipsoid by Green's theorem in the longitude/latitude plane, edges cut to at
+        most ``SEGMENT_M`` in the CRS: the area under an edge down to the equator, -integral of G(lat)
+        d(lon), with G the authalic primitive; exact for edges along meridians and parallels. For the few
+        polygons the equal-area projection cannot take (it has no image of its antipode: a raster round
+        the globe); pyproj.Geod is no help there (a ring round all longitudes encloses nothing for it)."""
+        import pyproj
+
+        source = pyproj.CRS.from_wkt(self.crs.to_wkt())
+        geodetic = source.geodetic_crs
+        radians = geodetic.axis_info[0].unit_conversion_factor
+        to_lonlat = pyproj.Transformer.from_crs(source, geodetic, always_xy=True)
+        geod = geodetic.get_geod()
+        a, e2 = geod.a, geod.es
+        e = math.sqrt(e2)
+
+        def primitive(lat: np.ndarray) -> np.ndarray:  # integral of a²(1-e²)cos/(1-e²sin²)² from 0 to lat
+            sin = np.sin(lat)
+            if e == 0:
+                return a * a * sin
+            return a * a * (1 - e2) / 2 * (sin / (1 - e2 * sin**2) + np.arctanh(e * sin) / e)
+
+        cut = shapely.segmentize(polygons, SEGMENT_M / self.metres_per_unit)
+        parts, polygon_of_part = shapely.get_parts(cut, return_index=True)
+        rings, part_of_ring = shapely.get_rings(parts, return_index=True)
+        xy, ring_of_vertex = shapely.get_coordinates(rings, return_index=True)
+        lon, lat = to_lonlat.transform(xy[:, 0], xy[:, 1])
+        lon, lat = np.asarray(lon) * radians, np.asarray(lat) * radians
+        same_ring = ring_of_vertex[1:] == ring_of_vertex[:-1]
+        g = primitive(lat)
+        under = -(lon[1:] - lon[:-1]) * (g[1:] + g[:-1]) / 2
+        signed = np.bincount(ring_of_vertex[:-1][same_ring], weights=under[same_ring], minlength=len(rings))
+        exterior = np.r_[True, part_of_ring[1:] != part_of_ring[:-1]]
+        ring_area = np.where(exterior, np.abs(signed), -np.abs(signed))
+        part_area = np.bincount(part_of_ring, weights=ring_area, minlength=len(parts))
+        return np.bincount(polygon_of_part, weights=part_area, minlength=len(polygons))
 
     def _scales(self, points: np.ndarray) -> np.ndarray:
         """Square metres per CRS unit² at CRS points (n x 2), by central differences of half a pixel."""
