@@ -495,6 +495,24 @@ def test_non_integer_raster_is_refused(tmp_path):
         vectorize(path, tmp_path / "f.gpkg")
 
 
+def test_a_class_band_with_an_alpha_band_is_vectorized_with_the_alpha_as_its_mask(tmp_path):
+    from rasterio.enums import ColorInterp
+
+    classes = texture(40, seed=5)
+    alpha = np.full_like(classes, 255)
+    alpha[:10] = 0
+    path = write_raster(tmp_path / "c.tif", np.stack([classes, alpha]))  # was refused: "has 2 bands"
+    with rasterio.open(path, "r+") as dst:
+        dst.colorinterp = [ColorInterp.gray, ColorInterp.alpha]
+    result = vectorize(path, tmp_path / "c.gpkg")
+    _, polygons, table = read_layer(tmp_path / "c.gpkg")
+    valid = np.ones(classes.shape, bool)
+    valid[:10] = False
+    assert result.polygons == {str(k): v for k, v in region_counts(classes, valid).items()}
+    assert shapely.union_all(polygons).area == pytest.approx(30 * 40 * 0.25)
+    assert shapely.union_all(polygons).bounds[3] == pytest.approx(5808562.6 - 10 * 0.5)
+
+
 def test_multi_band_raster_is_refused(tmp_path):
     path = write_raster(tmp_path / "m.tif", np.zeros((3, 8, 8), np.uint8))
     with pytest.raises(InputError, match="has 3 bands; vectorize needs a single-band class raster"):

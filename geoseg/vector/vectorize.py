@@ -249,7 +249,11 @@ def _first_line(error: Exception) -> str:
 
 
 def _check_raster(dataset, path: Path) -> None:
-    if dataset.count != 1:
+    from rasterio.enums import ColorInterp
+
+    # a class band with an alpha band (as gdal_translate -b 1 -b mask writes it): the alpha is the mask
+    with_alpha = dataset.count == 2 and dataset.colorinterp[1] == ColorInterp.alpha
+    if dataset.count != 1 and not with_alpha:
         raise InputError(
             f"{path}: has {dataset.count} bands; vectorize needs a single-band class raster "
             "(such as the output of geoseg predict)"
