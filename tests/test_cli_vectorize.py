@@ -113,6 +113,15 @@ def test_summary_line_without_json(runner, tmp_path, classes_tif):
     assert result.stderr.startswith(f"{out}: {total} polygons (field ")
 
 
+def test_summary_line_of_a_raster_without_valid_pixels_has_no_empty_brackets(runner, tmp_path):
+    path = write_raster(tmp_path / "c.tif", np.full((8, 8), 255, np.uint8), nodata=255)
+    out = tmp_path / "p.gpkg"
+    result = runner.invoke(cli, ["vectorize", str(path), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"{out}: 0 polygons in ")  # was "0 polygons () in"
+    assert pyogrio.read_info(out)["features"] == 0
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [

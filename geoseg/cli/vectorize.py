@@ -136,4 +136,5 @@ def vectorize(
     if not quiet:
         total = sum(result.polygons.values())
         detail = ", ".join(f"{name} {count}" for name, count in result.polygons.items())
-        click.echo(f"{result.output}: {total} polygons ({detail}) in {result.seconds:.1f} s", err=True)
+        detail = f" ({detail})" if detail else ""
+        click.echo(f"{result.output}: {total} polygons{detail} in {result.seconds:.1f} s", err=True)
