@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -121,15 +122,31 @@ class LocalExecutor:
             yield _run(task, self.network, self.device, callback)
             before += task.tiles
 
+    def stop(self) -> None:
+        """Nothing runs behind the caller's back: an interruption reaches the region being computed."""
+
     def close(self) -> None:
         pass
 
 
 class DaskExecutor:
-    """Regions as Dask tasks, in the order they finish; cancelled if the caller stops early."""
+    """Regions as Dask tasks, in the order they finish; cancelled if the caller stops early. Several
+    threads may each run the regions of one scene at once (one client: Dask schedules them all together)."""
 
     def __init__(self, client, cluster, source: ModelSource, resources: dict[str, int] | None):
         self.client, self.cluster, self.source, self.resources = client, cluster, source, resources
+        self._live: set = set()  # futures of every run in progress (several scenes run at once)
+        self._stopped = False
+        self._lock = threading.Lock()
+
+    def stop(self) -> None:
+        """Cancel the regions of every run in progress (from any thread) and refuse new ones: each
+        :meth:`run` then raises ``CancelledError`` in its caller, which cleans up its scene."""
+        with self._lock:
+            self._stopped, live = True, list(self._live)
+        if live:
+            with contextlib.suppress(Exception):
+                self.client.cancel(live)
 
     @property
     def workers(self) -> int:
@@ -160,6 +177,9 @@ class DaskExecutor:
                 count = sum(done.values())
             progress(count, total)
 
+        with self._lock:
+            if self._stopped:
+                raise CancelledError("the run was stopped")
         if topic is not None:
             self.client.subscribe_topic(topic, lambda event: tell(*event[1]))
         futures = [
@@ -175,7 +195,12 @@ class DaskExecutor:
             )
             for task in tasks
         ]
+        with self._lock:
+            self._live.update(futures)
+            stopped = self._stopped
         try:
+            if stopped:  # stop() came between the check above and the submission
+                raise CancelledError("the run was stopped")
             task_of = {future.key: task for future, task in zip(futures, tasks, strict=True)}
             for future in as_completed(futures):
                 task = task_of[future.key]
@@ -190,6 +215,8 @@ class DaskExecutor:
                     tell(task.region.index, task.tiles)
                 yield result
         finally:
+            with self._lock:
+                self._live.difference_update(futures)
             self.client.cancel(futures)
             if topic is not None:
                 self.client.unsubscribe_topic(topic)

@@ -8,7 +8,9 @@ one runs.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path, PurePath
 
 import torch
@@ -28,6 +30,7 @@ from geoseg.inference.engine import (
     plan_scene,
     run_scene,
 )
+from geoseg.inference.execute import LocalExecutor
 from geoseg.inference.grid import DEFAULT_CHUNK
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale, is_gdal_path
@@ -201,7 +204,9 @@ def iter_predict(
     common names match the card's bands, or from ``assets`` in order (see :mod:`geoseg.stac.items`).
     ``workers`` > 1 (or ``auto``: one per GPU) runs regions on a Dask LocalCluster, ``scheduler`` on an
     existing Dask cluster; ``resume`` keeps finished regions of an interrupted run (see
-    :func:`geoseg.inference.engine.run_scene`). ``status(text)`` hears of regions, workers and the step.
+    :func:`geoseg.inference.engine.run_scene`); on Dask, up to two scenes per worker run at once (their
+    regions share the cluster) and results still come in input order. ``status(text)`` hears of regions,
+    workers and the step.
     """
     inputs = [str(i) for i in inputs]
     if not inputs:
@@ -273,11 +278,60 @@ def iter_predict(
     for paths in plans:
         paths.classes.parent.mkdir(exist_ok=True)
     total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))
+    tiles_done = _TilesDone(progress, total)
+
+    def run_one(index: int, source: str, paths: OutputPaths, plan: ScenePlan) -> PredictResult:
+        """One scene: its regions, its assembly, then its polygons and quicklook."""
+        try:
+            result = run_scene(
+                network,
+                model_card,
+                plan,
+                paths,
+                batch_size=batch_size,
+                device=resolved,
+                precision=precision,
+                tta=tta,
+                overwrite=overwrite,
+                resume=resume,
+                progress=None if progress is None else tiles_done.callback(index),
+                status=status,
+                executor=executor,
+                source=model_source,
+            )
+            if paths.polygons is not None:
+                from geoseg.vector.vectorize import vectorize as polygonize
+
+                if status is not None:
+                    status(f"vectorizing {paths.classes.name}")
+
+                polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
+                result.outputs["polygons"] = str(paths.polygons)
+                result.seconds += polygons.seconds
+            if paths.quicklook is not None:
+                from geoseg.plots.quicklook import quicklook as draw_quicklook
+
+                draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
+                result.outputs["quicklook"] = str(paths.quicklook)
+            if source in items:
+                result.input, result.item = source, items[source][1]
+            return result
+        finally:
+            tiles_done.finish(index, plan.grid.num_tiles)
+
     # One executor for all scenes: a cluster starts once, and each worker loads the model once.
     executor = open_executor(network, model_source, resolved, workers, scheduler)
+    pool = None
     try:
-        done_before = 0
-        for source, paths, plan in scenes:
+        pending: list[Future | None] = [None] * len(scenes)
+        if not isinstance(executor, LocalExecutor):
+            # Scenes share the cluster: up to two per worker run at once (their regions go to Dask
+            # together, each is assembled as soon as its parts exist); results still come in input order.
+            pool = ThreadPoolExecutor(max(2, 2 * executor.workers), thread_name_prefix="geoseg-scene")
+            for index, (source, paths, plan) in enumerate(scenes):
+                if isinstance(plan, ScenePlan):
+                    pending[index] = pool.submit(run_one, index, source, paths, plan)
+        for index, (source, paths, plan) in enumerate(scenes):
             if plan is None:
                 outputs = {kind: str(path) for kind, path in paths.items()}
                 yield PredictResult(source, outputs, 0, 0, 0, 0.0, str(resolved), status="skipped")
@@ -285,57 +339,47 @@ def iter_predict(
             if isinstance(plan, GeosegError):
                 yield _failure(source, resolved, plan)
                 continue
-            scene_progress = None
-            if progress is not None:
-
-                def scene_progress(done: int, _total: int, offset: int = done_before) -> None:
-                    progress(offset + done, total)
-
             try:
-                result = run_scene(
-                    network,
-                    model_card,
-                    plan,
-                    paths,
-                    batch_size=batch_size,
-                    device=resolved,
-                    precision=precision,
-                    tta=tta,
-                    overwrite=overwrite,
-                    resume=resume,
-                    progress=scene_progress,
-                    status=status,
-                    executor=executor,
-                    source=model_source,
-                )
-                if paths.polygons is not None:
-                    from geoseg.vector.vectorize import vectorize as polygonize
-
-                    if status is not None:
-                        status(f"vectorizing {paths.classes.name}")
-
-                    polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
-                    result.outputs["polygons"] = str(paths.polygons)
-                    result.seconds += polygons.seconds
-                if paths.quicklook is not None:
-                    from geoseg.plots.quicklook import quicklook as draw_quicklook
-
-                    draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
-                    result.outputs["quicklook"] = str(paths.quicklook)
-                if source in items:
-                    result.input, result.item = source, items[source][1]
-                if status is not None:
-                    status("")
-                yield result
+                future = pending[index]
+                result = future.result() if future is not None else run_one(index, source, paths, plan)
             except Exception as error:
                 if not keep_going:
                     raise
                 yield _failure(source, resolved, error)
-            done_before += plan.grid.num_tiles
+                continue
+            if status is not None:
+                status("")
+            yield result
     finally:
+        if pool is not None:  # stopped early (an error, Ctrl-C): cancel every scene, wait for their clean-up
+            executor.stop()
+            pool.shutdown(wait=True, cancel_futures=True)
         executor.close()
         for vrt, _ in items.values():
             vrt.unlink(missing_ok=True)
+
+
+class _TilesDone:
+    """``progress(done, total)`` over all scenes, from the scenes running at once (one thread each)."""
+
+    def __init__(self, progress: Progress | None, total: int):
+        self.progress, self.total = progress, total
+        self.done: dict[int, int] = {}
+        self.lock = threading.Lock()
+
+    def callback(self, index: int) -> Progress:
+        def update(done: int, _total: int) -> None:
+            with self.lock:
+                self.done[index] = done
+                count = sum(self.done.values())
+                self.progress(count, self.total)
+
+        return update
+
+    def finish(self, index: int, tiles: int) -> None:
+        """A scene over (finished or failed): all its tiles count as done, told with the next update."""
+        with self.lock:
+            self.done[index] = tiles
 
 
 def predict(
