@@ -11,15 +11,23 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from geoseg.errors import OutputError
 
 
-def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
-    """Fail early (before any work) when ``path`` exists without ``overwrite`` or its folder is unwritable."""
+def check_output_path(
+    path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
+    """Fail early (before any work) when ``path`` exists without ``overwrite``, is one of the command's
+    ``inputs`` (which ``--overwrite`` would destroy), or its folder is unwritable."""
     path = Path(path)
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise OutputError(
+                f"{path}: is also an input of this command; write the output under another name"
+            )
     if path.exists() and not overwrite:
         raise OutputError(f"{path}: output exists; pass --overwrite to replace it")
     if path.is_dir():
@@ -30,6 +38,13 @@ def check_output_path(path: str | os.PathLike, overwrite: bool) -> Path:
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: folder {parent} is not writable")
     return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def temporary_sibling(path: Path) -> Path:

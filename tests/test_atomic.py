@@ -53,3 +53,14 @@ def test_outputs_get_the_usual_permissions_even_when_the_writer_made_a_private_f
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_an_output_that_is_one_of_the_inputs_is_refused_even_with_overwrite(tmp_path):
+    source = tmp_path / "classes.tif"
+    source.write_bytes(b"input")
+    (tmp_path / "alias.tif").symlink_to(source)
+    for name in (source, tmp_path / "alias.tif", tmp_path / "." / "classes.tif"):
+        with pytest.raises(OutputError, match="is also an input of this command"):
+            check_output_path(name, overwrite=True, inputs=[tmp_path / "other.tif", source])
+    assert source.read_bytes() == b"input"
+    assert check_output_path(tmp_path / "new.tif", overwrite=True, inputs=[source]) == tmp_path / "new.tif"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,12 @@ def test_truth_in_the_same_crs_written_by_another_tool_is_accepted(tmp_path):
     result = run(prediction, truth, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["pixels_evaluated"] == 16
+
+
+def test_confusion_csv_onto_an_input_raster_is_refused_and_the_input_kept(rasters):
+    prediction, truth = rasters
+    before = Path(prediction).read_bytes()
+    result = run(prediction, truth, "--confusion", prediction, "--overwrite")
+    assert result.exit_code == 1
+    assert "is also an input of this command" in result.output
+    assert Path(prediction).read_bytes() == before

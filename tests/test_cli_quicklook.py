@@ -172,3 +172,16 @@ def test_predict_quicklook_that_exists_fails_before_any_work(checkpoint, tmp_pat
         f"Error: {tmp_path / 'map.quicklook.png'}: output exists; pass --overwrite to replace it"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.quicklook.png", "scene.tif"]
+
+
+def test_png_class_raster_drawn_onto_itself_is_refused_and_kept(tmp_path):
+    import rasterio
+
+    source = tmp_path / "labels.png"
+    with rasterio.open(source, "w", driver="PNG", width=40, height=30, count=1, dtype="uint8") as dst:
+        dst.write(np.arange(1200, dtype=np.uint8).reshape(30, 40) % 3, 1)
+    before = source.read_bytes()
+    result = run(source, "-o", source, "--overwrite")
+    assert result.exit_code == 1
+    assert "is also an input of this command" in result.output
+    assert source.read_bytes() == before

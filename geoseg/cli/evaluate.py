@@ -84,11 +84,11 @@ def evaluate(
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")
     if confusion_path:
-        check_output_path(confusion_path, overwrite)
+        check_output_path(confusion_path, overwrite, inputs=[prediction, truth])
     if plot_path:
         from geoseg.plots.common import check_png_output
 
-        check_png_output(plot_path, overwrite)
+        check_png_output(plot_path, overwrite, inputs=[prediction, truth])
     callback, close = progress_reporter("evaluating", quiet or as_json)
     try:
         result = run_evaluation(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,14 +65,16 @@ def require_matplotlib() -> None:
         ) from error
 
 
-def check_png_output(path: str | os.PathLike, overwrite: bool) -> Path:
+def check_png_output(
+    path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()
+) -> Path:
     """Before any work: matplotlib is there, the name ends in .png, and the file may be written."""
     from geoseg.atomic import check_output_path
 
     require_matplotlib()
     if Path(path).suffix.lower() != ".png":
         raise ConfigurationError(f"{path}: pictures are written as PNG; name the file .png")
-    return check_output_path(path, overwrite)
+    return check_output_path(path, overwrite, inputs)
 
 
 def new_figure(width_px: int, height_px: int, **kwargs) -> Figure:

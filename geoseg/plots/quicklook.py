@@ -82,7 +82,7 @@ def quicklook(
         raise ConfigurationError(
             f"--max-size {max_size} is too small for a legible legend; use {MIN_MAX_SIZE}+"
         )
-    check_png_output(output, overwrite)
+    check_png_output(output, overwrite, inputs=[classes] + ([over] if over is not None else []))
     model_card = resolve_card(preset, card)
     with open_raster(classes) as dataset:
         _check_class_raster(dataset, str(classes), over is not None)
