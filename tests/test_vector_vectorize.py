@@ -222,6 +222,25 @@ def test_every_ogr_format_opens_with_pyogrio_and_carries_the_right_crs(tmp_path,
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+@pytest.mark.parametrize("west", [359.95, 540.5, -200.0])
+def test_geojson_of_longitudes_outside_minus_180_180_has_every_geometry_at_the_same_place(tmp_path, west):
+    # GDAL's RFC 7946 writer left every polygon east of 360 degrees empty (24 of 42 at 359.95..360.05)
+    classes = texture(100, seed=8)
+    transform = from_origin(west, 50, 0.001, 0.001)
+    path = write_raster(tmp_path / "c.tif", classes, crs="EPSG:4326", transform=transform)
+    vectorize(path, tmp_path / "c.gpkg")
+    vectorize(path, tmp_path / "c.geojson")
+    _, kept, kept_table = read_layer(tmp_path / "c.gpkg")
+    _, polygons, table = read_layer(tmp_path / "c.geojson")
+    assert not shapely.is_empty(polygons).any()
+    turns = 360.0 * math.floor((west + 180) / 360)
+    expected = shapely.transform(kept, lambda xy: xy - (turns, 0.0))
+    assert shapely.equals_exact(
+        shapely.normalize(polygons), shapely.normalize(expected), tolerance=1e-7
+    ).all()
+    np.testing.assert_array_equal(table["area"], kept_table["area"])
+
+
 def test_geojson_keeps_the_raster_crs_when_asked(tmp_path, named):
     path, _ = named
     vectorize(path, tmp_path / "keep.geojson", keep_crs=True)

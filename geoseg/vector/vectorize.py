@@ -195,7 +195,7 @@ def vectorize(
                     for value, count in zip(present, np.bincount(index.ravel()), strict=True):
                         counts[int(value)] = counts.get(int(value), 0) + int(count)
                     labels = np.array([class_name(int(v)) for v in present], dtype=object)[index.ravel()]
-                    writer.write(shapely.to_wkb(polygons), values, labels, areas)
+                    writer.write(shapely.to_wkb(geo.for_output(polygons)), values, labels, areas)
 
                 grid = BlockGrid(height, width, split_polygons_at or max(height, width))
                 for done, (_, _, window) in enumerate(grid, start=1):
@@ -406,6 +406,19 @@ class _Georeference:
                 message = f"{path}: has no CRS; areas are in square raster units and outputs carry no CRS"
             warnings.warn(message + stays, GeosegWarning, stacklevel=3)
         self.ground = GroundArea(crs, transform, dataset.width, dataset.height)
+        # GDAL's RFC 7946 writer leaves polygons east of 360 degrees empty: longitudes in the 0-360 (or any
+        # other) convention are moved by whole turns so that the raster's west edge lies in [-180, 180)
+        self.lon_shift = 0.0
+        if self.rfc7946 and crs.is_geographic and crs.units_factor[0] in ("degree", "degrees"):
+            corners = [(0, 0), (dataset.width, 0), (0, dataset.height), (dataset.width, dataset.height)]
+            west = min((transform * corner)[0] for corner in corners)
+            self.lon_shift = -360.0 * math.floor((west + 180.0) / 360.0)
+
+    def for_output(self, polygons: np.ndarray) -> np.ndarray:
+        """Polygons in CRS coordinates as they are written (longitudes moved by whole turns, see above)."""
+        if not self.lon_shift:
+            return polygons
+        return shapely.transform(polygons, lambda xy: xy + (self.lon_shift, 0.0))
 
     def to_world(self, polygons: np.ndarray) -> np.ndarray:
         return shapely.transform(polygons, lambda xy: apply_affine(xy, self.transform))
