@@ -7,6 +7,22 @@ import torch
 from geoseg.errors import ConfigurationError
 
 
+def float32_region(x: torch.Tensor) -> tuple[torch.Tensor, torch.autocast]:
+    """Attention in float32 even under bf16/fp16 autocast: its sums over all positions overflow in fp16."""
+    if x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    device_type = x.device.type if x.device.type in ("cuda", "mps", "xpu") else "cpu"
+    return x, torch.autocast(device_type=device_type, enabled=False)
+
+
+def check_network_arguments(num_classes: int, in_channels: int) -> None:
+    """Refuse a class or band count no network can be built for, before any layer is allocated."""
+    if num_classes < 1:
+        raise ConfigurationError(f"num_classes must be at least 1, got {num_classes}")
+    if in_channels < 1:
+        raise ConfigurationError(f"in_channels must be at least 1, got {in_channels}")
+
+
 def check_input_size(x: torch.Tensor, multiple: int, network: str) -> None:
     """Refuse a height or width the network cannot take, naming the padded size that would work.
 

@@ -12,9 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from geoseg.errors import ConfigurationError
-from geoseg.model.layers import check_input_size
-from geoseg.model.manet import _float32_region
+from geoseg.model.layers import check_input_size, check_network_arguments, float32_region
 
 WIDTHS = (16, 32, 64, 128, 256)
 INPUT_MULTIPLE = 16  # four 2×2 max-pools with exact 2× transposed convolutions back up
@@ -57,7 +55,7 @@ class ChannelGate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv(x)
-        maximum, no_autocast = _float32_region(y.amax(dim=(2, 3), keepdim=True))
+        maximum, no_autocast = float32_region(y.amax(dim=(2, 3), keepdim=True))
         average = y.mean(dim=(2, 3), keepdim=True, dtype=maximum.dtype)  # no float16 copy of y
         with no_autocast:
             gate = torch.sigmoid(
@@ -84,10 +82,7 @@ class MACUNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ConfigurationError(f"num_classes must be at least 1, got {num_classes}")
-        if in_channels < 1:
-            raise ConfigurationError(f"in_channels must be at least 1, got {in_channels}")
+        check_network_arguments(num_classes, in_channels)
         self.num_classes = num_classes
         c1, c2, c3, c4, c5 = WIDTHS
         # encoder: e1 at H, e2 at H/2 ... e5 at H/16

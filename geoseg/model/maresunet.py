@@ -14,34 +14,26 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
-from geoseg.errors import ConfigurationError
-from geoseg.model.layers import check_input_size
-from geoseg.model.manet import ChannelAttention, DecoderBlock, _float32_region
+from geoseg.model.layers import check_input_size, check_network_arguments, float32_region
+from geoseg.model.manet import ChannelAttention, DecoderBlock, KernelAttention
 
 BACKBONE = "resnet34"
 INPUT_MULTIPLE = 32  # the encoder's output stride
 
 
-class TaylorAttention(nn.Module):
+class TaylorAttention(KernelAttention):
     """Linear attention from a first-order Taylor expansion of softmax ("PAM" in the authors' code).
 
     With q̂, k̂ the L2-normalised (over channels, per position) queries and keys, each output position is
     the mean of V weighted by 1 + cos(q_n, k_j):
     out[:, n] = (Σ_j V_j + Σ_m q̂_n[m] Σ_j k̂_j[m] V_j) / (N + Σ_m q̂_n[m] (Σ_j k̂_j[m] + eps)),
-    returned as x + gamma · out. The key names equal MANet's softplus-kernel PAM; the formula does not.
+    returned as x + gamma · out. The projections (and so the key names) are MANet's softplus-kernel PAM's;
+    only the formula differs.
     """
-
-    def __init__(self, channels: int, scale: int = 8, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.eps = eps
-        self.query_conv = nn.Conv2d(channels, channels // scale, kernel_size=1)
-        self.key_conv = nn.Conv2d(channels, channels // scale, kernel_size=1)
-        self.value_conv = nn.Conv2d(channels, channels, kernel_size=1)
-        self.gamma = nn.Parameter(torch.zeros(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels, height, width = x.shape
-        x, no_autocast = _float32_region(x)
+        x, no_autocast = float32_region(x)
         with no_autocast:
             q = self.query_conv(x).flatten(2)  # B, m, N
             k = self.key_conv(x).flatten(2)  # B, m, N
@@ -90,10 +82,7 @@ class MAResUNet(nn.Module):
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ConfigurationError(f"num_classes must be at least 1, got {num_classes}")
-        if in_channels < 1:
-            raise ConfigurationError(f"in_channels must be at least 1, got {in_channels}")
+        check_network_arguments(num_classes, in_channels)
         self.num_classes = num_classes
         resnet = tv_models.resnet34(weights=None)
         # The published network takes 3 bands; other band counts get a stem of their own width, as in MANet.
