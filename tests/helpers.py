@@ -52,6 +52,22 @@ class KillOnceNet(PixelNet):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def write_small_checkpoint(path):
+    """A small random MANet (ResNet-18, seed 0) with LoveDA's classes and 64 px tiles: a real network that
+    runs a CLI scene in about a second. Returns ``path``."""
+    from geoseg.model.card import ModelCard
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.manet import build_manet
+    from geoseg.model.presets import preset_card
+
+    card = ModelCard.from_dict(
+        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
+    )
+    torch.manual_seed(0)
+    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
+    return path
+
+
 def write_scene(
     path, width=150, height=100, count=3, dtype="uint8", seed=0, mask=None, **profile
 ) -> np.ndarray:

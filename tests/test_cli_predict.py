@@ -8,14 +8,11 @@ import os
 import numpy as np
 import pytest
 import rasterio
-import torch
 from click.testing import CliRunner
+from helpers import write_small_checkpoint
 
 from geoseg.cli.main import cli
 from geoseg.device import cpu_has_native_bf16
-from geoseg.model.card import ModelCard
-from geoseg.model.checkpoint import save_checkpoint
-from geoseg.model.manet import build_manet
 from geoseg.model.presets import preset_card
 
 RESULT_KEYS = {
@@ -35,14 +32,7 @@ AUTO_CPU = "bf16" if cpu_has_native_bf16() else "fp32"
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A small random MANet (ResNet-18) with LoveDA's classes and 64 px tiles, so every run takes a second."""
-    card = ModelCard.from_dict(
-        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "r18.safetensors"
-    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("model") / "r18.safetensors")
 
 
 @pytest.fixture

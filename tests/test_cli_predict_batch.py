@@ -5,27 +5,16 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from click.testing import CliRunner
-from helpers import write_scene
+from helpers import write_scene, write_small_checkpoint
 from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
-from geoseg.model.card import ModelCard
-from geoseg.model.checkpoint import save_checkpoint
-from geoseg.model.manet import build_manet
-from geoseg.model.presets import preset_card
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    card = ModelCard.from_dict(
-        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "r18.safetensors"
-    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("model") / "r18.safetensors")
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import write_scene
+from helpers import write_scene, write_small_checkpoint
 from PIL import Image
 from test_plots_quicklook import COLORS, NAMES, UTM, blocky_classes, write_classes
 
@@ -127,20 +127,7 @@ def test_quicklook_does_not_import_torch(classes, tmp_path):
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     """A small random MANet (ResNet-18) with LoveDA's classes and 64 px tiles."""
-    import torch
-
-    from geoseg.model.card import ModelCard
-    from geoseg.model.checkpoint import save_checkpoint
-    from geoseg.model.manet import build_manet
-    from geoseg.model.presets import preset_card
-
-    card = ModelCard.from_dict(
-        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "r18.safetensors"
-    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("model") / "r18.safetensors")
 
 
 def test_predict_quicklook_writes_stem_quicklook_png_beside_the_classes(checkpoint, tmp_path):

@@ -18,13 +18,10 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers import write_png, write_scene
+from helpers import write_png, write_scene, write_small_checkpoint
 from rasterio.transform import from_origin
 
-from geoseg.model.card import ModelCard
-from geoseg.model.checkpoint import save_checkpoint
 from geoseg.model.manet import build_manet
-from geoseg.model.presets import preset_card
 
 GEOREF = dict(crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5))
 
@@ -59,13 +56,7 @@ OUTPUT_NAMES = {
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    card = ModelCard.from_dict(
-        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "r18.safetensors"
-    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("model") / "r18.safetensors")
 
 
 @pytest.fixture(scope="module")

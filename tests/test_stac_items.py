@@ -11,14 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
-import torch
 from click.testing import CliRunner
+from helpers import write_small_checkpoint
 
 from geoseg.cli.main import cli
-from geoseg.model.card import ModelCard
-from geoseg.model.checkpoint import save_checkpoint
-from geoseg.model.manet import build_manet
-from geoseg.model.presets import preset_card
 from geoseg.stac.items import is_stac_item
 
 SCENE = "sample_data/netherlands_0p25m_epsg28992.tif"
@@ -27,13 +23,7 @@ WINDOW = rasterio.windows.Window(300, 200, 96, 80)
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    card = ModelCard.from_dict(
-        {**preset_card("loveda").to_dict(), "backbone": "resnet18", "tile_size": 64, "overlap": 16}
-    )
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "r18.safetensors"
-    save_checkpoint(build_manet(card.num_classes, "resnet18"), card, path)
-    return path
+    return write_small_checkpoint(tmp_path_factory.mktemp("model") / "r18.safetensors")
 
 
 def _write(path, data, profile):
