@@ -20,13 +20,14 @@ DEMO := demo_output
 demo: $(STAMP)
 	mkdir -p $(DEMO)
 	$(BIN)/geoseg info models/manet_r50_loveda_demo.safetensors
-	$(BIN)/geoseg predict $(SCENE) -o $(DEMO)/netherlands.classes.tif --confidence --overwrite
+	$(BIN)/geoseg predict $(SCENE) -o $(DEMO)/netherlands.classes.tif --confidence --quicklook --overwrite
 	$(BIN)/geoseg vectorize $(DEMO)/netherlands.classes.tif -o $(DEMO)/netherlands.polygons.gpkg --min-area 2 --overwrite
 	@echo
 	@echo "Outputs (open them in QGIS):"
 	@echo "  class raster      $(DEMO)/netherlands.classes.tif"
-	@echo "  confidence        $(DEMO)/netherlands.confidence.tif"
+	@echo "  confidence        $(DEMO)/netherlands.classes.confidence.tif"
 	@echo "  polygons          $(DEMO)/netherlands.polygons.gpkg"
+	@echo "  quick-look        $(DEMO)/netherlands.classes.quicklook.png"
 
 test: $(STAMP)
 	$(BIN)/ruff check geoseg tests benchmarks
