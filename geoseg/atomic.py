@@ -34,7 +34,8 @@ def check_output_path(
         raise OutputError(f"{path}: is a directory, expected a file name")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OutputError(f"{path}: folder {parent} does not exist")
+        problem = "is not a folder" if parent.exists() else "does not exist"
+        raise OutputError(f"{path}: folder {parent} {problem}")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: folder {parent} is not writable")
     return path

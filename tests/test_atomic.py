@@ -43,6 +43,12 @@ def test_existing_output_without_overwrite_and_missing_folder_are_refused(tmp_pa
         check_output_path(tmp_path, overwrite=True)
 
 
+def test_an_output_under_a_file_says_the_folder_is_a_file(tmp_path):
+    (tmp_path / "scene.tif").write_text("x")
+    with pytest.raises(OutputError, match=r"folder .*scene\.tif is not a folder"):
+        check_output_path(tmp_path / "scene.tif" / "out.tif", overwrite=False)
+
+
 def test_outputs_get_the_usual_permissions_even_when_the_writer_made_a_private_file(tmp_path):
     import os
 
