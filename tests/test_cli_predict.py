@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from helpers import write_small_checkpoint
+from helpers import write_scene, write_small_checkpoint
+from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
 from geoseg.device import cpu_has_native_bf16
@@ -353,3 +354,41 @@ def test_vectorize_with_several_inputs_takes_a_format(checkpoint, shared_data, t
     )
     assert result.exit_code == 1 and "unknown output format '.txt'" in result.stderr
     assert not (tmp_path / "one.tif").exists()
+
+
+def test_probabilities_of_a_four_band_scene_print_no_gdal_error(checkpoint, tmp_path):
+    """GDAL's C-level messages bypass Python: run the real command and read its stderr file descriptor. The
+    fault (a libtiff 'ExtraSamples' error from threaded part compression, on an RGB TIFF with an extra band)
+    came in two of three runs."""
+    import subprocess
+    import sys
+
+    scene = tmp_path / "rgba.tif"
+    write_scene(
+        scene,
+        width=200,
+        height=150,
+        count=4,
+        photometric="RGB",
+        crs="EPSG:32631",
+        transform=from_origin(5e5, 6e6, 1, 1),
+    )
+    command = "from geoseg.cli.main import cli; cli()"
+    out = tmp_path / "out.tif"
+    arguments = ["predict", str(scene), "-o", str(out), "-m", str(checkpoint), "--probabilities", "--quiet"]
+    for _ in range(3):  # the fault was a race between GDAL's compression threads
+        run = subprocess.run(
+            [sys.executable, "-c", command, *arguments, "--overwrite"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stderr == ""
+    with rasterio.open(scene) as source, rasterio.open(tmp_path / "out.probabilities.tif") as probabilities:
+        assert probabilities.count == 7
+        assert (probabilities.crs, probabilities.transform, probabilities.shape) == (
+            source.crs,
+            source.transform,
+            source.shape,
+        )

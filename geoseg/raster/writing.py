@@ -83,6 +83,9 @@ def tiled_profile(width: int, height: int, count: int, nodata: float | None, geo
         "predictor": 2,
         "interleave": "pixel" if count > 1 else "band",
         "BIGTIFF": "IF_SAFER",
+        # One compression thread: GDAL's worker threads (GDAL_NUM_THREADS=ALL_CPUS, set for reading) print a
+        # libtiff 'ExtraSamples' error for multi-band parts with a per-dataset mask; the COG copy is threaded.
+        "NUM_THREADS": "1",
     }
     if georef.get("crs") is not None:
         profile["crs"] = georef["crs"]
