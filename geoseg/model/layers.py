@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from geoseg.errors import ConfigurationError
 
@@ -35,3 +36,23 @@ def check_input_size(x: torch.Tensor, multiple: int, network: str) -> None:
             f"{network} needs height and width that are multiples of {multiple}, got {height}×{width}; "
             f"pad to {-(-height // multiple) * multiple}×{-(-width // multiple) * multiple}"
         )
+
+
+def attach_resnet_encoder(network: nn.Module, resnet: nn.Module, in_channels: int) -> None:
+    """Give ``network`` a torchvision ResNet's stem and stages under the authors' names (``firstconv``,
+    ``firstbn``, ``firstrelu``, ``firstmaxpool``, ``encoder1..4``), so their state dicts load unchanged.
+
+    The published networks take 3 bands; other band counts (RGBN...) get a stem of their own width.
+    """
+    network.firstconv = (
+        resnet.conv1
+        if in_channels == 3
+        else nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    )
+    network.firstbn = resnet.bn1
+    network.firstrelu = resnet.relu
+    network.firstmaxpool = resnet.maxpool
+    network.encoder1 = resnet.layer1
+    network.encoder2 = resnet.layer2
+    network.encoder3 = resnet.layer3
+    network.encoder4 = resnet.layer4

@@ -15,7 +15,7 @@ from torch import nn
 from torchvision import models as tv_models
 
 from geoseg.errors import ConfigurationError
-from geoseg.model.layers import check_network_arguments, float32_region
+from geoseg.model.layers import attach_resnet_encoder, check_network_arguments, float32_region
 
 # backbone name -> (torchvision builder name, encoder stage channels e1..e4)
 ENCODERS: dict[str, tuple[int, int, int, int]] = {
@@ -119,19 +119,7 @@ class MANet(nn.Module):
         self.num_classes = num_classes
         c1, c2, c3, c4 = ENCODERS[backbone]
         resnet = getattr(tv_models, backbone)(weights=None)
-        # The published network takes 3 bands; other band counts (RGBN...) get a stem of their own width.
-        self.firstconv = (
-            resnet.conv1
-            if in_channels == 3
-            else nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        )
-        self.firstbn = resnet.bn1
-        self.firstrelu = resnet.relu
-        self.firstmaxpool = resnet.maxpool
-        self.encoder1 = resnet.layer1
-        self.encoder2 = resnet.layer2
-        self.encoder3 = resnet.layer3
-        self.encoder4 = resnet.layer4
+        attach_resnet_encoder(self, resnet, in_channels)
 
         self.attention4 = AttentionBlock(c4)
         self.attention3 = AttentionBlock(c3)

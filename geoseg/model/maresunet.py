@@ -14,7 +14,12 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
-from geoseg.model.layers import check_input_size, check_network_arguments, float32_region
+from geoseg.model.layers import (
+    attach_resnet_encoder,
+    check_input_size,
+    check_network_arguments,
+    float32_region,
+)
 from geoseg.model.manet import ChannelAttention, DecoderBlock, KernelAttention
 
 BACKBONE = "resnet34"
@@ -85,19 +90,7 @@ class MAResUNet(nn.Module):
         check_network_arguments(num_classes, in_channels)
         self.num_classes = num_classes
         resnet = tv_models.resnet34(weights=None)
-        # The published network takes 3 bands; other band counts get a stem of their own width, as in MANet.
-        self.firstconv = (
-            resnet.conv1
-            if in_channels == 3
-            else nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        )
-        self.firstbn = resnet.bn1
-        self.firstrelu = resnet.relu
-        self.firstmaxpool = resnet.maxpool
-        self.encoder1 = resnet.layer1
-        self.encoder2 = resnet.layer2
-        self.encoder3 = resnet.layer3
-        self.encoder4 = resnet.layer4
+        attach_resnet_encoder(self, resnet, in_channels)
 
         self.attention4 = AttentionLayer(512)
         self.attention3 = AttentionLayer(256)
