@@ -7,6 +7,16 @@ import numpy as np
 import rasterio
 import torch
 
+from geoseg.model.card import ClassInfo, ModelCard
+
+# The card of the plumbing tests: six classes with distinct colours, 64 px tiles (PixelNet runs any card).
+CARD = ModelCard(
+    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
+    backbone="resnet18",
+    tile_size=64,
+    overlap=16,
+)
+
 
 class PixelNet(torch.nn.Module):
     """A fixed random two-layer network applied to each pixel on its own (1x1 'convolutions' written with

@@ -10,20 +10,13 @@ import rasterio
 import torch
 from affine import Affine
 from click.testing import CliRunner
-from helpers import PixelNet, write_scene
+from helpers import CARD, PixelNet, write_scene
 
 from geoseg.cli.main import cli
 from geoseg.errors import GeosegError, GeosegWarning
 from geoseg.inference.acceleration import HalvingBatches, resolve_batch_size
 from geoseg.inference.engine import predict_scene
-from geoseg.model.card import ClassInfo, ModelCard
 
-CARD = ModelCard(
-    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
-    backbone="resnet18",
-    tile_size=64,
-    overlap=16,
-)
 GIB = 1 << 30
 
 

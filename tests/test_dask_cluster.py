@@ -17,20 +17,13 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
-from helpers import KillOnceNet, PixelNet, write_scene
+from helpers import CARD, KillOnceNet, PixelNet, write_scene
 
 import geoseg.inference.plan as planning
 from geoseg.cli.main import cli
 from geoseg.errors import ConfigurationError
 from geoseg.inference.engine import predict_scene
-from geoseg.model.card import ClassInfo, ModelCard
 
-CARD = ModelCard(
-    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
-    backbone="resnet18",
-    tile_size=64,
-    overlap=16,
-)
 TESTS = Path(__file__).resolve().parent
 
 

@@ -10,17 +10,9 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import PixelNet, write_scene
+from helpers import CARD, PixelNet, write_scene
 
 from geoseg.inference.predict import predict
-from geoseg.model.card import ClassInfo, ModelCard
-
-CARD = ModelCard(
-    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
-    backbone="resnet18",
-    tile_size=64,
-    overlap=16,
-)
 
 
 class TimedNet(PixelNet):

@@ -10,20 +10,13 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from helpers import PixelNet, write_scene
+from helpers import CARD, PixelNet, write_scene
 
 from geoseg.errors import InputError
 from geoseg.inference import reader as reader_module
 from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.reader import Reader, default_readers
-from geoseg.model.card import ClassInfo, ModelCard
 
-CARD = ModelCard(
-    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
-    backbone="resnet18",
-    tile_size=64,
-    overlap=16,
-)
 CPU = torch.device("cpu")
 
 

@@ -7,21 +7,14 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import PixelNet, write_scene
+from helpers import CARD, PixelNet, write_scene
 
 import geoseg.inference.plan as planning
 from geoseg.inference.engine import predict_scene
 from geoseg.inference.grid import CHUNK_MULTIPLE, TileGrid
 from geoseg.inference.plan import plan_regions
 from geoseg.inference.reader import _own_mask
-from geoseg.model.card import ClassInfo, ModelCard
 
-CARD = ModelCard(
-    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
-    backbone="resnet18",
-    tile_size=64,
-    overlap=16,
-)
 TRANSFORM = Affine(0.5, 0, 500000, 0, -0.5, 5800000)
 
 

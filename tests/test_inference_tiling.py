@@ -13,21 +13,13 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from helpers import PixelNet, write_scene
+from helpers import CARD, PixelNet, write_scene
 
 from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.inference.blending import WindowWeights, axis_weight
 from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.grid import TileGrid, check_tiling, tile_starts
-from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.normalize import normalize
-
-CARD = ModelCard(
-    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
-    backbone="resnet18",
-    tile_size=64,
-    overlap=16,
-)
 
 
 def _scene(path, width, height, seed=0, mask=None):

@@ -13,20 +13,14 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import PixelNet, write_scene
+from helpers import CARD, PixelNet, write_scene
 
 import geoseg.inference.plan as planning
 from geoseg.errors import ConfigurationError
 from geoseg.inference.engine import predict_scene
 from geoseg.inference.grid import TileGrid
-from geoseg.model.card import ClassInfo, ModelCard
+from geoseg.model.card import ModelCard
 
-CARD = ModelCard(
-    classes=[ClassInfo(f"class {i}", (40 * i, 255 - 40 * i, 7 * i)) for i in range(6)],
-    backbone="resnet18",
-    tile_size=64,
-    overlap=16,
-)
 TESTS = Path(__file__).resolve().parent
 WORK = ".out.tif.geoseg-work"
 
