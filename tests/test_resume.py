@@ -59,8 +59,7 @@ KILLED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
 import geoseg.inference.plan as planning
-from helpers import PixelNet
-from test_resume import CARD
+from helpers import CARD, PixelNet
 from geoseg.inference.engine import predict_scene
 
 planning.MIN_REGION_TILES, planning.RESUME_REGION_PIXELS = 1, 512 * 512
