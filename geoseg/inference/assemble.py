@@ -51,9 +51,11 @@ def _vrt(plan: ScenePlan, kind: str, card: ModelCard, parts: list[tuple[Region, 
     count = card.num_classes if kind == "probabilities" else 1
     lines = [f'<VRTDataset rasterXSize="{plan.width}" rasterYSize="{plan.height}">']
     lines += _georeferencing(plan.georef)
+    items = ['<MDI key="AREA_OR_POINT">Point</MDI>'] if plan.georef.get("pixel_is_point") else []
     if kind == "classes":
-        names = escape(json.dumps(card.class_names))
-        lines.append(f'  <Metadata><MDI key="{CLASS_NAMES_TAG}">{names}</MDI></Metadata>')
+        items.append(f'<MDI key="{CLASS_NAMES_TAG}">{escape(json.dumps(card.class_names))}</MDI>')
+    if items:
+        lines.append(f"  <Metadata>{''.join(items)}</Metadata>")
     for band in range(1, count + 1):
         lines.append(f'  <VRTRasterBand dataType="Byte" band="{band}">')
         if kind == "classes":

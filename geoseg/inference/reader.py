@@ -21,12 +21,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import rasterio
 import torch
-from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
-from geoseg.errors import InputError
 from geoseg.inference.grid import Chunk, Tile, TileGrid
-from geoseg.raster.reading import gdal_message, open_raster, read_bands, read_valid_mask
+from geoseg.raster.reading import open_raster, read_bands, read_failures, read_valid_mask
 
 if TYPE_CHECKING:
     from geoseg.inference.engine import ScenePlan
@@ -145,13 +143,10 @@ class Reader(threading.Thread):
 
     def run(self) -> None:
         try:
-            with self._env():
+            with self._env(), read_failures(self.plan.path):
                 skipped = self._read()
             if skipped is not None:
                 put(self.out, ("end", skipped), self.stop)
-        except RasterioError as error:
-            message = gdal_message(error)
-            put(self.out, ("error", InputError(f"{self.plan.path}: read failed ({message})")), self.stop)
         except BaseException as error:  # handed to the main thread, which re-raises it
             put(self.out, ("error", error), self.stop)
 

@@ -25,7 +25,15 @@ from geoseg.model.presets import resolve_card
 from geoseg.plots.common import DPI, base_name, check_png_output, default_color, new_figure, save_rgba_png
 from geoseg.raster.classes import read_class_names
 from geoseg.raster.grids import check_same_grid
-from geoseg.raster.reading import data_band_indexes, dataset_mask, has_mask, open_raster, percentile_range
+from geoseg.raster.reading import (
+    data_band_indexes,
+    dataset_mask,
+    has_mask,
+    open_raster,
+    percentile_range,
+    read_failures,
+    read_values,
+)
 
 DEFAULT_MAX_SIZE = 1600
 MIN_MAX_SIZE = 320  # below this the legend no longer fits legibly beside the map
@@ -70,6 +78,7 @@ def quicklook(
     preset: str | None = None,
     card: ModelCard | str | os.PathLike | None = None,
     overwrite: bool = False,
+    read_from: str | os.PathLike | None = None,
 ) -> QuicklookResult:
     """Draw the class raster ``classes`` into the PNG ``output`` (at most ``max_size`` px on each side).
 
@@ -77,6 +86,8 @@ def quicklook(
     names tag geoseg writes, as QGIS shows them), else a default palette and class numbers. ``over`` is an
     image on the same grid drawn under half-transparent class colours (first three bands, or one grey band;
     non-8-bit values stretched 2-98 percent). Memory and time depend on ``max_size``, not on the raster.
+    ``read_from``: the file holding ``classes`` while it is not yet under that name (``predict`` draws from
+    its staged class raster); the picture and messages still name ``classes``.
     """
     if max_size < MIN_MAX_SIZE:
         raise ConfigurationError(
@@ -84,7 +95,7 @@ def quicklook(
         )
     check_png_output(output, overwrite, inputs=[classes] + ([over] if over is not None else []))
     model_card = resolve_card(preset, card)
-    with open_raster(classes) as dataset:
+    with open_raster(classes if read_from is None else read_from) as dataset:
         _check_class_raster(dataset, str(classes), over is not None)
         names, colors = _names_and_colors(dataset, model_card)
         measure = _text_width_measure()
@@ -187,7 +198,8 @@ def _read_image(path: str | os.PathLike, classes, classes_name: str, shape: tupl
         check_same_grid(classes, image, classes_name, str(path))
         bands = data_band_indexes(image)
         bands = bands[:3] if len(bands) >= 3 else bands[:1]
-        data = image.read(bands, out_shape=(len(bands), *shape), resampling=Resampling.bilinear)
+        with read_failures(path):  # bands of mixed dtypes are read in one common type
+            data = read_values(image, bands, shape=shape, resampling=Resampling.bilinear)
         if data.dtype != np.uint8:
             lo, hi = percentile_range(image, bands)
             data = np.clip((data.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)

@@ -17,7 +17,7 @@ from typing import Literal
 
 import numpy as np
 import rasterio
-from rasterio.enums import ColorInterp, MaskFlags
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
@@ -243,40 +243,98 @@ def read_failures(path: str | os.PathLike) -> Iterator[None]:
 
 
 def dataset_mask(dataset, **kwargs) -> np.ndarray:
-    """GDAL's dataset mask (``dataset.dataset_mask(**kwargs)``: 0 invalid, 255 valid) without rasterio's
+    """GDAL's dataset mask (``dataset.dataset_mask(**kwargs)``: 0 invalid, 255 valid), also 0 where an alpha
+    band that GDAL leaves out of it is 0 (see :func:`unmasked_alphas`), without rasterio's
     NodataShadowWarning for rasters with both a nodata value and an alpha band: it speaks of per-band masks
     and is wrong here (the dataset mask follows the alpha band), so it would only mislead."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NodataShadowWarning)
-        return dataset.dataset_mask(**kwargs)
+        mask = dataset.dataset_mask(**kwargs)
+    for index in unmasked_alphas(dataset):
+        mask[dataset.read(index, **kwargs) == 0] = 0
+    return mask
+
+
+def unmasked_alphas(dataset) -> list[int]:
+    """Alpha bands that GDAL's mask ignores: GDAL takes an alpha band as the mask only as the last of 2 or 4
+    bands, so the alpha of a BGRN+alpha file, or one stored first, would leave its transparent pixels
+    looking like data; geoseg treats every alpha band as a mask."""
+    alphas = [
+        i for i, ci in zip(dataset.indexes, dataset.colorinterp, strict=True) if ci == ColorInterp.alpha
+    ]
+    data = data_band_indexes(dataset)
+    if not alphas or (data and MaskFlags.alpha in dataset.mask_flag_enums[data[0] - 1]):
+        return []
+    return alphas
 
 
 def has_mask(dataset) -> bool:
     """True when some pixels may be invalid (nodata value, internal mask or alpha band)."""
-    return any(MaskFlags.all_valid not in flags for flags in dataset.mask_flag_enums)
+    return any(MaskFlags.all_valid not in flags for flags in dataset.mask_flag_enums) or bool(
+        unmasked_alphas(dataset)
+    )
 
 
 def band_dtype(dataset, indexes: Sequence[int]) -> np.dtype:
     """The one dtype the bands ``indexes`` are read in: the smallest that holds them all, since a VRT may
-    mix Byte and UInt16 bands (which rasterio refuses to read together) and one value range covers all."""
-    return np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+    mix Byte and UInt16 bands (which rasterio refuses to read together) and one value range covers all;
+    floating point when a band carries a scale or offset (:func:`band_scaling`)."""
+    dtype = np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+    return dtype if band_scaling(dataset, indexes) is None else np.result_type(dtype, np.float32)
 
 
-def _read(
-    dataset, indexes: Sequence[int], window: Window | None = None, shape: tuple[int, int] | None = None
+def band_scaling(dataset, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
+    """GDAL's per-band scale and offset of ``indexes`` (value = stored × scale + offset), or None when every
+    band stores its values as they are.
+
+    Reflectance is often stored as uint16 with scale 0.0001 (Sentinel-2, Landsat collection 2 with an offset
+    too): geoseg reads the values the metadata defines, so ``--scale``, ``--scale auto`` and a card's value
+    range all speak of them, never of the stored integers. A scale of 0 would erase the band: refused.
+    """
+    scales = np.array([dataset.scales[i - 1] for i in indexes], dtype=np.float64)
+    offsets = np.array([dataset.offsets[i - 1] for i in indexes], dtype=np.float64)
+    if (scales == 1).all() and (offsets == 0).all():
+        return None
+    if (scales == 0).any() or not np.isfinite(scales).all() or not np.isfinite(offsets).all():
+        band = indexes[int(np.flatnonzero((scales == 0) | ~np.isfinite(scales) | ~np.isfinite(offsets))[0])]
+        raise InputError(
+            f"{dataset.name}: band {band} has scale {dataset.scales[band - 1]:g} and offset "
+            f"{dataset.offsets[band - 1]:g}, which map its values to nothing usable; fix them with "
+            f"gdal_edit.py -scale 1 -offset 0 {dataset.name}"
+        )
+    return scales, offsets
+
+
+def read_values(
+    dataset,
+    indexes: Sequence[int],
+    window: Window | None = None,
+    shape: tuple[int, int] | None = None,
+    resampling: Resampling = Resampling.nearest,
 ) -> np.ndarray:
     """``dataset.read`` of ``indexes`` (C, h, w) in their :func:`band_dtype`, optionally decimated to
-    ``shape``; rasterio refuses bands of different dtypes in one call, so those are read one by one."""
+    ``shape`` with ``resampling``, scale and offset applied (:func:`band_scaling`); rasterio refuses bands
+    of different dtypes in one call, so those are read one by one."""
     indexes = list(indexes)
+    options = {"window": window, "resampling": resampling}
     if len({dataset.dtypes[i - 1] for i in indexes}) == 1:
-        return dataset.read(indexes, window=window, out_shape=shape and (len(indexes), *shape))
-    dtype = band_dtype(dataset, indexes)
-    return np.stack([dataset.read(i, window=window, out_shape=shape, out_dtype=dtype) for i in indexes])
+        data = dataset.read(indexes, out_shape=shape and (len(indexes), *shape), **options)
+    else:
+        dtype = np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+        data = np.stack([dataset.read(i, out_shape=shape, out_dtype=dtype, **options) for i in indexes])
+    scaling = band_scaling(dataset, indexes)
+    if scaling is None:
+        return data
+    scales, offsets = scaling
+    data = data.astype(band_dtype(dataset, indexes))
+    data *= scales.astype(data.dtype)[:, None, None]
+    data += offsets.astype(data.dtype)[:, None, None]
+    return data
 
 
 def read_bands(dataset, window: Window, indexes: Sequence[int]) -> np.ndarray:
     """Bands ``indexes`` inside ``window`` as (C, h, w) in their :func:`band_dtype`; NaN and inf become 0."""
-    data = _read(dataset, indexes, window)
+    data = read_values(dataset, indexes, window)
     if data.dtype.kind == "f":
         np.nan_to_num(data, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     return data
@@ -293,7 +351,7 @@ def read_valid_mask(dataset, window: Window, indexes: Sequence[int] | None = Non
     if has_mask(dataset):
         valid = dataset_mask(dataset, window=window) > 0
     if indexes is not None and band_dtype(dataset, indexes).kind == "f":
-        finite = np.isfinite(_read(dataset, indexes, window)).all(axis=0)
+        finite = np.isfinite(read_values(dataset, indexes, window)).all(axis=0)
         valid = finite if valid is None else valid & finite
     if valid is not None and valid.all():
         return None
@@ -325,14 +383,14 @@ def sample_values(dataset, indexes: Sequence[int], max_pixels: int = 2048 * 2048
         shape = (max(1, round(dataset.height / factor)), max(1, round(dataset.width / factor)))
         parts = [
             (
-                _read(dataset, indexes, shape=shape),
+                read_values(dataset, indexes, shape=shape),
                 dataset_mask(dataset, out_shape=shape) > 0 if masked else None,
             )
         ]
     else:
         parts = []
         for window in _sample_windows(dataset):
-            parts.append((_read(dataset, indexes, window), read_valid_mask(dataset, window)))
+            parts.append((read_values(dataset, indexes, window), read_valid_mask(dataset, window)))
     values = np.concatenate(
         [d[:, m] if m is not None else d.reshape(len(indexes), -1) for d, m in parts], axis=1
     )
@@ -372,7 +430,8 @@ def resolve_value_range(
     model_range: tuple[float, float] = EIGHT_BIT_RANGE,
     path: str | None = None,
 ) -> tuple[float, float]:
-    """The raw value range mapped onto [0, 1] before normalisation.
+    """The value range mapped onto [0, 1] before normalisation, in the values :func:`read_values` returns
+    (a band's scale and offset applied).
 
     An explicit ``scale`` wins; ``"auto"`` is a 2-98 percentile stretch. Without a scale, 8-bit data uses the
     model's range, and so does any data when the model was trained on a non-8-bit range (its card says so);
@@ -400,6 +459,14 @@ def resolve_value_range(
         )
     if dtype == np.uint8 or tuple(model_range) != EIGHT_BIT_RANGE:
         return float(model_range[0]), float(model_range[1])
+    if band_scaling(dataset, indexes) is not None:
+        stored = np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+        scale, offset = dataset.scales[indexes[0] - 1], dataset.offsets[indexes[0] - 1]
+        raise InputError(
+            f"{path}: {stored.name} data with scale {scale:g} and offset {offset:g} (read as stored × scale "
+            f"+ offset) but the model expects 8-bit values 0..255; pass --scale MIN,MAX in those units "
+            f"(e.g. --scale 0,0.3 for reflectance) or --scale auto (2-98 percentile stretch)"
+        )
     raise InputError(
         f"{path}: {dtype.name} data but the model expects 8-bit values 0..255; pass --scale MIN,MAX "
         f"(raw values mapped to 0..255, e.g. --scale 0,4000) or --scale auto (2-98 percentile stretch)"

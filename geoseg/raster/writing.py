@@ -52,6 +52,9 @@ def georeferencing(dataset, name: str | None = None) -> dict[str, Any]:
 
     A raster with no CRS yields an output with none, and a :class:`GeosegWarning` says so (RPCs need none:
     they map to WGS 84 by definition); a custom WKT CRS without an EPSG code is copied as WKT.
+    ``pixel_is_point`` keeps GeoTIFF's PixelIsPoint (``AREA_OR_POINT=Point``): GDAL shifts such a transform
+    by half a pixel on reading and back on writing, so an output without the tag would lie half a pixel off
+    its input for every reader that does not shift (``GTIFF_POINT_GEO_IGNORE=TRUE``, some other tools).
     """
     name = name or dataset.name
     kind = placement(dataset)
@@ -59,12 +62,12 @@ def georeferencing(dataset, name: str | None = None) -> dict[str, Any]:
     if dataset.crs is None and not gcp_crs and kind != "rpcs":
         detail = "" if kind is not None else " and no georeferencing"
         warnings.warn(f"{name}: has no CRS{detail}; the output will have none", GeosegWarning, stacklevel=2)
-    rpcs = dataset.rpcs
+    common = {"rpcs": dataset.rpcs, "pixel_is_point": dataset.tags().get("AREA_OR_POINT") == "Point"}
     if kind == "gcps":
-        return {"crs": None, "transform": None, "gcps": (gcps, gcp_crs), "rpcs": rpcs}
+        return {"crs": None, "transform": None, "gcps": (gcps, gcp_crs), **common}
     if kind == "rpcs":
-        return {"crs": dataset.crs, "transform": None, "gcps": None, "rpcs": rpcs}
-    return {"crs": dataset.crs, "transform": dataset.transform, "gcps": None, "rpcs": rpcs}
+        return {"crs": dataset.crs, "transform": None, "gcps": None, **common}
+    return {"crs": dataset.crs, "transform": dataset.transform, "gcps": None, **common}
 
 
 def tiled_profile(width: int, height: int, count: int, nodata: float | None, georef: dict[str, Any]) -> dict:

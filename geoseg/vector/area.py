@@ -36,14 +36,14 @@ GRID_M = 500.0
 class GroundArea:
     """Areas in square metres of polygons in the CRS coordinates of one raster."""
 
-    def __init__(self, crs, transform: Affine, width: int, height: int) -> None:
+    def __init__(self, crs, transform: Affine, width: int, height: int, name: str = "the raster") -> None:
         self.transform = transform
         self.crs = crs
         self.pixel_crs_area = abs(transform.determinant)  # CRS units² per pixel
         self.to_equal_area = None
         self.unit_area = 1.0  # square metres per CRS unit², for planar areas
         if crs is not None:
-            self.to_equal_area = _equal_area_transformer(crs, transform @ (width / 2, height / 2))
+            self.to_equal_area = _equal_area_transformer(crs, transform @ (width / 2, height / 2), name)
             if self.to_equal_area is None:  # no datum: planar, in the CRS's unit (LOCAL_CS has one too)
                 self.unit_area = crs.units_factor[1] ** 2
         centre = np.array([transform @ (width / 2, height / 2)])
@@ -229,20 +229,39 @@ class GroundArea:
         return np.bincount(polygon_of_part, weights=part_area, minlength=len(polygons))
 
 
-def _equal_area_transformer(crs, centre: tuple[float, float]):
+def _equal_area_transformer(crs, centre: tuple[float, float], name: str = "the raster"):
     """pyproj Transformer from ``crs`` to an equal-area projection of its own ellipsoid centred on
-    ``centre`` (CRS coordinates); None for a CRS without a datum."""
+    ``centre`` (CRS coordinates); None for a CRS without a datum.
+
+    A CRS that PROJ cannot transform (a projection method it lacks, a geocentric CRS) or a centre outside
+    the CRS's domain (a wrong geotransform) has no true areas: one :class:`InputError` line naming
+    ``name`` says so, instead of pyproj's error from deep inside.
+    """
     import pyproj
     from pyproj.crs import ProjectedCRS
     from pyproj.crs.coordinate_operation import LambertAzimuthalEqualAreaConversion
+    from pyproj.exceptions import CRSError, ProjError
 
-    source = pyproj.CRS.from_wkt(crs.to_wkt())
-    geodetic = source.geodetic_crs
-    if geodetic is None:
-        return None
-    lon, lat = pyproj.Transformer.from_crs(source, geodetic, always_xy=True).transform(*centre)
-    degrees = math.degrees(geodetic.axis_info[0].unit_conversion_factor)  # 0.9 for grads
-    target = ProjectedCRS(
-        LambertAzimuthalEqualAreaConversion(lat * degrees, lon * degrees), geodetic_crs=geodetic
-    )
-    return pyproj.Transformer.from_crs(source, target, always_xy=True)
+    try:
+        source = pyproj.CRS.from_wkt(crs.to_wkt())
+        geodetic = source.geodetic_crs
+        if geodetic is None:
+            return None
+        lon, lat = pyproj.Transformer.from_crs(source, geodetic, always_xy=True).transform(*centre)
+        if not (math.isfinite(lon) and math.isfinite(lat)):
+            raise ProjError("the point lies outside the area the CRS can map")
+        degrees = math.degrees(geodetic.axis_info[0].unit_conversion_factor)  # 0.9 for grads
+        target = ProjectedCRS(
+            LambertAzimuthalEqualAreaConversion(lat * degrees, lon * degrees), geodetic_crs=geodetic
+        )
+        return pyproj.Transformer.from_crs(source, target, always_xy=True)
+    except (CRSError, ProjError) as error:
+        from geoseg.errors import InputError
+        from geoseg.raster.grids import crs_label
+
+        reason = " ".join(str(error).split(": (Internal Proj Error: ")[-1].rstrip(")").split())
+        raise InputError(
+            f"{name}: PROJ cannot map the raster's centre ({centre[0]:.10g}, {centre[1]:.10g}) in its CRS "
+            f"({crs_label(crs)}) to latitude and longitude ({reason}), so areas in square metres cannot be "
+            "computed; check the CRS and the geotransform (gdalinfo) and fix them (gdal_edit.py -a_srs)"
+        ) from error

@@ -405,7 +405,7 @@ class _Georeference:
             else:
                 message = f"{path}: has no CRS; areas are in square raster units and outputs carry no CRS"
             warnings.warn(message + stays, GeosegWarning, stacklevel=3)
-        self.ground = GroundArea(crs, transform, dataset.width, dataset.height)
+        self.ground = GroundArea(crs, transform, dataset.width, dataset.height, str(path))
         # GDAL's RFC 7946 writer leaves polygons east of 360 degrees empty: longitudes in the 0-360 (or any
         # other) convention are moved by whole turns so that the raster's west edge lies in [-180, 180)
         self.lon_shift = 0.0
