@@ -222,8 +222,8 @@ def _metres_per_pixel(dataset) -> float | None:
         geod = pyproj.CRS.from_wkt(crs.to_wkt()).get_geod()
         if geod is None:
             return None
-        lon, lat = transform * (dataset.width / 2, dataset.height / 2)
-        lon2, lat2 = transform * (dataset.width / 2 + 1, dataset.height / 2)
+        lon, lat = transform @ (dataset.width / 2, dataset.height / 2)
+        lon2, lat2 = transform @ (dataset.width / 2 + 1, dataset.height / 2)
         return float(geod.inv(lon, lat, lon2, lat2)[2])
     try:
         _, factor = crs.linear_units_factor

@@ -68,7 +68,7 @@ def pixel_offset(a: Affine, b: Affine, width: int, height: int) -> float:
     inverse = ~a
     distance = 0.0
     for col, row in ((0, 0), (width, 0), (0, height), (width, height)):
-        x, y = inverse * (b * (col, row))
+        x, y = inverse @ (b @ (col, row))
         distance = max(distance, math.hypot(x - col, y - row))
     return distance
 

@@ -411,7 +411,7 @@ class _Georeference:
         self.lon_shift = 0.0
         if self.rfc7946 and crs.is_geographic and crs.units_factor[0] in ("degree", "degrees"):
             corners = [(0, 0), (dataset.width, 0), (0, dataset.height), (dataset.width, dataset.height)]
-            west = min((transform * corner)[0] for corner in corners)
+            west = min((transform @ corner)[0] for corner in corners)
             self.lon_shift = -360.0 * math.floor((west + 180.0) / 360.0)
 
     def for_output(self, polygons: np.ndarray) -> np.ndarray:

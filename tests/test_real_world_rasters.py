@@ -1,0 +1,340 @@
+"""Rasters as they come from the field, each kind built small with a known answer: predict, vectorize,
+quicklook and info must get them right or refuse them in one line, never give a silently wrong result.
+
+Expected classes come from :class:`helpers.PixelNet` applied to each pixel by hand (its answer does not
+depend on tiling), so every test asserts exact class counts; georeferencing is compared exactly.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyogrio
+import pyproj
+import pytest
+import rasterio
+import shapely
+import torch
+from affine import Affine
+from click.testing import CliRunner
+from helpers import CARD, PixelNet
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
+
+from geoseg.cli.main import cli
+from geoseg.errors import InputError
+from geoseg.inference.predict import predict
+from geoseg.model.normalize import normalize
+
+UTM = CRS.from_epsg(32631)
+NORTH_UP = Affine(0.5, 0, 630000, 0, -0.5, 5800000)
+HEIGHT, WIDTH = 40, 56
+NET = PixelNet(3, 6)
+
+
+def expected_classes(data: np.ndarray, value_range=(0.0, 255.0)) -> np.ndarray:
+    """PixelNet's class of every pixel of ``data`` (C, H, W), as predict must find it."""
+    x = torch.as_tensor(np.asarray(data, np.float32)[None])
+    with torch.no_grad():
+        return NET(normalize(x, value_range, CARD.mean, CARD.std))[0].argmax(0).numpy().astype(np.uint8)
+
+
+def image(seed: int = 0, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (3, height, width)).astype(np.uint8)
+
+
+def write(path, data: np.ndarray, *, colorinterp=None, tags=None, scales=None, offsets=None, **profile):
+    count, height, width = data.shape
+    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
+    base.setdefault("crs", UTM)
+    base.setdefault("transform", NORTH_UP)
+    base.update(profile)
+    with rasterio.open(path, "w", **base) as dst:
+        dst.write(data)
+        if colorinterp:
+            dst.colorinterp = colorinterp
+        if tags:
+            dst.update_tags(**tags)
+        if scales:
+            dst.scales, dst.offsets = scales, offsets or [0.0] * count
+    return path
+
+
+def run_predict(source, output, **options) -> np.ndarray:
+    predict([source], output, model=NET, card=CARD, **options)
+    with rasterio.open(output) as out:
+        return out.read(1)
+
+
+# --- masks ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "layout",
+    ["alpha first (A,R,G,B)", "alpha after four bands (R,G,B,NIR,A)"],
+)
+def test_alpha_band_that_gdal_leaves_out_of_its_mask_still_masks_the_prediction(tmp_path, layout):
+    """GDAL takes an alpha band as the mask only as the last of 2 or 4 bands: any other alpha was ignored,
+    and its transparent pixels were classified as data."""
+    data = image()
+    alpha = np.full((1, HEIGHT, WIDTH), 255, np.uint8)
+    alpha[0, :10] = 0
+    if layout.startswith("alpha first"):
+        stack = np.concatenate([alpha, data])
+        interp = [ColorInterp.alpha, ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    else:
+        stack = np.concatenate([data, data[:1], alpha])
+        interp = [
+            ColorInterp.red,
+            ColorInterp.green,
+            ColorInterp.blue,
+            ColorInterp.undefined,
+            ColorInterp.alpha,
+        ]
+    source = write(tmp_path / "scene.tif", stack, colorinterp=interp)
+    expected = expected_classes(data)
+    expected[:10] = 255
+
+    classes = run_predict(source, tmp_path / "classes.tif")
+
+    assert int((classes == 255).sum()) == 10 * WIDTH
+    np.testing.assert_array_equal(classes, expected)
+
+
+def test_nan_is_nodata_in_float_imagery(tmp_path):
+    data = image().astype(np.float32)
+    data[:, 5:8] = np.nan
+    source = write(tmp_path / "scene.tif", data, nodata=float("nan"))
+    expected = expected_classes(np.nan_to_num(data))
+    expected[5:8] = 255
+
+    classes = run_predict(source, tmp_path / "classes.tif", scale=(0, 255))
+
+    np.testing.assert_array_equal(classes, expected)
+
+
+def test_per_band_nodata_invalidates_a_pixel_only_where_every_band_is_at_its_own_nodata(tmp_path):
+    """A VRT may give each band its own nodata value; GDAL's rule: invalid only when all bands are."""
+    data = image()
+    data[0, 0, :4], data[1, 0, :4], data[2, 0, :4] = 1, 2, 3  # all three at their nodata: invalid
+    data[0, 1, :4], data[1, 1, :4], data[2, 1, :4] = 1, 2, 9  # band 3 holds data: valid
+    write(tmp_path / "scene.tif", data)
+    bands = "".join(
+        f'<VRTRasterBand dataType="Byte" band="{b}"><NoDataValue>{b}</NoDataValue><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">scene.tif</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>"
+        for b in (1, 2, 3)
+    )
+    vrt = tmp_path / "scene.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{WIDTH}" rasterYSize="{HEIGHT}"><SRS>{UTM.to_wkt()}</SRS>'
+        f"<GeoTransform>{', '.join(map(repr, NORTH_UP.to_gdal()))}</GeoTransform>{bands}</VRTDataset>"
+    )
+    expected = expected_classes(data)
+    expected[0, :4] = 255
+
+    classes = run_predict(vrt, tmp_path / "classes.tif")
+
+    np.testing.assert_array_equal(classes, expected)
+
+
+# --- values ---------------------------------------------------------------------------------------------
+
+
+def test_band_scale_and_offset_are_applied_so_scale_speaks_of_the_scaled_values(tmp_path):
+    """Reflectance stored as uint16 with scale and offset: ``--scale`` is in reflectance, as gdalinfo
+    shows the band; read as stored integers (over 1000), --scale 0,0.255 saturated every pixel."""
+    data = image()
+    stored = (data.astype(np.uint16) * 10 + 1000).astype(np.uint16)  # reflectance = stored/10000 - 0.1
+    source = write(tmp_path / "scene.tif", stored, scales=[0.0001] * 3, offsets=[-0.1] * 3)
+
+    classes = run_predict(source, tmp_path / "classes.tif", scale=(0.0, 0.255))
+
+    np.testing.assert_array_equal(classes, expected_classes(data))
+
+
+def test_scaled_uint16_for_an_8_bit_model_is_refused_naming_its_scale(tmp_path):
+    source = write(tmp_path / "scene.tif", image().astype(np.uint16), scales=[0.0001] * 3)
+    with pytest.raises(InputError) as caught:
+        run_predict(source, tmp_path / "classes.tif")
+    assert str(caught.value) == (
+        f"{source}: uint16 data with scale 0.0001 and offset 0 (read as stored × scale + offset) but the "
+        "model expects 8-bit values 0..255; pass --scale MIN,MAX in those units (e.g. --scale 0,0.3 for "
+        "reflectance) or --scale auto (2-98 percentile stretch)"
+    )
+    assert not (tmp_path / "classes.tif").exists()
+
+
+@pytest.mark.parametrize("height,width", [(1, 70), (50, 1), (1, 1), (64, 64), (65, 129), (20, 30)])
+def test_scenes_of_one_row_one_column_one_tile_or_odd_sizes_are_classified_pixel_for_pixel(
+    tmp_path, height, width
+):
+    data = image(1, height, width)
+    source = write(tmp_path / "scene.tif", data)
+
+    classes = run_predict(source, tmp_path / "classes.tif")
+
+    np.testing.assert_array_equal(classes, expected_classes(data))
+
+
+# --- georeferencing -------------------------------------------------------------------------------------
+
+
+def test_pixel_is_point_output_keeps_the_tag_and_lies_on_its_input_for_every_reader(tmp_path):
+    """GDAL shifts a PixelIsPoint transform by half a pixel on reading (GTIFF_POINT_GEO_IGNORE=FALSE); an
+    output written as PixelIsArea with the shifted transform lay half a pixel off its input for readers that
+    take the tie point as it is."""
+    data = image()
+    source = write(tmp_path / "scene.tif", data, tags={"AREA_OR_POINT": "Point"})
+    output = tmp_path / "classes.tif"
+
+    classes = run_predict(source, output, confidence=True)
+
+    np.testing.assert_array_equal(classes, expected_classes(data))
+    for path in (output, tmp_path / "classes.confidence.tif"):
+        with rasterio.open(path) as out:
+            assert out.tags()["AREA_OR_POINT"] == "Point"
+            assert out.transform == NORTH_UP  # the first pixel's corner, as GDAL reads both
+        with rasterio.Env(GTIFF_POINT_GEO_IGNORE=True), rasterio.open(path) as out:
+            # the tie point as stored: the first pixel's centre, as in the input
+            assert out.transform == Affine(0.5, 0, 630000.25, 0, -0.5, 5799999.75)
+
+
+SOUTH_UP = Affine(0.5, 0, 630000, 0, 0.5, 5790000)
+ROTATED = Affine(0.5, 0.125, 630000, 0.125, -0.5, 5800000)
+
+
+@pytest.mark.parametrize("transform", [NORTH_UP, SOUTH_UP, ROTATED], ids=["north-up", "south-up", "rotated"])
+def test_transform_is_kept_exactly_and_polygons_lie_on_their_pixels_with_true_areas(tmp_path, transform):
+    data = image()
+    source = write(tmp_path / "scene.tif", data, transform=transform)
+    output = tmp_path / "classes.tif"
+
+    classes = run_predict(source, output)
+
+    with rasterio.open(output) as out:
+        assert out.transform == transform and out.crs == UTM
+    np.testing.assert_array_equal(classes, expected_classes(data))
+
+    # vectorize a known rectangle: rows 3..9, columns 5..16 of class 1 on class 0
+    rectangle = np.zeros((1, 12, 20), np.uint8)
+    rectangle[0, 3:10, 5:17] = 1
+    labels = write(tmp_path / "labels.tif", rectangle, transform=transform)
+    polygons = tmp_path / "labels.gpkg"
+    result = CliRunner().invoke(cli, ["vectorize", str(labels), "-o", str(polygons)])
+    assert result.exit_code == 0, result.output
+    _, _, geometry, fields = pyogrio.raw.read(polygons, columns=["class_id", "area"])
+    shapes = shapely.from_wkb(geometry)
+    one = shapes[fields[0] == 1]
+    assert len(one) == 1 and len(shapes) == 2
+    corners = [transform @ (c, r) for c, r in ((5, 3), (17, 3), (17, 10), (5, 10))]
+    assert shapely.equals(one[0], shapely.Polygon(corners))
+    to_lonlat = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
+    lon, lat = to_lonlat.transform(*np.array(corners).T)
+    geodesic, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter(lon, lat)
+    assert fields[1][fields[0] == 1][0] == pytest.approx(abs(geodesic), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "crs",
+    [
+        CRS.from_user_input("EPSG:32631+5709"),
+        CRS.from_wkt(
+            'ENGCRS["site",EDATUM["site datum"],CS[Cartesian,2],AXIS["x",east,LENGTHUNIT["metre",1]],'
+            'AXIS["y",north,LENGTHUNIT["metre",1]]]'
+        ),
+        CRS.from_wkt('LOCAL_CS["site grid",UNIT["metre",1],AXIS["X",EAST],AXIS["Y",NORTH]]'),
+        CRS.from_epsg(4326),
+    ],
+    ids=["compound", "engineering", "LOCAL_CS", "EPSG:4326"],
+)
+def test_crs_of_any_kind_reaches_the_output_unchanged(tmp_path, crs):
+    transform = Affine(1e-5, 0, 4.9, 0, -1e-5, 52.3) if crs.is_geographic else NORTH_UP
+    data = image()
+    source = write(tmp_path / "scene.tif", data, crs=crs, transform=transform)
+
+    classes = run_predict(source, tmp_path / "classes.tif")
+
+    with rasterio.open(source) as src, rasterio.open(tmp_path / "classes.tif") as out:
+        assert out.crs == src.crs and out.transform == transform
+    np.testing.assert_array_equal(classes, expected_classes(data))
+
+
+UNKNOWN_METHOD = (
+    'PROJCS["x",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Foo_Bar_Projection"],'
+    'PARAMETER["false_easting",0],UNIT["metre",1]]'
+)
+
+
+@pytest.mark.parametrize(
+    "crs,transform",
+    [
+        (CRS.from_wkt(UNKNOWN_METHOD), Affine(2, 0, 1000, 0, -2, 5000)),
+        (CRS.from_user_input("ESRI:102003"), NORTH_UP),  # Albers for the USA, its inverse far off its area
+        (CRS.from_epsg(4978), NORTH_UP),  # geocentric
+    ],
+    ids=["unknown projection method", "centre outside the CRS's area", "geocentric"],
+)
+def test_crs_that_proj_cannot_map_gives_one_line_for_areas_and_info_still_describes_it(
+    tmp_path, crs, transform
+):
+    labels = np.zeros((1, 12, 20), np.uint8)
+    labels[0, 3:10, 5:17] = 1
+    path = write(tmp_path / "labels.tif", labels, crs=crs, transform=transform)
+
+    result = CliRunner().invoke(cli, ["vectorize", str(path), "-o", str(tmp_path / "labels.gpkg")])
+
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {path}: PROJ cannot map the raster's centre (")
+    assert result.output.count("\n") == 1
+    assert "so areas in square metres cannot be computed" in result.output
+    assert not (tmp_path / "labels.gpkg").exists()
+    info = CliRunner().invoke(cli, ["info", str(path), "--json"])
+    assert info.exit_code == 0, info.output
+
+
+def test_prediction_reads_full_resolution_even_where_overviews_disagree(tmp_path):
+    """A COG's overviews are for display: stale ones (built before the pixels changed) must not leak in."""
+    data = image()
+    source = write(tmp_path / "scene.tif", 255 - data, tiled=True, blockxsize=16, blockysize=16)
+    with rasterio.open(source, "r+") as dst:
+        dst.build_overviews([2, 4])
+        dst.write(data)  # the overviews still show the old pixels
+
+    classes = run_predict(source, tmp_path / "classes.tif")
+
+    np.testing.assert_array_equal(classes, expected_classes(data))
+
+
+# --- quicklook ------------------------------------------------------------------------------------------
+
+
+def test_quicklook_over_an_image_whose_bands_have_mixed_dtypes(tmp_path):
+    """A VRT may mix Byte and UInt16 bands; rasterio refuses to read them in one call."""
+    data = image()
+    write(tmp_path / "byte.tif", data)
+    write(tmp_path / "wide.tif", data.astype(np.uint16) * 100)
+    bands = "".join(
+        f'<VRTRasterBand dataType="{kind}" band="{b}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">{name}</SourceFilename><SourceBand>{b}</SourceBand>'
+        "</SimpleSource></VRTRasterBand>"
+        for b, kind, name in ((1, "Byte", "byte.tif"), (2, "UInt16", "wide.tif"), (3, "Byte", "byte.tif"))
+    )
+    vrt = tmp_path / "mixed.vrt"
+    vrt.write_text(
+        f'<VRTDataset rasterXSize="{WIDTH}" rasterYSize="{HEIGHT}"><SRS>{UTM.to_wkt()}</SRS>'
+        f"<GeoTransform>{', '.join(map(repr, NORTH_UP.to_gdal()))}</GeoTransform>{bands}</VRTDataset>"
+    )
+    labels = write(tmp_path / "labels.tif", (image()[:1] % 3).astype(np.uint8))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = CliRunner().invoke(
+            cli, ["quicklook", str(labels), "-o", str(tmp_path / "q.png"), "--over", str(vrt)]
+        )
+
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "q.png") as png:
+        assert png.count == 4 and png.width > WIDTH
