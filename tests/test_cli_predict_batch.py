@@ -49,7 +49,8 @@ def test_skip_existing_computes_only_the_missing_scenes(checkpoint, scenes, tmp_
         (str(scenes[1]), None),
         (str(scenes[2]), None),
     ]
-    assert records[0]["outputs"] == {"classes": str(finished)} and records[0]["tiles"] == 0
+    assert records[0]["outputs"] == {"classes": str(finished), "classes.aux.xml": f"{finished}.aux.xml"}
+    assert (records[0]["width"], records[0]["height"], records[0]["tiles"]) == (64, 64, 0)
     assert records[1]["tiles"] == 1 and records[1]["outputs"]["classes"] == str(out / "b.classes.tif")
     assert finished.stat().st_mtime_ns == stamp  # not rewritten
     again = CliRunner().invoke(cli, args)
@@ -66,13 +67,39 @@ def test_skip_existing_without_json_says_so_and_refuses_overwrite(checkpoint, sc
     assert result.exit_code == 2 and "give either --skip-existing or --overwrite, not both" in result.output
 
 
-def test_a_scene_with_only_some_outputs_is_not_skipped(checkpoint, scenes, tmp_path):
-    out = tmp_path / "classes.tif"
+def test_a_scene_with_only_some_outputs_is_not_skipped_and_the_error_says_which(checkpoint, scenes, tmp_path):
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "classes.tif"
     args = ["predict", str(scenes[0]), "-o", str(out), "-m", str(checkpoint)]
     assert CliRunner().invoke(cli, args).exit_code == 0
-    result = CliRunner().invoke(cli, [*args, "--skip-existing", "--confidence"])
+    for extra in ["--skip-existing"], []:
+        result = CliRunner().invoke(cli, [*args, *extra, "--confidence"])
+        assert (result.exit_code, result.output) == (
+            1,
+            f"Error: {scenes[0]}: an incomplete set of outputs, {out}, {out}.aux.xml exist but "
+            f"{out.parent / 'classes.confidence.tif'} is missing (an interrupted earlier run?); pass "
+            "--overwrite to compute the scene again\n",
+        )
+    result = CliRunner().invoke(cli, [*args, "--confidence", "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "classes.confidence.tif",
+        "classes.tif",
+        "classes.tif.aux.xml",
+    ]
+
+
+def test_a_missing_class_names_side_car_makes_the_set_incomplete(checkpoint, scenes, tmp_path):
+    """The side-car is one of the scene's files: a set without it is not skipped, and not overwritten
+    unasked."""
+    out = tmp_path / "classes.tif"
+    args = ["predict", str(scenes[0]), "-o", str(out), "-m", str(checkpoint), "--json"]
+    first = CliRunner().invoke(cli, args)
+    assert _records(first.output)[0]["outputs"] == {"classes": str(out), "classes.aux.xml": f"{out}.aux.xml"}
+    (tmp_path / "classes.tif.aux.xml").unlink()
+    result = CliRunner().invoke(cli, [*args, "--skip-existing"])
     assert result.exit_code == 1
-    assert result.output == f"Error: {out}: output exists; pass --overwrite to replace it\n"
+    assert f"{out} exists but {out}.aux.xml is missing" in result.output
 
 
 def test_inputs_from_a_list_file_and_from_standard_input(checkpoint, scenes, tmp_path):

@@ -11,6 +11,7 @@ possible; the final names appear only when the outputs are complete.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoseg.atomic import check_output_path
+from geoseg.atomic import OutputSet, check_output_path
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError
 from geoseg.inference.assemble import assemble
@@ -125,14 +126,18 @@ def run_scene(
     status: Status | None = None,
     executor: LocalExecutor | DaskExecutor | None = None,
     source: ModelSource | None = None,
+    unit: OutputSet | None = None,
 ) -> PredictResult:
-    """Run a planned scene region by region and write its outputs atomically.
+    """Run a planned scene region by region and write its outputs atomically, as one set.
 
     ``workers`` processes (a Dask LocalCluster; 1: this process) or the Dask cluster at ``scheduler`` compute
     the regions, or the given ``executor`` (shared by the scenes of :func:`~geoseg.inference.predict.predict`,
     with the ``source`` it was opened with). Without ``resume`` nothing is left behind on failure or Ctrl-C;
     with it, finished regions survive in the work folder and the same call computes only the others.
     ``status(text)`` hears of regions done and workers when there is more than one of either.
+    The rasters and the class names side-car are staged in ``unit``, the set of the scene's files that the
+    caller renames into place together once its other outputs (polygons, quick-look, drawn from the staged
+    class raster) are complete; without one they are renamed into place here, together.
     """
     if tta not in TTA_MODES:
         raise ConfigurationError(f"unknown test-time augmentation {tta!r}; use none, flip or d4")
@@ -146,8 +151,12 @@ def run_scene(
     own_executor = executor is None
     if own_executor:
         executor = open_executor(model, source, device, workers, scheduler)
-    try:
-        work = WorkFolder(outputs.classes)
+    own_unit = unit is None
+    unit = OutputSet() if own_unit else unit
+    with unit if own_unit else contextlib.nullcontext(), contextlib.ExitStack() as finish:
+        if own_executor:
+            finish.callback(executor.close)
+        work = WorkFolder(outputs.classes)  # beside the final name, where a resumed run finds it
         executor.check(plan, work.path.parent)
         grid = plan.grid
         manifest = {
@@ -167,7 +176,9 @@ def run_scene(
             "outputs": [kind for kind, _ in outputs.rasters()],
         }
         planned = plan_regions(grid, executor.workers, resume)
-        with work.session(manifest, planned, resume) as (regions, results):
+        if resume:
+            unit.after_commit(work.remove)
+        with work.session(manifest, planned, resume, keep_when_done=resume) as (regions, results):
             todo = [
                 RegionTask(
                     plan,
@@ -190,17 +201,14 @@ def run_scene(
                 results[result.region.index] = result
                 if tell is not None:
                     tell(f"{len(results)}/{len(regions)} regions, {executor.workers} workers")
-            assemble(plan, outputs, work, regions, card, overwrite)
-    finally:
-        if own_executor:
-            executor.close()
+            assemble(plan, stage_rasters(outputs, unit), work, regions, card, overwrite)
 
     counts = np.sum([r.counts for r in results.values()], axis=0)
     valid = int(counts.sum())
     names = card.class_names
     return PredictResult(
         input=plan.path,
-        outputs={kind: str(path) for kind, path in outputs.rasters()},
+        outputs=unit.files(),
         width=plan.width,
         height=plan.height,
         tiles=sum(r.tiles for r in results.values()),
@@ -209,6 +217,18 @@ def run_scene(
         class_fractions={name: (float(counts[i]) / valid if valid else 0.0) for i, name in enumerate(names)},
         precision=precision,
     )
+
+
+def stage_rasters(outputs: OutputPaths, unit: OutputSet) -> OutputPaths:
+    """The scene's rasters under their temporary names in ``unit``, with the class names side-car that
+    :func:`~geoseg.inference.assemble.assemble` writes beside the class raster."""
+    staged = OutputPaths(unit.stage("classes", outputs.classes))
+    unit.stage("classes.aux.xml", outputs.class_names, temporary=staged.class_names)
+    if outputs.confidence is not None:
+        staged.confidence = unit.stage("confidence", outputs.confidence)
+    if outputs.probabilities is not None:
+        staged.probabilities = unit.stage("probabilities", outputs.probabilities)
+    return staged
 
 
 def _scene_progress(progress: Progress | None, plan: ScenePlan, regions: list, todo: list[RegionTask]):

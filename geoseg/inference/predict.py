@@ -7,15 +7,16 @@ one runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path, PurePath
 
 import torch
 
-from geoseg.atomic import check_output_path
+from geoseg.atomic import OutputSet, cannot_create_in, check_output_path
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError, GeosegError, OutputError
 from geoseg.inference.acceleration import check_compile, resolve_batch_size
@@ -60,7 +61,8 @@ def prepare_outputs(
     ``vectorize`` is a vector file for one input, or a format (``gpkg``, ``fgb``, ``geojson``, ``parquet``,
     ``shp``) giving ``<stem>.polygons.<format>`` beside the class rasters. ``quicklook`` adds
     ``<stem>.quicklook.png`` beside each class raster. With ``skip_existing`` a scene whose outputs all
-    exist is left for :func:`iter_predict` to skip instead of failing the check.
+    exist is left for :func:`iter_predict` to skip instead of failing the check; a scene with only some of
+    its files (an interrupted older run) fails it, naming those that exist and those missing.
     """
     inputs = [str(i) for i in inputs]
     output_text = str(output)
@@ -101,7 +103,7 @@ def prepare_outputs(
 
     seen: dict[Path, str] = {}
     for source, paths in zip(inputs, plans, strict=True):
-        for _, path in paths.items():
+        for _, path in paths.files():
             if path in seen:
                 raise ConfigurationError(
                     f"{seen[path]} and {source} would both write {path}; rename one or run them separately"
@@ -110,24 +112,53 @@ def prepare_outputs(
             if not is_gdal_path(source) and path.exists() and path.resolve() == Path(source).resolve():
                 raise ConfigurationError(f"{source}: the output {path} would replace the input")
 
-    if into_folder and not output.exists():
+    new_folder = into_folder and not output.exists()
+    if new_folder:
         parent = output.parent
         if not parent.is_dir():
             raise OutputError(f"{output}: cannot create the output folder, {parent} does not exist")
-        if not os.access(parent, os.W_OK):
-            raise OutputError(f"{output}: cannot create the output folder, {parent} is not writable")
-        return plans  # a new folder holds nothing yet; it is created when the first scene starts
-    for paths in plans:
+        reason = cannot_create_in(parent)
+        if reason is not None:
+            raise OutputError(
+                f"{output}: cannot create the output folder, {parent} is not writable ({reason})"
+            )
+    for source, paths in zip(inputs, plans, strict=True):
         if skip_existing and outputs_exist(paths):
             continue
-        for _, path in paths.items():
-            check_output_path(path, overwrite)
+        _refuse_partial(source, paths, overwrite)
+        for _, path in paths.files():
+            if not (new_folder and path.parent == output):  # a new folder holds nothing yet (made later)
+                check_output_path(path, overwrite)
     return plans
 
 
 def outputs_exist(paths: OutputPaths) -> bool:
-    """Whether a scene is finished: every output exists (each is renamed into place only when complete)."""
-    return all(path.exists() for _, path in paths.items())
+    """Whether a scene is finished: all its files exist (they are renamed into place together, complete)."""
+    return all(path.exists() for _, path in paths.files())
+
+
+def _refuse_partial(source: str, paths: OutputPaths, overwrite: bool) -> None:
+    """Some files of a scene without the others (an older geoseg stopped between them, or a hand-made set)
+    are not a result: say which exist and which are missing, rather than "output exists" for the first."""
+    exist = [str(path) for _, path in paths.files() if path.exists()]
+    exist += [str(path) for path in _shapefile_sidecars(paths.polygons) if path.exists()]
+    missing = [str(path) for _, path in paths.files() if not path.exists()]
+    if exist and missing and not overwrite:
+        raise OutputError(
+            f"{source}: an incomplete set of outputs, {', '.join(exist)} "
+            f"{'exists' if len(exist) == 1 else 'exist'} but {', '.join(missing)} "
+            f"{'is' if len(missing) == 1 else 'are'} missing (an interrupted earlier run?); pass --overwrite "
+            "to compute the scene again"
+        )
+
+
+def _shapefile_sidecars(polygons: Path | None) -> list[Path]:
+    """The files GDAL writes (or may have written) beside a ``.shp``: part of the scene, or stale."""
+    from geoseg.vector.output import SHAPEFILE_SIDECARS, SHAPEFILE_STALE
+
+    if polygons is None or polygons.suffix.lower() != ".shp":
+        return []
+    return [polygons.with_suffix(ext) for ext in (*SHAPEFILE_SIDECARS, *SHAPEFILE_STALE)]
 
 
 def _vector_format(vectorize: str | os.PathLike | None) -> str | None:
@@ -275,54 +306,67 @@ def iter_predict(
             plan = error
         scenes.append((source, paths, plan))
 
-    for paths in plans:
-        paths.classes.parent.mkdir(exist_ok=True)
     total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))
     tiles_done = _TilesDone(progress, total)
+    stopping = threading.Event()  # set when the run ends early: scenes still running keep nothing
 
     def run_one(index: int, source: str, paths: OutputPaths, plan: ScenePlan) -> PredictResult:
-        """One scene: its regions, its assembly, then its polygons and quicklook."""
+        """One scene as one unit: its regions and assembly, then its polygons and quick-look drawn from the
+        staged class raster, then all its files renamed into place together (on a failure or stop: none)."""
         try:
-            result = run_scene(
-                network,
-                model_card,
-                plan,
-                paths,
-                batch_size=batch_size,
-                device=resolved,
-                precision=precision,
-                tta=tta,
-                overwrite=overwrite,
-                resume=resume,
-                progress=None if progress is None else tiles_done.callback(index),
-                status=status,
-                executor=executor,
-                source=model_source,
-            )
-            if paths.polygons is not None:
-                from geoseg.vector.vectorize import vectorize as polygonize
+            with OutputSet() as unit:
+                result = run_scene(
+                    network,
+                    model_card,
+                    plan,
+                    paths,
+                    batch_size=batch_size,
+                    device=resolved,
+                    precision=precision,
+                    tta=tta,
+                    overwrite=overwrite,
+                    resume=resume,
+                    progress=None if progress is None else tiles_done.callback(index),
+                    status=status,
+                    executor=executor,
+                    source=model_source,
+                    unit=unit,
+                )
+                classes = unit.temporary("classes")
+                if paths.polygons is not None:
+                    from geoseg.vector.vectorize import vectorize as polygonize
 
-                if status is not None:
-                    status(f"vectorizing {paths.classes.name}")
+                    if status is not None:
+                        status(f"vectorizing {paths.classes.name}")
+                    sidecars = _shapefile_sidecars(paths.polygons)
+                    target = unit.stage("polygons", paths.polygons, obsolete=sidecars)
+                    polygons = polygonize(paths.classes, target, layer=paths.polygons.stem, read_from=classes)
+                    for final in sidecars:  # those GDAL wrote beside the .shp
+                        if target.with_suffix(final.suffix).exists():
+                            unit.stage(f"polygons{final.suffix}", final, target.with_suffix(final.suffix))
+                    result.seconds += polygons.seconds
+                if paths.quicklook is not None:
+                    from geoseg.plots.quicklook import quicklook as draw_quicklook
 
-                polygons = polygonize(paths.classes, paths.polygons, overwrite=overwrite)
-                result.outputs["polygons"] = str(paths.polygons)
-                result.seconds += polygons.seconds
-            if paths.quicklook is not None:
-                from geoseg.plots.quicklook import quicklook as draw_quicklook
-
-                draw_quicklook(paths.classes, paths.quicklook, overwrite=overwrite)
-                result.outputs["quicklook"] = str(paths.quicklook)
+                    draw_quicklook(paths.classes, unit.stage("quicklook", paths.quicklook), read_from=classes)
+                if stopping.is_set():
+                    raise CancelledError("the run was stopped")
+            result.outputs = unit.files()
             if source in items:
                 result.input, result.item = source, items[source][1]
             return result
         finally:
             tiles_done.finish(index, plan.grid.num_tiles)
 
-    # One executor for all scenes: a cluster starts once, and each worker loads the model once.
-    executor = open_executor(network, model_source, resolved, workers, scheduler)
-    pool = None
+    created: list[Path] = []  # output folders this run made: removed again if they stay empty
+    executor = pool = None
     try:
+        for folder in dict.fromkeys(paths.classes.parent for paths in plans):
+            with contextlib.suppress(FileExistsError):
+                folder.mkdir()
+                created.append(folder)
+        # One executor for all scenes: a cluster starts once, and each worker loads the model once.
+        executor = open_executor(network, model_source, resolved, workers, scheduler)
         pending: list[Future | None] = [None] * len(scenes)
         if not isinstance(executor, LocalExecutor):
             # Scenes share the cluster: up to two per worker run at once (their regions go to Dask
@@ -333,8 +377,13 @@ def iter_predict(
                     pending[index] = pool.submit(run_one, index, source, paths, plan)
         for index, (source, paths, plan) in enumerate(scenes):
             if plan is None:
-                outputs = {kind: str(path) for kind, path in paths.items()}
-                yield PredictResult(source, outputs, 0, 0, 0, 0.0, str(resolved), status="skipped")
+                try:
+                    skipped = _skipped(source, paths, resolved)
+                except GeosegError as error:
+                    if not keep_going:
+                        raise
+                    skipped = _failure(source, resolved, error)
+                yield skipped
                 continue
             if isinstance(plan, GeosegError):
                 yield _failure(source, resolved, plan)
@@ -351,12 +400,17 @@ def iter_predict(
                 status("")
             yield result
     finally:
+        stopping.set()
         if pool is not None:  # stopped early (an error, Ctrl-C): cancel every scene, wait for their clean-up
             executor.stop()
             pool.shutdown(wait=True, cancel_futures=True)
-        executor.close()
+        if executor is not None:
+            executor.close()
         for vrt, _ in items.values():
             vrt.unlink(missing_ok=True)
+        for folder in created:
+            with contextlib.suppress(OSError):  # only an empty folder goes
+                folder.rmdir()
 
 
 class _TilesDone:
@@ -459,6 +513,18 @@ def predict(
             status=status,
         )
     )
+
+
+def _skipped(source: str, paths: OutputPaths, device: torch.device) -> PredictResult:
+    """The record of a scene an earlier run finished: its files, and its size read from the class raster's
+    header (no pixels: cheap over thousands of scenes)."""
+    from geoseg.raster.reading import open_raster
+
+    with open_raster(paths.classes, "an existing output GDAL cannot read") as dataset:
+        width, height = dataset.width, dataset.height
+    outputs = {kind: str(path) for kind, path in paths.files()}
+    outputs.update({f"polygons{p.suffix}": str(p) for p in _shapefile_sidecars(paths.polygons) if p.exists()})
+    return PredictResult(source, outputs, width, height, 0, 0.0, str(device), status="skipped")
 
 
 def _failure(source: str, device: torch.device, error: BaseException) -> PredictResult:
