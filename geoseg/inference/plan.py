@@ -62,6 +62,17 @@ class OutputPaths:
         extras = (("polygons", self.polygons), ("quicklook", self.quicklook))
         return self.rasters() + [(kind, path) for kind, path in extras if path is not None]
 
+    @property
+    def class_names(self) -> Path:
+        """The class raster's GDAL side-car holding the class names (QGIS reads them only from there)."""
+        return self.classes.with_name(self.classes.name + ".aux.xml")
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Every file the scene is made of (one unit: all are written, or none): :meth:`items` and the
+        class names side-car (a Shapefile's side-cars come on top, as GDAL writes them)."""
+        first, *others = self.items()
+        return [first, ("classes.aux.xml", self.class_names), *others]
+
 
 @dataclass
 class PredictResult:

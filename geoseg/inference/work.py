@@ -43,11 +43,13 @@ class WorkFolder:
 
     @contextlib.contextmanager
     def session(
-        self, manifest: dict[str, Any], regions: list[Region], resume: bool
+        self, manifest: dict[str, Any], regions: list[Region], resume: bool, keep_when_done: bool = False
     ) -> Iterator[tuple[list[Region], dict[int, RegionResult]]]:
         """Open the folder; yield the regions (an earlier run's when resuming) and those already done.
 
-        Removes the folder on leaving, except when ``resume`` is set and the run did not finish.
+        Removes the folder on leaving, except when ``resume`` is set and the run did not finish, or when
+        ``keep_when_done`` (the caller removes it once the outputs are in place: until then a resumed run
+        still needs the regions).
         """
         if resume and (self.path / MANIFEST).is_file():
             regions = self._check(manifest)
@@ -66,7 +68,7 @@ class WorkFolder:
             yield regions, finished
             completed = True
         finally:
-            if completed or not resume:
+            if (completed and not keep_when_done) or not resume:
                 self.remove()
 
     def remove(self) -> None:

@@ -81,6 +81,7 @@ def vectorize(
     keep_crs: bool = False,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    read_from: str | os.PathLike | None = None,
 ) -> VectorizeResult:
     """Polygonize an integer class raster into ``output_path`` (.gpkg, .fgb, .geojson, .parquet or .shp).
 
@@ -93,7 +94,8 @@ def vectorize(
     polygon is smaller, also after ``simplify`` (ground metres, about the largest boundary shift), which
     simplifies each shared boundary once, so neighbours keep no gaps or overlaps. GeoJSON is written in
     WGS84 longitude/latitude (RFC 7946) unless ``keep_crs``; every other format keeps the raster's CRS.
-    ``progress(done, total)`` counts cells.
+    ``progress(done, total)`` counts cells. ``read_from``: the file holding ``classes_path`` while it is
+    not yet under that name (``predict`` vectorizes its staged class raster); messages name ``classes_path``.
     """
     started = time.perf_counter()
     classes_path, output_path = Path(classes_path), Path(output_path)
@@ -107,7 +109,7 @@ def vectorize(
     try:
         with warnings.catch_warnings():  # said once, in geoseg's words, by _Georeference
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            dataset = rasterio.open(classes_path)
+            dataset = rasterio.open(classes_path if read_from is None else read_from)
     except RasterioIOError as error:
         raise InputError(f"{classes_path}: cannot open as a raster ({_first_line(error)})") from None
     with dataset, rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB):
