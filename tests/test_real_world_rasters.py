@@ -338,3 +338,25 @@ def test_quicklook_over_an_image_whose_bands_have_mixed_dtypes(tmp_path):
     assert result.exit_code == 0, result.output
     with rasterio.open(tmp_path / "q.png") as png:
         assert png.count == 4 and png.width > WIDTH
+
+
+@pytest.mark.parametrize("kind", ["constant uint16", "float with NaN nodata"])
+def test_quicklook_over_an_image_with_nothing_to_stretch_or_nan_draws_it(tmp_path, kind):
+    """--scale belongs to predict: quicklook must not ask for it when an image has one value only."""
+    if kind == "constant uint16":
+        over = write(tmp_path / "over.tif", np.full((3, HEIGHT, WIDTH), 7, np.uint16))
+    else:
+        values = image().astype(np.float32)
+        values[:, :, :3] = np.nan
+        over = write(tmp_path / "over.tif", values, nodata=float("nan"))
+    labels = write(tmp_path / "labels.tif", (image()[:1] % 3).astype(np.uint8))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = CliRunner().invoke(
+            cli, ["quicklook", str(labels), "-o", str(tmp_path / "q.png"), "--over", str(over)]
+        )
+
+    assert result.exit_code == 0, result.output
+    with rasterio.open(tmp_path / "q.png") as png:
+        assert png.count == 4 and png.width > WIDTH

@@ -201,8 +201,13 @@ def _read_image(path: str | os.PathLike, classes, classes_name: str, shape: tupl
         with read_failures(path):  # bands of mixed dtypes are read in one common type
             data = read_values(image, bands, shape=shape, resampling=Resampling.bilinear)
         if data.dtype != np.uint8:
-            lo, hi = percentile_range(image, bands)
-            data = np.clip((data.astype(np.float64) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
+            try:
+                lo, hi = percentile_range(image, bands)
+                finite = np.nan_to_num(data.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+                stretched = (finite - lo) * (255.0 / (hi - lo))
+            except InputError:  # no valid pixel, or one value everywhere: nothing to stretch, drawn grey
+                stretched = np.full(data.shape, 128.0)
+            data = np.clip(stretched, 0, 255).astype(np.uint8)
         valid = np.ones(shape, dtype=bool)
         if has_mask(image):
             valid = dataset_mask(image, out_shape=shape, resampling=Resampling.nearest) > 0
