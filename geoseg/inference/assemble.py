@@ -9,7 +9,6 @@ internal mask for confidence and probabilities, band descriptions. The COG copy 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -35,16 +34,14 @@ def assemble(
     card: ModelCard,
     overwrite: bool,
 ) -> None:
-    """Write each raster of ``outputs`` from the parts of ``regions`` (all present), renamed into place."""
+    """Write each raster of ``outputs`` from the parts of ``regions`` (all present), renamed into place
+    (stale ``.aux.xml`` statistics of replaced rasters go when their scene is committed, see OutputSet)."""
     for kind, path in outputs.rasters():
         vrt = work.path / f"{kind}.vrt"
         vrt.write_text(_vrt(plan, kind, card, [(r, work.part(r, kind).name) for r in regions]), "utf-8")
         with atomic_output(path, overwrite) as target:
             to_cog(vrt, target, "MODE" if kind == "classes" else "AVERAGE")
     write_category_names(outputs.classes, card.class_names)
-    for kind, path in outputs.rasters():
-        if kind != "classes":  # statistics GIS software stored for a replaced file no longer apply
-            Path(f"{path}.aux.xml").unlink(missing_ok=True)
 
 
 def _vrt(plan: ScenePlan, kind: str, card: ModelCard, parts: list[tuple[Region, str]]) -> str:
