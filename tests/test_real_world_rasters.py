@@ -360,3 +360,13 @@ def test_quicklook_over_an_image_with_nothing_to_stretch_or_nan_draws_it(tmp_pat
     assert result.exit_code == 0, result.output
     with rasterio.open(tmp_path / "q.png") as png:
         assert png.count == 4 and png.width > WIDTH
+
+
+def test_predict_vectorize_refuses_a_crs_without_true_areas_before_any_inference(tmp_path):
+    source = write(tmp_path / "scene.tif", image(), crs=CRS.from_wkt(UNKNOWN_METHOD))
+    output = tmp_path / "classes.tif"
+
+    with pytest.raises(InputError, match=r"scene\.tif: PROJ cannot map the raster's centre \("):
+        predict([source], output, model=NET, card=CARD, vectorize=tmp_path / "classes.gpkg")
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]

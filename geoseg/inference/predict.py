@@ -296,10 +296,10 @@ def iter_predict(
                 scale=scale,
                 chunk_size=chunk_size,
             )
-            if paths.polygons is not None and plan.georef["transform"] is None:
-                from geoseg.vector.vectorize import refuse_unmapped
+            if paths.polygons is not None:
+                from geoseg.vector.vectorize import check_vectorizable
 
-                refuse_unmapped("gcps" if plan.georef["gcps"] else "rpcs", source)  # before the inference
+                check_vectorizable(plan.georef, plan.width, plan.height, source)  # before the inference
         except GeosegError as error:
             if not keep_going:
                 raise

@@ -269,6 +269,16 @@ def _check_raster(dataset, path: Path) -> None:
     check_decodable(dataset, [1], str(path))  # before any warning about the raster
 
 
+def check_vectorizable(georef: dict, width: int, height: int, path: str | os.PathLike) -> None:
+    """Refuse, before any inference, a scene whose class raster ``vectorize`` would refuse for its
+    georeferencing (``georef`` as :func:`geoseg.raster.writing.georeferencing` gives it): placed only by GCPs
+    or RPCs, or in a CRS where PROJ cannot compute true areas (see :class:`GroundArea`)."""
+    if georef["transform"] is None:
+        refuse_unmapped("gcps" if georef["gcps"] else "rpcs", path)
+    if georef["crs"] is not None:
+        GroundArea(georef["crs"], georef["transform"], width, height, str(path))
+
+
 def refuse_unmapped(kind: str | None, path: str | os.PathLike) -> None:
     """Refuse a raster placed only by GCPs or RPCs (``kind`` as ``geoseg.raster.grids.placement`` says; also
     behind an identity geotransform, as a VRT with an SRS may be): its pixel grid is not the map, and
