@@ -59,16 +59,21 @@ def describe_raster(path: str) -> dict[str, Any]:
             "crs": _crs_text(crs),
             **_placement(dataset),
             "nodata": dataset.nodata,
+            "area_or_point": dataset.tags().get("AREA_OR_POINT"),
             "masks": mask_kinds,
             "block_shape": [list(shape) for shape in sorted(set(dataset.block_shapes))],
             "overviews": dataset.overviews(1) if dataset.count else [],
             "compression": compression_name(dataset),
             "class_names": read_class_names(dataset),
+            # scale and offset: geoseg reads stored × scale + offset (see geoseg.raster.reading.band_scaling)
             "bands": [
                 {
                     "index": i,
                     "colorinterp": dataset.colorinterp[i - 1].name,
                     "description": dataset.descriptions[i - 1],
+                    "dtype": dataset.dtypes[i - 1],
+                    "scale": dataset.scales[i - 1],
+                    "offset": dataset.offsets[i - 1],
                 }
                 for i in dataset.indexes
             ],

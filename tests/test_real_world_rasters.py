@@ -7,6 +7,7 @@ depend on tiling), so every test asserts exact class counts; georeferencing is c
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
@@ -370,3 +371,49 @@ def test_predict_vectorize_refuses_a_crs_without_true_areas_before_any_inference
         predict([source], output, model=NET, card=CARD, vectorize=tmp_path / "classes.gpkg")
 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+
+
+def test_info_shows_each_band_scale_offset_and_pixel_is_point(tmp_path):
+    source = write(
+        tmp_path / "scene.tif",
+        image().astype(np.uint16),
+        scales=[0.0001] * 3,
+        offsets=[-0.1, 0.0, 0.0],
+        tags={"AREA_OR_POINT": "Point"},
+    )
+    result = CliRunner().invoke(cli, ["info", str(source), "--json"])
+    assert result.exit_code == 0, result.output
+    described = json.loads(result.output)
+    assert described["area_or_point"] == "Point"
+    assert [(b["dtype"], b["scale"], b["offset"]) for b in described["bands"]] == [
+        ("uint16", 0.0001, -0.1),
+        ("uint16", 0.0001, 0.0),
+        ("uint16", 0.0001, 0.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "dtype,shift,scale",
+    [("int8", -128, (-128, 127)), ("int16", -1000, (-1000, -745)), ("float64", 0, (0, 255))],
+)
+def test_signed_and_double_imagery_is_classified_with_its_scale(tmp_path, dtype, shift, scale):
+    data = image()
+    source = write(tmp_path / "scene.tif", (data.astype(np.int32) + shift).astype(dtype))
+
+    classes = run_predict(source, tmp_path / "classes.tif", scale=scale)
+
+    np.testing.assert_array_equal(classes, expected_classes(data))
+
+
+@pytest.mark.parametrize("order", ["BGR", "BGRN"])
+def test_bands_follow_their_colour_interpretation_not_their_order(tmp_path, order):
+    data = image()
+    stack = data[::-1] if order == "BGR" else np.concatenate([data[::-1], data[:1]])
+    interp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red] + [ColorInterp.undefined] * (
+        len(order) - 3
+    )
+    source = write(tmp_path / "scene.tif", np.ascontiguousarray(stack), colorinterp=interp)
+
+    classes = run_predict(source, tmp_path / "classes.tif")
+
+    np.testing.assert_array_equal(classes, expected_classes(data))
