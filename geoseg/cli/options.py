@@ -117,7 +117,8 @@ scale_option = click.option(
     "--scale",
     type=ScaleType(),
     default=None,
-    help="Raw value range for 16-bit or float imagery (e.g. 0,4000), or auto (2-98 percentile).",
+    help="Value range for 16-bit or float imagery (e.g. 0,4000), or auto (2-98 percentile); in the bands' "
+    "scaled units where they carry a scale/offset (e.g. 0,0.3 for reflectance stored with scale 0.0001).",
 )
 
 
