@@ -12,10 +12,13 @@ from affine import Affine
 from click.testing import CliRunner
 from helpers import CARD, PixelNet, write_scene
 
+import geoseg.inference.plan as planning
 from geoseg.cli.main import cli
 from geoseg.errors import GeosegError, GeosegWarning
-from geoseg.inference.acceleration import HalvingBatches, resolve_batch_size
+from geoseg.inference.acceleration import AcceleratedNetwork, HalvingBatches, resolve_batch_size
 from geoseg.inference.engine import predict_scene
+from geoseg.inference.grid import CHUNK_MULTIPLE
+from geoseg.inference.plan import plan_regions, plan_scene
 
 GIB = 1 << 30
 
@@ -38,23 +41,67 @@ def _scene(path):
     return write_scene(path, 300, 200, crs="EPSG:32633", transform=Affine(0.5, 0, 500000, 0, -0.5, 5800000))
 
 
-def test_out_of_memory_halves_the_batch_with_one_warning_each_time_and_changes_no_pixel(tmp_path):
+def _warnings(caught) -> list[str]:
+    return [str(w.message) for w in caught if issubclass(w.category, GeosegWarning)]
+
+
+def test_out_of_memory_halves_the_batch_until_it_fits_with_one_warning_and_changes_no_pixel(tmp_path):
     _scene(tmp_path / "scene.tif")
     predict_scene(PixelNet(3, 6), CARD, tmp_path / "scene.tif", tmp_path / "plain.tif", batch_size=8)
     small = SmallMemoryNet(fits=2)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = predict_scene(small, CARD, tmp_path / "scene.tif", tmp_path / "small.tif", batch_size=8)
-    messages = [str(w.message) for w in caught if issubclass(w.category, GeosegWarning)]
-    assert messages == [
-        "out of GPU memory: running 4 tile(s) at a time (set --batch-size 4 to start there)",
-        "out of GPU memory: running 2 tile(s) at a time (set --batch-size 2 to start there)",
+    assert _warnings(caught) == [
+        "out of GPU memory with 8 tiles per batch: running 2 tile(s) at a time from now on "
+        "(set --batch-size 2 to start there)"
     ]
     assert small.seen[:3] == [8, 4, 2]  # then every batch runs in slices of two
     assert max(small.seen[3:]) == 2
     assert result.tiles == 6 * 4  # (300 - 64) / 48 -> 6 columns, (200 - 64) / 48 -> 4 rows
     with rasterio.open(tmp_path / "plain.tif") as a, rasterio.open(tmp_path / "small.tif") as b:
         assert np.array_equal(a.read(1), b.read(1))
+
+
+def test_the_batch_size_that_fits_is_learnt_once_for_every_region_and_scene(tmp_path, monkeypatch):
+    monkeypatch.setattr(planning, "MIN_REGION_TILES", 1)  # regions of one 512-px block per side
+    monkeypatch.setattr(planning, "RESUME_REGION_PIXELS", CHUNK_MULTIPLE * CHUNK_MULTIPLE)
+    transform = Affine(0.5, 0, 500000, 0, -0.5, 5800000)
+    scenes = [tmp_path / "a.tif", tmp_path / "b.tif"]
+    for seed, scene in enumerate(scenes):
+        write_scene(scene, 1100, 1100, seed=seed, crs="EPSG:32633", transform=transform)
+    grid = plan_scene(CARD, scenes[0]).grid
+    assert len(plan_regions(grid, 1, resume=True)) == 4
+    small = SmallMemoryNet(fits=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n, scene in enumerate(scenes):
+            predict_scene(PixelNet(3, 6), CARD, scene, tmp_path / f"plain{n}.tif", batch_size=8)
+            predict_scene(small, CARD, scene, tmp_path / f"small{n}.tif", batch_size=8, resume=True)
+    assert _warnings(caught) == [
+        "out of GPU memory with 8 tiles per batch: running 4 tile(s) at a time from now on "
+        "(set --batch-size 4 to start there)"
+    ]
+    assert small.seen.count(8) == 1  # the one failed attempt: every later batch starts at four
+    assert max(small.seen[1:]) == 4
+    assert sum(small.seen[1:]) > 2 * grid.num_tiles  # all tiles of both scenes, region borders twice
+    for n in range(2):
+        with rasterio.open(tmp_path / f"plain{n}.tif") as a, rasterio.open(tmp_path / f"small{n}.tif") as b:
+            assert np.array_equal(a.read(1), b.read(1))
+
+
+def test_a_compiled_network_stops_padding_to_a_batch_that_ran_out_of_memory():
+    """The padding of short batches must not lift a halved batch back to the size that failed."""
+    small = SmallMemoryNet(fits=4)
+    network = AcceleratedNetwork(small, channels_last=False, compile=False)
+    network.compiled = small  # the padding logic alone, without minutes of compilation
+    slices = HalvingBatches(8, network, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for size in (8, 8, 3):
+            assert slices(network, torch.zeros(size, 3, 32, 32)).shape == (size, 6, 32, 32)
+    assert small.seen == [8, 4, 4, 4, 4, 4]  # the short batch of 3 padded to the 4 that ran, not to 8
+    assert len(_warnings(caught)) == 1
 
 
 def test_not_even_one_tile_fitting_is_a_one_line_error(tmp_path):
@@ -69,7 +116,7 @@ def test_not_even_one_tile_fitting_is_a_one_line_error(tmp_path):
 
 
 def test_halving_runs_a_batch_in_slices_of_the_limit():
-    slices = HalvingBatches(3)
+    slices = HalvingBatches(3, PixelNet(), None)
     sizes = []
 
     def run(part):

@@ -58,9 +58,10 @@ class RegionResult:
 
 
 def prepare_network(model: torch.nn.Module, device: torch.device, *, compile: bool = False) -> Network:
-    """The model on ``device`` in evaluation mode, in its fastest layout and compiled if asked
-    (:func:`~geoseg.inference.acceleration.accelerate`), as the callable the loop runs."""
-    return accelerate(model.to(device).eval(), device, compile=compile)
+    """The model in evaluation mode on ``device``, folded, in its fastest layout and compiled if asked
+    (:func:`~geoseg.inference.acceleration.accelerate`), as the callable the loop runs. The folded copy is made
+    where the model is, then moved: a model on the host costs the device one set of weights."""
+    return accelerate(model.eval(), device, compile=compile)
 
 
 def part_profile(plan: ScenePlan, region: Region, kind: str, num_classes: int) -> dict[str, Any]:
@@ -378,7 +379,7 @@ def _stream(
     frontier = _Frontier(scratch_dir)
     blender = _Blender(grid, card.num_classes, device, frontier)
     views = _tta_views(tta)
-    slices = HalvingBatches(batch_size)
+    slices = HalvingBatches(batch_size, network, amp_dtype)  # learnt once per process and network
     masks: dict[int, np.ndarray | None] = {}
 
     def probabilities(part: torch.Tensor) -> torch.Tensor:
