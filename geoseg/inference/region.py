@@ -59,8 +59,8 @@ class RegionResult:
 
 def prepare_network(model: torch.nn.Module, device: torch.device, *, compile: bool = False) -> Network:
     """The model in evaluation mode on ``device``, folded, in its fastest layout and compiled if asked
-    (:func:`~geoseg.inference.acceleration.accelerate`), as the callable the loop runs. The folded copy is made
-    where the model is, then moved: a model on the host costs the device one set of weights."""
+    (:func:`~geoseg.inference.acceleration.accelerate`), as the callable the loop runs. The folded copy is
+    made where the model is, then moved: a model on the host costs the device one set of weights."""
     return accelerate(model.eval(), device, compile=compile)
 
 
