@@ -24,9 +24,10 @@ from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 
 from geoseg.cli.main import cli
-from geoseg.errors import InputError
+from geoseg.errors import GeosegWarning, InputError
 from geoseg.inference.predict import predict
 from geoseg.model.normalize import normalize
+from geoseg.vector.vectorize import vectorize
 
 UTM = CRS.from_epsg(32631)
 NORTH_UP = Affine(0.5, 0, 630000, 0, -0.5, 5800000)
@@ -417,3 +418,31 @@ def test_bands_follow_their_colour_interpretation_not_their_order(tmp_path, orde
     classes = run_predict(source, tmp_path / "classes.tif")
 
     np.testing.assert_array_equal(classes, expected_classes(data))
+
+
+def test_vectorize_of_a_crs_without_geotransform_keeps_pixel_coordinates_without_the_crs(tmp_path):
+    """Pixel numbers are no coordinates in the CRS: written with it, the polygons lay at the CRS's origin
+    with 'true' areas of a place they are not."""
+    labels = np.zeros((1, 12, 20), np.uint8)
+    labels[0, 3:10, 5:17] = 1
+    path = tmp_path / "labels.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(
+            path, "w", driver="GTiff", width=20, height=12, count=1, dtype="uint8", crs=UTM
+        ) as dst:
+            dst.write(labels)
+    polygons = tmp_path / "labels.gpkg"
+
+    with pytest.warns(GeosegWarning) as caught:
+        vectorize(path, polygons)
+
+    assert [str(w.message) for w in caught if w.category is GeosegWarning] == [
+        f"{path}: has a CRS (EPSG:32631) but no geotransform, GCPs or RPCs; polygons are in pixel "
+        "coordinates, areas in square pixels, and outputs carry no CRS"
+    ]
+    assert pyogrio.read_info(polygons)["crs"] is None
+    _, _, geometry, fields = pyogrio.raw.read(polygons, columns=["class_id", "area"])
+    one = fields[0] == 1
+    assert shapely.equals(shapely.from_wkb(geometry)[one][0], shapely.box(5, 3, 17, 10))
+    assert fields[1][one][0] == 84.0

@@ -27,7 +27,7 @@ import shapely
 from geoseg.atomic import check_output_path
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import read_class_names
-from geoseg.raster.grids import placement
+from geoseg.raster.grids import crs_label, placement
 from geoseg.raster.reading import check_decodable, read_failures
 from geoseg.vector.area import GroundArea
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
@@ -404,6 +404,8 @@ class _Georeference:
 
     def __init__(self, dataset, path: Path, geojson: bool) -> None:
         crs, transform = dataset.crs, dataset.transform
+        if placement(dataset) is None:  # a CRS without a geotransform: pixel numbers are no coordinates in it
+            crs = None
         self.transform = transform
         self.output_crs_wkt = crs.to_wkt() if crs else None
         self.projjson = crs.to_dict(projjson=True) if crs else None
@@ -412,8 +414,15 @@ class _Georeference:
         if crs is None:
             stays = " (GeoJSON stays in raster coordinates, not longitude/latitude)" if geojson else ""
             if transform.is_identity:
-                what = "has no georeferencing (no CRS, geotransform, GCPs or RPCs); polygons are in pixel "
-                message = f"{path}: {what}coordinates, areas in square pixels, and outputs carry no CRS"
+                what = (
+                    "has no georeferencing (no CRS, geotransform, GCPs or RPCs)"
+                    if dataset.crs is None
+                    else f"has a CRS ({crs_label(dataset.crs)}) but no geotransform, GCPs or RPCs"
+                )
+                message = (
+                    f"{path}: {what}; polygons are in pixel coordinates, areas in square pixels, and outputs "
+                    "carry no CRS"
+                )
             else:
                 message = f"{path}: has no CRS; areas are in square raster units and outputs carry no CRS"
             warnings.warn(message + stays, GeosegWarning, stacklevel=3)
