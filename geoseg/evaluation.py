@@ -26,7 +26,13 @@ from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
 from geoseg.raster.classes import NODATA_CLASS, read_class_names
 from geoseg.raster.grids import check_same_grid
-from geoseg.raster.reading import check_decodable, is_gdal_path, open_raster, read_failures
+from geoseg.raster.reading import (
+    check_decodable,
+    is_gdal_path,
+    open_raster,
+    read_failures,
+    read_valid_mask,
+)
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_BLOCK = 1024
@@ -145,9 +151,12 @@ def evaluate(
         for done, window in enumerate(windows, start=1):
             with read_failures(prediction):
                 predicted = pred_ds.read(1, window=window)
+                predicted_valid = read_valid_mask(pred_ds, window)
             with read_failures(truth):
                 labels = read_labels(truth_ds, window, encoding, str(truth))
             valid = labels != IGNORE
+            if predicted_valid is not None:  # another tool's internal mask or alpha band: no prediction
+                valid &= predicted_valid
             for value in pred_nodata:
                 valid &= predicted != value
             values = predicted[valid]

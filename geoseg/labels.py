@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoseg.errors import InputError
+from geoseg.raster.reading import read_valid_mask
 
 IGNORE = 255
 MAX_CLASSES = 255
@@ -164,14 +165,19 @@ def palette_lookup(dataset, colors) -> np.ndarray | None:
 
 
 def read_labels(dataset, window, encoding: LabelEncoding, source: str) -> np.ndarray:
-    """A window of a label raster decoded (see :func:`decode_labels`), a palette raster by its colours."""
+    """A window of a label raster decoded (see :func:`decode_labels`), a palette raster by its colours;
+    IGNORE where the raster's own internal mask or alpha band marks pixels unlabelled."""
     data = dataset.read(window=window)
     lookup = palette_lookup(dataset, encoding.colors)
     if lookup is None:
-        return decode_labels(data, encoding, source)
-    nodata = encoding.nodata
-    stored = data[0]
-    labels = decode_labels(lookup[:, stored], encoding, source)
-    if nodata is not None and not np.isnan(nodata):
-        labels[stored == nodata] = IGNORE
+        labels = decode_labels(data, encoding, source)
+    else:
+        nodata = encoding.nodata
+        stored = data[0]
+        labels = decode_labels(lookup[:, stored], encoding, source)
+        if nodata is not None and not np.isnan(nodata):
+            labels[stored == nodata] = IGNORE
+    labelled = read_valid_mask(dataset, window)
+    if labelled is not None:
+        labels[~labelled] = IGNORE
     return labels

@@ -25,6 +25,7 @@ from rasterio.enums import ColorInterp
 
 from geoseg.cli.main import cli
 from geoseg.errors import GeosegWarning, InputError
+from geoseg.evaluation import evaluate
 from geoseg.inference.predict import predict
 from geoseg.model.normalize import normalize
 from geoseg.vector.vectorize import vectorize
@@ -446,3 +447,32 @@ def test_vectorize_of_a_crs_without_geotransform_keeps_pixel_coordinates_without
     one = fields[0] == 1
     assert shapely.equals(shapely.from_wkb(geometry)[one][0], shapely.box(5, 3, 17, 10))
     assert fields[1][one][0] == 84.0
+
+
+# --- evaluate -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("masked", ["truth", "prediction"])
+def test_evaluate_does_not_score_pixels_an_internal_mask_leaves_out(tmp_path, masked):
+    """A truth whose unlabelled half is marked by an internal mask (not a nodata value), or a prediction
+    from another tool masked the same way: those pixels were scored as class 0."""
+    truth = np.zeros((1, 10, 10), np.uint8)
+    truth[0, :, 5:] = 1
+    prediction = np.ones((1, 10, 10), np.uint8)
+    mask = np.full((10, 10), 255, np.uint8)
+    mask[:, :5] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+        for name, values in (("truth", truth), ("prediction", prediction)):
+            with rasterio.open(
+                tmp_path / f"{name}.tif", "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
+                crs=UTM, transform=NORTH_UP,
+            ) as dst:  # fmt: skip
+                dst.write(values)
+                if name == masked:
+                    dst.write_mask(mask)
+
+    result = evaluate(tmp_path / "prediction.tif", tmp_path / "truth.tif").to_dict()
+
+    assert result["overall_accuracy"] == 1.0
+    assert (result["pixels_evaluated"], result["pixels_ignored"]) == (50, 50)
+    assert result["confusion"] == [[0, 0], [0, 50]]
