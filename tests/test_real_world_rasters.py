@@ -28,6 +28,7 @@ from geoseg.errors import GeosegWarning, InputError
 from geoseg.evaluation import evaluate
 from geoseg.inference.predict import predict
 from geoseg.model.normalize import normalize
+from geoseg.plots.quicklook import quicklook
 from geoseg.vector.vectorize import vectorize
 
 UTM = CRS.from_epsg(32631)
@@ -476,3 +477,21 @@ def test_evaluate_does_not_score_pixels_an_internal_mask_leaves_out(tmp_path, ma
     assert result["overall_accuracy"] == 1.0
     assert (result["pixels_evaluated"], result["pixels_ignored"]) == (50, 50)
     assert result["confusion"] == [[0, 0], [0, 50]]
+
+
+@pytest.mark.parametrize("transform", [NORTH_UP, SOUTH_UP], ids=["north-up", "south-up"])
+def test_quicklook_draws_north_at_the_top(tmp_path, transform):
+    """A south-up raster stores its southern row first: drawn as stored, its map was upside down."""
+    labels = np.zeros((1, 64, 64), np.uint8)
+    north = slice(0, 16) if transform.e < 0 else slice(48, 64)  # the rows at the northern edge
+    labels[0, north] = 1
+    path = write(tmp_path / "labels.tif", labels, transform=transform)
+
+    result = quicklook(path, tmp_path / "q.png")
+
+    with rasterio.open(tmp_path / "q.png") as png:
+        pixels = png.read(window=((0, result.map_height), (0, result.map_width)))
+    colour = {entry.value: entry.color for entry in result.legend}
+    top, bottom = pixels[:3, : result.map_height // 4], pixels[:3, -result.map_height // 4 :]
+    assert (top == np.array(colour[1])[:, None, None]).all()
+    assert (bottom == np.array(colour[0])[:, None, None]).all()

@@ -107,9 +107,10 @@ def quicklook(
         if over is not None:
             image = _read_image(over, dataset, str(classes), shape)
         size = (dataset.width, dataset.height)
+        transform = dataset.transform
     codes, keys = _codes(values)
     legend = _legend(np.bincount(codes[valid], minlength=len(keys)), keys, names, colors)
-    rgba = _colorize(codes, keys, valid, legend, image)
+    rgba = _north_up(_colorize(codes, keys, valid, legend, image), transform)
     zoom = _zoom(shape, max_size - panel, max_size)
     if zoom > 1:
         rgba = np.repeat(np.repeat(rgba, zoom, axis=0), zoom, axis=1)
@@ -238,6 +239,19 @@ def _metres_per_pixel(dataset) -> float | None:
 
 
 # --- drawing --------------------------------------------------------------------------------------------
+
+
+def _north_up(rgba: np.ndarray, transform) -> np.ndarray:
+    """The map with north at the top and east on the right: a south-up raster (positive pixel height, as
+    some NetCDF and model grids are stored) would otherwise be drawn upside down. Rotated grids, and rasters
+    without a geotransform (GDAL's identity stand-in, rows downwards), are drawn as stored."""
+    if transform.is_identity or transform.b != 0 or transform.d != 0:
+        return rgba
+    if transform.e > 0:
+        rgba = rgba[::-1]
+    if transform.a < 0:
+        rgba = rgba[:, ::-1]
+    return rgba
 
 
 def _codes(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
