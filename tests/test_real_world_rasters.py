@@ -495,3 +495,14 @@ def test_quicklook_draws_north_at_the_top(tmp_path, transform):
     top, bottom = pixels[:3, : result.map_height // 4], pixels[:3, -result.map_height // 4 :]
     assert (top == np.array(colour[1])[:, None, None]).all()
     assert (bottom == np.array(colour[0])[:, None, None]).all()
+
+
+def test_a_scale_of_zero_is_refused_before_any_output(tmp_path):
+    source = write(tmp_path / "scene.tif", image().astype(np.uint16), scales=[1.0, 0.0, 1.0])
+    with pytest.raises(InputError) as caught:
+        run_predict(source, tmp_path / "classes.tif", scale=(0, 255))
+    assert str(caught.value) == (
+        f"{source}: band 2 has scale 0 and offset 0, which map its values to nothing usable; fix them with "
+        f"gdal_edit.py -scale 1 -offset 0 {source}"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
