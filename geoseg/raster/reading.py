@@ -279,8 +279,13 @@ def band_dtype(dataset, indexes: Sequence[int]) -> np.dtype:
     """The one dtype the bands ``indexes`` are read in: the smallest that holds them all, since a VRT may
     mix Byte and UInt16 bands (which rasterio refuses to read together) and one value range covers all;
     floating point when a band carries a scale or offset (:func:`band_scaling`)."""
-    dtype = np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+    dtype = stored_dtype(dataset, indexes)
     return dtype if band_scaling(dataset, indexes) is None else np.result_type(dtype, np.float32)
+
+
+def stored_dtype(dataset, indexes: Sequence[int]) -> np.dtype:
+    """The smallest dtype that holds the stored values of the bands ``indexes`` (before any scale)."""
+    return np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
 
 
 def band_scaling(dataset, indexes: Sequence[int]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -320,7 +325,7 @@ def read_values(
     if len({dataset.dtypes[i - 1] for i in indexes}) == 1:
         data = dataset.read(indexes, out_shape=shape and (len(indexes), *shape), **options)
     else:
-        dtype = np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+        dtype = stored_dtype(dataset, indexes)
         data = np.stack([dataset.read(i, out_shape=shape, out_dtype=dtype, **options) for i in indexes])
     scaling = band_scaling(dataset, indexes)
     if scaling is None:
@@ -350,7 +355,7 @@ def read_valid_mask(dataset, window: Window, indexes: Sequence[int] | None = Non
     valid = None
     if has_mask(dataset):
         valid = dataset_mask(dataset, window=window) > 0
-    if indexes is not None and band_dtype(dataset, indexes).kind == "f":
+    if indexes is not None and stored_dtype(dataset, indexes).kind == "f":  # scaled integers stay finite
         finite = np.isfinite(read_values(dataset, indexes, window)).all(axis=0)
         valid = finite if valid is None else valid & finite
     if valid is not None and valid.all():
@@ -460,7 +465,7 @@ def resolve_value_range(
     if dtype == np.uint8 or tuple(model_range) != EIGHT_BIT_RANGE:
         return float(model_range[0]), float(model_range[1])
     if band_scaling(dataset, indexes) is not None:
-        stored = np.result_type(*(np.dtype(dataset.dtypes[i - 1]) for i in indexes))
+        stored = stored_dtype(dataset, indexes)
         scale, offset = dataset.scales[indexes[0] - 1], dataset.offsets[indexes[0] - 1]
         raise InputError(
             f"{path}: {stored.name} data with scale {scale:g} and offset {offset:g} (read as stored × scale "
