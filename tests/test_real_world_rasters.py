@@ -209,22 +209,32 @@ SOUTH_UP = Affine(0.5, 0, 630000, 0, 0.5, 5790000)
 ROTATED = Affine(0.5, 0.125, 630000, 0.125, -0.5, 5800000)
 
 
-@pytest.mark.parametrize("transform", [NORTH_UP, SOUTH_UP, ROTATED], ids=["north-up", "south-up", "rotated"])
-def test_transform_is_kept_exactly_and_polygons_lie_on_their_pixels_with_true_areas(tmp_path, transform):
+@pytest.mark.parametrize(
+    "crs,transform",
+    [
+        (UTM, NORTH_UP),
+        (UTM, SOUTH_UP),
+        (UTM, ROTATED),
+        (CRS.from_epsg(4326), Affine(1e-4, 0, 4.9, 0, -1e-4, 52.3)),
+        (CRS.from_epsg(4326), Affine(1e-4, 0, 4.9, 0, 1e-4, 52.3)),
+    ],
+    ids=["north-up", "south-up", "rotated", "lon/lat north-up", "lon/lat south-up"],
+)
+def test_transform_is_kept_exactly_and_polygons_lie_on_their_pixels_with_true_areas(tmp_path, crs, transform):
     data = image()
-    source = write(tmp_path / "scene.tif", data, transform=transform)
+    source = write(tmp_path / "scene.tif", data, crs=crs, transform=transform)
     output = tmp_path / "classes.tif"
 
     classes = run_predict(source, output)
 
     with rasterio.open(output) as out:
-        assert out.transform == transform and out.crs == UTM
+        assert out.transform == transform and out.crs == crs
     np.testing.assert_array_equal(classes, expected_classes(data))
 
     # vectorize a known rectangle: rows 3..9, columns 5..16 of class 1 on class 0
     rectangle = np.zeros((1, 12, 20), np.uint8)
     rectangle[0, 3:10, 5:17] = 1
-    labels = write(tmp_path / "labels.tif", rectangle, transform=transform)
+    labels = write(tmp_path / "labels.tif", rectangle, crs=crs, transform=transform)
     polygons = tmp_path / "labels.gpkg"
     result = CliRunner().invoke(cli, ["vectorize", str(labels), "-o", str(polygons)])
     assert result.exit_code == 0, result.output
@@ -234,7 +244,8 @@ def test_transform_is_kept_exactly_and_polygons_lie_on_their_pixels_with_true_ar
     assert len(one) == 1 and len(shapes) == 2
     corners = [transform @ (c, r) for c, r in ((5, 3), (17, 3), (17, 10), (5, 10))]
     assert shapely.equals(one[0], shapely.Polygon(corners))
-    to_lonlat = pyproj.Transformer.from_crs(32631, 4326, always_xy=True)
+    # straight pixel edges: along parallels in lon/lat, geodesics to 1e-9 over a few metres in UTM
+    to_lonlat = pyproj.Transformer.from_crs(crs, 4326, always_xy=True)
     lon, lat = to_lonlat.transform(*np.array(corners).T)
     geodesic, _ = pyproj.Geod(ellps="WGS84").polygon_area_perimeter(lon, lat)
     assert fields[1][fields[0] == 1][0] == pytest.approx(abs(geodesic), rel=1e-6)
