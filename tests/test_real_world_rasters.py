@@ -106,6 +106,23 @@ def test_alpha_band_that_gdal_leaves_out_of_its_mask_still_masks_the_prediction(
     np.testing.assert_array_equal(classes, expected)
 
 
+def test_an_external_msk_side_car_masks_the_prediction(tmp_path):
+    """GDAL_TIFF_INTERNAL_MASK=NO writes the mask as scene.tif.msk beside the image (older GDAL's default)."""
+    data = image()
+    source = write(tmp_path / "scene.tif", data)
+    mask = np.full((HEIGHT, WIDTH), 255, np.uint8)
+    mask[:, :7] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(source, "r+") as dst:
+        dst.write_mask(mask)
+    assert (tmp_path / "scene.tif.msk").exists()
+    expected = expected_classes(data)
+    expected[:, :7] = 255
+
+    classes = run_predict(source, tmp_path / "classes.tif")
+
+    np.testing.assert_array_equal(classes, expected)
+
+
 def test_nan_is_nodata_in_float_imagery(tmp_path):
     data = image().astype(np.float32)
     data[:, 5:8] = np.nan
