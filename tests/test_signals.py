@@ -1,13 +1,16 @@
 """SIGTERM and SIGHUP stop every writing command as Ctrl-C does: exit 128+N, one line, nothing left behind.
 
 Real subprocesses get real signals. To hit the worst moment deterministically, a small wrapper pauses the
-command right before an output's rename (the temporary file is complete then) and says so through a marker
-file; the mid-stream test instead waits for predict's first hidden temporary file while its threads run.
+command right before the rename of a chosen temporary file (complete then) and says so through a marker file;
+the mid-stream test instead waits for predict's first hidden temporary file while its threads run. A scene's
+files are one set (see tests/test_scene_outputs.py): a stop between them leaves none, a stop during their
+renames lets the set complete first.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,33 +28,51 @@ from geoseg.model.manet import build_manet
 
 GEOREF = dict(crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5))
 
-# Runs the CLI (arguments after the marker and the output's name) with the last step before that output's
-# rename paused until a signal arrives.
+# Runs the CLI (the arguments after the marker, the release file, the place and a file name pattern) paused,
+# until a signal arrives or the release file appears, at the first temporary file matching the pattern: just
+# before the commit of the set holding it ("commit": complete, signals not held yet), or just before its own
+# rename inside the commit ("rename": signals held).
 PAUSED_CLI = """
-import sys, time
+import fnmatch, os, sys, time
 from pathlib import Path
 import geoseg.atomic as atomic
 
-marker, name = Path(sys.argv[1]), sys.argv[2]
-give_default_permissions = atomic._give_default_permissions
+marker, release, where, pattern = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 
-def pause(path):
-    if path.name.startswith(f".{name}."):
+def pause_at(path):
+    if fnmatch.fnmatchcase(path.name, pattern) and not marker.exists():
         marker.write_text(str(path))
-        time.sleep(120)
-    give_default_permissions(path)
+        deadline = time.monotonic() + 120
+        while not release.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
 
-atomic._give_default_permissions = pause
+commit, replace = atomic.OutputSet.commit, os.replace
+
+def paused_commit(unit):
+    for kind in unit.files():
+        pause_at(unit.temporary(kind))
+    commit(unit)
+
+def paused_replace(src, dst, **options):
+    pause_at(Path(src))
+    replace(src, dst, **options)
+
+if where == "commit":
+    atomic.OutputSet.commit = paused_commit
+else:
+    os.replace = paused_replace
 from geoseg.cli.main import cli
-cli(sys.argv[3:], prog_name="geoseg")
+cli(sys.argv[5:], prog_name="geoseg")
 """
 
-OUTPUT_NAMES = {
-    "predict": "classes.tif",
-    "vectorize": "map.gpkg",
-    "train": "m.safetensors",
-    "convert": "m.safetensors",
+# the temporary file whose rename is the worst moment: the output complete, not yet in place
+PAUSE_AT = {
+    "predict": "..classes.tif.*",  # the COG copy into the class raster's staged name
+    "vectorize": ".map.gpkg.*",
+    "train": ".m.safetensors.*",
+    "convert": ".m.safetensors.*",
 }
+TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp")  # .NAME.<hex>.tmp.*
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +116,20 @@ def _wait_for(condition, process: subprocess.Popen, timeout: float = 120.0) -> N
         time.sleep(0.02)
 
 
+def _paused(
+    tmp_path: Path, pattern: str, args: list[str], where: str = "commit"
+) -> tuple[subprocess.Popen, Path, Path]:
+    """The CLI with ``args`` running until it is about to commit (``where``: or rename) the first temporary
+    file matching ``pattern``; returns the process, that file and the file that releases the pause."""
+    marker, release = tmp_path / "paused", tmp_path / "release"
+    process = subprocess.Popen(
+        [sys.executable, "-c", PAUSED_CLI, str(marker), str(release), where, pattern, *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
+    )  # fmt: skip
+    _wait_for(marker.exists, process)
+    return process, Path(marker.read_text()), release
+
+
 def _stop(process: subprocess.Popen, signum: int) -> tuple[int, str]:
     process.send_signal(signum)
     try:
@@ -136,14 +171,8 @@ def test_a_signal_right_before_the_rename_leaves_nothing(inputs, checkpoint, tmp
     out = tmp_path / "out"
     out.mkdir()
     (out / "kept.txt").write_text("an earlier file")
-    marker = tmp_path / "paused"
-    process = subprocess.Popen(
-        [sys.executable, "-c", PAUSED_CLI, str(marker), OUTPUT_NAMES[command],
-         *_commands(inputs, checkpoint, out)[command]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
-    )  # fmt: skip
-    _wait_for(marker.exists, process)
-    assert Path(marker.read_text()).parent == out and Path(marker.read_text()).name.startswith(".")
+    process, paused, _ = _paused(tmp_path, PAUSE_AT[command], _commands(inputs, checkpoint, out)[command])
+    assert paused.parent == out and paused.name.startswith(".")
     code, stderr = _stop(process, signum)
     name = signal.Signals(signum).name
     assert (code, stderr.strip().splitlines()[-1]) == (128 + signum, f"geoseg: terminated by {name}")
@@ -172,13 +201,7 @@ def test_sigkill_leaves_only_a_hidden_temporary_name_never_the_final_one(inputs,
     """SIGKILL cannot be caught: what it leaves must not pass for a finished output."""
     out = tmp_path / "out"
     out.mkdir()
-    marker = tmp_path / "paused"
-    process = subprocess.Popen(
-        [sys.executable, "-c", PAUSED_CLI, str(marker), "m.safetensors",
-         *_commands(inputs, checkpoint, out)["convert"]],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_environment(),
-    )  # fmt: skip
-    _wait_for(marker.exists, process)
+    process, _, _ = _paused(tmp_path, PAUSE_AT["convert"], _commands(inputs, checkpoint, out)["convert"])
     code, _ = _stop(process, signal.SIGKILL)
     assert code == -signal.SIGKILL
     (left,) = os.listdir(out)
@@ -205,3 +228,76 @@ def test_a_signal_stops_dask_workers_too_and_leaves_nothing(inputs, checkpoint, 
     assert os.listdir(out) == []
     _, alive = psutil.wait_procs(children, timeout=30)
     assert alive == []
+
+
+# --- a scene's outputs are one set --------------------------------------------------------------------------
+
+SCENE_FILES = [
+    "scene.classes.tif",
+    "scene.classes.tif.aux.xml",
+    "scene.confidence.tif",
+    "scene.polygons.gpkg",
+    "scene.quicklook.png",
+]
+
+
+def _scene_command(inputs: Path, checkpoint: Path, out: Path) -> list[str]:
+    return [
+        "predict", str(inputs / "scene.tif"), "-o", f"{out}/", "-m", str(checkpoint), "--confidence",
+        "--quicklook", "--vectorize", "gpkg",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "signum, line",
+    [(signal.SIGTERM, "geoseg: terminated by SIGTERM"), (signal.SIGINT, "geoseg: interrupted")],
+)
+def test_a_signal_between_a_scenes_outputs_leaves_none_of_them(inputs, checkpoint, tmp_path, signum, line):
+    """Paused as the polygons are written: class raster and confidence complete, the quick-look not begun."""
+    out = tmp_path / "out"
+    out.mkdir()
+    process, paused, _ = _paused(tmp_path, "..scene.polygons.gpkg.*", _scene_command(inputs, checkpoint, out))
+    staged = os.listdir(out)
+    assert paused.parent == out and all(TEMPORARY.match(name) for name in staged)
+    assert {name.split(".tmp")[0].rsplit(".", 1)[0] for name in staged} >= {
+        ".scene.classes.tif",
+        ".scene.confidence.tif",
+    }
+    code, stderr = _stop(process, signum)
+    assert (code, stderr.strip().splitlines()) == (128 + signum, [line])
+    assert os.listdir(out) == []
+    from click.testing import CliRunner
+
+    from geoseg.cli.main import cli
+
+    rerun = CliRunner().invoke(cli, _scene_command(inputs, checkpoint, out))  # no --overwrite needed
+    assert rerun.exit_code == 0, rerun.output
+    assert sorted(os.listdir(out)) == SCENE_FILES
+
+
+def test_sigkill_between_a_scenes_outputs_leaves_no_final_name(inputs, checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    process, _, _ = _paused(tmp_path, "..scene.polygons.gpkg.*", _scene_command(inputs, checkpoint, out))
+    code, _ = _stop(process, signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    left = os.listdir(out)
+    assert left and all(TEMPORARY.match(name) for name in left), left
+
+
+def test_a_signal_during_a_scenes_renames_lets_the_whole_set_arrive(inputs, checkpoint, tmp_path):
+    """Paused at the rename of the staged confidence, after the class raster's: the set completes, then the
+    signal stops the command."""
+    out = tmp_path / "out"
+    out.mkdir()
+    process, paused, release = _paused(
+        tmp_path, ".scene.confidence.tif.*", _scene_command(inputs, checkpoint, out), where="rename"
+    )
+    assert TEMPORARY.match(paused.name) and "scene.classes.tif" in os.listdir(out)
+    process.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # delivered to the waiting process
+    release.write_text("go on")
+    _, stderr = process.communicate(timeout=60)
+    code = process.returncode
+    assert (code, stderr.strip().splitlines()) == (143, ["geoseg: terminated by SIGTERM"])
+    assert sorted(os.listdir(out)) == SCENE_FILES
