@@ -73,6 +73,24 @@ def test_every_batchnorm_of_each_network_is_folded_and_the_logits_stay(build, no
     assert _count(accelerate(model, CPU), nn.BatchNorm2d) == 0  # what predict runs
 
 
+def test_compile_gets_the_folded_network(monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    compiled = []
+
+    def fake_compile(model, dynamic):
+        compiled.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    model = _trained_statistics(build_macunet(6))
+    network = accelerate(model, CPU, compile=True)
+    [seen] = compiled
+    assert _count(seen, nn.BatchNorm2d) == 0 and seen is network.model
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(network(x), model(x), rtol=1e-4, atol=1e-4)
+
+
 class ReadTwice(nn.Module):
     """conv -> bn, but the convolution's output is also added after the BatchNorm: folding would change it."""
 

@@ -32,7 +32,7 @@ MAX_AUTO_BATCH = 64
 _BYTES_PER_PIXEL = 2048
 # Side of the input that shows fold_batchnorm the network's data flow: a multiple of every network's input
 # multiple (32), small enough to cost milliseconds.
-_PROBE_SIZE = 64
+_PROBE_SIZE = 32
 
 
 def channels_last_pays(device: torch.device) -> bool:
