@@ -102,6 +102,7 @@ def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
         assert list(record["class_fractions"]) == preset_card("loveda").class_names
     assert records[1]["outputs"] == {
         "classes": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.classes.tif"),
+        "classes.aux.xml": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.classes.tif.aux.xml"),
         "confidence": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.confidence.tif"),
     }
     # class fractions count valid pixels only: the alpha scene's 10044 masked pixels are not in them

@@ -91,15 +91,23 @@ def test_a_scene_with_only_some_outputs_is_not_skipped_and_the_error_says_which(
 
 def test_a_missing_class_names_side_car_makes_the_set_incomplete(checkpoint, scenes, tmp_path):
     """The side-car is one of the scene's files: a set without it is not skipped, and not overwritten
-    unasked."""
+    unasked; a lone file (maybe not geoseg's) is just an existing output."""
     out = tmp_path / "classes.tif"
     args = ["predict", str(scenes[0]), "-o", str(out), "-m", str(checkpoint), "--json"]
     first = CliRunner().invoke(cli, args)
     assert _records(first.output)[0]["outputs"] == {"classes": str(out), "classes.aux.xml": f"{out}.aux.xml"}
     (tmp_path / "classes.tif.aux.xml").unlink()
     result = CliRunner().invoke(cli, [*args, "--skip-existing"])
+    assert (result.exit_code, result.output) == (
+        1,
+        f"Error: {out}: output exists; pass --overwrite to replace it\n",
+    )
+    second = CliRunner().invoke(cli, [*args, "--confidence", "--overwrite"])
+    assert second.exit_code == 0, second.output
+    (tmp_path / "classes.tif.aux.xml").unlink()
+    result = CliRunner().invoke(cli, [*args, "--confidence", "--skip-existing"])
     assert result.exit_code == 1
-    assert f"{out} exists but {out}.aux.xml is missing" in result.output
+    assert f"{out}, {tmp_path / 'classes.confidence.tif'} exist but {out}.aux.xml is missing" in result.output
 
 
 def test_inputs_from_a_list_file_and_from_standard_input(checkpoint, scenes, tmp_path):

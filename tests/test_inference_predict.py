@@ -222,6 +222,7 @@ def test_one_input_puts_optional_outputs_beside_the_output(shared_data, tmp_path
     )
     assert result.outputs == {
         "classes": str(tmp_path / "map.tif"),
+        "classes.aux.xml": str(tmp_path / "map.tif.aux.xml"),
         "confidence": str(tmp_path / "map.confidence.tif"),
     }
 

@@ -139,11 +139,12 @@ def outputs_exist(paths: OutputPaths) -> bool:
 
 def _refuse_partial(source: str, paths: OutputPaths, overwrite: bool) -> None:
     """Some files of a scene without the others (an older geoseg stopped between them, or a hand-made set)
-    are not a result: say which exist and which are missing, rather than "output exists" for the first."""
+    are not a result: say which exist and which are missing, rather than "output exists" for the first.
+    One file alone (often not geoseg's at all) gets the plain "output exists" of :func:`check_output_path`."""
     exist = [str(path) for _, path in paths.files() if path.exists()]
     exist += [str(path) for path in _shapefile_sidecars(paths.polygons) if path.exists()]
     missing = [str(path) for _, path in paths.files() if not path.exists()]
-    if exist and missing and not overwrite:
+    if len(exist) > 1 and missing and not overwrite:
         raise OutputError(
             f"{source}: an incomplete set of outputs, {', '.join(exist)} "
             f"{'exists' if len(exist) == 1 else 'exist'} but {', '.join(missing)} "
