@@ -199,6 +199,27 @@ def test_a_failure_after_the_class_raster_leaves_nothing_of_that_scene(scenes, t
     assert [r.status for r in again] == ["skipped", None]
 
 
+@pytest.mark.slow  # worker processes importing torch
+def test_on_dask_a_scene_failing_after_its_class_raster_leaves_nothing_and_order_holds(
+    scenes, tmp_path, monkeypatch
+):
+    """Scenes run at once in threads of this process (their regions on the workers): same unit per scene."""
+    import geoseg.plots.quicklook as quicklook
+
+    draw = quicklook.quicklook
+
+    def failing(classes, output, **options):
+        if Path(classes).name == "a.classes.tif":
+            raise OutputError(f"{output}: the disk is full")
+        return draw(classes, output, **options)
+
+    monkeypatch.setattr(quicklook, "quicklook", failing)
+    out = tmp_path / "out"
+    results = _run(scenes, out, quicklook=True, vectorize="gpkg", keep_going=True, workers=2)
+    assert [(r.input, r.error is None) for r in results] == [(str(scenes[0]), False), (str(scenes[1]), True)]
+    assert _names(out) == ["b.classes.tif", "b.classes.tif.aux.xml", "b.polygons.gpkg", "b.quicklook.png"]
+
+
 def test_a_resumed_scene_keeps_its_regions_until_all_its_files_are_in_place(scenes, tmp_path, monkeypatch):
     import geoseg.plots.quicklook as quicklook
 
