@@ -238,7 +238,9 @@ def iter_predict(
     existing Dask cluster; ``resume`` keeps finished regions of an interrupted run (see
     :func:`geoseg.inference.engine.run_scene`); on Dask, up to two scenes per worker run at once (their
     regions share the cluster) and results still come in input order. ``status(text)`` hears of regions,
-    workers and the step.
+    workers and the step. A scene's files are one unit (:class:`~geoseg.atomic.OutputSet`): they appear
+    together once all are complete, and a failure or stop leaves none of them; an output folder this run
+    created is removed again if it is still empty at the end.
     """
     inputs = [str(i) for i in inputs]
     if not inputs:
