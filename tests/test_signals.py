@@ -301,3 +301,14 @@ def test_a_signal_during_a_scenes_renames_lets_the_whole_set_arrive(inputs, chec
     code = process.returncode
     assert (code, stderr.strip().splitlines()) == (143, ["geoseg: terminated by SIGTERM"])
     assert sorted(os.listdir(out)) == SCENE_FILES
+
+
+def test_a_signal_removes_the_output_folder_predict_made_while_it_is_empty(inputs, checkpoint, tmp_path):
+    new = tmp_path / "new"
+    scenes = [str(inputs / "scene.tif"), str(inputs / "large.tif")]
+    args = ["predict", *scenes, "-o", str(new), "-m", str(checkpoint)]
+    process, paused, _ = _paused(tmp_path, "..scene.classes.tif.*", args)
+    assert paused.parent == new
+    code, stderr = _stop(process, signal.SIGTERM)
+    assert (code, stderr.strip().splitlines()) == (143, ["geoseg: terminated by SIGTERM"])
+    assert sorted(os.listdir(tmp_path)) == ["paused"]
