@@ -146,8 +146,7 @@ def _refuse_partial(source: str, paths: OutputPaths, overwrite: bool) -> None:
     missing = [str(path) for _, path in paths.files() if not path.exists()]
     if len(exist) > 1 and missing and not overwrite:
         raise OutputError(
-            f"{source}: an incomplete set of outputs, {', '.join(exist)} "
-            f"{'exists' if len(exist) == 1 else 'exist'} but {', '.join(missing)} "
+            f"{source}: an incomplete set of outputs, {', '.join(exist)} exist but {', '.join(missing)} "
             f"{'is' if len(missing) == 1 else 'are'} missing (an interrupted earlier run?); pass --overwrite "
             "to compute the scene again"
         )
