@@ -184,9 +184,9 @@ class OutputSet:
                     for done in placed:  # half a set must not pass for a result
                         with contextlib.suppress(OSError):
                             done.unlink()
+                    others = "; the outputs written with it were removed too" if placed else ""
                     raise OutputError(
-                        f"{final}: cannot rename it into place ({error.strerror or error}); the other "
-                        "outputs written with it were removed too"
+                        f"{final}: cannot rename it into place ({error.strerror or error}){others}"
                     ) from error
                 placed.append(final)
         for action in self._after:

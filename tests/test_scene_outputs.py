@@ -104,7 +104,7 @@ def test_a_rename_that_fails_half_way_takes_back_the_files_already_placed(tmp_pa
         replace(src, dst)
 
     monkeypatch.setattr(atomic.os, "replace", failing)
-    message = r"b\.png: cannot rename it into place \(No space left on device\); the other outputs"
+    message = r"b\.png: cannot rename it into place \(No space left on device\); the outputs written with it"
     with pytest.raises(OutputError, match=message), OutputSet() as unit:
         unit.stage("classes", tmp_path / "a.tif").write_text("A")
         unit.stage("quicklook", tmp_path / "b.png").write_text("B")
