@@ -10,7 +10,8 @@ ignored too.
 Colour rasters map each pixel's (r, g, b) to the class with that colour. Black (0, 0, 0), when it is not a
 class colour, is ignored: it marks the eroded boundaries of the ISPRS "noBoundary" ground truth. Any other
 colour that is not a class colour is an error naming the colour, never silently dropped, because it usually
-means the wrong preset. A fourth band is read as alpha (0 = ignored).
+means the wrong preset. A fourth band is read as alpha (0 = ignored), and so is any band whose colour
+interpretation is alpha, wherever it stands.
 
 Decoded labels are uint8 with :data:`IGNORE` (255) for ignored pixels (a class raster holds at most 255
 classes).
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoseg.errors import InputError
-from geoseg.raster.reading import read_valid_mask
+from geoseg.raster.reading import data_band_indexes, read_valid_mask
 
 IGNORE = 255
 MAX_CLASSES = 255
@@ -51,27 +52,33 @@ class LabelEncoding:
         return self.num_classes if self.num_classes is not None else MAX_CLASSES
 
 
-def decode_labels(data: np.ndarray, encoding: LabelEncoding, source: str) -> np.ndarray:
+def decode_labels(
+    data: np.ndarray, encoding: LabelEncoding, source: str, valid: np.ndarray | None = None
+) -> np.ndarray:
     """``(bands, h, w)`` stored label values → ``(h, w)`` uint8 class indices with IGNORE for ignored pixels.
 
-    ``source`` names the raster in error messages.
+    ``source`` names the raster in error messages. Pixels where ``valid`` (h, w) is False are IGNORE and
+    never checked: under a mask or a transparent alpha a label raster may store anything.
     """
     if data.ndim != 3:
         raise ValueError(f"expected (bands, height, width), got shape {data.shape}")
     bands = data.shape[0]
+    valid = np.ones(data.shape[1:], dtype=bool) if valid is None else valid
     if bands == 1:
-        return _decode_indices(data[0], encoding, source)
+        return _decode_indices(data[0], encoding, source, valid)
     if bands in (3, 4):
-        return _decode_colors(data, encoding, source)
+        return _decode_colors(data, encoding, source, valid)
     raise InputError(
         f"{source}: a label raster has 1 band (class indices) or 3 bands (colours, 4 with alpha), not {bands}"
     )
 
 
-def _decode_indices(values: np.ndarray, encoding: LabelEncoding, source: str) -> np.ndarray:
-    ignored = np.zeros(values.shape, dtype=bool)
+def _decode_indices(
+    values: np.ndarray, encoding: LabelEncoding, source: str, valid: np.ndarray
+) -> np.ndarray:
+    ignored = ~valid
     if np.issubdtype(values.dtype, np.floating):
-        ignored = np.isnan(values)
+        ignored |= np.isnan(values)
         if not np.all(ignored | (values == np.round(values))):
             raise InputError(f"{source}: label values must be whole numbers (class indices), got fractions")
         values = np.where(ignored, 0, values)
@@ -100,7 +107,7 @@ def _decode_indices(values: np.ndarray, encoding: LabelEncoding, source: str) ->
     return out
 
 
-def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str) -> np.ndarray:
+def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str, valid: np.ndarray) -> np.ndarray:
     if encoding.colors is None:
         raise InputError(
             f"{source}: is a colour label raster ({data.shape[0]} bands) but no class colours are known; "
@@ -118,9 +125,9 @@ def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str) -> np
     position = np.clip(np.searchsorted(sorted_palette, keys), 0, sorted_palette.size - 1)
     matched = sorted_palette[position] == keys
     classes = order[position]
-    ignored = ~matched
+    ignored = ~matched | ~valid
     black_is_class = _BLACK in [tuple(c) for c in encoding.colors]
-    unknown = ~matched if black_is_class else ~matched & (keys != 0)
+    unknown = (~matched if black_is_class else ~matched & (keys != 0)) & valid
     if data.shape[0] == 4:
         transparent = data[3] == 0
         ignored |= transparent
@@ -166,18 +173,17 @@ def palette_lookup(dataset, colors) -> np.ndarray | None:
 
 def read_labels(dataset, window, encoding: LabelEncoding, source: str) -> np.ndarray:
     """A window of a label raster decoded (see :func:`decode_labels`), a palette raster by its colours;
-    IGNORE where the raster's own internal mask or alpha band marks pixels unlabelled."""
-    data = dataset.read(window=window)
+    IGNORE where the raster's own internal mask or an alpha band marks pixels unlabelled. Alpha bands are
+    masks wherever they stand, never label values (a grey+alpha index raster, an A,R,G,B colour raster),
+    and the pixels they hide are not decoded: they may hold any value."""
+    data = dataset.read(data_band_indexes(dataset) or list(dataset.indexes), window=window)
+    labelled = read_valid_mask(dataset, window)
     lookup = palette_lookup(dataset, encoding.colors)
     if lookup is None:
-        labels = decode_labels(data, encoding, source)
-    else:
-        nodata = encoding.nodata
-        stored = data[0]
-        labels = decode_labels(lookup[:, stored], encoding, source)
-        if nodata is not None and not np.isnan(nodata):
-            labels[stored == nodata] = IGNORE
-    labelled = read_valid_mask(dataset, window)
-    if labelled is not None:
-        labels[~labelled] = IGNORE
+        return decode_labels(data, encoding, source, labelled)
+    nodata = encoding.nodata
+    stored = data[0]
+    labels = decode_labels(lookup[:, stored], encoding, source, labelled)
+    if nodata is not None and not np.isnan(nodata):
+        labels[stored == nodata] = IGNORE
     return labels

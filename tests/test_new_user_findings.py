@@ -1,0 +1,122 @@
+"""Faults a new user found in the commands around predict (evaluate, train, vectorize, convert), each pinned
+by the test that failed before its fix: label rasters whose alpha band is not the fourth of four, masked
+label pixels holding any value, outputs that were one of the inputs, and outputs of one command that were
+not one unit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from rasterio.enums import ColorInterp
+
+from geoseg.evaluation import evaluate
+from geoseg.model.presets import preset_card
+
+UTM = "EPSG:32633"
+NORTH_UP = Affine(0.5, 0.0, 400000.0, 0.0, -0.5, 5800000.0)
+POTSDAM = [c.color for c in preset_card("potsdam").classes]
+
+
+def write(path, data: np.ndarray, *, colorinterp=None, mask=None, **profile):
+    """A GeoTIFF of ``data`` (C, H, W) on the test grid; ``mask`` (H, W) as an internal mask."""
+    count, height, width = data.shape
+    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
+    base.update(crs=UTM, transform=NORTH_UP, **profile)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **base) as dst:
+        dst.write(data)
+        if colorinterp:
+            dst.colorinterp = colorinterp
+        if mask is not None:
+            dst.write_mask(mask)
+    return path
+
+
+def classes_and_transparency(height: int = 12, width: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices 0..3 in vertical stripes, and an alpha band that hides the left quarter."""
+    classes = (np.arange(width)[None, :] * 4 // width).repeat(height, 0).astype(np.uint8)
+    alpha = np.full((height, width), 255, np.uint8)
+    alpha[:, : width // 4] = 0
+    return classes, alpha
+
+
+def expected_scores(classes: np.ndarray, alpha: np.ndarray) -> tuple[int, int, list[int]]:
+    visible = alpha > 0
+    return int(visible.sum()), int((~visible).sum()), np.bincount(classes[visible], minlength=6).tolist()
+
+
+# --- label rasters: every alpha band is a mask, masked pixels are never decoded -------------------------
+
+
+@pytest.mark.parametrize("alpha_first", [False, True], ids=["R,G,B,A", "A,R,G,B"])
+def test_colour_truth_with_its_alpha_band_anywhere_is_decoded_by_colour_and_masked(tmp_path, alpha_first):
+    """ISPRS-style colour truth with an alpha band stored first: its alpha, red and green were read as the
+    colour (an error about unknown colours, or wrong classes); transparent pixels hold a non-class colour."""
+    classes, alpha = classes_and_transparency()
+    rgb = np.array(POTSDAM, np.uint8)[classes].transpose(2, 0, 1)
+    rgb[:, alpha == 0] = np.array([255, 0, 255], np.uint8)[:, None]  # no class has it: must stay unread
+    bands = [alpha[None], rgb] if alpha_first else [rgb, alpha[None]]
+    interp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    interp = [ColorInterp.alpha, *interp] if alpha_first else [*interp, ColorInterp.alpha]
+    truth = write(tmp_path / "truth.tif", np.concatenate(bands), colorinterp=interp)
+    prediction = write(tmp_path / "classes.tif", classes[None])
+
+    result = evaluate(prediction, truth, preset="potsdam").to_dict()
+
+    evaluated, ignored, counts = expected_scores(classes, alpha)
+    assert (result["pixels_evaluated"], result["pixels_ignored"]) == (evaluated, ignored)
+    assert [c["pixels"] for c in result["per_class"]] == counts
+    assert result["overall_accuracy"] == 1.0
+
+
+def test_index_truth_with_a_grey_and_alpha_band_is_read_as_indices_masked_by_its_alpha(tmp_path):
+    """A one-band index label with an alpha band (a grey+alpha PNG or TIFF) was refused: 'a label raster
+    has 1 band (class indices) or 3 bands (colours, 4 with alpha), not 2'."""
+    classes, alpha = classes_and_transparency()
+    stored = np.where(alpha > 0, classes, 200).astype(np.uint8)  # 200: no class, but transparent
+    truth = write(tmp_path / "truth.tif", np.stack([stored, alpha]), alpha="YES")  # GDAL: band 2 is alpha
+    prediction = write(tmp_path / "classes.tif", classes[None])
+
+    result = evaluate(prediction, truth, preset="potsdam").to_dict()
+
+    evaluated, ignored, counts = expected_scores(classes, alpha)
+    assert (result["pixels_evaluated"], result["pixels_ignored"]) == (evaluated, ignored)
+    assert [c["pixels"] for c in result["per_class"]] == counts
+
+
+def test_index_truth_pixels_its_internal_mask_leaves_out_may_hold_any_value(tmp_path):
+    """Masked pixels were decoded before the mask was applied, so a value outside the classes under the
+    mask failed the whole evaluation ('label pixels hold value(s) 99 ... outside the 6 classes')."""
+    classes, alpha = classes_and_transparency()
+    stored = np.where(alpha > 0, classes, 99).astype(np.uint8)
+    truth = write(tmp_path / "truth.tif", stored[None], mask=alpha)
+    prediction = write(tmp_path / "classes.tif", classes[None])
+
+    result = evaluate(prediction, truth, preset="potsdam").to_dict()
+
+    evaluated, ignored, counts = expected_scores(classes, alpha)
+    assert (result["pixels_evaluated"], result["pixels_ignored"]) == (evaluated, ignored)
+    assert [c["pixels"] for c in result["per_class"]] == counts
+
+
+def test_training_pairs_read_colour_labels_with_the_alpha_band_first(tmp_path):
+    """``train`` decodes labels with the same function: the alpha-first colour label trains on its colours,
+    and its transparent pixels count in no class."""
+    from geoseg.labels import LabelEncoding
+    from geoseg.training.dataset import check_pairs
+
+    classes, alpha = classes_and_transparency(32, 32)
+    rgb = np.array(POTSDAM, np.uint8)[classes].transpose(2, 0, 1)
+    rgb[:, alpha == 0] = 0
+    image = write(tmp_path / "a.tif", np.full((3, 32, 32), 100, np.uint8))
+    label = write(
+        tmp_path / "a_label.tif",
+        np.concatenate([alpha[None], rgb]),
+        colorinterp=[ColorInterp.alpha, ColorInterp.red, ColorInterp.green, ColorInterp.blue],
+    )
+    encoding = LabelEncoding(num_classes=6, colors=tuple(tuple(c) for c in POTSDAM))
+
+    (raster,) = check_pairs([(image, label)], encoding, ["red", "green", "blue"], crop=32)
+
+    assert raster.class_pixels.tolist() == expected_scores(classes, alpha)[2]
