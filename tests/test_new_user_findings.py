@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from click.testing import CliRunner
 from rasterio.enums import ColorInterp
 
+from geoseg.cli.main import cli
 from geoseg.evaluation import evaluate
 from geoseg.model.presets import preset_card
 
@@ -120,3 +122,77 @@ def test_training_pairs_read_colour_labels_with_the_alpha_band_first(tmp_path):
     (raster,) = check_pairs([(image, label)], encoding, ["red", "green", "blue"], crop=32)
 
     assert raster.class_pixels.tolist() == expected_scores(classes, alpha)[2]
+
+
+# --- an output is never one of the inputs ---------------------------------------------------------------
+
+
+def test_vectorize_refuses_to_write_over_its_input_raster_geopackage(tmp_path):
+    """A GeoPackage holds rasters too: ``vectorize classes.gpkg -o classes.gpkg -f`` replaced the class
+    raster it was reading by its polygons."""
+    from geoseg.errors import OutputError
+    from geoseg.vector.vectorize import vectorize
+
+    classes, _ = classes_and_transparency()
+    source = write(tmp_path / "classes.gpkg", classes[None].astype(np.uint16), driver="GPKG")
+    before = source.read_bytes()
+
+    with pytest.raises(OutputError, match="is also an input"):
+        vectorize(source, source, overwrite=True)
+
+    assert source.read_bytes() == before
+
+
+def test_convert_refuses_to_write_over_its_source(tmp_path):
+    """``convert model.safetensors -o model.safetensors -f --preset loveda`` replaced the checkpoint it read
+    (and its card, training record and licence with the preset's)."""
+    from helpers import write_small_checkpoint
+
+    source = write_small_checkpoint(tmp_path / "model.safetensors")
+    before = source.read_bytes()
+
+    result = CliRunner().invoke(cli, ["convert", str(source), "-o", str(source), "-f", "--preset", "loveda"])
+
+    assert result.exit_code == 1
+    assert (
+        result.output.strip().splitlines()[-1]
+        == f"Error: {source}: is also an input of this command; write the output under another name"
+    )
+    assert source.read_bytes() == before
+
+
+def test_train_refuses_an_output_that_is_one_of_its_inputs(tmp_path):
+    """``train(..., output=image, overwrite=True)`` trained, then wrote the checkpoint over the image it
+    trained on (the CLI's .safetensors rule does not protect the API, nor an image named .safetensors)."""
+    from geoseg.errors import OutputError
+    from geoseg.training.loop import TrainingConfig, train
+
+    classes, _ = classes_and_transparency(32, 32)
+    image = write(tmp_path / "a.tif", np.full((3, 32, 32), 100, np.uint8))
+    label = write(tmp_path / "a_mask.tif", classes[None])
+    before = image.read_bytes()
+    config = TrainingConfig(crop=32, batch_size=1, steps=1)
+
+    with pytest.raises(OutputError, match="is also an input of this command"):
+        train([image], [label], image, card=preset_card("potsdam"), architecture="macunet", config=config,
+              overwrite=True)  # fmt: skip
+
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "a_mask.tif"]
+
+
+@pytest.mark.parametrize("command", ["convert", "train"])
+def test_a_checkpoint_is_never_written_under_an_export_suffix(tmp_path, command):
+    """``convert ... -o model.onnx`` wrote a safetensors file that ``info`` and ``predict -m`` then read as
+    ONNX ('not a readable ONNX model')."""
+    output = tmp_path / "model.onnx"
+    args = ["--images", "a.tif", "--labels", "b.tif"] if command == "train" else ["source.pth"]
+
+    result = CliRunner().invoke(cli, [command, *args, "--preset", "loveda", "-o", str(output)])
+
+    assert result.exit_code == 2
+    assert (
+        "model.onnx: geoseg reads .onnx files as ONNX exports (geoseg export), not as checkpoints"
+        in result.output
+    )
+    assert not output.exists()

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import click
 
-from geoseg.cli.options import card_option, emit_json, json_option, overwrite_option, preset_option
+from geoseg.cli.options import (
+    card_option,
+    checkpoint_output_option,
+    emit_json,
+    json_option,
+    overwrite_option,
+    preset_option,
+)
 
 
 @click.command(short_help="Turn a foreign checkpoint into a geoseg .safetensors file.")
 @click.argument("source", type=click.Path(dir_okay=False))
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file."
-)
+@checkpoint_output_option
 @preset_option
 @card_option
 @click.option("--half", is_flag=True, help="Store weights as float16 (half the size).")
@@ -30,9 +35,11 @@ def convert(source, output, preset, card_path, half, overwrite, as_json) -> None
     geoseg convert model_weights.pth -o mine.safetensors --card my_card.json
     """
     from geoseg.api import convert_checkpoint
+    from geoseg.atomic import check_output_path
 
     if not (preset or card_path):
         raise click.UsageError("pass --preset NAME or --card FILE: a foreign checkpoint has no class names")
+    check_output_path(output, overwrite, inputs=[source])  # --overwrite would replace the checkpoint read
     result = convert_checkpoint(source, output, preset=preset, card=card_path, half=half, overwrite=overwrite)
     if as_json:
         emit_json(result)

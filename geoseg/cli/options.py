@@ -7,6 +7,7 @@ import json
 import math
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import click
@@ -55,6 +56,29 @@ card_option = click.option(
     type=click.Path(dir_okay=False),
     default=None,
     help="JSON model card file: classes, colours, bands and normalisation.",
+)
+
+
+def _checkpoint_name(ctx, param, value: str | None) -> str | None:
+    """``predict -m`` and ``info`` read a ``.onnx`` file with onnxruntime, whatever it holds: a checkpoint
+    written under that name could not be read back."""
+    if value is not None and Path(value).suffix.lower() == ".onnx":
+        raise click.BadParameter(
+            f"{value}: geoseg reads .onnx files as ONNX exports (geoseg export), not as checkpoints; "
+            "name the file .safetensors",
+            ctx,
+            param,
+        )
+    return value
+
+
+checkpoint_output_option = click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=False),
+    callback=_checkpoint_name,
+    help="Checkpoint to write (.safetensors).",
 )
 
 label_offset_option = click.option(

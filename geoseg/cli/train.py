@@ -9,6 +9,7 @@ import click
 from geoseg.cli.options import (
     bands_option,
     card_option,
+    checkpoint_output_option,
     device_option,
     emit_json,
     ignore_index_option,
@@ -35,7 +36,7 @@ from geoseg.model.card import ARCHITECTURES, BACKBONES
 @click.option(
     "--labels", multiple=True, required=True, help="Label rasters (class indices or colours), as --images."
 )
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
+@checkpoint_output_option
 @preset_option
 @card_option
 @click.option(

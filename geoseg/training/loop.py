@@ -176,16 +176,19 @@ def train(
     config.check()
     output = Path(output)
     state_path = state_path_for(output)
+    pairs, val_pairs = _split_pairs(images, labels, val_images, val_labels, config)
+    # no output may be an input, which --overwrite would destroy after the whole run
+    inputs = [path for pair in (*pairs, *val_pairs) for path in pair] + [p for p in (init, resume) if p]
     if resume is None:
-        check_output_path(output, overwrite)
-        check_output_path(state_path, overwrite)
+        check_output_path(output, overwrite, inputs)
+        check_output_path(state_path, overwrite, inputs)
     else:
-        check_output_path(output, overwrite=True)
+        check_output_path(output, overwrite=True, inputs=inputs)
     if curves is not None:
         from geoseg.plots.common import require_matplotlib
 
         require_matplotlib()
-        check_output_path(curves, overwrite or resume is not None)
+        check_output_path(curves, overwrite or resume is not None, inputs)
     architecture = architecture or card.architecture
     if backbone is None:
         backbone = card.backbone if architecture == card.architecture else DEFAULT_BACKBONES.get(architecture)
@@ -197,7 +200,6 @@ def train(
         ignore_index=ignore_index,
         offset=config.label_offset,
     )
-    pairs, val_pairs = _split_pairs(images, labels, val_images, val_labels, config)
     rasters = check_pairs(pairs, encoding, card.bands, config.crop, config.bands)
     val_rasters = check_pairs(val_pairs, encoding, card.bands, config.crop, config.bands) if val_pairs else []
     # predict's value-range rules; the range used goes into the card, so predict applies it unasked

@@ -101,7 +101,7 @@ def vectorize(
     classes_path, output_path = Path(classes_path), Path(output_path)
     _check_options(min_area, min_pixels, simplify, connectivity, split_polygons_at)
     driver = output_driver(output_path)
-    check_output_path(output_path, overwrite)
+    check_output_path(output_path, overwrite, inputs=[classes_path, *([read_from] if read_from else [])])
 
     import rasterio
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
