@@ -196,3 +196,64 @@ def test_a_checkpoint_is_never_written_under_an_export_suffix(tmp_path, command)
         in result.output
     )
     assert not output.exists()
+
+
+# --- evaluate's outputs are one unit ----------------------------------------------------------------------
+
+
+def evaluate_args(tmp_path) -> list[str]:
+    classes, _ = classes_and_transparency()
+    prediction = write(tmp_path / "classes.tif", classes[None])
+    truth = write(tmp_path / "truth.tif", classes[None])
+    return ["evaluate", str(prediction), str(truth), "-q"]
+
+
+def test_evaluate_refuses_one_file_for_both_the_confusion_csv_and_the_plot(tmp_path):
+    """``--confusion x.png --plot x.png`` wrote the CSV, then failed ('output exists') with the CSV left
+    under the picture's name."""
+    same = str(tmp_path / "scores.png")
+
+    result = CliRunner().invoke(cli, [*evaluate_args(tmp_path), "--confusion", same, "--plot", same])
+
+    assert result.exit_code == 2
+    assert "--confusion and --plot name the same file" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "truth.tif"]
+
+
+def test_evaluate_leaves_no_confusion_csv_when_the_plot_fails(tmp_path, monkeypatch):
+    """The CSV was renamed into place before the plot was drawn: a failure or a stop signal while drawing
+    left it alone, the result of a run that failed."""
+    import geoseg.api
+    from geoseg.errors import GeosegError
+
+    def failing_plot(*args, **kwargs):
+        raise GeosegError("drawing failed")
+
+    monkeypatch.setattr(geoseg.api, "plot_evaluation", failing_plot, raising=False)
+    confusion, plot = tmp_path / "confusion.csv", tmp_path / "scores.png"
+
+    result = CliRunner().invoke(
+        cli, [*evaluate_args(tmp_path), "--confusion", str(confusion), "--plot", str(plot)]
+    )
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == "Error: drawing failed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "truth.tif"]
+
+
+def test_evaluate_writes_the_confusion_csv_and_the_plot_together(tmp_path):
+    confusion, plot = tmp_path / "confusion.csv", tmp_path / "scores.png"
+
+    result = CliRunner().invoke(
+        cli, [*evaluate_args(tmp_path), "--confusion", str(confusion), "--plot", str(plot), "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert confusion.read_text().splitlines()[:2] == ["truth \\ prediction,0,1,2,3", "0,48,0,0,0"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "classes.tif",
+        "confusion.csv",
+        "scores.png",
+        "truth.tif",
+    ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import click
 
@@ -79,10 +80,12 @@ def evaluate(
     """
     from geoseg.api import evaluate as run_evaluation
     from geoseg.api import write_confusion_csv
-    from geoseg.atomic import check_output_path
+    from geoseg.atomic import OutputSet, check_output_path
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")
+    if confusion_path and plot_path and os.path.abspath(confusion_path) == os.path.abspath(plot_path):
+        raise click.UsageError("--confusion and --plot name the same file; give each its own name")
     if confusion_path:
         check_output_path(confusion_path, overwrite, inputs=[prediction, truth])
     if plot_path:
@@ -103,12 +106,13 @@ def evaluate(
         )
     finally:
         close()
-    if confusion_path:
-        write_confusion_csv(result, confusion_path, overwrite=overwrite)
-    if plot_path:
-        from geoseg.api import plot_evaluation
+    with OutputSet() as unit:  # the CSV and the picture appear together or not at all
+        if confusion_path:
+            write_confusion_csv(result, unit.stage("confusion", confusion_path), overwrite=True)
+        if plot_path:
+            from geoseg.api import plot_evaluation
 
-        plot_evaluation(result, plot_path, overwrite=overwrite)
+            plot_evaluation(result, unit.stage("plot", plot_path), overwrite=True)
     if as_json:
         record = result.to_dict()
         if confusion_path:
