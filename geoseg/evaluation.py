@@ -24,7 +24,7 @@ from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, read_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
-from geoseg.raster.classes import NODATA_CLASS, read_class_names
+from geoseg.raster.classes import NODATA_CLASS, check_class_raster, read_class_names
 from geoseg.raster.grids import check_same_grid
 from geoseg.raster.reading import (
     check_decodable,
@@ -128,10 +128,7 @@ def evaluate(
         check_decodable(pred_ds, [1], str(prediction))
         check_decodable(truth_ds, list(truth_ds.indexes), str(truth))
         check_same_grid(pred_ds, truth_ds, str(prediction), str(truth))
-        if pred_ds.count != 1:
-            raise InputError(f"{prediction}: a class raster has 1 band, this one has {pred_ds.count}")
-        if not np.issubdtype(np.dtype(pred_ds.dtypes[0]), np.integer):
-            raise InputError(f"{prediction}: class values must be integers, got {pred_ds.dtypes[0]}")
+        check_class_raster(pred_ds, str(prediction), "evaluate")
         _check_card_matches_prediction(model_card, pred_ds, str(prediction))
         names, colors = _class_names_and_colors(model_card, pred_ds)
         if ignore_index is None and model_card is not None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoseg.errors import InputError
+from geoseg.raster.classes import check_stored_as_is
 from geoseg.raster.reading import data_band_indexes, read_valid_mask
 
 IGNORE = 255
@@ -176,7 +177,9 @@ def read_labels(dataset, window, encoding: LabelEncoding, source: str) -> np.nda
     IGNORE where the raster's own internal mask or an alpha band marks pixels unlabelled. Alpha bands are
     masks wherever they stand, never label values (a grey+alpha index raster, an A,R,G,B colour raster),
     and the pixels they hide are not decoded: they may hold any value."""
-    data = dataset.read(data_band_indexes(dataset) or list(dataset.indexes), window=window)
+    indexes = data_band_indexes(dataset) or list(dataset.indexes)
+    check_stored_as_is(dataset, indexes, source)
+    data = dataset.read(indexes, window=window)
     labelled = read_valid_mask(dataset, window)
     lookup = palette_lookup(dataset, encoding.colors)
     if lookup is None:

@@ -57,8 +57,8 @@ def test_over_draws_on_the_image(classes, tmp_path):
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: write_scene(p, 40, 30, count=1, dtype="float32", **UTM), "float32 values; a class raster"),
-        (lambda p: write_scene(p, 40, 30, count=3, **UTM), "has 3; to draw classes over an image pass"),
+        (lambda p: write_scene(p, 40, 30, count=1, dtype="float32", **UTM), "float32 values; quicklook"),
+        (lambda p: write_scene(p, 40, 30, count=3, **UTM), "has 3 bands; quicklook needs a single-band"),
         (lambda p: p.write_bytes(b"not a raster"), "not a raster GDAL can read"),
     ],
 )

@@ -257,3 +257,81 @@ def test_evaluate_writes_the_confusion_csv_and_the_plot_together(tmp_path):
         "scores.png",
         "truth.tif",
     ]
+
+
+# --- class rasters: one check for every command that reads them -----------------------------------------
+
+
+def class_raster_with_alpha(tmp_path) -> tuple:
+    """Classes 0..3 with an alpha band hiding the left quarter, as ``gdal_translate -b 1 -b mask`` writes."""
+    classes, alpha = classes_and_transparency()
+    path = write(tmp_path / "masked.tif", np.stack([classes, alpha]), alpha="YES")
+    return path, classes, alpha
+
+
+def test_evaluate_reads_a_class_raster_whose_alpha_band_is_its_mask(tmp_path):
+    """vectorize took a class band with an alpha band; evaluate refused it ('a class raster has 1 band, this
+    one has 2')."""
+    prediction, classes, alpha = class_raster_with_alpha(tmp_path)
+    truth = write(tmp_path / "truth.tif", classes[None])
+
+    result = evaluate(prediction, truth).to_dict()
+
+    evaluated, ignored, _ = expected_scores(classes, alpha)
+    assert (result["pixels_evaluated"], result["pixels_ignored"]) == (evaluated, ignored)
+    assert result["overall_accuracy"] == 1.0
+
+
+def test_quicklook_reads_a_class_raster_whose_alpha_band_is_its_mask(tmp_path):
+    from geoseg.plots.quicklook import quicklook
+
+    path, classes, alpha = class_raster_with_alpha(tmp_path)
+
+    result = quicklook(path, tmp_path / "q.png")
+
+    shares = {entry.value: entry.share for entry in result.legend if entry.share}
+    assert shares == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3})  # class 0 lies under the alpha
+
+
+def scaled(path, scale: float, offset: float):
+    with rasterio.open(path, "r+") as dst:
+        dst.scales, dst.offsets = [scale], [offset]
+    return path
+
+
+@pytest.mark.parametrize("role", ["vectorize", "quicklook", "evaluate prediction", "evaluate truth", "train"])
+def test_class_indices_with_a_scale_or_offset_are_refused_not_read_raw(tmp_path, role):
+    """A class or label raster with a band offset of 1 shows classes 1..4 in QGIS and gdalinfo's terms, but
+    every command read the stored 0..3, silently: scores, polygons and training targets of other classes.
+    Class indices carry no unit: the metadata is refused, naming the fix."""
+    classes, _ = classes_and_transparency(32, 32)
+    plain = write(tmp_path / "plain.tif", classes[None])
+    odd = scaled(write(tmp_path / "odd.tif", classes[None]), 1.0, 1.0)
+    image = write(tmp_path / "odd_image.tif", np.full((3, 32, 32), 100, np.uint8))
+    args = {
+        "vectorize": ["vectorize", str(odd), "-o", str(tmp_path / "p.gpkg")],
+        "quicklook": ["quicklook", str(odd), "-o", str(tmp_path / "q.png")],
+        "evaluate prediction": ["evaluate", str(odd), str(plain)],
+        "evaluate truth": ["evaluate", str(plain), str(odd)],
+        "train": [
+            "train",
+            "--images",
+            str(image),
+            "--labels",
+            str(odd),
+            "--preset",
+            "potsdam",
+            "--crop",
+            "32",
+        ]
+        + ["--architecture", "macunet", "--steps", "1", "-o", str(tmp_path / "m.safetensors")],
+    }[role]
+
+    result = CliRunner().invoke(cli, [*args, "-q"] if role != "quicklook" else args)
+
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {odd}: band 1 has scale 1 and offset 1, but class indices are read as stored; "
+        f"remove them (gdal_edit.py -scale 1 -offset 0 {odd}) or apply them first (gdal_translate -unscale)"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.tif", "odd_image.tif", "plain.tif"]

@@ -226,8 +226,8 @@ def test_png_carries_no_folder_names(tmp_path):
 @pytest.mark.parametrize(
     ("dtype", "count", "message"),
     [
-        ("float32", 1, "float32 values; a class raster holds integer class indices"),
-        ("uint8", 3, "this one has 3; to draw classes over an image pass the image with --over"),
+        ("float32", 1, "float32 values; quicklook needs an integer class raster"),
+        ("uint8", 3, r"has 3 bands; quicklook needs a single-band class raster .*; to draw classes over"),
     ],
 )
 def test_rasters_that_are_not_class_rasters_are_refused(tmp_path, dtype, count, message):

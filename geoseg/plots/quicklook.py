@@ -23,7 +23,7 @@ from geoseg.errors import ConfigurationError, GeosegWarning, InputError
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
 from geoseg.plots.common import DPI, base_name, check_png_output, default_color, new_figure, save_rgba_png
-from geoseg.raster.classes import read_class_names
+from geoseg.raster.classes import check_class_raster, read_class_names
 from geoseg.raster.grids import check_same_grid
 from geoseg.raster.reading import (
     data_band_indexes,
@@ -133,12 +133,8 @@ def quicklook(
 
 
 def _check_class_raster(dataset, name: str, with_image: bool) -> None:
-    if dataset.count != 1:
-        hint = "" if with_image else "; to draw classes over an image pass the image with --over"
-        raise InputError(f"{name}: a class raster has 1 band, this one has {dataset.count}{hint}")
-    dtype = np.dtype(dataset.dtypes[0])
-    if not np.issubdtype(dtype, np.integer):
-        raise InputError(f"{name}: {dtype.name} values; a class raster holds integer class indices")
+    hint = "" if with_image else "; to draw classes over an image pass the image with --over"
+    check_class_raster(dataset, name, "quicklook", hint)
 
 
 def _names_and_colors(dataset, card: ModelCard | None) -> tuple[list[str], dict[int, tuple[int, int, int]]]:

@@ -9,6 +9,10 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
+import numpy as np
+
+from geoseg.errors import InputError
+
 CLASS_NAMES_TAG = "GEOSEG_CLASS_NAMES"
 NODATA_CLASS = 255
 
@@ -39,3 +43,37 @@ def read_class_names(dataset) -> list[str] | None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
     return names
+
+
+def check_class_raster(dataset, path: str, command: str, hint: str = "") -> None:
+    """Refuse, in one line naming ``command``, what is not a class raster: one band of integer class
+    indices stored as they are. An alpha band after it is its mask (``gdal_translate -b 1 -b mask`` writes
+    one), which every reader applies through GDAL's mask of band 1. ``hint`` ends the message about bands."""
+    from rasterio.enums import ColorInterp
+
+    with_alpha = dataset.count == 2 and dataset.colorinterp[1] == ColorInterp.alpha
+    if dataset.count != 1 and not with_alpha:
+        raise InputError(
+            f"{path}: has {dataset.count} bands; {command} needs a single-band class raster "
+            f"(such as the output of geoseg predict){hint}"
+        )
+    dtype = np.dtype(dataset.dtypes[0])
+    if dtype.kind not in "iu":
+        raise InputError(
+            f"{path}: holds {dtype.name} values; {command} needs an integer class raster "
+            "(such as the output of geoseg predict)"
+        )
+    check_stored_as_is(dataset, [1], path)
+
+
+def check_stored_as_is(dataset, indexes: Sequence[int], path: str) -> None:
+    """Refuse class indices (a class or label raster) that carry a band scale or offset: GDAL and QGIS show
+    stored × scale + offset, while class ids are read as stored, so the two would name other classes."""
+    for index in indexes:
+        scale, offset = dataset.scales[index - 1], dataset.offsets[index - 1]
+        if (scale, offset) != (1, 0):
+            raise InputError(
+                f"{path}: band {index} has scale {scale:g} and offset {offset:g}, but class indices are read "
+                f"as stored; remove them (gdal_edit.py -scale 1 -offset 0 {path}) or apply them first "
+                "(gdal_translate -unscale)"
+            )

@@ -26,7 +26,7 @@ import shapely
 
 from geoseg.atomic import check_output_path
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
-from geoseg.raster.classes import read_class_names
+from geoseg.raster.classes import check_class_raster, read_class_names
 from geoseg.raster.grids import crs_label, placement
 from geoseg.raster.reading import check_decodable, read_failures
 from geoseg.vector.area import GroundArea
@@ -251,21 +251,7 @@ def _first_line(error: Exception) -> str:
 
 
 def _check_raster(dataset, path: Path) -> None:
-    from rasterio.enums import ColorInterp
-
-    # a class band with an alpha band (as gdal_translate -b 1 -b mask writes it): the alpha is the mask
-    with_alpha = dataset.count == 2 and dataset.colorinterp[1] == ColorInterp.alpha
-    if dataset.count != 1 and not with_alpha:
-        raise InputError(
-            f"{path}: has {dataset.count} bands; vectorize needs a single-band class raster "
-            "(such as the output of geoseg predict)"
-        )
-    dtype = np.dtype(dataset.dtypes[0])
-    if dtype.kind not in "iu":
-        raise InputError(
-            f"{path}: holds {dtype.name} values; vectorize needs an integer class raster "
-            "(such as the output of geoseg predict)"
-        )
+    check_class_raster(dataset, str(path), "vectorize")
     check_decodable(dataset, [1], str(path))  # before any warning about the raster
 
 
