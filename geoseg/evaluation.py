@@ -149,8 +149,7 @@ def evaluate(
             with read_failures(prediction):
                 predicted = pred_ds.read(1, window=window)
                 predicted_valid = read_valid_mask(pred_ds, window)
-            with read_failures(truth):
-                labels = read_labels(truth_ds, window, encoding, str(truth))
+            labels = read_labels(truth_ds, window, encoding, str(truth))
             valid = labels != IGNORE
             if predicted_valid is not None:  # another tool's internal mask or alpha band: no prediction
                 valid &= predicted_valid

@@ -25,7 +25,7 @@ import numpy as np
 
 from geoseg.errors import InputError
 from geoseg.raster.classes import check_stored_as_is
-from geoseg.raster.reading import data_band_indexes, read_valid_mask
+from geoseg.raster.reading import data_band_indexes, read_failures, read_valid_mask
 
 IGNORE = 255
 MAX_CLASSES = 255
@@ -179,8 +179,9 @@ def read_labels(dataset, window, encoding: LabelEncoding, source: str) -> np.nda
     and the pixels they hide are not decoded: they may hold any value."""
     indexes = data_band_indexes(dataset) or list(dataset.indexes)
     check_stored_as_is(dataset, indexes, source)
-    data = dataset.read(indexes, window=window)
-    labelled = read_valid_mask(dataset, window)
+    with read_failures(source):  # a cut or corrupt file: one line naming it
+        data = dataset.read(indexes, window=window)
+        labelled = read_valid_mask(dataset, window)
     lookup = palette_lookup(dataset, encoding.colors)
     if lookup is None:
         return decode_labels(data, encoding, source, labelled)

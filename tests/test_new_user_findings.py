@@ -335,3 +335,35 @@ def test_class_indices_with_a_scale_or_offset_are_refused_not_read_raw(tmp_path,
         f"remove them (gdal_edit.py -scale 1 -offset 0 {odd}) or apply them first (gdal_translate -unscale)"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["odd.tif", "odd_image.tif", "plain.tif"]
+
+
+def test_quicklook_of_a_truncated_class_raster_is_one_line_naming_the_file(tmp_path):
+    """A class raster cut short (a copy interrupted) gave 'Error: RasterioIOError: Read failed. See previous
+    exception for details.', naming neither the file nor the cause; vectorize and evaluate named both."""
+    classes, _ = classes_and_transparency(64, 64)
+    whole = write(tmp_path / "whole.tif", classes[None]).read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole[: len(whole) // 2])
+
+    result = CliRunner().invoke(cli, ["quicklook", str(cut), "-o", str(tmp_path / "q.png")])
+
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {cut}: read failed (") and "TIFFReadEncodedStrip() failed" in last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "whole.tif"]
+
+
+def test_train_with_a_truncated_label_is_one_line_naming_the_file(tmp_path):
+    """``train`` gave 'Error: RasterioIOError: Read failed. See previous exception for details.' for a label
+    raster cut short: labels are read by one function, which now names the file for evaluate and train."""
+    classes, _ = classes_and_transparency(64, 64)
+    image = write(tmp_path / "a.tif", np.full((3, 64, 64), 100, np.uint8))
+    whole = write(tmp_path / "whole.tif", classes[None]).read_bytes()
+    label = tmp_path / "a_mask.tif"
+    label.write_bytes(whole[: len(whole) // 2])
+    args = ["train", "--images", str(image), "--labels", str(label), "--preset", "potsdam", "--crop", "32"]
+
+    result = CliRunner().invoke(cli, [*args, "--steps", "1", "-o", str(tmp_path / "m.safetensors"), "-q"])
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {label}: read failed (")

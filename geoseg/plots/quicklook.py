@@ -101,7 +101,8 @@ def quicklook(
         measure = _text_width_measure()
         panel = _panel_width(names, measure)
         shape = _map_shape(dataset.height, dataset.width, max_size - panel, max_size)
-        values, valid = _read_classes(dataset, shape)
+        with read_failures(classes):  # a cut or corrupt file: one line naming it
+            values, valid = _read_classes(dataset, shape)
         metres = _metres_per_pixel(dataset)
         image = None
         if over is not None:
@@ -197,17 +198,17 @@ def _read_image(path: str | os.PathLike, classes, classes_name: str, shape: tupl
         bands = bands[:3] if len(bands) >= 3 else bands[:1]
         with read_failures(path):  # bands of mixed dtypes are read in one common type
             data = read_values(image, bands, shape=shape, resampling=Resampling.bilinear)
-        if data.dtype != np.uint8:
-            try:
-                lo, hi = percentile_range(image, bands)
-                finite = np.nan_to_num(data.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
-                stretched = (finite - lo) * (255.0 / (hi - lo))
-            except InputError:  # no valid pixel, or one value everywhere: nothing to stretch, drawn grey
-                stretched = np.full(data.shape, 128.0)
-            data = np.clip(stretched, 0, 255).astype(np.uint8)
-        valid = np.ones(shape, dtype=bool)
-        if has_mask(image):
-            valid = dataset_mask(image, out_shape=shape, resampling=Resampling.nearest) > 0
+            if data.dtype != np.uint8:
+                try:
+                    lo, hi = percentile_range(image, bands)
+                    finite = np.nan_to_num(data.astype(np.float64), nan=lo, posinf=hi, neginf=lo)
+                    stretched = (finite - lo) * (255.0 / (hi - lo))
+                except InputError:  # no valid pixel, or one value everywhere: nothing to stretch, drawn grey
+                    stretched = np.full(data.shape, 128.0)
+                data = np.clip(stretched, 0, 255).astype(np.uint8)
+            valid = np.ones(shape, dtype=bool)
+            if has_mask(image):
+                valid = dataset_mask(image, out_shape=shape, resampling=Resampling.nearest) > 0
     rgb = np.repeat(data, 3, axis=0) if len(bands) == 1 else data
     return np.dstack([*rgb, np.where(valid, 255, 0).astype(np.uint8)])
 
