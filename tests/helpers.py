@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import rasterio
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from geoseg.model.card import ClassInfo, ModelCard
 
@@ -127,3 +128,51 @@ def set_tiff_compression_tag(path, code: int) -> None:
         if struct.unpack_from("<H", data, offset)[0] == 259:
             struct.pack_into("<H", data, offset + 8, code)
     Path(path).write_bytes(data)
+
+
+class NativeBf16Convolutions(TorchDispatchMode):
+    """bf16 convolutions computed as a CPU with native bf16 computes them (oneDNN: bf16 operands, float32
+    accumulation, one rounding of the result to bf16), through the float32 kernels.
+
+    On a CPU without native bf16 torch emulates bf16 convolutions with kernels that round the same way (to
+    within accumulation order) but are about 30x slower (MANet-R50, one 256² tile: 17 s against 0.7 s), too
+    slow to check on whole scenes. Use inside ``torch.autocast``: autocast still decides what runs in bf16.
+    """
+
+    _CONVOLUTIONS = (torch.ops.aten.conv2d.default, torch.ops.aten.conv_transpose2d.input)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self._CONVOLUTIONS and args[0].dtype == torch.bfloat16:
+            wide = [a.float() if isinstance(a, torch.Tensor) else a for a in args]
+            return func(*wide, **kwargs).to(torch.bfloat16)
+        return func(*args, **kwargs)
+
+
+_AUTHORS_BACKBONE = [("firstconv.", "backbone.conv1."), ("firstbn.", "backbone.bn1.")] + [
+    (f"encoder{i}.", f"backbone.layer{i}.") for i in range(1, 5)
+]
+
+
+def write_authors_checkpoint(model, card, path):
+    """``model`` (a MANet) saved as the authors' GeoSeg training saves MANet: a Lightning ``.ckpt`` whose
+    ``state_dict`` holds ``net.backbone.conv1...``/``net.backbone.layerN...`` (timm names) and the rest under
+    our names, for input scaled by ÷255 alone. The card's mean/std are folded into the first convolution
+    (weights ÷ std) and the first BatchNorm's running mean (+ the convolution of mean/std), so it is the
+    same network except within the stem's zero padding. A trained foreign checkpoint with numbers of its
+    own, without a download. Returns ``path``."""
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.std).view(1, -1, 1, 1)
+    weight = state["firstconv.weight"]
+    state["firstconv.weight"] = weight / std
+    state["firstbn.running_mean"] = state["firstbn.running_mean"] + (weight * mean / std).sum(dim=(1, 2, 3))
+    authors = {}
+    for name, tensor in state.items():
+        for ours, theirs in _AUTHORS_BACKBONE:
+            if name.startswith(ours):
+                name = theirs + name[len(ours) :]
+                break
+        authors["net." + name] = tensor
+    torch.save({"epoch": 104, "global_step": 0, "state_dict": authors}, path)
+    return path

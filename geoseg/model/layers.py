@@ -56,3 +56,28 @@ def attach_resnet_encoder(network: nn.Module, resnet: nn.Module, in_channels: in
     network.encoder2 = resnet.layer2
     network.encoder3 = resnet.layer3
     network.encoder4 = resnet.layer4
+
+
+def encode_resnet(
+    network: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The four stage outputs (strides 4, 8, 16, 32) of an encoder set up by :func:`attach_resnet_encoder`.
+
+    Under bf16/fp16 autocast the stem and the first two stages still run in float32: they carry the finest
+    detail (the decoder's two finest skips), and rounding them, even just the normalised input, moves class
+    boundaries. Measured with the bundled MANet-R50 and a GeoSeg-format conversion of it on 11 real 512²
+    crops (sample scene, aerial, ISPRS, LoveDA), share of pixels whose class bf16 changed with one group in
+    bf16 at a time: input rounding alone 0.6-0.8 %, stem 1.0-1.2 %, stage 1 0.6-0.7 %, stage 2 0.25 %,
+    stage 3 0.08 %, stage 4, decoder, head 0.01-0.05 % each. With the stem and stages 1-2 in float32 (21 %
+    of the convolution FLOPs; 34 % with the attention, float32 anyway) bf16 agrees with float32 on 99.87 %
+    (every crop >= 99.7 %); with the stem and stage 1 only on 99.7 % (crops down to 99.4 %). A float32
+    residual sum in the bf16 stages changed nothing: the bf16 rounding of every convolution's input
+    dominates.
+    """
+    x, no_autocast = float32_region(x)
+    with no_autocast:
+        stem = network.firstmaxpool(network.firstrelu(network.firstbn(network.firstconv(x))))
+        e1 = network.encoder1(stem)
+        e2 = network.encoder2(e1)
+    e3 = network.encoder3(e2)
+    return e1, e2, e3, network.encoder4(e3)

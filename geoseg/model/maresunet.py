@@ -18,6 +18,7 @@ from geoseg.model.layers import (
     attach_resnet_encoder,
     check_input_size,
     check_network_arguments,
+    encode_resnet,
     float32_region,
 )
 from geoseg.model.manet import ChannelAttention, DecoderBlock, KernelAttention
@@ -110,11 +111,8 @@ class MAResUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, INPUT_MULTIPLE, "MAResU-Net")
-        x = self.firstmaxpool(self.firstrelu(self.firstbn(self.firstconv(x))))
-        e1 = self.encoder1(x)
-        e2 = self.encoder2(e1)
-        e3 = self.encoder3(e2)
-        e4 = self.attention4(self.encoder4(e3))
+        e1, e2, e3, e4 = encode_resnet(self, x)  # stem and stages 1-2 in float32 under autocast, as MANet
+        e4 = self.attention4(e4)
 
         d4 = self.decoder4(e4) + self.attention3(e3)
         d3 = self.decoder3(d4) + self.attention2(e2)
