@@ -29,10 +29,17 @@ _HELD_SIGNALS = tuple(
 
 
 def check_output_path(
-    path: str | os.PathLike, overwrite: bool, inputs: Iterable[str | os.PathLike] = ()
+    path: str | os.PathLike,
+    overwrite: bool,
+    inputs: Iterable[str | os.PathLike] = (),
+    *,
+    writable_folders: set[Path] | None = None,
 ) -> Path:
     """Fail early (before any work) when ``path`` exists without ``overwrite``, is one of the command's
-    ``inputs`` (which ``--overwrite`` would destroy), or no file can be created in its folder."""
+    ``inputs`` (which ``--overwrite`` would destroy), or no file can be created in its folder.
+
+    ``writable_folders``: folders already found writable by this batch of checks, probed once each (a
+    thousand scenes into one folder cost one probe, not six thousand); found ones are added."""
     path = Path(path)
     for source in inputs:
         if _same_file(path, Path(source)):
@@ -47,9 +54,13 @@ def check_output_path(
     if not parent.is_dir():
         problem = "is not a folder" if parent.exists() else "does not exist"
         raise OutputError(f"{path}: folder {parent} {problem}")
+    if writable_folders is not None and parent in writable_folders:
+        return path
     reason = cannot_create_in(parent)
     if reason is not None:
         raise OutputError(f"{path}: folder {parent} is not writable ({reason})")
+    if writable_folders is not None:
+        writable_folders.add(parent)
     return path
 
 

@@ -70,3 +70,21 @@ def test_an_output_that_is_one_of_the_inputs_is_refused_even_with_overwrite(tmp_
             check_output_path(name, overwrite=True, inputs=[tmp_path / "other.tif", source])
     assert source.read_bytes() == b"input"
     assert check_output_path(tmp_path / "new.tif", overwrite=True, inputs=[source]) == tmp_path / "new.tif"
+
+
+def test_many_scenes_into_one_folder_probe_it_once(tmp_path, monkeypatch):
+    import geoseg.atomic
+    from geoseg.inference.predict import prepare_outputs
+
+    probed = []
+    real_probe = geoseg.atomic.cannot_create_in
+    monkeypatch.setattr(
+        geoseg.atomic, "cannot_create_in", lambda folder: probed.append(folder) or real_probe(folder)
+    )
+    inputs = [str(tmp_path / f"scene{i}.tif") for i in range(50)]
+    plans = prepare_outputs(inputs, tmp_path / "out", confidence=True, quicklook=True)
+    (tmp_path / "out").mkdir()
+    prepare_outputs(inputs, tmp_path / "out", confidence=True, quicklook=True, vectorize="gpkg")
+
+    assert len(plans) == 50
+    assert probed == [tmp_path / "out"]

@@ -122,13 +122,14 @@ def prepare_outputs(
             raise OutputError(
                 f"{output}: cannot create the output folder, {parent} is not writable ({reason})"
             )
+    writable_folders: set[Path] = set()
     for source, paths in zip(inputs, plans, strict=True):
         if skip_existing and outputs_exist(paths):
             continue
         _refuse_partial(source, paths, overwrite)
         for _, path in paths.files():
             if not (new_folder and path.parent == output):  # a new folder holds nothing yet (made later)
-                check_output_path(path, overwrite)
+                check_output_path(path, overwrite, writable_folders=writable_folders)
     return plans
 
 
