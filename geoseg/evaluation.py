@@ -190,8 +190,8 @@ def _result(
     total = int(confusion.sum())
     if total == 0:
         raise InputError(
-            f"{truth}: no pixels to compare (every pixel is ignored in the truth or nodata in the "
-            "prediction); check --ignore-index/--label-offset"
+            f"{prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
+            "nodata in the prediction); check --ignore-index/--label-offset and the prediction's nodata"
         )
     scores = scores_from_confusion(confusion, excluded)
     per_class = [

@@ -367,3 +367,19 @@ def test_train_with_a_truncated_label_is_one_line_naming_the_file(tmp_path):
 
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(f"Error: {label}: read failed (")
+
+
+def test_evaluate_of_a_prediction_without_valid_pixels_names_both_files(tmp_path):
+    """An all-nodata prediction was reported as 'truth.tif: no pixels to compare', naming the file that was
+    fine."""
+    classes, _ = classes_and_transparency()
+    prediction = write(tmp_path / "classes.tif", np.full((1, *classes.shape), 255, np.uint8), nodata=255)
+    truth = write(tmp_path / "truth.tif", classes[None])
+
+    result = CliRunner().invoke(cli, ["evaluate", str(prediction), str(truth), "-q"])
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
+        "nodata in the prediction); check --ignore-index/--label-offset and the prediction's nodata"
+    )
