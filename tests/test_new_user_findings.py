@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+import shapely
 from affine import Affine
 from click.testing import CliRunner
 from rasterio.enums import ColorInterp
@@ -25,7 +26,7 @@ def write(path, data: np.ndarray, *, colorinterp=None, mask=None, **profile):
     """A GeoTIFF of ``data`` (C, H, W) on the test grid; ``mask`` (H, W) as an internal mask."""
     count, height, width = data.shape
     base = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
-    base.update(crs=UTM, transform=NORTH_UP, **profile)
+    base.update({"crs": UTM, "transform": NORTH_UP, **profile})
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **base) as dst:
         dst.write(data)
         if colorinterp:
@@ -383,3 +384,29 @@ def test_evaluate_of_a_prediction_without_valid_pixels_names_both_files(tmp_path
         f"Error: {prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
         "nodata in the prediction); check --ignore-index/--label-offset and the prediction's nodata"
     )
+
+
+# --- vectorize: one ring orientation whatever the grid ------------------------------------------------
+
+
+@pytest.mark.parametrize("north_up", [True, False], ids=["north-up", "south-up"])
+def test_polygon_rings_have_one_orientation_whatever_the_transform(tmp_path, north_up):
+    """A south-up raster's polygons came out with clockwise exterior rings and counter-clockwise holes, the
+    reverse of a north-up raster's (and of GeoJSON's RFC 7946 rule), so the orientation depended on how the
+    raster was stored."""
+    from pyogrio.raw import read
+
+    from geoseg.vector.vectorize import vectorize
+
+    classes = np.zeros((1, 12, 12), np.uint8)
+    classes[0, 4:8, 4:8] = 1  # a hole in class 0
+    transform = NORTH_UP if north_up else Affine(0.5, 0.0, 400000.0, 0.0, 0.5, 5800000.0)
+    source = write(tmp_path / "classes.tif", classes, transform=transform)
+
+    vectorize(source, tmp_path / "p.gpkg")
+
+    _, _, wkb, fields = read(tmp_path / "p.gpkg", return_fids=True)
+    polygons = dict(zip(fields[0].tolist(), shapely.from_wkb(wkb), strict=True))
+    assert [polygons[c].exterior.is_ccw for c in (0, 1)] == [True, True]
+    assert [ring.is_ccw for ring in polygons[0].interiors] == [False]
+    assert polygons[0].area == 144 * 0.25 - 16 * 0.25

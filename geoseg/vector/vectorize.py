@@ -190,6 +190,8 @@ def vectorize(
                         return
                     if driver == "ESRI Shapefile":
                         _check_ids_fit_shapefile(values, output_path)
+                    if geo.transform.determinant > 0:  # south-up, mirrored, pixel space: reversed rings
+                        polygons = shapely.orient_polygons(polygons)  # exterior counter-clockwise
                     if connectivity == 8:
                         polygons = _as_multipolygons(polygons)
                     areas = ground.areas(polygons)
