@@ -67,6 +67,9 @@ def atomic_vector_output(path: str | os.PathLike, overwrite: bool) -> Iterator[P
                 for ext in SHAPEFILE_SIDECARS:
                     if tmp.with_suffix(ext).exists():
                         os.replace(tmp.with_suffix(ext), final.with_suffix(ext))
+                    else:  # an old .prj would give the new polygons (written without a CRS) its CRS
+                        with contextlib.suppress(FileNotFoundError):
+                            final.with_suffix(ext).unlink()
         except BaseException:
             for ext in SHAPEFILE_SIDECARS:
                 remove_quietly(tmp.with_suffix(ext))
