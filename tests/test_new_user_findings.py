@@ -433,3 +433,25 @@ def test_overwriting_a_shapefile_with_one_without_crs_leaves_no_stale_prj(tmp_pa
     assert sorted(p.suffix for p in output.parent.iterdir()) == [".cpg", ".dbf", ".shp", ".shx"]
     assert pyogrio.read_info(output)["crs"] is None
     assert pyogrio.read_info(output)["total_bounds"] == (0.0, 0.0, 16.0, 12.0)
+
+
+# --- evaluate --plot: a picture of bounded size -------------------------------------------------------
+
+
+def test_evaluation_plot_of_many_classes_stays_a_picture_of_bounded_size(tmp_path):
+    """The matrix grew 62 px per class: a class raster with 255 values (no names) gave a 513-megapixel PNG
+    after ~4 minutes, which image viewers and PIL refuse as a decompression bomb."""
+    from PIL import Image
+
+    from geoseg.plots.evaluation import MAX_MATRIX_PX, plot_evaluation
+
+    values = (np.arange(60 * 40) % 60).astype(np.uint8).reshape(1, 60, 40)
+    prediction = write(tmp_path / "classes.tif", values)
+    truth = write(tmp_path / "truth.tif", np.roll(values, 1, axis=2))
+    result = evaluate(prediction, truth)
+    assert len(result.class_names) == 60
+
+    path = plot_evaluation(result, tmp_path / "scores.png")
+
+    width, _ = Image.open(path).size
+    assert width == 2 * MAX_MATRIX_PX + 420
