@@ -11,20 +11,30 @@ Side by side in one process, alternating, on the same tiles of a real scene with
 
 Prints end-to-end ÷ bare fp32 eager (issue 9 target: >= 2.0 where the CPU has native bf16, never < 1.6),
 end-to-end ÷ bare default (target >= 0.90), and the class agreement of the default with
-``--precision fp32`` over the scene's valid pixels (target >= 99.5 %). ``--force-bf16`` runs the bf16 path
-on a CPU without native bf16 (emulated by oneDNN, several times slower: its times mean nothing there, its
-agreement does). ``--compile`` also prints the compile time and the break-even in tiles.
+``--precision fp32`` over the scene's valid pixels (target >= 99.5 %), for the bundled model and for a
+trained foreign checkpoint: the bundled network written as the MANet authors' GeoSeg training saves it
+(Lightning ``.ckpt``, timm key names, ÷255 input with the mean/std folded into the first convolution) and
+converted back as ``geoseg convert --card`` does (skipped with ``--model``). ``--force-bf16`` runs the bf16
+path on a CPU without native bf16 (emulated by oneDNN, ~30x slower than float32 for MANet-R50: its times
+mean nothing there, its agreement does); ``--emulate-native-bf16`` also computes the bf16 convolutions as a
+CPU with native bf16 does, through float32 kernels (tests/helpers.py), so whole scenes take minutes, and
+prints agreement only. ``--compile`` also prints the compile time and the break-even in tiles.
 
     .venv/bin/python benchmarks/cpu_speed.py
     .venv/bin/python benchmarks/cpu_speed.py --scene /work/shared/data/aerial/brazil_oam_0p10m_epsg3395.tif
     .venv/bin/python benchmarks/cpu_speed.py --force-bf16 --repeats 1
+    .venv/bin/python benchmarks/cpu_speed.py --emulate-native-bf16 --scene sample_data/*.tif \
+        --scene ../shared/data/labeled/vaihingen/image_area1_0_0_512_512_irrg.png
     .venv/bin/python benchmarks/cpu_speed.py --compile --repeats 1
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,10 +49,15 @@ from geoseg.inference.acceleration import accelerate, channels_last_pays
 from geoseg.inference.grid import tile_starts
 from geoseg.inference.plan import plan_scene
 from geoseg.inference.predict import load_model, predict
-from geoseg.model.checkpoint import default_checkpoint_path
+from geoseg.model.checkpoint import convert_checkpoint, default_checkpoint_path, load_checkpoint
 from geoseg.model.normalize import normalize
+from geoseg.model.presets import preset_card
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "netherlands_0p25m_epsg28992.tif"
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))  # the authors' checkpoint format and the bf16 kernels of the tests
+from helpers import NativeBf16Convolutions, write_authors_checkpoint  # noqa: E402
+
+SAMPLE = ROOT / "sample_data" / "netherlands_0p25m_epsg28992.tif"
 CPU = torch.device("cpu")
 
 
@@ -90,6 +105,29 @@ def agreement(a: Path, b: Path) -> float:
     return float((ca[valid] == cb[valid]).mean())
 
 
+def converted_bundled_model(folder: Path) -> Path:
+    """The bundled model as the authors' GeoSeg ``.ckpt`` (÷255 input), converted back with a ÷255 card."""
+    model, card = load_checkpoint(default_checkpoint_path())
+    source = write_authors_checkpoint(model, card, folder / "manet_loveda.ckpt")
+    card_file = folder / "loveda_div255.json"
+    card_file.write_text(json.dumps({**preset_card("loveda").to_dict(), "mean": [0.0] * 3, "std": [1.0] * 3}))
+    output = folder / "converted.safetensors"
+    convert_checkpoint(source, output, card=card_file, overwrite=True)
+    source.unlink()
+    return output
+
+
+def default_agreement(scene: Path, model: Path, default: Path, tmp: Path, batch: int) -> float:
+    """Class agreement of ``default`` (written at ``--precision auto``) with ``--precision fp32``."""
+    reference = tmp / "fp32.tif"
+    end_to_end(scene, model, reference, "fp32", batch, False)
+    return agreement(default, reference)
+
+
+def bf16_kernels(emulate: bool) -> contextlib.AbstractContextManager:
+    return NativeBf16Convolutions() if emulate else contextlib.nullcontext()
+
+
 def compile_break_even(model, tiles, value_range, card, amp, batch: int) -> None:
     """Compile time (first batch minus a steady one) and the tiles after which compiling has paid."""
     eager = accelerate(model, CPU)
@@ -121,7 +159,14 @@ def main() -> None:
         "--force-bf16", action="store_true", help="bf16 and channels_last as on a CPU with native bf16"
     )
     parser.add_argument("--agreement-only", action="store_true", help="skip the timings")
+    parser.add_argument(
+        "--emulate-native-bf16",
+        action="store_true",
+        help="--force-bf16 with bf16 convolutions computed as native bf16 does, fast; agreement only",
+    )
     args = parser.parse_args()
+    if args.emulate_native_bf16:
+        args.force_bf16 = args.agreement_only = True
     if args.threads:
         torch.set_num_threads(args.threads)
     capability, native = torch.backends.cpu.get_cpu_capability(), geoseg.device.cpu_has_native_bf16()
@@ -137,6 +182,8 @@ def main() -> None:
     layout = "channels_last" if channels_last_pays(CPU) else "contiguous"
     print(f"default here: precision {precision}, {layout}, compile {args.compile}")
 
+    folder = tempfile.TemporaryDirectory()
+    converted = None if args.model else converted_bundled_model(Path(folder.name))
     for scene in args.scene or [SAMPLE]:
         eager, card = load_model(model_path, None, None)
         eager.eval()
@@ -147,7 +194,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "default.tif"
             if args.agreement_only:
-                end_to_end(scene, model_path, out, "auto", args.batch_size, args.compile)
+                with bf16_kernels(args.emulate_native_bf16):
+                    end_to_end(scene, model_path, out, "auto", args.batch_size, args.compile)
             else:  # warm-up of both networks first
                 bare_seconds(eager, tiles[: args.batch_size], value_range, card, None, args.batch_size)
                 bare_seconds(default, tiles[: args.batch_size], value_range, card, amp, args.batch_size)
@@ -170,13 +218,17 @@ def main() -> None:
                     f"  end to end / bare fp32 eager (speed-up): {median(times['bare fp32 eager']) / e2e:.2f}"
                 )
                 print(f"  end to end / bare default (plumbing):    {median(times['bare default']) / e2e:.2f}")
-            reference = Path(tmp) / "fp32.tif"
-            end_to_end(scene, model_path, reference, "fp32", args.batch_size, False)
-            share = agreement(out, reference) * 100
+            share = default_agreement(scene, model_path, out, Path(tmp), args.batch_size) * 100
             print(f"  classes agree with --precision fp32 on {share:.2f} % of valid pixels")
+            if converted is not None:
+                with bf16_kernels(args.emulate_native_bf16):
+                    end_to_end(scene, converted, out, "auto", args.batch_size, args.compile)
+                share = default_agreement(scene, converted, out, Path(tmp), args.batch_size) * 100
+                print(f"  converted GeoSeg .ckpt: classes agree with --precision fp32 on {share:.2f} %")
         if args.compile:
             compile_break_even(load_model(model_path, None, None)[0].eval(), tiles, value_range, card, amp,
                                args.batch_size)  # fmt: skip
+    folder.cleanup()
 
 
 if __name__ == "__main__":
