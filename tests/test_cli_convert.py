@@ -69,10 +69,36 @@ def test_convert_geoseg_lightning_checkpoint_with_a_card_file(runner, tmp_path):
     torch.testing.assert_close(loaded.state_dict()["finalconv3.bias"], model.state_dict()["finalconv3.bias"])
 
 
-def test_convert_without_preset_or_card_is_a_usage_error(runner, raw_state, tmp_path):
-    result = runner.invoke(cli, ["convert", str(raw_state), "-o", str(tmp_path / "x.safetensors")])
-    assert result.exit_code == 2
-    assert "pass --preset NAME or --card FILE" in result.output
+def test_convert_of_a_foreign_checkpoint_without_preset_or_card_is_one_line(runner, raw_state, tmp_path):
+    out = tmp_path / "x.safetensors"
+    result = runner.invoke(cli, ["convert", str(raw_state), "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    assert "carries no class names, colours or bands; pass --preset NAME or --card FILE" in result.output
+    assert not out.exists()
+
+
+def test_converting_a_geoseg_checkpoint_to_half_keeps_its_whole_card(runner, raw_state, tmp_path):
+    full = tmp_path / "full.safetensors"
+    half = tmp_path / "half.safetensors"
+    card = tmp_path / "card.json"
+    classes = [{"name": f"c{i}", "color": [i, 0, 0]} for i in range(6)]
+    card.write_text(json.dumps({"classes": classes, "bands": ["red", "green", "blue"], "license": "CC0-1.0"}))
+    assert (
+        runner.invoke(cli, ["convert", str(raw_state), "-o", str(full), "--card", str(card)]).exit_code == 0
+    )
+
+    result = runner.invoke(cli, ["convert", str(full), "-o", str(half), "--half"])
+
+    assert result.exit_code == 0, result.output
+    (_, full_card), (half_model, half_card) = load_checkpoint(full), load_checkpoint(half)
+    assert half_card.to_json() == full_card.to_json()
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    full_model, _ = load_checkpoint(full)
+    weight = "finalconv3.weight"
+    torch.testing.assert_close(
+        half_model.state_dict()[weight], full_model.state_dict()[weight].half().float()
+    )
 
 
 def test_unknown_preset_is_a_usage_error(runner, raw_state, tmp_path):

@@ -27,7 +27,8 @@ def convert(source, output, preset, card_path, half, overwrite, as_json) -> None
 
     The file is read with torch.load(weights_only=True): pickles that could run code are refused. Key names
     are mapped; the network (MANet, MACU-Net or MAResU-Net), backbone and class count are read from the
-    tensors; classes, colours and bands come from --preset or --card. With a preset, a MACU-Net or MAResU-Net
+    tensors; classes, colours and bands come from --preset or --card (a geoseg checkpoint keeps its own card:
+    `geoseg convert model.safetensors -o half.safetensors --half`). With a preset, a MACU-Net or MAResU-Net
     checkpoint gets its authors' input scaling (÷255, no mean/std) instead of MANet's ImageNet one.
 
     \b
@@ -35,11 +36,7 @@ def convert(source, output, preset, card_path, half, overwrite, as_json) -> None
     geoseg convert model_weights.pth -o mine.safetensors --card my_card.json
     """
     from geoseg.api import convert_checkpoint
-    from geoseg.atomic import check_output_path
 
-    if not (preset or card_path):
-        raise click.UsageError("pass --preset NAME or --card FILE: a foreign checkpoint has no class names")
-    check_output_path(output, overwrite, inputs=[source])  # --overwrite would replace the checkpoint read
     result = convert_checkpoint(source, output, preset=preset, card=card_path, half=half, overwrite=overwrite)
     if as_json:
         emit_json(result)

@@ -102,7 +102,7 @@ def load_checkpoint(
     if chosen is None:
         raise CheckpointError(
             f"{path}: a foreign checkpoint carries no class names, colours or bands; "
-            "pass --preset NAME or --card FILE (or convert it once with 'geoseg convert')"
+            "pass --preset NAME or --card FILE"
         )
     found = infer_architecture(state, path)
     if preset:
@@ -370,10 +370,13 @@ def convert_checkpoint(
     half: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Read a foreign (or geoseg) checkpoint, complete its card, and write a geoseg checkpoint."""
+    """Read a foreign (or geoseg) checkpoint, complete its card, and write a geoseg checkpoint.
+
+    A geoseg checkpoint keeps its own card unless ``preset``/``card`` replace it (e.g. ``half=True`` to halve
+    its size); a foreign one needs one of them (:class:`CheckpointError` otherwise)."""
     from geoseg.atomic import check_output_path
 
-    check_output_path(output, overwrite)
+    check_output_path(output, overwrite, inputs=[source])  # --overwrite would replace the checkpoint read
     model, full_card = load_checkpoint(source, preset=preset, card=card)
     save_checkpoint(model, full_card, output, half=half, overwrite=overwrite)
     return {
