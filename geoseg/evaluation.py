@@ -24,7 +24,7 @@ from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, read_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
-from geoseg.raster.classes import NODATA_CLASS, check_class_raster, read_class_names
+from geoseg.raster.classes import NODATA_CLASS, check_card_matches, check_class_raster, read_class_names
 from geoseg.raster.grids import check_same_grid
 from geoseg.raster.reading import (
     check_decodable,
@@ -129,7 +129,7 @@ def evaluate(
         check_decodable(truth_ds, list(truth_ds.indexes), str(truth))
         check_same_grid(pred_ds, truth_ds, str(prediction), str(truth))
         check_class_raster(pred_ds, str(prediction), "evaluate")
-        _check_card_matches_prediction(model_card, pred_ds, str(prediction))
+        check_card_matches(model_card, pred_ds, str(prediction), "score")
         names, colors = _class_names_and_colors(model_card, pred_ds)
         if ignore_index is None and model_card is not None:
             ignore_index = model_card.ignore_index
@@ -249,21 +249,6 @@ def _open(path: str | os.PathLike, role: str):
 
 def _is_integral(value: float | None) -> bool:
     return value is not None and not math.isnan(value) and float(value).is_integer()
-
-
-def _check_card_matches_prediction(card: ModelCard | None, prediction, path: str) -> None:
-    """A class raster that names its classes (geoseg predict does) must be scored with those classes."""
-    own = read_class_names(prediction)
-    if card is None or not own or own == card.class_names:
-        return
-
-    def listed(names: list[str]) -> str:
-        return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-
-    raise InputError(
-        f"{path}: its {len(own)} classes ({listed(own)}) are not the {len(card.class_names)} of "
-        f"--preset/--card ({listed(card.class_names)}); drop --preset/--card to score it with its own classes"
-    )
 
 
 def _class_names_and_colors(card: ModelCard | None, prediction) -> tuple[list[str] | None, list | None]:

@@ -195,8 +195,9 @@ def test_image_on_another_grid_is_refused(tmp_path):
 def test_card_colours_override_the_rasters(tmp_path):
     data = np.zeros((60, 60), np.uint8)
     data[:, 30:] = 1
-    result = quicklook(write_classes(tmp_path / "c.tif", data), tmp_path / "c.png", preset="loveda")
     loveda = preset_card("loveda")
+    classes = write_classes(tmp_path / "c.tif", data, names=loveda.class_names, colors=[(9, 9, 9)] * 7)
+    result = quicklook(classes, tmp_path / "c.png", preset="loveda")
     assert [e.name for e in result.legend] == loveda.class_names
     drawn = rgba(result.path)[: result.map_height, : result.map_width]
     assert count_color(drawn, loveda.classes[1].color) == result.map_width * result.map_height // 2
@@ -297,3 +298,13 @@ def test_legend_share_of_a_class_short_of_the_whole_map_never_reads_100_percent(
     assert _share_text(1.0) == "100 %"
     assert _share_text(0.994) == "99 %"
     assert _share_text(0.25) == "25 %"
+
+
+def test_a_raster_naming_other_classes_than_the_preset_is_refused(tmp_path):
+    classes = write_classes(tmp_path / "c.tif", np.zeros((60, 60), np.uint8))
+
+    with pytest.raises(
+        InputError, match=r"its 5 classes \(building, road, .*\) are not the 7 of --preset/--card"
+    ):
+        quicklook(classes, tmp_path / "c.png", preset="loveda")
+    assert not (tmp_path / "c.png").exists()

@@ -23,7 +23,7 @@ from geoseg.errors import ConfigurationError, GeosegWarning, InputError
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
 from geoseg.plots.common import DPI, base_name, check_png_output, default_color, new_figure, save_rgba_png
-from geoseg.raster.classes import check_class_raster, read_class_names
+from geoseg.raster.classes import check_card_matches, check_class_raster, read_class_names
 from geoseg.raster.grids import check_same_grid
 from geoseg.raster.reading import (
     data_band_indexes,
@@ -97,6 +97,7 @@ def quicklook(
     model_card = resolve_card(preset, card)
     with open_raster(classes if read_from is None else read_from) as dataset:
         _check_class_raster(dataset, str(classes), over is not None)
+        check_card_matches(model_card, dataset, str(classes), "draw")
         names, colors = _names_and_colors(dataset, model_card)
         measure = _text_width_measure()
         panel = _panel_width(names, measure)

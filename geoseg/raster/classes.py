@@ -45,6 +45,25 @@ def read_class_names(dataset) -> list[str] | None:
     return names
 
 
+def check_card_matches(card, dataset, path: str, command: str) -> None:
+    """A class raster that names its own classes (geoseg predict's do) is read with those: ``--preset``/
+    ``--card`` naming other classes would put wrong names and colours on its pixels (LoveDA's water drawn or
+    scored as Potsdam's tree), so it is refused; a raster without names takes the card's. ``card``: a
+    :class:`~geoseg.model.card.ModelCard` or None."""
+    own = read_class_names(dataset)
+    if card is None or not own or own == card.class_names:
+        return
+
+    def listed(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+    raise InputError(
+        f"{path}: its {len(own)} classes ({listed(own)}) are not the {len(card.class_names)} of "
+        f"--preset/--card ({listed(card.class_names)}); "
+        f"drop --preset/--card to {command} it with its own classes"
+    )
+
+
 def check_class_raster(dataset, path: str, command: str, hint: str = "") -> None:
     """Refuse, in one line naming ``command``, what is not a class raster: one band of integer class
     indices stored as they are. An alpha band after it is its mask (``gdal_translate -b 1 -b mask`` writes
