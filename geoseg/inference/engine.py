@@ -86,7 +86,7 @@ def predict_scene(
         Path(probabilities_path) if probabilities_path is not None else None,
     )
     for _, path in outputs.rasters():
-        check_output_path(path, overwrite)
+        check_output_path(path, overwrite, [input_path])
     plan = plan_scene(
         card, input_path, tile=tile, overlap=overlap, bands=bands, scale=scale, chunk_size=chunk_size
     )

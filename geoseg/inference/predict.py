@@ -102,6 +102,7 @@ def prepare_outputs(
         )
 
     seen: dict[Path, str] = {}
+    input_files = _file_identities(inputs)
     for source, paths in zip(inputs, plans, strict=True):
         for _, path in paths.files():
             if path in seen:
@@ -109,8 +110,11 @@ def prepare_outputs(
                     f"{seen[path]} and {source} would both write {path}; rename one or run them separately"
                 )
             seen[path] = source
-            if not is_gdal_path(source) and path.exists() and path.resolve() == Path(source).resolve():
-                raise ConfigurationError(f"{source}: the output {path} would replace the input")
+            victim = input_files.get(_file_identity(path))
+            if victim is not None:  # this scene's input, or another's (read after this scene replaced it)
+                raise ConfigurationError(
+                    f"{victim}: the output {path} would replace this input; write the outputs elsewhere"
+                )
 
     new_folder = into_folder and not output.exists()
     if new_folder:
@@ -131,6 +135,26 @@ def prepare_outputs(
             if not (new_folder and path.parent == output):  # a new folder holds nothing yet (made later)
                 check_output_path(path, overwrite, writable_folders=writable_folders)
     return plans
+
+
+def _file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
+    """The file's (device, inode): the same for every name of one file (a symbolic or hard link, a relative
+    path); None when it does not exist."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _file_identities(inputs: Sequence[str]) -> dict[tuple[int, int], str]:
+    """Local input files by identity (one stat each, however many scenes write how many outputs)."""
+    found = {}
+    for source in inputs:
+        identity = None if is_gdal_path(source) else _file_identity(source)
+        if identity is not None:
+            found.setdefault(identity, source)
+    return found
 
 
 def outputs_exist(paths: OutputPaths) -> bool:
