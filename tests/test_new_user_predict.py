@@ -6,6 +6,7 @@ import hashlib
 import os
 
 import pytest
+import torch
 from click.testing import CliRunner
 from helpers import write_scene, write_small_checkpoint
 from rasterio.transform import from_origin
@@ -57,3 +58,36 @@ def test_cli_leaves_an_input_named_like_another_scene_output_untouched(checkpoin
     assert result.output.strip().splitlines()[-1].startswith(f"Error: {victim}: the output {victim} would")
     assert _digest(victim) == before
     assert sorted(os.listdir(tmp_path / "out")) == ["a.classes.tif"]
+
+
+def _blocked_signals() -> set[int]:
+    import signal
+
+    return {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
+def test_local_dask_workers_do_not_hear_ctrl_c_or_hangup():
+    """Ctrl-C reaches the whole process group: each worker process of ``--workers 2`` printed a
+    KeyboardInterrupt traceback (a hang-up: a KeyError traceback) while this process stopped them cleanly.
+    Workers start with SIGINT and SIGHUP blocked; this process's mask is as it was."""
+    import signal
+
+    from helpers import PixelNet
+
+    from geoseg.inference.execute import ModelSource, model_digest, open_executor
+
+    before = _blocked_signals()
+    network = PixelNet()
+    executor = open_executor(
+        network, ModelSource(model_digest(network), module=network), torch.device("cpu"), workers=2
+    )
+    try:
+        assert _blocked_signals() == before
+        masks = executor.client.run(_blocked_signals)
+        assert len(masks) == 2
+        for blocked in masks.values():
+            assert {int(signal.SIGINT), int(signal.SIGHUP)} <= blocked
+            assert int(signal.SIGTERM) not in blocked  # the nanny still stops its worker with SIGTERM
+    finally:
+        executor.close()

@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import signal
 import threading
 import time
 import uuid
@@ -255,6 +256,18 @@ def open_executor(
 def _local_cluster(workers: int, source: ModelSource, device: torch.device) -> DaskExecutor:
     """N worker processes on 127.0.0.1 splitting the cores, or one per GPU pinned by CUDA_VISIBLE_DEVICES;
     each runs one region at a time (a resource of 1 per worker)."""
+    executor = None
+    try:
+        with _terminal_signals_blocked():  # inherited by the cluster's threads and worker processes
+            executor = _start_local_cluster(workers, source, device)
+    except BaseException:  # a Ctrl-C that came while starting is raised as the block ends
+        if executor is not None:
+            executor.close()
+        raise
+    return executor
+
+
+def _start_local_cluster(workers: int, source: ModelSource, device: torch.device) -> DaskExecutor:
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
     quiet = {"silence_logs": logging.ERROR}
@@ -294,6 +307,31 @@ def _local_cluster(workers: int, source: ModelSource, device: torch.device) -> D
         cluster.close()
         raise
     return DaskExecutor(client, cluster, source, resources)
+
+
+@contextlib.contextmanager
+def _terminal_signals_blocked() -> Iterator[None]:
+    """Block Ctrl-C and a hang-up while the local cluster starts. The terminal sends them to the whole
+    process group, and each worker process printed a KeyboardInterrupt (or KeyError) traceback while this
+    process was stopping the cluster cleanly. Threads and child processes inherit the blocked set: the
+    workers never hear them (SIGTERM, with which a nanny stops its worker, stays open); here they wait
+    and are delivered when the block ends."""
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from multiprocessing import resource_tracker
+
+    terminal = {signal.SIGINT, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, terminal)
+    try:
+        # multiprocessing's tracker process, started here (not by the cluster's thread, where CPython
+        # unblocks SIGINT after starting it): it ignores SIGINT but a hang-up killed it, and it was
+        # relaunched with a warning and KeyError tracebacks
+        resource_tracker.ensure_running()
+        signal.pthread_sigmask(signal.SIG_BLOCK, terminal)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # delivers what came meanwhile
 
 
 def _remote(address: str, source: ModelSource, device: torch.device) -> DaskExecutor:
