@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -91,3 +95,33 @@ def test_local_dask_workers_do_not_hear_ctrl_c_or_hangup():
             assert int(signal.SIGTERM) not in blocked  # the nanny still stops its worker with SIGTERM
     finally:
         executor.close()
+
+
+@pytest.mark.parametrize(
+    "signum, line", [(signal.SIGINT, "geoseg: interrupted"), (signal.SIGHUP, "geoseg: terminated by SIGHUP")]
+)
+def test_ctrl_c_to_the_process_group_with_dask_workers_prints_one_line(checkpoint, tmp_path, signum, line):
+    """A terminal's Ctrl-C or hang-up reaches geoseg and its Dask workers alike: one line, no tracebacks."""
+    write_scene(tmp_path / "large.tif", 1024, 1024, **GRID)
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geoseg.cli.main", "predict", str(tmp_path / "large.tif"), "-o",
+         str(out / "classes.tif"), "-m", str(checkpoint), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GDAL_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not any(out.iterdir()):  # the work folder: the cluster runs regions
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+    time.sleep(1)
+    os.killpg(process.pid, signum)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the command did not stop")
+    assert (process.returncode, stderr.strip().splitlines()) == (128 + signum, [line])
+    assert os.listdir(out) == []
