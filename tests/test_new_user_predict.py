@@ -125,3 +125,12 @@ def test_ctrl_c_to_the_process_group_with_dask_workers_prints_one_line(checkpoin
         pytest.fail("the command did not stop")
     assert (process.returncode, stderr.strip().splitlines()) == (128 + signum, [line])
     assert os.listdir(out) == []
+
+
+@pytest.mark.parametrize("output", ["", " "])
+def test_an_empty_output_is_refused_not_taken_for_the_current_folder(tmp_path, output, monkeypatch):
+    """``-o "$OUT"`` with OUT unset wrote <stem>.classes.tif into the current folder."""
+    write_scene(tmp_path / "a.tif", 64, 64, **GRID)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="^-o is empty; give the class raster .tif"):
+        prepare_outputs([tmp_path / "a.tif"], output)

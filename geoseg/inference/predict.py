@@ -66,6 +66,10 @@ def prepare_outputs(
     """
     inputs = [str(i) for i in inputs]
     output_text = str(output)
+    if not output_text.strip():  # -o "$OUT" with OUT unset: Path("") is the current folder
+        raise ConfigurationError(
+            "-o is empty; give the class raster .tif for one input, or a folder (. for the current one)"
+        )
     output = Path(output)
     into_folder = len(inputs) > 1 or output.is_dir() or output_text.endswith(("/", os.sep))
     if into_folder and output.exists() and not output.is_dir():
