@@ -92,7 +92,7 @@ def test_local_dask_workers_do_not_hear_ctrl_c_or_hangup():
         assert len(masks) == 2
         for blocked in masks.values():
             assert {int(signal.SIGINT), int(signal.SIGHUP)} <= blocked
-            assert int(signal.SIGTERM) not in blocked  # the nanny still stops its worker with SIGTERM
+            assert int(signal.SIGTERM) not in blocked  # `kill PID` still stops a worker
     finally:
         executor.close()
 

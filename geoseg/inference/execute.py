@@ -314,7 +314,7 @@ def _terminal_signals_blocked() -> Iterator[None]:
     """Block Ctrl-C and a hang-up while the local cluster starts. The terminal sends them to the whole
     process group, and each worker process printed a KeyboardInterrupt (or KeyError) traceback while this
     process was stopping the cluster cleanly. Threads and child processes inherit the blocked set: the
-    workers never hear them (SIGTERM, with which a nanny stops its worker, stays open); here they wait
+    workers never hear them (SIGTERM stays open: `kill PID` still stops one); here they wait
     and are delivered when the block ends."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
