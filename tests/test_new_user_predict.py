@@ -71,10 +71,11 @@ def _blocked_signals() -> set[int]:
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
-def test_local_dask_workers_do_not_hear_ctrl_c_or_hangup():
+def test_local_dask_workers_do_not_hear_stop_signals():
     """Ctrl-C reaches the whole process group: each worker process of ``--workers 2`` printed a
-    KeyboardInterrupt traceback (a hang-up: a KeyError traceback) while this process stopped them cleanly.
-    Workers start with SIGINT and SIGHUP blocked; this process's mask is as it was."""
+    KeyboardInterrupt traceback (a hang-up: a KeyError traceback; SIGTERM: the scheduler's failed
+    broadcasts) while this process stopped them cleanly. Workers start with the stop signals blocked; this
+    process's mask is as it was."""
     import signal
 
     from helpers import PixelNet
@@ -91,17 +92,24 @@ def test_local_dask_workers_do_not_hear_ctrl_c_or_hangup():
         masks = executor.client.run(_blocked_signals)
         assert len(masks) == 2
         for blocked in masks.values():
-            assert {int(signal.SIGINT), int(signal.SIGHUP)} <= blocked
-            assert int(signal.SIGTERM) not in blocked  # `kill PID` still stops a worker
+            assert {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP)} <= blocked
     finally:
         executor.close()
 
 
 @pytest.mark.parametrize(
-    "signum, line", [(signal.SIGINT, "geoseg: interrupted"), (signal.SIGHUP, "geoseg: terminated by SIGHUP")]
+    "signum, line",
+    [
+        (signal.SIGINT, "geoseg: interrupted"),
+        (signal.SIGTERM, "geoseg: terminated by SIGTERM"),
+        (signal.SIGHUP, "geoseg: terminated by SIGHUP"),
+    ],
 )
-def test_ctrl_c_to_the_process_group_with_dask_workers_prints_one_line(checkpoint, tmp_path, signum, line):
-    """A terminal's Ctrl-C or hang-up reaches geoseg and its Dask workers alike: one line, no tracebacks."""
+def test_a_stop_signal_to_the_process_group_with_dask_workers_prints_one_line(
+    checkpoint, tmp_path, signum, line
+):
+    """A terminal's Ctrl-C or hang-up, or ``timeout``'s SIGTERM, reach geoseg and its Dask workers alike:
+    one line, no tracebacks."""
     write_scene(tmp_path / "large.tif", 1024, 1024, **GRID)
     out = tmp_path / "out"
     out.mkdir()

@@ -258,9 +258,9 @@ def _local_cluster(workers: int, source: ModelSource, device: torch.device) -> D
     each runs one region at a time (a resource of 1 per worker)."""
     executor = None
     try:
-        with _terminal_signals_blocked():  # inherited by the cluster's threads and worker processes
+        with _stop_signals_blocked():  # inherited by the cluster's threads and worker processes
             executor = _start_local_cluster(workers, source, device)
-    except BaseException:  # a Ctrl-C that came while starting is raised as the block ends
+    except BaseException:  # a stop signal that came while starting is raised as the block ends
         if executor is not None:
             executor.close()
         raise
@@ -310,25 +310,26 @@ def _start_local_cluster(workers: int, source: ModelSource, device: torch.device
 
 
 @contextlib.contextmanager
-def _terminal_signals_blocked() -> Iterator[None]:
-    """Block Ctrl-C and a hang-up while the local cluster starts. The terminal sends them to the whole
-    process group, and each worker process printed a KeyboardInterrupt (or KeyError) traceback while this
-    process was stopping the cluster cleanly. Threads and child processes inherit the blocked set: the
-    workers never hear them (SIGTERM stays open: `kill PID` still stops one); here they wait
-    and are delivered when the block ends."""
+def _stop_signals_blocked() -> Iterator[None]:
+    """Block Ctrl-C, SIGTERM and a hang-up while the local cluster starts. A terminal (Ctrl-C, hang-up),
+    ``timeout`` or SLURM send them to the whole process group: each worker process printed a
+    KeyboardInterrupt (or KeyError) traceback, or died at once and the scheduler logged failed broadcasts,
+    while this process was stopping the cluster cleanly. Threads and child processes inherit the blocked
+    set: the workers never hear them (their nanny stops them by message, then SIGKILL); here they wait and
+    are delivered when the block ends."""
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
     from multiprocessing import resource_tracker
 
-    terminal = {signal.SIGINT, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, terminal)
+    stops = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, stops)
     try:
         # multiprocessing's tracker process, started here (not by the cluster's thread, where CPython
-        # unblocks SIGINT after starting it): it ignores SIGINT but a hang-up killed it, and it was
+        # unblocks SIGINT and SIGTERM after starting it): it ignores those but a hang-up killed it, and it was
         # relaunched with a warning and KeyError tracebacks
         resource_tracker.ensure_running()
-        signal.pthread_sigmask(signal.SIG_BLOCK, terminal)
+        signal.pthread_sigmask(signal.SIG_BLOCK, stops)
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # delivers what came meanwhile
