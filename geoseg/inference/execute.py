@@ -270,7 +270,9 @@ def _local_cluster(workers: int, source: ModelSource, device: torch.device) -> D
 def _start_local_cluster(workers: int, source: ModelSource, device: torch.device) -> DaskExecutor:
     from distributed import Client, LocalCluster, Nanny, Scheduler, SpecCluster
 
-    quiet = {"silence_logs": logging.ERROR}
+    # Workers' own logs stay off the user's terminal: what matters reaches the client as a task's exception
+    # or a lost worker; at a stop, a heartbeat to the just-closed scheduler is logged as an ERROR traceback.
+    quiet = {"silence_logs": logging.CRITICAL}
     if device.type == "cuda":
         gpus = torch.cuda.device_count()
         if workers > gpus:
