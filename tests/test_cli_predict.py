@@ -262,6 +262,22 @@ def test_an_output_folder_that_does_not_exist_is_an_error(checkpoint, colorado, 
     )
 
 
+def test_an_output_under_a_file_names_the_file_not_a_missing_folder(checkpoint, colorado, tmp_path):
+    (tmp_path / "notes.txt").write_text("keep")
+    result = _invoke(colorado, "-o", f"{tmp_path / 'notes.txt' / 'out'}/", "-m", checkpoint)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {tmp_path / 'notes.txt' / 'out'}: cannot create the output folder, "
+        f"{tmp_path / 'notes.txt'} is a file, not a folder\n"
+    )
+    result = _invoke(colorado, "-o", f"{tmp_path / 'notes.txt'}/", "-m", checkpoint)
+    assert result.exit_code == 1
+    assert (
+        result.stderr == f"Error: {tmp_path / 'notes.txt'}: ending in /, -o must be a folder (it is a file)\n"
+    )
+    assert _files(tmp_path) == ["notes.txt"]
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root can write into read-only folders")
 def test_an_unwritable_output_folder_is_an_error(checkpoint, colorado, tmp_path):
     (tmp_path / "locked").mkdir(mode=0o500)

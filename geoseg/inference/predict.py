@@ -73,7 +73,8 @@ def prepare_outputs(
     output = Path(output)
     into_folder = len(inputs) > 1 or output.is_dir() or output_text.endswith(("/", os.sep))
     if into_folder and output.exists() and not output.is_dir():
-        raise OutputError(f"{output}: with several inputs, -o must be a folder (it is a file)")
+        why = "with several inputs" if len(inputs) > 1 else "ending in /"
+        raise OutputError(f"{output}: {why}, -o must be a folder (it is a file)")
     if not into_folder and output.suffix and output.suffix.lower() not in RASTER_SUFFIXES:
         raise ConfigurationError(
             f"{output}: predict writes cloud-optimized GeoTIFF; name the output .tif or .tiff"
@@ -124,7 +125,8 @@ def prepare_outputs(
     if new_folder:
         parent = output.parent
         if not parent.is_dir():
-            raise OutputError(f"{output}: cannot create the output folder, {parent} does not exist")
+            what = "is a file, not a folder" if parent.exists() else "does not exist"
+            raise OutputError(f"{output}: cannot create the output folder, {parent} {what}")
         reason = cannot_create_in(parent)
         if reason is not None:
             raise OutputError(
