@@ -4,17 +4,25 @@ served over HTTP with range requests; the output sits on the assets' grid and th
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+from affine import Affine
 from click.testing import CliRunner
-from helpers import write_small_checkpoint
+from helpers import CARD, PixelNet, write_small_checkpoint
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp
 
 from geoseg.cli.main import cli
+from geoseg.errors import GeosegWarning, InputError
+from geoseg.inference.predict import predict
+from geoseg.raster.reading import dataset_mask as reading_mask
 from geoseg.stac.items import is_stac_item
 
 SCENE = "sample_data/netherlands_0p25m_epsg28992.tif"
@@ -213,3 +221,282 @@ def test_what_counts_as_an_item():
     assert is_stac_item("scene.json") and is_stac_item("https://x.org/stac/item.json?sig=1")
     assert is_stac_item("https://x.org/stac/v1/collections/s2/items/S2B_T31_20240501")
     assert not is_stac_item("scene.tif") and not is_stac_item("https://x.org/cogs/scene.tif")
+
+
+# --- an Item is read exactly as its asset files are ------------------------------------------------------
+
+NET = PixelNet(3, 6)
+UTM = CRS.from_epsg(32631)
+NORTH_UP = Affine(0.5, 0, 630000, 0, -0.5, 5800000)
+HEIGHT, WIDTH = 40, 56
+RGB = ("red", "green", "blue")
+
+
+def _scene(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(1, 256, (3, HEIGHT, WIDTH)).astype(np.uint8)
+
+
+def _tif(
+    path, data, *, mask=None, side_car=False, nodata=None, interp=None, scales=None, offsets=None, **extra
+):
+    """``data`` (C, H, W) as a GeoTIFF with an internal (or ``side_car``) mask, nodata, colour
+    interpretation, scale and offset; ``extra`` goes to the profile (NBITS...)."""
+    profile = dict(driver="GTiff", width=WIDTH, height=HEIGHT, count=data.shape[0], dtype=data.dtype.name)
+    profile.update(crs=UTM, transform=NORTH_UP, nodata=nodata, **extra)
+    with (
+        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=not side_car),
+        rasterio.open(path, "w", **profile) as dst,
+    ):
+        dst.write(data)
+        if interp:
+            dst.colorinterp = interp
+        if scales:
+            dst.scales, dst.offsets = scales, offsets
+        if mask is not None:
+            dst.write_mask(mask)
+    return path
+
+
+def _item(folder, assets, version="1.0", name="item.json", links=()):
+    """An Item of ``assets`` {key: (file, [band dicts])}; band dicts hold ``common_name`` and the raster
+    fields ``nodata``/``scale``/``offset``, written as STAC 1.0 (``eo:bands`` + ``raster:bands``) or 1.1
+    (``bands``); None instead of the band list gives the asset no band metadata."""
+    body = {}
+    for key, (file, bands) in assets.items():
+        asset: dict = {"href": os.path.relpath(file, folder), "type": "image/tiff; application=geotiff"}
+        raster = [{k: b[k] for k in ("nodata", "scale", "offset") if k in b} for b in bands or []]
+        if bands is not None and version == "1.0":
+            asset["eo:bands"] = [
+                {"name": f"b{i}", "common_name": b.get("common_name")} for i, b in enumerate(bands)
+            ]
+            if any(raster):
+                asset["raster:bands"] = raster
+        elif bands is not None:
+            asset["bands"] = [
+                {"name": f"b{i}", "eo:common_name": b.get("common_name")}
+                | {("nodata" if k == "nodata" else f"raster:{k}"): v for k, v in r.items()}
+                for i, (b, r) in enumerate(zip(bands, raster, strict=True))
+            ]
+        body[key] = asset
+    item = {
+        "type": "Feature",
+        "stac_version": f"{version}.0",
+        "id": "scene",
+        "geometry": None,
+        "properties": {"datetime": "2024-05-01T10:00:00Z"},
+        "links": list(links),
+        "assets": body,
+    }
+    path = folder / name
+    path.write_text(json.dumps(item))
+    return path
+
+
+def _predict_classes(source, out, **options):
+    predict([source], out, model=NET, card=CARD, **options)
+    with rasterio.open(out) as dataset:
+        return dataset.read(1), dataset.dataset_mask(), dataset.crs, dataset.transform
+
+
+def _layouts(folder, write_file, data):
+    """The direct file (RGB in one) and the Items over it: the file as one multi-band asset, and the same
+    bands as three single-band assets (each written by ``write_file`` as the RGB file is)."""
+    direct = write_file(folder / "rgb.tif", data, RGB)
+    with rasterio.open(direct) as dataset:
+        data_names = iter(RGB)
+        names = [next(data_names) if ci != ColorInterp.alpha else None for ci in dataset.colorinterp]
+    one = {"image": (direct, [{"common_name": n} if n else {"name": "alpha"} for n in names])}
+    three = {}
+    for i, name in enumerate(RGB):
+        file = write_file(folder / f"{name}.tif", data[i : i + 1], (name,))
+        with rasterio.open(file) as dataset:
+            bands = [{"common_name": name} if ci != ColorInterp.alpha else {} for ci in dataset.colorinterp]
+        three[f"B{i}"] = (file, bands)
+    return direct, {"one multi-band asset": one, "three single-band assets": three}
+
+
+def _expected(direct, out, assets, **options):
+    """Predicting the direct file, with 255 wherever an asset file read directly holds the pixel invalid
+    (an asset's own nodata marks its pixels even where the RGB file's other bands hold data)."""
+    classes, mask, crs, transform = _predict_classes(direct, out, **options)
+    for file, _ in assets.values():
+        with rasterio.open(file) as dataset:
+            invalid = reading_mask(dataset) == 0
+        classes[invalid], mask[invalid] = 255, 0
+    return classes, mask, crs, transform
+
+
+def _assert_same(item_result, expected):
+    classes, mask, crs, transform = item_result
+    assert (crs, transform) == expected[2:]
+    np.testing.assert_array_equal(classes, expected[0])
+    np.testing.assert_array_equal(mask > 0, expected[1] > 0)
+
+
+def _masked(rows=slice(None), cols=slice(None)):
+    mask = np.full((HEIGHT, WIDTH), 255, np.uint8)
+    mask[rows, cols] = 0
+    return mask
+
+
+def _alpha(data, first):
+    alpha = _masked(slice(10, 20), slice(10, 30))[None]
+    return np.concatenate([alpha, data] if first else [data, alpha])
+
+
+def _alpha_interp(count, first):
+    data = [ColorInterp.gray] if count == 1 else [ColorInterp.red, ColorInterp.green, ColorInterp.blue]
+    return [ColorInterp.alpha, *data] if first else [*data, ColorInterp.alpha]
+
+
+# Each kind of validity a file may state, as a writer of one file of ``data`` bands named ``names``.
+VALIDITY = {
+    "internal mask": lambda path, data, names: _tif(path, data, mask=_masked(slice(0, 8))),
+    ".msk side-car": lambda path, data, names: _tif(
+        path, data, mask=_masked(cols=slice(0, 7)), side_car=True
+    ),
+    "alpha band last": lambda path, data, names: _tif(
+        path, _alpha(data, False), interp=_alpha_interp(len(names), False), alpha="YES"
+    ),
+    "alpha band first": lambda path, data, names: _tif(
+        path, _alpha(data, True), interp=_alpha_interp(len(names), True)
+    ),
+    "nodata": lambda path, data, names: _tif(path, data, nodata=0),
+}
+
+
+def _with_nodata_pixels(data):
+    """Zeros in every band (nodata everywhere) and in red alone (nodata in the red asset only)."""
+    data = data.copy()
+    data[:, :5] = 0
+    data[0, 30:35, :10] = 0
+    return data
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+@pytest.mark.parametrize("layout", ["one multi-band asset", "three single-band assets"])
+@pytest.mark.parametrize("kind", list(VALIDITY))
+def test_an_item_masks_the_pixels_its_asset_files_mask(tmp_path, kind, layout, version):
+    """Internal masks, .msk side-cars, alpha bands and nodata of the assets: their pixels are 255 in the
+    Item's prediction exactly where predicting the files directly makes them 255."""
+    data = _with_nodata_pixels(_scene()) if kind == "nodata" else _scene()
+    direct, layouts = _layouts(tmp_path, VALIDITY[kind], data)
+    expected = _expected(direct, tmp_path / "direct.tif", layouts[layout])
+    assert 0 < int((expected[0] == 255).sum()) < HEIGHT * WIDTH
+
+    item = _item(tmp_path, layouts[layout], version)
+    _assert_same(_predict_classes(item, tmp_path / "item.tif"), expected)
+
+
+def _reflectance(path, data, names, **options):
+    """uint16 counts with a per-band scale and offset in the file (reflectance = count × scale + offset)."""
+    scales = {"red": 0.0001, "green": 0.0002, "blue": 0.0001}
+    offsets = {"red": 0.0, "green": -0.1, "blue": 0.05}
+    counts = data.astype(np.uint16) * 40
+    return _tif(
+        path, counts, scales=[scales[n] for n in names], offsets=[offsets[n] for n in names], **options
+    )
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+@pytest.mark.parametrize("layout", ["one multi-band asset", "three single-band assets"])
+def test_an_item_reads_its_assets_scale_and_offset(tmp_path, layout, version):
+    direct, layouts = _layouts(tmp_path, _reflectance, _scene())
+    expected = _expected(direct, tmp_path / "direct.tif", layouts[layout], scale=(0.0, 1.0))
+    item = _item(tmp_path, layouts[layout], version)
+    _assert_same(_predict_classes(item, tmp_path / "item.tif", scale=(0.0, 1.0)), expected)
+
+
+@pytest.mark.parametrize("layout", ["one multi-band asset", "three single-band assets"])
+def test_an_item_reads_its_assets_nbits(tmp_path, layout):
+    """4-bit values: refused without --scale as the file is (0..255 would show them nearly black), read the
+    same with --scale 0,15."""
+    direct, layouts = _layouts(tmp_path, lambda p, d, n: _tif(p, d >> 4, NBITS=4), _scene())
+    item = _item(tmp_path, layouts[layout])
+    messages = []
+    for source in (direct, item):
+        with pytest.raises(InputError) as error:
+            _predict_classes(source, tmp_path / "refused.tif")
+        messages.append(str(error.value).split(": ", 1)[1])
+    assert (
+        messages[0]
+        == messages[1]
+        == "4-bit values 0..15 but the model expects 8-bit values 0..255; pass --scale 0,15"
+    )
+    expected = _expected(direct, tmp_path / "direct.tif", layouts[layout], scale=(0.0, 15.0))
+    _assert_same(_predict_classes(item, tmp_path / "item.tif", scale=(0.0, 15.0)), expected)
+
+
+def test_an_asset_without_band_metadata_is_read_by_its_colour_interpretation(tmp_path):
+    """A BGR file: predict picks its bands by colour interpretation; named with --assets, so does the Item."""
+    data = _scene()
+    interp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
+    direct = _tif(tmp_path / "bgr.tif", data[::-1].copy(), interp=interp)
+    expected = _predict_classes(direct, tmp_path / "direct.tif")
+    item = _item(tmp_path, {"image": (direct, None)})
+    _assert_same(_predict_classes(item, tmp_path / "item.tif", assets=["image"]), expected)
+
+
+def test_an_item_never_predicts_from_overviews(tmp_path):
+    """Overviews hold other values (built before the pixels were rewritten): full resolution is read."""
+    data = _scene()
+    direct = _tif(tmp_path / "rgb.tif", np.zeros_like(data))
+    with rasterio.open(direct, "r+") as dataset:
+        dataset.build_overviews([2, 4])
+        dataset.write(data)
+    expected = _predict_classes(direct, tmp_path / "direct.tif")
+    item = _item(tmp_path, {"image": (direct, [{"common_name": n} for n in RGB])})
+    _assert_same(_predict_classes(item, tmp_path / "item.tif"), expected)
+    with rasterio.open(tmp_path / "item.tif") as out:
+        assert len(np.unique(out.read(1))) > 1
+
+
+@pytest.mark.parametrize("version", ["1.0", "1.1"])
+@pytest.mark.parametrize("layout", ["one multi-band asset", "three single-band assets"])
+def test_raster_bands_of_the_item_apply_where_the_files_say_nothing(tmp_path, layout, version):
+    """The Item's scale, offset and nodata read the files as if the files stated them."""
+    data = _with_nodata_pixels(_scene())
+    stated = {"red": (0.0001, 0.0), "green": (0.0002, -0.1), "blue": (0.0001, 0.05)}
+    direct, layouts = _layouts(tmp_path, lambda p, d, n: _reflectance(p, d, n, nodata=0), data)
+    expected = _expected(direct, tmp_path / "direct.tif", layouts[layout], scale=(0.0, 1.0))
+    (tmp_path / "plain").mkdir()
+    _, silent = _layouts(tmp_path / "plain", lambda p, d, n: _tif(p, d.astype(np.uint16) * 40), data)
+    assets = {
+        key: (
+            file,
+            [
+                b | dict(zip(("scale", "offset"), stated[b["common_name"]], strict=True), nodata=0)
+                for b in bands
+            ],
+        )
+        for key, (file, bands) in silent[layout].items()
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeosegWarning)
+        result = _predict_classes(
+            _item(tmp_path / "plain", assets, version), tmp_path / "item.tif", scale=(0.0, 1.0)
+        )
+    _assert_same(result, expected)
+
+
+def test_where_the_item_and_the_file_disagree_the_file_wins_with_one_warning(tmp_path):
+    direct, layouts = _layouts(tmp_path, _reflectance, _scene())
+    expected = _expected(
+        direct, tmp_path / "direct.tif", layouts["three single-band assets"], scale=(0.0, 1.0)
+    )
+    assets = {
+        key: (file, [b | {"scale": 0.001, "offset": 0.0} for b in bands])
+        for key, (file, bands) in layouts["three single-band assets"].items()
+    }
+    item = _item(tmp_path, assets)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _predict_classes(item, tmp_path / "item.tif", scale=(0.0, 1.0))
+    _assert_same(result, expected)
+    said = [str(w.message) for w in caught if issubclass(w.category, GeosegWarning)]
+    assert said == [
+        f"{item}: the item's raster:bands disagree with the files, which win: "
+        "asset B0 band 1 scale 0.001 (file: 0.0001); asset B1 band 1 scale 0.001 (file: 0.0002); "
+        "asset B1 band 1 offset 0 (file: -0.1); asset B2 band 1 scale 0.001 (file: 0.0001); "
+        "asset B2 band 1 offset 0 (file: 0.05)"
+    ]
