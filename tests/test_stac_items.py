@@ -23,7 +23,7 @@ from geoseg.cli.main import cli
 from geoseg.errors import GeosegWarning, InputError
 from geoseg.inference.predict import predict
 from geoseg.raster.reading import dataset_mask as reading_mask
-from geoseg.stac.items import is_stac_item
+from geoseg.stac.items import is_stac_item, resolve_href
 
 SCENE = "sample_data/netherlands_0p25m_epsg28992.tif"
 WINDOW = rasterio.windows.Window(300, 200, 96, 80)
@@ -500,3 +500,72 @@ def test_where_the_item_and_the_file_disagree_the_file_wins_with_one_warning(tmp
         "asset B1 band 1 offset 0 (file: -0.1); asset B2 band 1 scale 0.001 (file: 0.0001); "
         "asset B2 band 1 offset 0 (file: 0.05)"
     ]
+
+
+# --- asset hrefs are URIs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "href, base, path",
+    [
+        ("s3://bucket/scenes/B04.tif", "/data/item.json", "/vsis3/bucket/scenes/B04.tif"),
+        ("gs://bucket/my%20scene.tif", "/data/item.json", "/vsigs/bucket/my scene.tif"),
+        ("az://container/x/B04.tif", "/data/item.json", "/vsiaz/container/x/B04.tif"),
+        ("../cogs/B04.tif", "s3://bucket/items/item.json", "/vsis3/bucket/cogs/B04.tif"),
+        (
+            "https://x.org/cogs/B04.tif?sig=a%2Fb",
+            "/data/item.json",
+            "/vsicurl?list_dir=no&url=https%3A%2F%2Fx.org%2Fcogs%2FB04.tif%3Fsig%3Da%252Fb",
+        ),
+        (
+            "B04.tif",
+            "https://x.org/stac/item.json",
+            "/vsicurl?list_dir=no&url=https%3A%2F%2Fx.org%2Fstac%2FB04.tif",
+        ),
+        ("file:///data/my%20scene.tif", "/elsewhere/item.json", "/data/my scene.tif"),
+        ("file://localhost/data/B04.tif", "/elsewhere/item.json", "/data/B04.tif"),
+        ("B04.tif", "file:///data/items/item.json", "/data/items/B04.tif"),
+        ("cogs/my%20scene.tif", "/data/items/item.json", "/data/items/cogs/my scene.tif"),
+        ("./cogs/../B04.tif", "/data/items/item.json", "/data/items/B04.tif"),
+        ("/data/B04.tif", "https://x.org/stac/item.json", "/data/B04.tif"),
+        ("/vsizip//data/a.zip/B04.tif", "/data/item.json", "/vsizip//data/a.zip/B04.tif"),
+    ],
+)
+def test_an_href_is_resolved_as_a_uri_reference(href, base, path):
+    assert resolve_href(href, base) == path
+
+
+@pytest.mark.parametrize(
+    "href, message",
+    [
+        ("ftp://x.org/B04.tif", "ftp://x.org/B04.tif: GDAL cannot read ftp:// URIs"),
+        ("file://nas/data/B04.tif", "file://nas/data/B04.tif: a file URI on another host (nas)"),
+    ],
+)
+def test_an_href_gdal_cannot_read_is_refused_in_one_line(href, message):
+    with pytest.raises(InputError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
+        resolve_href(href, "/data/item.json")
+
+
+@pytest.mark.parametrize("form", ["file URI", "percent-encoded relative", "self link", "absolute self path"])
+def test_an_item_reads_assets_named_by_any_uri_form(tmp_path, form):
+    """file:// URIs, percent-encoded names and relative hrefs against the Item's own location or, for an
+    Item saved away from its assets, its self link: all read the file predicted directly."""
+    published = tmp_path / "published"
+    published.mkdir()
+    direct = _tif(published / "my scene.tif", _scene())
+    expected = _predict_classes(direct, tmp_path / "direct.tif")
+    bands = [{"common_name": n} for n in RGB]
+    item = _item(published, {"image": (direct, bands)})
+    body = json.loads(item.read_text())
+    href = {"file URI": direct.as_uri(), "percent-encoded relative": "my%20scene.tif"}
+    body["assets"]["image"]["href"] = href.get(form, "my%20scene.tif")
+    if form in ("self link", "absolute self path"):
+        self_href = (
+            (published / "item.json").as_uri() if form == "self link" else str(published / "item.json")
+        )
+        body["links"] = [{"rel": "self", "href": self_href}]
+        item = tmp_path / "saved" / "item.json"
+        item.parent.mkdir()
+    item.write_text(json.dumps(body))
+    _assert_same(_predict_classes(item, tmp_path / "item.tif"), expected)
