@@ -454,6 +454,7 @@ class GridLabels:
         all_touched: bool,
         width: int,
         height: int,
+        ignore_index: int | None = None,
     ) -> None:
         order = np.argsort(rank, kind="stable")
         self.geometries = geometries[order]
@@ -462,6 +463,7 @@ class GridLabels:
         self.background = background
         self.all_touched = all_touched
         self.width, self.height = width, height
+        self.ignore_index = ignore_index  # a class ignored as the card says, as in label rasters
         self.tree = shapely.STRtree(self.geometries)
         self.aoi_tree = shapely.STRtree(aoi) if aoi is not None and len(aoi) else None
 
@@ -543,11 +545,17 @@ def subset(grid: GridLabels, units: Sequence[SpatialUnit]) -> GridLabels:
         grid.all_touched,
         grid.width,
         grid.height,
+        grid.ignore_index,
     )
 
 
 def on_grid(
-    polygons: LabelPolygons, crs, transform: Affine, width: int, height: int
+    polygons: LabelPolygons,
+    crs,
+    transform: Affine,
+    width: int,
+    height: int,
+    ignore_index: int | None = None,
 ) -> tuple[GridLabels | None, np.ndarray]:
     """The polygons that fall on a raster (CRS ``crs``, ``transform``, size), in its pixel space, and their
     positions in ``polygons`` (to report labels that fall on no raster); None when none falls on it."""
@@ -583,6 +591,7 @@ def on_grid(
         polygons.all_touched,
         width,
         height,
+        ignore_index,
     )
     return grid, hits
 

@@ -253,3 +253,75 @@ class _Reporter:
             yield
         finally:
             self.progress.start()
+
+
+def label_polygon_options(command: Callable) -> Callable:
+    """The options of label polygons (``train --labels``, ``evaluate TRUTH``), handed to the command as one
+    ``label_polygons`` value: a :class:`geoseg.vector_labels.VectorLabelOptions`, or None without
+    ``--class-field``."""
+    import functools
+
+    options = [
+        click.option(
+            "--class-field",
+            default=None,
+            help="Label polygons: the column holding each polygon's class (a class name, any case, or id).",
+        ),
+        click.option(
+            "--class-map",
+            default=None,
+            help="Map other class values to classes: 'Gebouw=building,Weg=road' or a JSON file.",
+        ),
+        click.option(
+            "--aoi",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="Areas of interest (polygons) inside which the labels are exhaustive: pixels under no label "
+            "there are --background; elsewhere unlabelled pixels are ignored.",
+        ),
+        click.option(
+            "--background",
+            default=None,
+            help="The class of unlabelled pixels inside the AOIs. [a class named background]",
+        ),
+        click.option(
+            "--all-touched",
+            is_flag=True,
+            help="Label every pixel a polygon touches (thin features), not only those whose centre it holds.",
+        ),
+        click.option(
+            "--priority",
+            type=NameListType(),
+            default=None,
+            help="Classes that win where polygons of different classes overlap, first wins. "
+            "[the smaller polygon wins]",
+        ),
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args, class_field, class_map, aoi, background, all_touched, priority, **kwargs):
+        from geoseg.vector_labels import VectorLabelOptions, parse_class_map
+
+        given = [
+            name for name, v in (("--class-map", class_map), ("--aoi", aoi), ("--priority", priority)) if v
+        ]
+        given += ["--background"] * (background is not None) + ["--all-touched"] * all_touched
+        if class_field is None:
+            if given:
+                raise click.UsageError(
+                    f"{given[0]} applies to label polygons: name their class column with --class-field"
+                )
+            return command(*args, label_polygons=None, **kwargs)
+        label_polygons = VectorLabelOptions(
+            class_field=class_field,
+            class_map=parse_class_map(class_map),
+            aoi=aoi,
+            background=background,
+            all_touched=all_touched,
+            priority=tuple(priority or ()),
+        )
+        return command(*args, label_polygons=label_polygons, **kwargs)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper

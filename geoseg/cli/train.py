@@ -15,6 +15,7 @@ from geoseg.cli.options import (
     ignore_index_option,
     json_option,
     label_offset_option,
+    label_polygon_options,
     overwrite_option,
     precision_option,
     preset_option,
@@ -34,8 +35,13 @@ from geoseg.model.card import ARCHITECTURES, BACKBONES
     help="Training images: files, folders or quoted glob patterns (repeat the option for more).",
 )
 @click.option(
-    "--labels", multiple=True, required=True, help="Label rasters (class indices or colours), as --images."
+    "--labels",
+    multiple=True,
+    required=True,
+    help="Label rasters (class indices or colours), as --images; or one vector file of label polygons "
+    "(.gpkg, .shp, .fgb, .geojson, .parquet; FILE.gpkg:LAYER) with --class-field.",
 )
+@label_polygon_options
 @checkpoint_output_option
 @preset_option
 @card_option
@@ -58,7 +64,8 @@ from geoseg.model.card import ARCHITECTURES, BACKBONES
     type=float,
     default=0.0,
     show_default=True,
-    help="Hold out this fraction of the image pairs (whole images) for validation instead.",
+    help="Hold out this fraction of the image pairs (whole images) for validation instead; with label "
+    "polygons, of the spatial units (AOIs or clusters of polygons), never single pixels or windows.",
 )
 @click.option("--crop", type=int, default=512, show_default=True, help="Training crop size (multiple of 32).")
 @click.option("--batch-size", type=int, default=8, show_default=True)
@@ -121,6 +128,7 @@ def train(
     overwrite: bool,
     as_json: bool,
     quiet: bool,
+    label_polygons=None,
 ) -> None:
     """Train a network on image/label pairs and write the best checkpoint (by validation mIoU) with a complete
     model card, ready for geoseg predict. The classes, colours, bands and normalisation come from --preset or
@@ -131,8 +139,13 @@ def train(
     first step. Imagery is read as predict reads it: bands by name or --bands, alpha, nodata and
     masks as masks (such pixels count in neither the loss nor the scores), 16-bit data only with --scale
     (whose range the checkpoint's card records, so predict applies it); a label must lie on its image's grid.
-    A state file beside the output lets --resume continue an interrupted run. OUTPUT's NAME.curves.png shows
-    the training loss of every step and the validation scores, redrawn after every epoch (needs matplotlib).
+    Labels may be polygons from the GIS instead: --labels LABELS.gpkg --class-field FIELD (any CRS; one
+    file for all images, each takes the polygons on it), rasterized on each image's grid (pixel-centre rule,
+    or --all-touched; overlaps: the smaller polygon wins unless --priority ranks classes). Without --aoi only
+    pixels under a polygon are trained on; inside --aoi areas every other pixel is --background. Crops are
+    drawn only where labels are. A state file beside the output lets --resume continue an interrupted run.
+    OUTPUT's NAME.curves.png shows the training loss of every step and the validation scores, redrawn
+    after every epoch (needs matplotlib).
 
     \b
     geoseg train --images tiles/images --labels tiles/labels --preset vaihingen \\
@@ -141,6 +154,9 @@ def train(
         --backbone resnet18 --crop 256 --steps 2000 -o loveda_r18.safetensors
     geoseg train --images tiles/images --labels tiles/labels --preset vaihingen --architecture maresunet \\
         --init resnet34-imagenet.pth --epochs 100 -o maresunet_vaihingen.safetensors
+    geoseg train --images ortho/ --labels digitized.gpkg:labels --class-field klasse \\
+        --class-map 'Gebouw=building,Weg=road' --aoi digitized.gpkg:areas --background background \\
+        --card classes.json --init demo.safetensors --val-fraction 0.2 -o finetuned.safetensors
     """
     from geoseg.api import TrainingConfig
     from geoseg.api import train as run_training
@@ -154,6 +170,15 @@ def train(
         fits = ", ".join(str(b) for b in ARCHITECTURES[architecture] if b)
         which = f"whose backbone is {fits}" if fits else "which has none: leave --backbone out"
         raise click.UsageError(f"--backbone {backbone} does not fit --architecture {architecture}, {which}")
+    from geoseg.vector_labels import is_vector_path
+
+    vector = [spec for spec in (*labels, *val_labels) if is_vector_path(spec)]
+    if vector and label_polygons is None:
+        raise click.UsageError(
+            f"--labels {vector[0]} is a vector file: name its class column with --class-field"
+        )
+    if label_polygons is not None and len(vector) != len(labels) + len(val_labels):
+        raise click.UsageError("--class-field reads label polygons: --labels must name one vector file")
     if preset:
         card = preset_card(preset, backbone, architecture=architecture or "manet")
     else:
@@ -192,6 +217,7 @@ def train(
             overwrite=overwrite,
             progress=display.update,
             curves=curves,
+            label_polygons=label_polygons,
         )
     finally:
         display.close()

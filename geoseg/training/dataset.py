@@ -48,6 +48,7 @@ from geoseg.raster.reading import (
     select_bands,
     stretch_range,
 )
+from geoseg.vector_labels import GridLabels
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img")
 CACHE_PIXELS = 16 * 1024 * 1024  # per raster; a 4096² RGB uint8 tile is 48 MiB
@@ -175,10 +176,38 @@ class LabelledRaster:
     encoding: LabelEncoding
     image_data: np.ndarray | None = field(default=None, repr=False)
     label_data: np.ndarray | None = field(default=None, repr=False)  # decoded uint8, IGNORE for ignored
+    polygons: GridLabels | None = field(default=None, repr=False)  # label polygons instead of a raster
+    regions: list[tuple[int, int, int, int]] | None = None  # labelled boxes (row0, col0, row1, col1)
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+    @property
+    def area(self) -> int:
+        """Pixels crops are drawn from: the labelled regions' boxes, else the whole raster."""
+        if self.regions is None:
+            return self.pixels
+        return sum((r1 - r0) * (c1 - c0) for r0, c0, r1, c1 in self.regions)
+
+    def origin(self, rng: np.random.Generator, side: int) -> tuple[int, int]:
+        """A random top-left corner of a ``side`` crop, overlapping a labelled region when there are any."""
+        if self.regions is None:
+            return int(rng.integers(0, self.height - side + 1)), int(rng.integers(0, self.width - side + 1))
+        sizes = np.array([(r1 - r0) * (c1 - c0) for r0, c0, r1, c1 in self.regions], dtype=np.float64)
+        r0, c0, r1, c1 = self.regions[int(rng.choice(len(sizes), p=sizes / sizes.sum()))]
+        rows = (max(0, r0 - side + 1), min(self.height - side, r1 - 1))
+        cols = (max(0, c0 - side + 1), min(self.width - side, c1 - 1))
+        return int(rng.integers(rows[0], rows[1] + 1)), int(rng.integers(cols[0], cols[1] + 1))
+
+    def extent(self, tile: int) -> tuple[int, int, int, int]:
+        """The box validation tiles: the labelled regions' (at least ``tile`` square), else the raster."""
+        if self.regions is None:
+            return 0, 0, self.height, self.width
+        r0, c0 = min(r[0] for r in self.regions), min(r[1] for r in self.regions)
+        r1, c1 = max(r[2] for r in self.regions), max(r[3] for r in self.regions)
+        r0, c0 = min(r0, max(0, r1 - tile)), min(c0, max(0, c1 - tile))
+        return r0, c0, max(r1, min(self.height, r0 + tile)), max(c1, min(self.width, c0 + tile))
 
     @property
     def bands(self) -> int:
@@ -191,8 +220,11 @@ class LabelledRaster:
             image = self.image_data[:, row : row + size, col : col + size]
             return image, self.label_data[row : row + size, col : col + size]
         window = Window(col, row, size, size)
-        with open_raster(self.label) as src:
-            labels = read_labels(src, window, self.encoding, str(self.label))
+        if self.polygons is not None:
+            labels = self.polygons.read(row, col, size, size)
+        else:
+            with open_raster(self.label) as src:
+                labels = read_labels(src, window, self.encoding, str(self.label))
         with open_raster(self.image) as src:
             return read_bands(src, window, self.indexes), _mask_invalid(labels, src, window, self.indexes)
 
@@ -329,7 +361,7 @@ class CropSampler:
         self.crop = crop
         self.rng = rng
         self.scales = scales
-        weights = np.array([r.pixels for r in self.rasters], dtype=np.float64)
+        weights = np.array([r.area for r in self.rasters], dtype=np.float64)
         self.weights = weights / weights.sum()
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -342,8 +374,7 @@ class CropSampler:
         lo, hi = np.log(self.scales[0]), np.log(self.scales[1])
         scale = float(np.exp(self.rng.uniform(lo, hi)))
         side = min(round(self.crop / scale), raster.width, raster.height)
-        row = int(self.rng.integers(0, raster.height - side + 1))
-        col = int(self.rng.integers(0, raster.width - side + 1))
+        row, col = raster.origin(self.rng, side)
         image, label = raster.read(row, col, side)
         image_t = torch.from_numpy(np.ascontiguousarray(image)).to(torch.float32)
         label_t = torch.from_numpy(np.ascontiguousarray(label)).to(torch.int64)

@@ -44,6 +44,8 @@ from geoseg.training.dataset import (
     value_range_for,
 )
 from geoseg.training.losses import segmentation_loss
+from geoseg.training.vector_dataset import vector_training_sets
+from geoseg.vector_labels import VectorLabelOptions, split_layer
 
 ENCODER_PREFIXES = ("firstconv", "firstbn", "encoder")
 STATE_FORMAT = 1
@@ -160,6 +162,7 @@ def train(
     overwrite: bool = False,
     progress: ProgressCallback | None = None,
     curves: str | os.PathLike | None = None,
+    label_polygons: VectorLabelOptions | None = None,
 ) -> TrainingResult:
     """Train a network on image/label rasters and write the best checkpoint (with its card) to ``output``.
 
@@ -170,15 +173,21 @@ def train(
     checkpoint (any geoseg or foreign file of the same network, or a torchvision ResNet state dict for the
     encoder of MANet or MAResU-Net), loading every tensor whose name and shape match. ``curves`` is a PNG
     redrawn (atomically) after every epoch with the loss of each step and the validation scores (see
-    :func:`curves_path_for`).
+    :func:`curves_path_for`). ``label_polygons`` reads ``labels`` (and ``val_labels``) as one vector file of
+    label polygons shared by all images (see :mod:`geoseg.training.vector_dataset`).
     """
     config = config or TrainingConfig()
     config.check()
     output = Path(output)
     state_path = state_path_for(output)
-    pairs, val_pairs = _split_pairs(images, labels, val_images, val_labels, config)
+    if label_polygons is None:
+        pairs, val_pairs = _split_pairs(images, labels, val_images, val_labels, config)
+        inputs = [path for pair in (*pairs, *val_pairs) for path in pair]
+    else:
+        image_paths, val_paths = _vector_inputs(images, labels, val_images, val_labels, config)
+        inputs = [*image_paths, *val_paths, *(Path(split_layer(str(s))[0]) for s in (*labels, *val_labels))]
     # no output may be an input, which --overwrite would destroy after the whole run
-    inputs = [path for pair in (*pairs, *val_pairs) for path in pair] + [p for p in (init, resume) if p]
+    inputs += [p for p in (init, resume) if p]
     if resume is None:
         check_output_path(output, overwrite, inputs)
         check_output_path(state_path, overwrite, inputs)
@@ -200,8 +209,30 @@ def train(
         ignore_index=ignore_index,
         offset=config.label_offset,
     )
-    rasters = check_pairs(pairs, encoding, card.bands, config.crop, config.bands)
-    val_rasters = check_pairs(val_pairs, encoding, card.bands, config.crop, config.bands) if val_pairs else []
+    labels_record = None
+    if label_polygons is None:
+        rasters = check_pairs(pairs, encoding, card.bands, config.crop, config.bands)
+        val_rasters = (
+            check_pairs(val_pairs, encoding, card.bands, config.crop, config.bands) if val_pairs else []
+        )
+    else:
+        common = dict(
+            crop=config.crop, expected_bands=card.bands, bands=config.bands, ignore_index=ignore_index
+        )
+        sets = vector_training_sets(
+            image_paths,
+            labels[0],
+            label_polygons,
+            card.class_names,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            **common,
+        )
+        rasters, val_rasters, labels_record = sets.train, sets.validation, sets.record
+        if val_paths:
+            val_rasters = vector_training_sets(
+                val_paths, val_labels[0], label_polygons, card.class_names, val_fraction=None, **common
+            ).validation
     # predict's value-range rules; the range used goes into the card, so predict applies it unasked
     value_range = value_range_for(rasters, config.scale, card.value_range)
     value_range_for(val_rasters, value_range if config.scale == "auto" else config.scale, card.value_range)
@@ -219,7 +250,7 @@ def train(
     optimizer = _optimizer(model, config)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a restored state changes them
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16 and device.type == "cuda")
-    steps_per_epoch = max(1, math.ceil(sum(r.pixels for r in rasters) / (config.crop**2 * config.batch_size)))
+    steps_per_epoch = max(1, math.ceil(sum(r.area for r in rasters) / (config.crop**2 * config.batch_size)))
     total = config.steps or (config.epochs or DEFAULT_EPOCHS) * steps_per_epoch
     warmup = config.warmup_steps if config.warmup_steps is not None else min(100, total // 20)
 
@@ -286,7 +317,17 @@ def train(
             best_score, best = score, metrics
             elapsed = earlier_seconds + time.monotonic() - started
             out_card = _trained_card(
-                card, config, rasters, val_rasters, step, epoch, best, elapsed, init_note, device
+                card,
+                config,
+                rasters,
+                val_rasters,
+                step,
+                epoch,
+                best,
+                elapsed,
+                init_note,
+                device,
+                labels_record,
             )
             save_checkpoint(model, out_card, output, half=config.half, overwrite=True)
         if curves is not None:
@@ -366,6 +407,23 @@ def _split_pairs(images, labels, val_images, val_labels, config: TrainingConfig)
     return pairs, []
 
 
+def _vector_inputs(images, labels, val_images, val_labels, config: TrainingConfig):
+    """The image files of a run whose labels are one vector file (and its validation images)."""
+    for role, given in (("--labels", labels), ("--val-labels", val_labels)):
+        if len(given) > 1:
+            raise ConfigurationError(f"{role}: give one vector file of label polygons, not {len(given)}")
+    if bool(val_images) != bool(val_labels):
+        raise ConfigurationError("give both --val-images and --val-labels, or neither")
+    if val_images and config.val_fraction:
+        raise ConfigurationError("give either --val-images/--val-labels or --val-fraction, not both")
+    image_paths = expand_paths(images, "image")
+    val_paths = expand_paths(val_images, "validation image") if val_images else []
+    overlap = set(image_paths) & set(val_paths)
+    if overlap:
+        raise InputError(f"{sorted(overlap)[0]}: is both a training and a validation image")
+    return image_paths, val_paths
+
+
 def _optimizer(model: torch.nn.Module, config: TrainingConfig) -> torch.optim.Optimizer:
     """AdamW with the encoder (pre-trained part in the authors' setup) at a tenth of the learning rate."""
     encoder, rest = [], []
@@ -401,10 +459,11 @@ def validate(
     k = card.num_classes
     confusion = np.zeros((k, k), dtype=np.int64)
     for raster in rasters:
+        row0, col0, row1, col1 = raster.extent(tile)
         jobs = [
-            (r, c, dr, dc)
-            for r, dr in tile_starts(raster.height, tile)
-            for c, dc in tile_starts(raster.width, tile)
+            (row0 + r, col0 + c, dr, dc)
+            for r, dr in tile_starts(row1 - row0, tile)
+            for c, dc in tile_starts(col1 - col0, tile)
         ]
         for first in range(0, len(jobs), batch_size):
             chunk = jobs[first : first + batch_size]
@@ -444,6 +503,7 @@ def _trained_card(
     seconds: float,
     init_note: str | None,
     device: torch.device,
+    labels_record: dict[str, Any] | None = None,
 ) -> ModelCard:
     from geoseg import __version__
 
@@ -472,6 +532,8 @@ def _trained_card(
         "precision": config.precision,
         "seconds": round(seconds, 1),
     }
+    if labels_record is not None:
+        training["label_polygons"] = labels_record
     accuracy = {"validation": {**metrics, "images": training["validation_images"]}} if metrics else {}
     values = card.to_dict()
     values.update(
