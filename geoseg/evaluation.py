@@ -8,13 +8,14 @@ colour labels). The maths lives in :mod:`geoseg.metrics`.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,6 +34,9 @@ from geoseg.raster.reading import (
     read_failures,
     read_valid_mask,
 )
+
+if TYPE_CHECKING:
+    from geoseg.vector_labels import VectorLabelOptions
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_BLOCK = 1024
@@ -113,6 +117,7 @@ def evaluate(
     exclude_classes: Iterable[str] = (),
     block_size: int = DEFAULT_BLOCK,
     progress: ProgressCallback | None = None,
+    label_polygons: VectorLabelOptions | None = None,
 ) -> EvaluationResult:
     """Overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU of a class raster against truth.
 
@@ -120,27 +125,41 @@ def evaluate(
     colour table written by ``geoseg predict``), else classes are numbered. ``ignore_index`` defaults to
     the card's. ``exclude_classes`` (names or indices) are left out of the means but not of the overall
     accuracy, the paper's convention. Memory depends on ``block_size``, not on the raster size.
+    ``label_polygons`` reads ``truth`` as label polygons, rasterized on the prediction's grid by the rules
+    training uses (:mod:`geoseg.vector_labels`), so a validation score and this one agree.
     """
     model_card = resolve_card(preset, card)
     if block_size <= 0:
         raise ConfigurationError(f"block size must be positive, got {block_size}")
-    with _open(prediction, "prediction") as pred_ds, _open(truth, "truth") as truth_ds:
+    with contextlib.ExitStack() as stack:
+        pred_ds = stack.enter_context(_open(prediction, "prediction"))
         check_decodable(pred_ds, [1], str(prediction))
-        check_decodable(truth_ds, list(truth_ds.indexes), str(truth))
-        check_same_grid(pred_ds, truth_ds, str(prediction), str(truth))
+        if label_polygons is None:
+            truth_ds = stack.enter_context(_open(truth, "truth"))
+            check_decodable(truth_ds, list(truth_ds.indexes), str(truth))
+            check_same_grid(pred_ds, truth_ds, str(prediction), str(truth))
         check_class_raster(pred_ds, str(prediction), "evaluate")
         check_card_matches(model_card, pred_ds, str(prediction), "score")
         names, colors = _class_names_and_colors(model_card, pred_ds)
         if ignore_index is None and model_card is not None:
             ignore_index = model_card.ignore_index
-        encoding = LabelEncoding(
-            num_classes=len(names) if names else None,
-            colors=tuple(tuple(int(v) for v in c) for c in colors) if colors else None,  # type: ignore[misc]
-            ignore_index=ignore_index,
-            offset=label_offset,
-            nodata=truth_ds.nodata,
-        )
-        limit = encoding.limit
+        if label_polygons is None:
+            encoding = LabelEncoding(
+                num_classes=len(names) if names else None,
+                colors=tuple(tuple(int(v) for v in c) for c in colors) if colors else None,  # type: ignore[misc]
+                ignore_index=ignore_index,
+                offset=label_offset,
+                nodata=truth_ds.nodata,
+            )
+            limit = encoding.limit
+
+            def read_truth(window) -> np.ndarray:
+                return read_labels(truth_ds, window, encoding, str(truth))
+        else:
+            # without names (none stored, no card) polygons' classes are ids, as a truth raster's are
+            limit = len(names) if names else MAX_CLASSES
+            ids = names or [str(i) for i in range(MAX_CLASSES)]
+            read_truth = _polygon_truth(truth, label_polygons, ids, pred_ds, ignore_index, prediction)
         pred_nodata = {NODATA_CLASS} | ({int(pred_ds.nodata)} if _is_integral(pred_ds.nodata) else set())
         confusion = np.zeros((limit, limit), dtype=np.int64)
         ignored = 0
@@ -149,7 +168,7 @@ def evaluate(
             with read_failures(prediction):
                 predicted = pred_ds.read(1, window=window)
                 predicted_valid = read_valid_mask(pred_ds, window)
-            labels = read_labels(truth_ds, window, encoding, str(truth))
+            labels = read_truth(window)
             valid = labels != IGNORE
             if predicted_valid is not None:  # another tool's internal mask or alpha band: no prediction
                 valid &= predicted_valid
@@ -245,6 +264,21 @@ def _open(path: str | os.PathLike, role: str):
     if not is_gdal_path(path) and not Path(path).exists():
         raise InputError(f"{path}: {role} raster not found")
     return open_raster(path)
+
+
+def _polygon_truth(truth, options: VectorLabelOptions, names, pred_ds, ignore_index, prediction):
+    """A window → truth labels reader for label polygons on the prediction's grid."""
+    from geoseg.vector_labels import load_label_polygons, on_grid
+
+    polygons = load_label_polygons(truth, options, names)
+    grid, _ = on_grid(polygons, pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height, ignore_index)
+    if grid is None:
+        raise InputError(f"{truth}: no truth polygon falls on {prediction}; check that both cover one place")
+
+    def read(window) -> np.ndarray:
+        return grid.read(int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+
+    return read
 
 
 def _is_integral(value: float | None) -> bool:

@@ -124,7 +124,11 @@ def class_index(value: str | int, names: Sequence[str], what: str) -> int:
         return folded[text.casefold()]
     if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
         return int(text)
-    raise ConfigurationError(f"{what}: {text!r} is no class; classes are {', '.join(names)}")
+    raise ConfigurationError(f"{what}: {text!r} is no class; classes are {_listed(names)}")
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:20]) + (f", … ({len(names)} classes)" if len(names) > 20 else "")
 
 
 # --- reading ------------------------------------------------------------------------------------------
@@ -296,7 +300,7 @@ def _map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelO
         more = f" and {unknown.size - 10} more" if unknown.size > 10 else ""
         raise InputError(
             f"{source}: {unknown.size} value(s) of field {options.class_field!r} map to no class: "
-            f"{listed}{more}; classes are {', '.join(names)}; map them with --class-map 'VALUE=CLASS,…'"
+            f"{listed}{more}; classes are {_listed(names)}; map them with --class-map 'VALUE=CLASS,…'"
         )
     return lookup[inverse.ravel()]
 

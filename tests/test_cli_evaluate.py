@@ -153,3 +153,55 @@ def test_confusion_csv_onto_an_input_raster_is_refused_and_the_input_kept(raster
     assert result.exit_code == 1
     assert "is also an input of this command" in result.output
     assert Path(prediction).read_bytes() == before
+
+
+def _georeferenced(path, data):
+    from affine import Affine
+
+    profile = dict(driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs="EPSG:28992",
+                   transform=Affine(1, 0, 1000, 0, -1, 2000))  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(np.asarray(data, dtype=np.uint8)[None])
+    return str(path)
+
+
+def _truth_polygons(path, crs="EPSG:28992"):
+    """TRUTH as polygons: two-pixel-high rows of the 4×4 grid (0,0 at x 1000, y 2000), in class names."""
+    import shapely
+    from pyogrio.raw import write as write_vector
+
+    geometries = [
+        shapely.box(1000, 1998, 1002, 2000),
+        shapely.box(1002, 1998, 1004, 2000),
+        shapely.box(1000, 1996, 1004, 1998),
+    ]
+    classes = np.array(["A", "b", "c"], dtype=object)
+    write_vector(path, shapely.to_wkb(np.array(geometries)), field_data=[classes], fields=["klasse"],
+                 geometry_type="Polygon", crs=crs)  # fmt: skip
+    return str(path)
+
+
+def test_truth_polygons_score_as_the_truth_raster(tmp_path):
+    prediction = _georeferenced(tmp_path / "p.tif", PREDICTION)
+    truth = _georeferenced(tmp_path / "t.tif", TRUTH)
+    polygons = _truth_polygons(tmp_path / "truth.gpkg")
+    from_raster = json.loads(run(prediction, truth, "--json").output)
+    result = run(prediction, polygons, "--class-field", "klasse", "--class-map", "A=0,b=1,C=2", "--json")
+    assert result.exit_code == 0, result.output
+    from_polygons = json.loads(result.output)
+    assert from_polygons["confusion"] == from_raster["confusion"] == [[3, 1, 0], [0, 3, 1], [1, 1, 6]]
+    assert from_polygons["overall_accuracy"] == from_raster["overall_accuracy"] == 12 / 16
+
+
+def test_truth_polygons_need_their_class_field_and_name_the_missing_one(tmp_path):
+    prediction = _georeferenced(tmp_path / "p.tif", PREDICTION)
+    polygons = _truth_polygons(tmp_path / "truth.gpkg")
+    result = run(prediction, polygons)
+    assert result.exit_code == 2 and "name its class column with --class-field" in result.output
+    result = run(prediction, polygons, "--class-field", "class", "--class-map", "A=0")
+    assert result.exit_code == 1
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .endswith("no field 'class'; its fields are klasse; name one with --class-field")
+    )

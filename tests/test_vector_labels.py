@@ -287,3 +287,40 @@ def test_polygons_reprojected_to_wgs84_give_back_every_pixel(shared_data, tmp_pa
     edges = shapely.union_all(shapely.boundary(grid.geometries))
     centres = shapely.points(differ[:, 1] + 0.5, differ[:, 0] + 0.5)
     assert (shapely.distance(centres, edges) <= 1e-6).all() if differ.size else True
+
+
+def _index_copy(source, target, data=None):
+    """``source`` as a plain class-index raster (no colour table), optionally with other values."""
+    with rasterio.open(source) as src:
+        profile = src.profile
+        values = src.read(1) if data is None else data
+    profile.update(photometric=None)
+    with rasterio.open(target, "w", **profile) as dst:
+        dst.write(values, 1)
+    return target
+
+
+@pytest.mark.parametrize("reproject_to", [None, "EPSG:4326"])
+def test_evaluate_against_polygons_scores_as_against_the_raster_to_the_last_digit(
+    shared_data, tmp_path, reproject_to
+):
+    from geoseg.api import evaluate
+
+    label = shared_data / "labeled" / "potsdam" / "top_potsdam_2_10_label_0_0_512_512.tif"
+    truth = _index_copy(label, tmp_path / "truth.tif")
+    with rasterio.open(truth) as src:
+        values = src.read(1)
+    predicted = np.roll(values, (3, -5), axis=(0, 1))  # a map that is wrong along every boundary
+    predicted[:40, :40] = 4
+    prediction = _index_copy(label, tmp_path / "classes.tif", predicted)
+    polygons_dir = tmp_path / "polygons"
+    polygons_dir.mkdir()
+    _oracle_case(shared_data, polygons_dir, reproject_to)
+    polygons = polygons_dir / ("truth.gpkg" if reproject_to is None else "truth_4326.gpkg")
+    from_raster = evaluate(prediction, truth, preset="potsdam", block_size=200)
+    from_polygons = evaluate(
+        prediction, polygons, preset="potsdam", block_size=200, label_polygons=VectorLabelOptions("class_id")
+    )
+    assert from_raster.overall_accuracy < 0.95
+    assert np.array_equal(from_polygons.confusion, from_raster.confusion)
+    assert from_polygons.to_dict() | {"truth": None} == from_raster.to_dict() | {"truth": None}

@@ -14,6 +14,7 @@ from geoseg.cli.options import (
     ignore_index_option,
     json_option,
     label_offset_option,
+    label_polygon_options,
     overwrite_option,
     preset_option,
     progress_reporter,
@@ -28,6 +29,7 @@ from geoseg.cli.options import (
 @card_option
 @ignore_index_option
 @label_offset_option
+@label_polygon_options
 @click.option(
     "--exclude-classes",
     type=NameListType(),
@@ -65,6 +67,7 @@ def evaluate(
     overwrite: bool,
     as_json: bool,
     quiet: bool,
+    label_polygons=None,
 ) -> None:
     """Compare PREDICTION (a class raster, e.g. from geoseg predict) with TRUTH (class indices, or RGB
     colours converted with the preset's or card's colours) on the same grid.
@@ -72,18 +75,27 @@ def evaluate(
     Reports overall accuracy over all classes, per-class precision, recall, F1, IoU and truth pixel counts,
     and mean F1 and mIoU over the classes not excluded. Prediction nodata (255) and ignored truth pixels are
     left out. A class with neither truth nor predicted pixels has no F1/IoU and is not averaged.
+    TRUTH may be polygons from the GIS (.gpkg, .shp, .fgb, .geojson, .parquet; FILE.gpkg:LAYER) with
+    --class-field: rasterized on the prediction's grid by the rules train uses (pixel centres, --aoi,
+    --background, --all-touched, --priority), so the scores agree with a validation on the same data.
 
     \b
     geoseg evaluate classes.tif truth.tif --preset vaihingen --exclude-classes clutter
     geoseg evaluate classes.tif label.png --preset loveda --label-offset 1 --json
     geoseg evaluate classes.tif truth.tif --plot accuracy.png
+    geoseg evaluate classes.tif digitized.gpkg:labels --class-field klasse --aoi digitized.gpkg:areas
     """
     from geoseg.api import evaluate as run_evaluation
     from geoseg.api import write_confusion_csv
     from geoseg.atomic import OutputSet, check_output_path
+    from geoseg.vector_labels import is_vector_path
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")
+    if is_vector_path(truth) and label_polygons is None:
+        raise click.UsageError(f"TRUTH {truth} is a vector file: name its class column with --class-field")
+    if label_polygons is not None and not is_vector_path(truth):
+        raise click.UsageError("--class-field reads truth polygons: TRUTH must be a vector file")
     if confusion_path and plot_path and os.path.abspath(confusion_path) == os.path.abspath(plot_path):
         raise click.UsageError("--confusion and --plot name the same file; give each its own name")
     if confusion_path:
@@ -103,6 +115,7 @@ def evaluate(
             label_offset=label_offset,
             exclude_classes=exclude_classes or (),
             progress=callback,
+            label_polygons=label_polygons,
         )
     finally:
         close()
