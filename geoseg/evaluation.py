@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -73,6 +74,9 @@ class EvaluationResult:
     pixels_evaluated: int
     pixels_ignored: int
     class_colors: list[tuple[int, int, int]] | None = None  # card's or prediction raster's, for plots
+    area_confusion: np.ndarray | None = None  # the confusion matrix in m² on the ellipsoid
+    mapped_area: np.ndarray | None = None  # m² of each class over the whole map (its valid pixels)
+    area_unit: str = "m2"  # "m2", or "raster units²" for a raster without a CRS
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,6 +103,28 @@ class EvaluationResult:
                 for c in self.per_class
             ],
             "confusion": self.confusion.tolist(),
+            **({"areas": self.areas()} if self.area_confusion is not None else {}),
+        }
+
+    def areas(self) -> dict[str, Any]:
+        """The comparison as areas: confusion in m² and ha (rows truth), each class's mapped area (whole
+        map) and reference area (compared pixels), and the area-weighted overall accuracy."""
+        matrix = self.area_confusion
+        hectares = self.area_unit == "m2"
+        total = float(matrix.sum())
+        return {
+            "unit": self.area_unit,
+            "confusion_m2" if hectares else "confusion": np.round(matrix, 4).tolist(),
+            **({"confusion_ha": np.round(matrix / 1e4, 8).tolist()} if hectares else {}),
+            "per_class": {
+                name: {
+                    "mapped": round(float(self.mapped_area[i]), 4),
+                    "reference": round(float(matrix[i].sum()), 4),
+                    "mapped_where_compared": round(float(matrix[:, i].sum()), 4),
+                }
+                for i, name in enumerate(self.class_names)
+            },
+            "area_weighted_overall_accuracy": float(np.trace(matrix) / total) if total else None,
         }
 
 
@@ -162,6 +188,9 @@ def evaluate(
             read_truth = _polygon_truth(truth, label_polygons, ids, pred_ds, ignore_index, prediction)
         pred_nodata = {NODATA_CLASS} | ({int(pred_ds.nodata)} if _is_integral(pred_ds.nodata) else set())
         confusion = np.zeros((limit, limit), dtype=np.int64)
+        area_confusion = np.zeros((limit, limit), dtype=np.float64)
+        mapped_area = np.zeros(limit, dtype=np.float64)
+        ground = _ground(pred_ds, prediction)
         ignored = 0
         windows = list(_blocks(pred_ds.height, pred_ds.width, block_size))
         for done, window in enumerate(windows, start=1):
@@ -182,6 +211,14 @@ def evaluate(
                     f"{limit} classes 0..{limit - 1}; check --preset/--card"
                 )
             confusion += confusion_matrix(labels[valid], values, limit)
+            areas = ground.pixel_areas(int(window.row_off), int(window.col_off), *predicted.shape)
+            pairs = labels[valid].astype(np.int64) * limit + values
+            area_confusion += np.bincount(pairs, areas[valid], minlength=limit * limit).reshape(limit, limit)
+            mapped = predicted_valid if predicted_valid is not None else np.ones(predicted.shape, bool)
+            for value in pred_nodata:
+                mapped &= predicted != value
+            inside = mapped & (predicted < limit)
+            mapped_area += np.bincount(predicted[inside].astype(np.int64), areas[inside], minlength=limit)
             ignored += int(valid.size - np.count_nonzero(valid))
             if progress is not None:
                 progress(done, len(windows))
@@ -189,8 +226,11 @@ def evaluate(
         seen = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
         count = int(seen.max()) + 1 if seen.size else 1
         confusion = confusion[:count, :count]
+        area_confusion, mapped_area = area_confusion[:count, :count], mapped_area[:count]
         names = [str(i) for i in range(count)]
-    return _result(str(prediction), str(truth), names, confusion, exclude_classes, ignored, colors)
+    result = _result(str(prediction), str(truth), names, confusion, exclude_classes, ignored, colors)
+    unit = "m2" if ground.crs is not None else "raster units²"
+    return dataclasses.replace(result, area_confusion=area_confusion, mapped_area=mapped_area, area_unit=unit)
 
 
 def _result(
@@ -279,6 +319,15 @@ def _polygon_truth(truth, options: VectorLabelOptions, names, pred_ds, ignore_in
         return grid.read(int(window.row_off), int(window.col_off), int(window.height), int(window.width))
 
     return read
+
+
+def _ground(dataset, path):
+    """True pixel areas of a raster (see :mod:`geoseg.vector.area`); square raster units without a CRS."""
+    from geoseg.raster.grids import placement
+    from geoseg.vector.area import GroundArea
+
+    crs = dataset.crs if placement(dataset) == "transform" else None
+    return GroundArea(crs, dataset.transform, dataset.width, dataset.height, str(path))
 
 
 def _is_integral(value: float | None) -> bool:

@@ -264,3 +264,38 @@ def test_class_raster_with_geoseg_colour_table_as_truth_is_still_read_by_index(t
     prediction = write(tmp_path / "p.tif", PREDICTION, names=card.class_names, colors=colors)
     result = evaluate(prediction, truth, preset="uavid")
     assert result.confusion[:3, :3].tolist() == [[3, 1, 0], [0, 3, 1], [1, 1, 6]]
+
+
+def test_areas_are_true_areas_on_the_ellipsoid_and_weight_the_overall_accuracy(tmp_path):
+    """1° pixels from 60° to 64° north: a pixel's area shrinks with latitude, so class areas are not
+    pixel counts and area-weighted accuracy differs from the pixel one."""
+    import shapely
+    from affine import Affine
+
+    from geoseg.evaluation import evaluate
+    from geoseg.vector.area import GroundArea
+
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]], dtype=np.uint8)
+    predicted = np.array([[0, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2], [2, 2, 2, 2]], dtype=np.uint8)
+    transform = Affine(1.0, 0, 10.0, 0, -1.0, 64.0)
+    paths = []
+    for name, data in (("p.tif", predicted), ("t.tif", truth)):
+        profile = dict(driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs="EPSG:4326",
+                       transform=transform)  # fmt: skip
+        with rasterio.open(tmp_path / name, "w", **profile) as dst:
+            dst.write(data[None])
+        paths.append(tmp_path / name)
+    result = evaluate(*paths)
+    areas = result.to_dict()["areas"]
+    ground = GroundArea(rasterio.crs.CRS.from_epsg(4326), transform, 4, 4)
+    row_area = ground.areas(np.array([shapely.box(10, 64 - r - 1, 14, 64 - r) for r in range(4)])) / 4
+    # class 2 (rows 2-3): eight pixels; its true area, polygon by polygon (the vectorizer's areas)
+    reference = areas["per_class"]["2"]["reference"]
+    assert reference == pytest.approx(4 * (row_area[2] + row_area[3]), rel=1e-6)
+    assert areas["confusion_ha"][2][2] == pytest.approx(areas["confusion_m2"][2][2] / 1e4)
+    mapped_1 = 3 * row_area[0] + 1 * row_area[1]  # predicted class 1: (0,1..3), (1,2)
+    assert areas["per_class"]["1"]["mapped"] == pytest.approx(mapped_1, rel=1e-6)
+    correct = 3 * row_area[0] + 3 * row_area[1] + 3 * row_area[2] + 4 * row_area[3]
+    assert areas["area_weighted_overall_accuracy"] == pytest.approx(correct / (4 * row_area.sum()), rel=1e-6)
+    assert result.overall_accuracy == 13 / 16
+    assert areas["area_weighted_overall_accuracy"] != pytest.approx(13 / 16, rel=1e-3)

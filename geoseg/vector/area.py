@@ -64,6 +64,15 @@ class GroundArea:
         points = np.array([self.transform @ p for p in pixels])
         return float(self._scales(points).min()) * self.pixel_crs_area
 
+    def pixel_areas(self, row0: int, col0: int, height: int, width: int) -> np.ndarray:
+        """Ground areas (m²) of the pixels of a window (height, width): the area scale at each pixel's
+        centre (interpolated as :meth:`_interpolated_scales` does) times the pixel's area in the CRS."""
+        rows, cols = np.mgrid[row0 : row0 + height, col0 : col0 + width]
+        a, b, c, d, e, f = self.transform[:6]
+        x, y = a * (cols + 0.5) + b * (rows + 0.5) + c, d * (cols + 0.5) + e * (rows + 0.5) + f
+        scales = self._interpolated_scales(np.column_stack([x.ravel(), y.ravel()]))
+        return (scales * self.pixel_crs_area).reshape(height, width)
+
     def areas(self, polygons: np.ndarray) -> np.ndarray:
         """Ground areas (m²) of polygons in the raster's CRS coordinates."""
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # the antipode: see below
