@@ -77,6 +77,7 @@ class EvaluationResult:
     area_confusion: np.ndarray | None = None  # the confusion matrix in m² on the ellipsoid
     mapped_area: np.ndarray | None = None  # m² of each class over the whole map (its valid pixels)
     area_unit: str = "m2"  # "m2", or "raster units²" for a raster without a CRS
+    error_polygons: int | None = None  # polygons written to the errors output, when asked for
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +105,7 @@ class EvaluationResult:
             ],
             "confusion": self.confusion.tolist(),
             **({"areas": self.areas()} if self.area_confusion is not None else {}),
+            **({"error_polygons": self.error_polygons} if self.error_polygons is not None else {}),
         }
 
     def areas(self) -> dict[str, Any]:
@@ -144,6 +146,8 @@ def evaluate(
     block_size: int = DEFAULT_BLOCK,
     progress: ProgressCallback | None = None,
     label_polygons: VectorLabelOptions | None = None,
+    errors: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> EvaluationResult:
     """Overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU of a class raster against truth.
 
@@ -152,11 +156,21 @@ def evaluate(
     the card's. ``exclude_classes`` (names or indices) are left out of the means but not of the overall
     accuracy, the paper's convention. Memory depends on ``block_size``, not on the raster size.
     ``label_polygons`` reads ``truth`` as label polygons, rasterized on the prediction's grid by the rules
-    training uses (:mod:`geoseg.vector_labels`), so a validation score and this one agree.
+    training uses (:mod:`geoseg.vector_labels`), so a validation score and this one agree. ``errors``
+    writes the wrongly classified pixels as polygons there (:mod:`geoseg.vector.review`).
     """
     model_card = resolve_card(preset, card)
     if block_size <= 0:
         raise ConfigurationError(f"block size must be positive, got {block_size}")
+    if errors is not None:
+        from geoseg.vector.review import (
+            ErrorRaster,
+            check_errors_output,
+            staging_folder,
+            write_error_polygons,
+        )
+
+        check_errors_output(errors, overwrite, [prediction, truth])
     with contextlib.ExitStack() as stack:
         pred_ds = stack.enter_context(_open(prediction, "prediction"))
         check_decodable(pred_ds, [1], str(prediction))
@@ -191,6 +205,9 @@ def evaluate(
         area_confusion = np.zeros((limit, limit), dtype=np.float64)
         mapped_area = np.zeros(limit, dtype=np.float64)
         ground = _ground(pred_ds, prediction)
+        staged = None
+        if errors is not None:
+            staged = ErrorRaster(pred_ds, limit, stack.enter_context(staging_folder(errors)))
         ignored = 0
         windows = list(_blocks(pred_ds.height, pred_ds.width, block_size))
         for done, window in enumerate(windows, start=1):
@@ -220,8 +237,15 @@ def evaluate(
             inside = mapped & (predicted < limit)
             mapped_area += np.bincount(predicted[inside].astype(np.int64), areas[inside], minlength=limit)
             ignored += int(valid.size - np.count_nonzero(valid))
+            if staged is not None:
+                staged.write(window, labels, predicted, valid)
             if progress is not None:
                 progress(done, len(windows))
+        error_polygons = None
+        if staged is not None:
+            error_polygons = write_error_polygons(
+                staged, names or [str(i) for i in range(limit)], errors, overwrite
+            )
     if not names:
         seen = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
         count = int(seen.max()) + 1 if seen.size else 1
@@ -230,7 +254,13 @@ def evaluate(
         names = [str(i) for i in range(count)]
     result = _result(str(prediction), str(truth), names, confusion, exclude_classes, ignored, colors)
     unit = "m2" if ground.crs is not None else "raster units²"
-    return dataclasses.replace(result, area_confusion=area_confusion, mapped_area=mapped_area, area_unit=unit)
+    return dataclasses.replace(
+        result,
+        area_confusion=area_confusion,
+        mapped_area=mapped_area,
+        area_unit=unit,
+        error_polygons=error_polygons,
+    )
 
 
 def _result(

@@ -205,3 +205,27 @@ def test_truth_polygons_need_their_class_field_and_name_the_missing_one(tmp_path
         .splitlines()[-1]
         .endswith("no field 'class'; its fields are klasse; name one with --class-field")
     )
+
+
+def test_errors_are_written_as_polygons_with_both_classes_and_true_areas_largest_first(tmp_path):
+    import pyogrio
+
+    predicted = PREDICTION.copy()
+    predicted[1, 3], predicted[2:, :] = 1, 2  # right but for (0, 1): truth 0 mapped as 1
+    predicted[2, 2:] = 0  # and two neighbouring pixels of class 2 mapped as 0
+    prediction = _georeferenced(tmp_path / "p.tif", predicted)
+    truth = _georeferenced(tmp_path / "t.tif", TRUTH)
+    errors = tmp_path / "errors.gpkg"
+    result = run(prediction, truth, "--errors", errors, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["error_polygons"] == 2
+    meta, _, wkb, (truth_names, predicted_names, areas) = pyogrio.raw.read(errors)
+    assert meta["fields"].tolist() == ["truth", "predicted", "area_m2"]
+    assert truth_names.tolist() == ["2", "0"] and predicted_names.tolist() == ["0", "1"]
+    import shapely
+
+    polygons = shapely.from_wkb(wkb)
+    assert shapely.equals(polygons[0], shapely.box(1002, 1997, 1004, 1998))
+    assert shapely.equals(polygons[1], shapely.box(1001, 1999, 1002, 2000))
+    assert areas[0] == pytest.approx(2 * areas[1], rel=1e-6)
+    assert 0.99 < areas[1] < 1.0  # a 1 m pixel on the ellipsoid, where RD's scale there is about 0.9986

@@ -51,6 +51,14 @@ from geoseg.cli.options import (
     default=None,
     help="Also draw the row-normalised confusion matrix and per-class F1/IoU bars into a PNG.",
 )
+@click.option(
+    "--errors",
+    "errors_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write the wrong pixels as polygons (.gpkg, .fgb, .geojson, .shp) with truth, predicted and "
+    "area_m2, largest first, to review in QGIS.",
+)
 @overwrite_option
 @json_option
 @quiet_option
@@ -64,6 +72,7 @@ def evaluate(
     exclude_classes: list[str] | None,
     confusion_path: str | None,
     plot_path: str | None,
+    errors_path: str | None,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -116,6 +125,8 @@ def evaluate(
             exclude_classes=exclude_classes or (),
             progress=callback,
             label_polygons=label_polygons,
+            errors=errors_path,
+            overwrite=overwrite,
         )
     finally:
         close()
@@ -132,16 +143,18 @@ def evaluate(
             record["confusion_csv"] = confusion_path
         if plot_path:
             record["plot"] = plot_path
+        if errors_path:
+            record["errors"] = errors_path
         emit_json(record)
         return
-    _render(result, confusion_path, plot_path)
+    _render(result, confusion_path, plot_path, errors_path)
 
 
 def _percent(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _render(result, confusion_path: str | None, plot_path: str | None) -> None:
+def _render(result, confusion_path: str | None, plot_path: str | None, errors_path: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -171,7 +184,15 @@ def _render(result, confusion_path: str | None, plot_path: str | None) -> None:
         f"  ·  mIoU{scope} {_percent(result.mean_iou)} %"
     )
     console.print(f"{result.pixels_evaluated:,} pixels compared, {result.pixels_ignored:,} ignored")
+    if result.area_confusion is not None and result.area_unit == "m2":
+        areas = result.areas()
+        console.print(
+            f"{result.area_confusion.sum() / 1e4:,.4f} ha compared on the ellipsoid  ·  area-weighted "
+            f"overall accuracy {_percent(areas['area_weighted_overall_accuracy'])} %"
+        )
     if confusion_path:
         console.print(f"confusion matrix: {confusion_path}")
     if plot_path:
         console.print(f"plot: {plot_path}")
+    if result.error_polygons is not None:
+        console.print(f"wrong pixels as {result.error_polygons:,} polygons, largest first: {errors_path}")
