@@ -505,21 +505,16 @@ class SpatialUnit:
 def spatial_units(grid: GridLabels, margin: float) -> list[SpatialUnit]:
     """Connected groups of AOIs and label polygons whose bounding boxes, grown by ``margin``, touch; in a
     fixed order (by top-left corner)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     items = grid.geometries if grid.aoi is None else np.concatenate([grid.geometries, grid.aoi])
     boxes = shapely.bounds(items)
     grown = shapely.box(
         boxes[:, 0] - margin, boxes[:, 1] - margin, boxes[:, 2] + margin, boxes[:, 3] + margin
     )
     left, right = shapely.STRtree(grown).query(grown, predicate="intersects")
-    n = len(items)
-    graph = coo_matrix((np.ones(left.size, dtype=np.int8), (left, right)), shape=(n, n))
-    count, component = connected_components(graph, directed=False)
+    component = _components(len(items), left, right)
     units = []
     labels_n = len(grid.geometries)
-    for c in range(count):
+    for c in np.unique(component):
         members = np.flatnonzero(component == c)
         b = boxes[members]
         col0, row0 = max(0, int(np.floor(b[:, 0].min()))), max(0, int(np.floor(b[:, 1].min())))
@@ -534,6 +529,24 @@ def spatial_units(grid: GridLabels, margin: float) -> list[SpatialUnit]:
         )
     units.sort(key=lambda u: (u.box[0], u.box[1]))
     return units
+
+
+def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Connected components of a graph of ``n`` nodes and edges (left, right), by union-find: per node the
+    smallest node of its component."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for a, b in zip(left[left < right].tolist(), right[left < right].tolist(), strict=True):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return np.array([root(i) for i in range(n)], dtype=np.int64)
 
 
 def subset(grid: GridLabels, units: Sequence[SpatialUnit]) -> GridLabels:
