@@ -20,7 +20,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from geoseg.model.manet import KernelAttention
+from geoseg.model.layers import KernelAttention
 
 PUBLISHED = {  # the MANet repository's figure: (MACs kernel, MACs dot, memory kernel, memory dot)
     64: ("37 M", "3 G", "3 MB", "69 MB"),

@@ -218,7 +218,7 @@ def _text_file(path):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--tile", "100"], "Invalid value for '--tile': 100 is not a positive multiple of 32"),
+        (["--tile", "100"], "Invalid value for '--tile': 100 is not a positive multiple of 16"),
         (
             ["--tile", "64", "--overlap", "64"],
             "Invalid value for '--overlap': 64 must be smaller than --tile 64",

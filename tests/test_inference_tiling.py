@@ -53,13 +53,13 @@ def test_last_tile_is_pulled_back_inside_the_scene():
 @pytest.mark.parametrize("tile", [0, 100, 500, -32])
 def test_tile_size_must_be_a_positive_multiple_of_32(tile):
     with pytest.raises(ConfigurationError, match=f"tile size {tile} is not a positive multiple of 32"):
-        check_tiling(tile, 0)
+        check_tiling(tile, 0, 32)
 
 
 @pytest.mark.parametrize("overlap", [-1, 64, 100])
 def test_overlap_must_be_smaller_than_the_tile(overlap):
     with pytest.raises(ConfigurationError, match=f"overlap {overlap} must be at least 0 and smaller"):
-        check_tiling(64, overlap)
+        check_tiling(64, overlap, 32)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from geoseg.errors import ConfigurationError
-from geoseg.model.manet import ChannelAttention, KernelAttention, build_manet
+from geoseg.model.layers import ChannelAttention, KernelAttention
+from geoseg.model.manet import build_manet
 
 
 def _direct_kernel_attention(layer: KernelAttention, x: torch.Tensor) -> torch.Tensor:

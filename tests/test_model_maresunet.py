@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from geoseg.errors import ConfigurationError
-from geoseg.model.manet import ChannelAttention, KernelAttention
+from geoseg.model.layers import ChannelAttention, KernelAttention
 from geoseg.model.maresunet import AttentionLayer, TaylorAttention, build_maresunet
 
 

@@ -13,6 +13,7 @@ from helpers import loveda_corners, write_png
 
 from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE, LabelEncoding
+from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.checkpoint import load_checkpoint
 from geoseg.model.presets import preset_card
 from geoseg.training.dataset import CropSampler, check_pairs, expand_paths, pair_files, tile_starts
@@ -300,9 +301,9 @@ def test_resume_with_other_classes_is_refused(tiles, tmp_path):
 
 def test_bad_configuration_is_refused():
     with pytest.raises(ConfigurationError, match="multiple of 32"):
-        small_config(crop=100).check()
+        small_config(crop=100).check(ARCHITECTURES["manet"])
     with pytest.raises(ConfigurationError, match="either --epochs or --steps"):
-        small_config(epochs=2).check()
+        small_config(epochs=2).check(ARCHITECTURES["manet"])
 
 
 def test_init_copies_matching_tensors_from_a_torchvision_resnet(tmp_path):

@@ -21,6 +21,7 @@ from geoseg.cli.options import (
     quiet_option,
     scale_option,
 )
+from geoseg.model.architectures import SMALLEST_INPUT_MULTIPLE
 
 
 def _check_workers(ctx, param, value: str) -> int | str:
@@ -52,10 +53,12 @@ def _check_batch_size(ctx, param, value: str) -> int | str:
 
 
 def _check_tile(ctx, param, value: int | None) -> int | None:
-    if value is not None and (value <= 0 or value % 32):
-        lower = max(32, value // 32 * 32)
+    """Refuse a size no network takes; the model's own input multiple is checked once it is loaded."""
+    multiple = SMALLEST_INPUT_MULTIPLE
+    if value is not None and (value <= 0 or value % multiple):
+        lower = max(multiple, value // multiple * multiple)
         raise click.BadParameter(
-            f"{value} is not a positive multiple of 32 (the network needs it); try {lower}"
+            f"{value} is not a positive multiple of {multiple} (no network takes it); try {lower}"
         )
     return value
 

@@ -24,7 +24,7 @@ from geoseg.cli.options import (
     stderr_is_terminal,
     stderr_progress,
 )
-from geoseg.model.card import ARCHITECTURES, BACKBONES
+from geoseg.model.architectures import ARCHITECTURES, BACKBONES
 
 
 @click.command(short_help="Train MANet, MACU-Net or MAResU-Net on image/label rasters.")
@@ -67,7 +67,13 @@ from geoseg.model.card import ARCHITECTURES, BACKBONES
     help="Hold out this fraction of the image pairs (whole images) for validation instead; with label "
     "polygons, of the spatial units (AOIs or clusters of polygons), never single pixels or windows.",
 )
-@click.option("--crop", type=int, default=512, show_default=True, help="Training crop size (multiple of 32).")
+@click.option(
+    "--crop",
+    type=int,
+    default=512,
+    show_default=True,
+    help="Training crop size (multiple of 32; of 16 for MACU-Net).",
+)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option(
     "--epochs", type=int, default=None, help="Epochs (one epoch draws about the training area once). [50]"
@@ -166,8 +172,8 @@ def train(
         raise click.UsageError("give either --preset or --card, not both")
     if not preset and not card_path:
         raise click.UsageError("name the classes with --preset NAME or --card FILE")
-    if backbone and architecture and backbone not in ARCHITECTURES[architecture]:
-        fits = ", ".join(str(b) for b in ARCHITECTURES[architecture] if b)
+    if backbone and architecture and backbone not in ARCHITECTURES[architecture].backbones:
+        fits = ", ".join(str(b) for b in ARCHITECTURES[architecture].backbones if b)
         which = f"whose backbone is {fits}" if fits else "which has none: leave --backbone out"
         raise click.UsageError(f"--backbone {backbone} does not fit --architecture {architecture}, {which}")
     from geoseg.vector_labels import is_vector_path

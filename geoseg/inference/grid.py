@@ -20,18 +20,17 @@ from dataclasses import dataclass
 
 from geoseg.errors import ConfigurationError
 
-NETWORK_MULTIPLE = 32
 DEFAULT_CHUNK = 1024
 CHUNK_MULTIPLE = 512  # the output's block size: chunks write whole blocks, never a block twice
 
 
-def check_tiling(tile: int, overlap: int) -> None:
-    """Tile sizes the network accepts and overlaps that leave a positive stride."""
-    if tile <= 0 or tile % NETWORK_MULTIPLE:
-        lower = max(NETWORK_MULTIPLE, tile // NETWORK_MULTIPLE * NETWORK_MULTIPLE)
+def check_tiling(tile: int, overlap: int, multiple: int) -> None:
+    """Tile sizes the network (input ``multiple``) accepts and overlaps that leave a positive stride."""
+    if tile <= 0 or tile % multiple:
+        lower = max(multiple, tile // multiple * multiple)
         raise ConfigurationError(
-            f"tile size {tile} is not a positive multiple of {NETWORK_MULTIPLE} (the network needs it); "
-            f"use e.g. {lower} or {lower + NETWORK_MULTIPLE}"
+            f"tile size {tile} is not a positive multiple of {multiple} (the network needs it); "
+            f"use e.g. {lower} or {lower + multiple}"
         )
     if not 0 <= overlap < tile:
         raise ConfigurationError(

@@ -18,6 +18,7 @@ from typing import Any
 
 from geoseg.errors import GeosegWarning
 from geoseg.inference.grid import CHUNK_MULTIPLE, DEFAULT_CHUNK, Region, TileGrid, check_tiling, tile_starts
+from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale, open_raster, resolve_value_range, select_bands
 from geoseg.raster.writing import georeferencing
@@ -134,7 +135,7 @@ def plan_scene(
     """
     tile = card.tile_size if tile is None else int(tile)
     overlap = card.overlap if overlap is None else int(overlap)
-    check_tiling(tile, overlap)
+    check_tiling(tile, overlap, ARCHITECTURES[card.architecture].input_multiple)
     path = str(input_path)
     with open_raster(path) as dataset:
         indexes = select_bands(dataset, card.bands, bands, path)

@@ -14,26 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from geoseg.errors import CardError
+from geoseg.model.architectures import ARCHITECTURES
 
 CARD_FORMAT_VERSION = 1
 CARD_METADATA_KEY = "geoseg.card"  # where checkpoints and exports store the card's JSON
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")  # MANet's
-# architecture -> the backbones it can have (None: no exchangeable encoder)
-ARCHITECTURES: dict[str, tuple[str | None, ...]] = {
-    "manet": BACKBONES,
-    "macunet": (None,),
-    "maresunet": ("resnet34",),
-}
-DEFAULT_BACKBONES: dict[str, str | None] = {"manet": "resnet50", "macunet": None, "maresunet": "resnet34"}
 
 
 def authors_normalization(architecture: str, num_bands: int) -> tuple[list[float], list[float]]:
     """(mean, std) the authors' training code used after scaling to [0, 1]: ImageNet's for MANet (three
     values: other band counts must state their own), none at all for MACU-Net and MAResU-Net, whose code
     only divides by 255."""
-    if architecture == "manet":
+    if ARCHITECTURES[architecture].imagenet_normalization:
         return list(IMAGENET_MEAN), list(IMAGENET_STD)
     return [0.0] * num_bands, [1.0] * num_bands
 
@@ -76,7 +69,7 @@ class ModelCard:
     def __post_init__(self) -> None:
         if self.architecture in ARCHITECTURES:
             if self.backbone is None:
-                self.backbone = DEFAULT_BACKBONES[self.architecture]
+                self.backbone = ARCHITECTURES[self.architecture].default_backbone
             if self.mean is None and self.std is None:
                 self.mean, self.std = authors_normalization(self.architecture, len(self.bands))
         self.validate()
@@ -99,7 +92,8 @@ class ModelCard:
             raise CardError(
                 f"card: architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
             )
-        backbones = ARCHITECTURES[self.architecture]
+        spec = ARCHITECTURES[self.architecture]
+        backbones = spec.backbones
         if self.backbone not in backbones:
             allowed = ", ".join(str(b) for b in backbones) if backbones != (None,) else "none (null)"
             raise CardError(
@@ -132,8 +126,11 @@ class ModelCard:
         lo, hi = self.value_range
         if not hi > lo:
             raise CardError(f"card: value_range must be (low, high) with high > low, got {self.value_range}")
-        if self.tile_size <= 0 or self.tile_size % 32:
-            raise CardError(f"card: tile_size must be a positive multiple of 32, got {self.tile_size}")
+        if self.tile_size <= 0 or self.tile_size % spec.input_multiple:
+            raise CardError(
+                f"card: tile_size must be a positive multiple of {spec.input_multiple} ({spec.label}'s "
+                f"input multiple), got {self.tile_size}"
+            )
         if not 0 <= self.overlap < self.tile_size:
             raise CardError(f"card: overlap must be in [0, tile_size), got {self.overlap}")
 

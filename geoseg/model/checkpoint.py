@@ -20,7 +20,8 @@ import torch
 
 from geoseg.atomic import atomic_output
 from geoseg.errors import CardError, CheckpointError
-from geoseg.model.build import build_model, network_label
+from geoseg.model.architectures import ARCHITECTURES, network_label
+from geoseg.model.build import build_model
 from geoseg.model.card import CARD_METADATA_KEY, ModelCard
 from geoseg.model.presets import preset_card, resolve_card
 from geoseg.model.sniff import sniff_checkpoint
@@ -241,9 +242,11 @@ def infer_architecture(state: dict[str, torch.Tensor], path: Path | str = "check
     backbone = _resnet_encoder(state, path)
     if not sibling:
         return Architecture("manet", backbone, classes, bands)
-    if backbone != "resnet34":
+    maresunet = ARCHITECTURES["maresunet"]
+    if backbone not in maresunet.backbones:
         raise CheckpointError(
-            f"{path}: MAResU-Net weights with a {backbone} encoder; the published network has resnet34"
+            f"{path}: MAResU-Net weights with a {backbone} encoder; the published network has "
+            f"{maresunet.default_backbone}"
         )
     return Architecture("maresunet", backbone, classes, bands)
 

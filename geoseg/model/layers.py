@@ -1,8 +1,14 @@
-"""Pieces every network file shares (in the timm style: layers apart from models)."""
+"""Pieces the network files share (in the timm style: layers apart from models), top-down: checks and the
+float32 region, the ResNet encoder, attention, the LinkNet decoder and head.
+
+Names are the authors' (``firstconv``, ``encoder1..4``, ``PAM``/``CAM``'s ``query_conv``...,
+``decoder1..4``, ``finaldeconv1``...), so their state dicts load without renaming.
+"""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from geoseg.errors import ConfigurationError
@@ -81,3 +87,105 @@ def encode_resnet(
         e2 = network.encoder2(e1)
     e3 = network.encoder3(e2)
     return e1, e2, e3, network.encoder4(e3)
+
+
+class KernelAttention(nn.Module):
+    """Kernel attention with a softplus feature map ("PAM" in the authors' code): cost linear in H·W.
+
+    out[:, n] = (KVᵀ Q[:, n]) / Σ_m Q[m, n] (Σ_n' K[m, n'] + eps), with KV = K Vᵀ summed over positions,
+    returned as x + gamma · out.
+    """
+
+    def __init__(self, channels: int, scale: int = 8, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.query_conv = nn.Conv2d(channels, channels // scale, kernel_size=1)
+        self.key_conv = nn.Conv2d(channels, channels // scale, kernel_size=1)
+        self.value_conv = nn.Conv2d(channels, channels, kernel_size=1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        x, no_autocast = float32_region(x)
+        with no_autocast:
+            q = F.softplus(self.query_conv(x)).flatten(2)  # B, m, N
+            k = F.softplus(self.key_conv(x)).flatten(2)  # B, m, N
+            v = self.value_conv(x).flatten(2)  # B, C, N
+            kv = torch.einsum("bmn,bcn->bmc", k, v)  # B, m, C
+            norm = 1.0 / torch.einsum("bmn,bm->bn", q, k.sum(dim=-1) + self.eps)  # B, N
+            out = torch.einsum("bmn,bmc->bcn", q, kv) * norm.unsqueeze(1)  # B, C, N
+            return x + self.gamma * out.view(batch, channels, height, width)
+
+
+class ChannelAttention(nn.Module):
+    """Channel attention as in DANet ("CAM"): softmax over (rowmax(XXᵀ) − XXᵀ), no convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, channels, height, width = x.shape
+        x, no_autocast = float32_region(x)
+        with no_autocast:
+            flat = x.flatten(2)  # B, C, N
+            energy = torch.bmm(flat, flat.transpose(1, 2))  # B, C, C
+            energy = energy.amax(dim=-1, keepdim=True) - energy
+            attention = torch.softmax(energy, dim=-1)
+            out = torch.bmm(attention, flat).view(batch, channels, height, width)
+            return self.gamma * out + x
+
+
+class DecoderBlock(nn.Module):
+    """LinkNet-style upsampling block: 1×1 reduce, 3×3 transposed conv (×2), 1×1 expand."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        mid = in_channels // 4
+        self.conv1 = nn.Conv2d(in_channels, mid, kernel_size=1)
+        self.norm1 = nn.BatchNorm2d(mid)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.deconv2 = nn.ConvTranspose2d(mid, mid, kernel_size=3, stride=2, padding=1, output_padding=1)
+        self.norm2 = nn.BatchNorm2d(mid)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(mid, out_channels, kernel_size=1)
+        self.norm3 = nn.BatchNorm2d(out_channels)
+        self.relu3 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.norm1(self.conv1(x)))
+        x = self.relu2(self.norm2(self.deconv2(x)))
+        return self.relu3(self.norm3(self.conv3(x)))
+
+
+def attach_linknet_decoder(network: nn.Module, channels: tuple[int, int, int, int], num_classes: int) -> None:
+    """Give ``network`` MANet's decoder (``decoder4..1``) and full-resolution head (``finaldeconv1``,
+    ``finalconv2``, ``finalconv3``) for encoder stages of ``channels`` (e1..e4), under the authors' names."""
+    c1, c2, c3, c4 = channels
+    network.decoder4 = DecoderBlock(c4, c3)
+    network.decoder3 = DecoderBlock(c3, c2)
+    network.decoder2 = DecoderBlock(c2, c1)
+    network.decoder1 = DecoderBlock(c1, c1)
+
+    network.finaldeconv1 = nn.ConvTranspose2d(c1, 32, kernel_size=4, stride=2, padding=1)
+    network.finalrelu1 = nn.ReLU(inplace=True)
+    network.finalconv2 = nn.Conv2d(32, 32, kernel_size=3, padding=1)
+    network.finalrelu2 = nn.ReLU(inplace=True)
+    network.finalconv3 = nn.Conv2d(32, num_classes, kernel_size=3, padding=1)
+
+
+def decode_linknet(
+    network: nn.Module, e1: torch.Tensor, e2: torch.Tensor, e3: torch.Tensor, e4: torch.Tensor
+) -> torch.Tensor:
+    """Logits at the input's resolution from the four stage outputs, each through the network's
+    ``attention1..4`` and summed into the decoder set up by :func:`attach_linknet_decoder`."""
+    e4 = network.attention4(e4)
+
+    d4 = network.decoder4(e4) + network.attention3(e3)
+    d3 = network.decoder3(d4) + network.attention2(e2)
+    d2 = network.decoder2(d3) + network.attention1(e1)
+    d1 = network.decoder1(d2)
+
+    out = network.finalrelu1(network.finaldeconv1(d1))
+    out = network.finalrelu2(network.finalconv2(out))
+    return network.finalconv3(out)

@@ -1,7 +1,8 @@
 """MACU-Net (Li et al., "Multi-scale Skip Connections and Asymmetric Convolution Blocks", IEEE GRSL 2021),
 faithful to the published ``MACUNet.py`` so that its state dicts load without renaming.
 
-Reads top-down: the asymmetric convolution block, the channel-attention gate, the model, the builder.
+Reads top-down: the asymmetric convolution block and the stages built of it, the channel-attention gate, the
+model, the builder.
 Module names are the authors' (``conv1..conv10``, ``skblock1..4``, ``deconv4..deconv1``, ``squre``,
 ``cross_ver``/``cross_hor``); the encoder stages are ``Sequential`` whose index 0 is a max-pool, so their
 blocks sit at ``.1``, ``.2``... as in the published keys. Plain ``torch.nn``: nothing is downloaded.
@@ -12,10 +13,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.layers import check_input_size, check_network_arguments, float32_region
 
+SPEC = ARCHITECTURES["macunet"]  # input multiple 16: four 2×2 max-pools, exact 2× transposed convolutions
 WIDTHS = (16, 32, 64, 128, 256)
-INPUT_MULTIPLE = 16  # four 2×2 max-pools with exact 2× transposed convolutions back up
 
 
 class ACB(nn.Module):
@@ -34,6 +36,19 @@ class ACB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.squre(x) + self.cross_ver(x) + self.cross_hor(x)))
+
+
+def _stage(in_channels: int, out_channels: int, blocks: int, pool: bool) -> nn.Sequential:
+    """``blocks`` ACBs, the first changing the width, after a 2×2 max-pool when ``pool``."""
+    layers: list[nn.Module] = [nn.MaxPool2d(2, 2)] if pool else []
+    layers.append(ACB(in_channels, out_channels))
+    layers.extend(ACB(out_channels, out_channels) for _ in range(blocks - 1))
+    return nn.Sequential(*layers)
+
+
+def _up(in_channels: int) -> nn.ConvTranspose2d:
+    """2× up-sampling that halves the channels (the published network never interpolates)."""
+    return nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
 
 
 class ChannelGate(nn.Module):
@@ -62,19 +77,6 @@ class ChannelGate(nn.Module):
                 self.fc12(torch.relu(self.fc11(average))) + self.fc22(torch.relu(self.fc21(maximum)))
             )
         return y * gate.to(y.dtype)
-
-
-def _stage(in_channels: int, out_channels: int, blocks: int, pool: bool) -> nn.Sequential:
-    """``blocks`` ACBs, the first changing the width, after a 2×2 max-pool when ``pool``."""
-    layers: list[nn.Module] = [nn.MaxPool2d(2, 2)] if pool else []
-    layers.append(ACB(in_channels, out_channels))
-    layers.extend(ACB(out_channels, out_channels) for _ in range(blocks - 1))
-    return nn.Sequential(*layers)
-
-
-def _up(in_channels: int) -> nn.ConvTranspose2d:
-    """2× up-sampling that halves the channels (the published network never interpolates)."""
-    return nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
 
 
 class MACUNet(nn.Module):
@@ -115,7 +117,7 @@ class MACUNet(nn.Module):
         self.conv10 = nn.Conv2d(c1, num_classes, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, INPUT_MULTIPLE, "MACU-Net")
+        check_input_size(x, SPEC.input_multiple, SPEC.label)
         # The input and the first, full-resolution stage stay float32 under autocast, as MANet's stem (see
         # layers.encode_resnet: rounding the normalised input alone changes classes): 4 % of the FLOPs.
         x, no_autocast = float32_region(x)

@@ -2,10 +2,11 @@
 Sensing Images", IEEE GRSL 2021), faithful to the published ``MAResUNet.py`` so that its state dicts load
 without renaming.
 
-Reads top-down: the linear (Taylor) attention, the attention layer, the model, the builder. The encoder is a
-torchvision ResNet-34 built without weights (nothing is downloaded; ``geoseg train --init`` loads an ImageNet
-one); MANet's channel attention, decoder block and head are reused unchanged. Unlike the published file,
-non-square inputs work: attention results are reshaped to (H, W), which is identical on square input.
+Reads top-down: convolution blocks, the linear (Taylor) attention, the attention layer, the model, the
+builder. The encoder is a torchvision ResNet-34 built without weights (nothing is downloaded; ``geoseg train
+--init`` loads an ImageNet one); MANet's channel attention, decoder and head come unchanged from
+:mod:`geoseg.model.layers`. Unlike the published file, non-square inputs work: attention results are
+reshaped to (H, W), which is identical on square input.
 """
 
 from __future__ import annotations
@@ -14,17 +15,33 @@ import torch
 from torch import nn
 from torchvision import models as tv_models
 
+from geoseg.errors import ConfigurationError
+from geoseg.model.architectures import ARCHITECTURES, RESNET_CHANNELS
 from geoseg.model.layers import (
+    ChannelAttention,
+    KernelAttention,
+    attach_linknet_decoder,
     attach_resnet_encoder,
     check_input_size,
     check_network_arguments,
+    decode_linknet,
     encode_resnet,
     float32_region,
 )
-from geoseg.model.manet import ChannelAttention, DecoderBlock, KernelAttention
 
-BACKBONE = "resnet34"
-INPUT_MULTIPLE = 32  # the encoder's output stride
+SPEC = ARCHITECTURES["maresunet"]
+
+
+def _conv_relu(channels: int, kernel_size: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, kernel_size=kernel_size, padding=kernel_size // 2),
+        nn.ReLU(inplace=True),
+    )
+
+
+def _dropout_conv_relu(channels: int) -> nn.Sequential:
+    """Dropout2d(0.1) then 1×1 conv + ReLU: index 0 is the dropout, hence the published ``.1.0.`` keys."""
+    return nn.Sequential(nn.Dropout2d(0.1), _conv_relu(channels, 1))
 
 
 class TaylorAttention(KernelAttention):
@@ -53,18 +70,6 @@ class TaylorAttention(KernelAttention):
             return x + self.gamma * out.view(batch, channels, height, width)
 
 
-def _conv_relu(channels: int, kernel_size: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(channels, channels, kernel_size=kernel_size, padding=kernel_size // 2),
-        nn.ReLU(inplace=True),
-    )
-
-
-def _dropout_conv_relu(channels: int) -> nn.Sequential:
-    """Dropout2d(0.1) then 1×1 conv + ReLU: index 0 is the dropout, hence the published ``.1.0.`` keys."""
-    return nn.Sequential(nn.Dropout2d(0.1), _conv_relu(channels, 1))
-
-
 class AttentionLayer(nn.Module):
     """3×3 conv, then Taylor position attention and channel attention in parallel, each through a 1×1
     conv, summed and mixed by a last 1×1 conv (the authors' ``PAM_CAM_Layer``)."""
@@ -86,44 +91,30 @@ class AttentionLayer(nn.Module):
 class MAResUNet(nn.Module):
     """ResNet-34 encoder, attention layers on every stage, MANet's LinkNet decoder and head."""
 
-    def __init__(self, num_classes: int, in_channels: int = 3) -> None:
+    def __init__(self, num_classes: int, backbone: str | None = None, in_channels: int = 3) -> None:
         super().__init__()
+        backbone = SPEC.default_backbone if backbone is None else backbone
+        if backbone not in SPEC.backbones:
+            raise ConfigurationError(f"MAResU-Net has a {SPEC.default_backbone} encoder, not {backbone!r}")
         check_network_arguments(num_classes, in_channels)
         self.num_classes = num_classes
-        resnet = tv_models.resnet34(weights=None)
+        c1, c2, c3, c4 = RESNET_CHANNELS[backbone]
+        resnet = getattr(tv_models, backbone)(weights=None)
         attach_resnet_encoder(self, resnet, in_channels)
 
-        self.attention4 = AttentionLayer(512)
-        self.attention3 = AttentionLayer(256)
-        self.attention2 = AttentionLayer(128)
-        self.attention1 = AttentionLayer(64)
-
-        self.decoder4 = DecoderBlock(512, 256)
-        self.decoder3 = DecoderBlock(256, 128)
-        self.decoder2 = DecoderBlock(128, 64)
-        self.decoder1 = DecoderBlock(64, 64)
-
-        self.finaldeconv1 = nn.ConvTranspose2d(64, 32, kernel_size=4, stride=2, padding=1)
-        self.finalrelu1 = nn.ReLU(inplace=True)
-        self.finalconv2 = nn.Conv2d(32, 32, kernel_size=3, padding=1)
-        self.finalrelu2 = nn.ReLU(inplace=True)
-        self.finalconv3 = nn.Conv2d(32, num_classes, kernel_size=3, padding=1)
+        self.attention4 = AttentionLayer(c4)
+        self.attention3 = AttentionLayer(c3)
+        self.attention2 = AttentionLayer(c2)
+        self.attention1 = AttentionLayer(c1)
+        attach_linknet_decoder(self, (c1, c2, c3, c4), num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_input_size(x, INPUT_MULTIPLE, "MAResU-Net")
+        check_input_size(x, SPEC.input_multiple, SPEC.label)
         e1, e2, e3, e4 = encode_resnet(self, x)  # stem and stages 1-2 in float32 under autocast, as MANet
-        e4 = self.attention4(e4)
-
-        d4 = self.decoder4(e4) + self.attention3(e3)
-        d3 = self.decoder3(d4) + self.attention2(e2)
-        d2 = self.decoder2(d3) + self.attention1(e1)
-        d1 = self.decoder1(d2)
-
-        out = self.finalrelu1(self.finaldeconv1(d1))
-        out = self.finalrelu2(self.finalconv2(out))
-        return self.finalconv3(out)
+        return decode_linknet(self, e1, e2, e3, e4)
 
 
-def build_maresunet(num_classes: int, *, in_channels: int = 3) -> MAResUNet:
-    """A randomly initialised MAResU-Net (attention gammas start at zero, as published)."""
-    return MAResUNet(num_classes=num_classes, in_channels=in_channels)
+def build_maresunet(num_classes: int, *, backbone: str | None = None, in_channels: int = 3) -> MAResUNet:
+    """A randomly initialised MAResU-Net (attention gammas start at zero, as published); its only
+    ``backbone`` is resnet34."""
+    return MAResUNet(num_classes=num_classes, backbone=backbone, in_channels=in_channels)

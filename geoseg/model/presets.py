@@ -95,10 +95,10 @@ _PRESETS: dict[str, dict] = {
 PRESET_NAMES = tuple(_PRESETS)
 
 
-def preset_card(name: str, backbone: str | None = "resnet50", *, architecture: str = "manet") -> ModelCard:
+def preset_card(name: str, backbone: str | None = None, *, architecture: str = "manet") -> ModelCard:
     """A model card for a published dataset setup (8-bit input), normalised as the architecture's authors
     trained it: ImageNet mean/std for MANet, only ÷255 for MACU-Net and MAResU-Net. ``backbone`` None is
-    the architecture's default."""
+    the architecture's default (MANet: resnet50)."""
     key = name.lower()
     if key not in _PRESETS:
         raise CardError(f"unknown preset {name!r}; choose one of: {', '.join(PRESET_NAMES)}")

@@ -60,7 +60,7 @@ def model_item(
     path: str | os.PathLike, card: ModelCard, *, total_parameters: int, framework_version: str
 ) -> dict[str, Any]:
     """The STAC Item (a GeoJSON Feature without geometry: a model has no footprint) describing ``path``."""
-    from geoseg.model.build import network_label
+    from geoseg.model.architectures import network_label
 
     path = Path(path)
     tile = card.tile_size

@@ -29,8 +29,9 @@ from geoseg.device import autocast_dtype, resolve_device
 from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE, LabelEncoding
 from geoseg.metrics import confusion_matrix, scores_from_confusion
-from geoseg.model.build import build_model, network_label
-from geoseg.model.card import DEFAULT_BACKBONES, ModelCard
+from geoseg.model.architectures import Architecture, get_architecture, network_label
+from geoseg.model.build import build_model
+from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import read_state_dict, save_checkpoint, torch_load_weights
 from geoseg.model.normalize import normalize
 from geoseg.raster.reading import Scale
@@ -78,10 +79,13 @@ class TrainingConfig:
     scale: Scale = None  # --scale: raw value range, "auto" (pooled 2-98 percentile) or None (the card's)
     state_every_s: float = 60.0
 
-    def check(self) -> None:
-        if self.crop < 32 or self.crop % 32:
+    def check(self, architecture: Architecture) -> None:
+        """Refuse settings no run can use, the crop size as ``architecture``'s input needs it."""
+        multiple = architecture.input_multiple
+        if self.crop < multiple or self.crop % multiple:
             raise ConfigurationError(
-                f"--crop must be a positive multiple of 32 (the networks' stride), got {self.crop}"
+                f"--crop must be a positive multiple of {multiple} ({architecture.label}'s input multiple), "
+                f"got {self.crop}"
             )
         if self.batch_size < 1:
             raise ConfigurationError(f"--batch-size must be at least 1, got {self.batch_size}")
@@ -177,7 +181,8 @@ def train(
     label polygons shared by all images (see :mod:`geoseg.training.vector_dataset`).
     """
     config = config or TrainingConfig()
-    config.check()
+    spec = get_architecture(architecture or card.architecture)
+    config.check(spec)
     output = Path(output)
     state_path = state_path_for(output)
     if label_polygons is None:
@@ -198,9 +203,9 @@ def train(
 
         require_matplotlib()
         check_output_path(curves, overwrite or resume is not None, inputs)
-    architecture = architecture or card.architecture
+    architecture = spec.name
     if backbone is None:
-        backbone = card.backbone if architecture == card.architecture else DEFAULT_BACKBONES.get(architecture)
+        backbone = card.backbone if architecture == card.architecture else spec.default_backbone
     card = ModelCard.from_dict({**card.to_dict(), "architecture": architecture, "backbone": backbone})
     ignore_index = config.ignore_index if config.ignore_index is not None else card.ignore_index
     encoding = LabelEncoding(
