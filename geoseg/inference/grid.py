@@ -135,7 +135,7 @@ class TileGrid:
         chunk_size: int = DEFAULT_CHUNK,
         region: Region | None = None,
     ):
-        check_tiling(tile, overlap)
+        check_tiling(tile, overlap, 1)  # the network's input multiple is checked by the plan, which knows it
         if height <= 0 or width <= 0:
             raise ConfigurationError(f"scene size {width}x{height} is empty")
         self.height, self.width = height, width
