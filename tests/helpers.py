@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import rasterio
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -176,3 +179,49 @@ def write_authors_checkpoint(model, card, path):
         authors["net." + name] = tensor
     torch.save({"epoch": 104, "global_step": 0, "state_dict": authors}, path)
     return path
+
+
+MLM_SCHEMAS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mlm-schema"
+
+
+def stac_schema_errors(item: dict) -> list[str]:
+    """Every error of ``item`` against STAC Item 1.1.0 (pystac's bundled schemas) and each extension schema
+    it names, all resolved offline: MLM v1.4.0 and what it references, from ``../shared/reference``."""
+    import json
+    from importlib.resources import files
+
+    import jsonschema
+    from referencing import Registry, Resource
+
+    if not MLM_SCHEMAS.is_dir():
+        pytest.skip(f"MLM schema folder {MLM_SCHEMAS} is not present")
+    bundled = files("pystac.validation") / "jsonschemas"
+    stac = "https://schemas.stacspec.org/v1.1.0/item-spec/json-schema"
+    ext = "https://stac-extensions.github.io"
+    documents = {
+        f"{ext}/mlm/v1.4.0/schema.json": MLM_SCHEMAS / "mlm-v1.4.0-schema.json",
+        f"{ext}/classification/v1.1.0/schema.json": MLM_SCHEMAS / "classification-v1.1.0-schema.json",
+        f"{ext}/raster/v1.1.0/schema.json": MLM_SCHEMAS / "raster-v1.1.0-schema.json",
+        f"{ext}/processing/v1.1.0/schema.json": MLM_SCHEMAS / "processing-v1.1.0-schema.json",
+        f"{ext}/processing/v1.0.0/schema.json": MLM_SCHEMAS / "processing-v1.1.0-schema.json",
+        "https://geojson.org/schema/Feature.json": bundled / "geojson" / "Feature.json",
+        "https://geojson.org/schema/Geometry.json": bundled / "geojson" / "Geometry.json",
+    }
+    core = ("item", "common", "basics", "datetime", "instrument", "licensing", "provider", "bands", "data-values")
+    for name in core:
+        documents[f"{stac}/{name}.json"] = bundled / "stac-spec" / "v1.1.0" / f"{name}.json"
+    schemas = {uri: json.loads(path.read_text(encoding="utf-8")) for uri, path in documents.items()}
+    registry = Registry().with_resources(
+        (uri, Resource.from_contents(schema, default_specification=jsonschema.Draft7Validator.META_SCHEMA))
+        for uri, schema in schemas.items()
+    )
+    errors = []
+    for uri in [f"{stac}/item.json", *item["stac_extensions"]]:
+        if uri not in schemas:
+            errors.append(f"{uri}: no offline copy of this schema")
+            continue
+        validator = jsonschema.validators.validator_for(schemas[uri])(schemas[uri], registry=registry)
+        for error in validator.iter_errors(item):
+            where = "/".join(str(p) for p in error.absolute_path)
+            errors.append(f"{uri}: {where}: {error.message[:300]}")
+    return errors

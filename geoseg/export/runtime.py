@@ -62,7 +62,14 @@ class OnnxNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         session = self._session(x.device)
-        name = session.get_inputs()[0].name
+        (graph_input,) = session.get_inputs()
+        fixed = graph_input.shape[2:]
+        if all(isinstance(d, int) for d in fixed) and list(x.shape[2:]) != fixed:
+            raise CheckpointError(
+                f"{self.path}: the ONNX model takes tiles of {fixed[0]}x{fixed[1]} px only, got "
+                f"{x.shape[2]}x{x.shape[3]}; leave --tile out (or pass --tile {fixed[0]})"
+            )
+        name = graph_input.name
         (out,) = session.run(None, {name: np.ascontiguousarray(x.detach().float().cpu().numpy())})
         scores = torch.from_numpy(out).to(x.device)
         return scores.clamp_min(_TINY).log() if self.outputs == "probabilities" else scores
