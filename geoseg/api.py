@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from geoseg.plots.curves import plot_training_curves
     from geoseg.plots.evaluation import plot_evaluation
     from geoseg.plots.quicklook import QuicklookResult, quicklook
-    from geoseg.stac.mlm import checkpoint_stac_item
+    from geoseg.stac.mlm import checkpoint_stac_item, write_stac_item
     from geoseg.training.loop import TrainingConfig, TrainingResult, train
     from geoseg.vector.vectorize import VectorizeResult, vectorize
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "describe": "geoseg.describe",
     "checkpoint_stac_item": "geoseg.stac.mlm",
+    "write_stac_item": "geoseg.stac.mlm",
     "EvaluationResult": "geoseg.evaluation",
     "export_model": "geoseg.export.exporter",
     "evaluate": "geoseg.evaluation",
@@ -98,6 +99,7 @@ __all__ = [
     "preset_card",
     "quicklook",
     "save_checkpoint",
+    "write_stac_item",
     "train",
     "vectorize",
     "write_confusion_csv",

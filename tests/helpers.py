@@ -192,6 +192,7 @@ def stac_schema_errors(item: dict) -> list[str]:
 
     import jsonschema
     from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT7
 
     if not MLM_SCHEMAS.is_dir():
         pytest.skip(f"MLM schema folder {MLM_SCHEMAS} is not present")
@@ -206,14 +207,13 @@ def stac_schema_errors(item: dict) -> list[str]:
         f"{ext}/processing/v1.0.0/schema.json": MLM_SCHEMAS / "processing-v1.1.0-schema.json",
         "https://geojson.org/schema/Feature.json": bundled / "geojson" / "Feature.json",
         "https://geojson.org/schema/Geometry.json": bundled / "geojson" / "Geometry.json",
+        f"{stac}/data-values.json": bundled / "stac-spec" / "v1.1.0" / "data-values.json",
     }
-    core = ("item", "common", "basics", "datetime", "instrument", "licensing", "provider", "bands", "data-values")
-    for name in core:
+    for name in ("item", "common", "basics", "datetime", "instrument", "licensing", "provider", "bands"):
         documents[f"{stac}/{name}.json"] = bundled / "stac-spec" / "v1.1.0" / f"{name}.json"
     schemas = {uri: json.loads(path.read_text(encoding="utf-8")) for uri, path in documents.items()}
     registry = Registry().with_resources(
-        (uri, Resource.from_contents(schema, default_specification=jsonschema.Draft7Validator.META_SCHEMA))
-        for uri, schema in schemas.items()
+        (uri, Resource.from_contents(schema, default_specification=DRAFT7)) for uri, schema in schemas.items()
     )
     errors = []
     for uri in [f"{stac}/item.json", *item["stac_extensions"]]:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from geoseg.cli.options import emit_json, json_option
+from geoseg.cli.options import emit_json, json_option, overwrite_option
 
 
 @click.command(short_help="Describe a checkpoint or a raster.")
@@ -15,21 +15,38 @@ from geoseg.cli.options import emit_json, json_option
 @click.option(
     "--stac",
     is_flag=True,
-    help="Print the checkpoint as a STAC Item with the Machine Learning Model (MLM) extension (JSON).",
+    help="Print the model (checkpoint, .onnx or .pt2 export) as a STAC Item with the Machine Learning "
+    "Model (MLM) extension (JSON); its href is the model's absolute file:// URI.",
 )
-def info(path: str, as_json: bool, stac: bool) -> None:
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="With --stac: write the Item to this file instead, its href relative to it.",
+)
+@overwrite_option
+def info(path: str, as_json: bool, stac: bool, output: str | None, overwrite: bool) -> None:
     """Describe PATH: a checkpoint (its model card, parameter count, backbone) or a raster (size, CRS,
     transform, bands, dtype, nodata/mask, block layout). GDAL paths such as /vsizip/ work.
 
     \b
     geoseg info models/manet_r50_loveda_demo.safetensors
     geoseg info scene.tif --json
-    geoseg info models/manet_r50_loveda_demo.safetensors --stac > manet.item.json
+    geoseg info models/manet_r50_loveda_demo.safetensors --stac -o manet.item.json
     """
+    if output is not None and not stac:
+        raise click.UsageError("-o/--output writes the STAC Item: add --stac")
     if stac:
         from geoseg.api import checkpoint_stac_item
 
-        click.echo(json.dumps(checkpoint_stac_item(path), indent=2))
+        if output is None:
+            click.echo(json.dumps(checkpoint_stac_item(path), indent=2))
+            return
+        from geoseg.api import write_stac_item
+
+        item = write_stac_item(path, output, overwrite=overwrite)
+        click.echo(f"Wrote {output}: model href {item['assets']['model']['href']}")
         return
     from geoseg.api import describe
 

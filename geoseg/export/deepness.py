@@ -64,6 +64,6 @@ def deepness_metadata(card: ModelCard) -> dict[str, str]:
         "standardization_mean": [0.0] * card.num_bands,
         "standardization_std": [1 / 255] * card.num_bands,
         "seg_thresh": 0.0,  # geoseg takes the argmax of the probabilities, without a threshold
-        "seg_small_segment": 0,  # and keeps small segments in the class raster (vectorize --min-pixels drops them)
+        "seg_small_segment": 0,  # and keeps small segments (vectorize --min-pixels drops them)
     }
     return {key: json.dumps(value) for key, value in values.items()}

@@ -7,8 +7,8 @@ probabilities (softmax inside) or, on request, raw logits. Batch, height and wid
 width as multiples of 32 (the network's requirement, stated in the graph's shape constraints), unless a
 fixed ``tile`` is asked for: then height and width are that number, as clients that read their tile size
 from the graph need (``--for deepness`` also writes that plugin's metadata, see
-:mod:`geoseg.export.deepness`). The card travels inside: ONNX ``metadata_props`` and the ``.pt2``'s extra files, under the same key as in a geoseg
-checkpoint.
+:mod:`geoseg.export.deepness`). The card travels inside: ONNX ``metadata_props`` and the ``.pt2``'s
+extra files, under the same key as in a geoseg checkpoint.
 
 Both formats come from one ``torch.export`` program: the ONNX file is that program translated by the
 TorchDynamo exporter (torch's default since 2.9; the TorchScript exporter is deprecated), so the two formats
