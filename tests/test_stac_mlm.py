@@ -8,6 +8,7 @@ import pystac
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import stac_schema_errors
 from pystac.extensions.mlm import MLMExtension
 
 from geoseg.cli.main import cli
@@ -15,7 +16,7 @@ from geoseg.errors import CardError
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.checkpoint import save_checkpoint
 from geoseg.model.manet import build_manet
-from geoseg.stac.mlm import model_item, validate_model_item, value_scaling
+from geoseg.stac.mlm import model_item, read_model_file, validate_model_item, value_scaling
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +46,7 @@ def test_info_stac_prints_a_valid_mlm_item(checkpoint):
     assert result.exit_code == 0, result.output
     item = json.loads(result.output)
     validate_model_item(item)
+    assert stac_schema_errors(item) == []
     assert item["type"] == "Feature" and item["id"] == "irrg-demo" and item["geometry"] is None
     assert "https://stac-extensions.github.io/mlm/v1.4.0/schema.json" in item["stac_extensions"]
     mlm = MLMExtension.ext(pystac.Item.from_dict(item))
@@ -53,7 +55,17 @@ def test_info_stac_prints_a_valid_mlm_item(checkpoint):
         "MANet (resnet18)",
         ["semantic-segmentation"],
     )
-    assert (mlm.framework, mlm.total_parameters) == ("pytorch", parameters)
+    assert (mlm.framework, mlm.total_parameters) == ("PyTorch", parameters)
+    assert "mlm:pretrained" not in item["properties"]  # the card has no training record: unknown
+    assert (
+        item["properties"]["bands"]
+        == item["assets"]["model"]["bands"]
+        == [
+            {"name": "nir"},
+            {"name": "red"},
+            {"name": "green"},
+        ]
+    )
     (model_input,) = mlm.input
     assert model_input.bands == ["nir", "red", "green"]
     assert model_input.input.shape == [-1, 3, 256, 256]
@@ -61,13 +73,13 @@ def test_info_stac_prints_a_valid_mlm_item(checkpoint):
     assert model_input.input.data_type == "float32"
     (output,) = mlm.output
     assert output.result.shape == [-1, 2, 256, 256]
-    assert [(c.value, c.name, c.color_hint) for c in output.classes] == [
-        (0, "water", "0000FF"),
-        (1, "building", "FF1000"),
+    assert [(c.value, c.name, c.description, c.color_hint) for c in output.classes] == [
+        (0, "water", "water", "0000FF"),
+        (1, "building", "building", "FF1000"),
     ]
     assert item["properties"]["gsd"] == 0.5
     asset = item["assets"]["model"]
-    assert asset["href"] == "net.safetensors" and asset["mlm:artifact_type"] == "safetensors"
+    assert asset["href"] == path.resolve().as_uri() and asset["mlm:artifact_type"] == "safetensors"
     assert "mlm:model" in asset["roles"]
 
 
@@ -94,11 +106,13 @@ def test_value_scaling_folds_the_value_range_into_one_z_score_per_band(checkpoin
             "differ in length",
         ),
         (lambda i: i["properties"]["mlm:output"][0].update({"classification:classes": []}), "classification"),
+        (lambda i: i["properties"]["mlm:output"][0]["classification:classes"][0].pop("description"), "descr"),
+        (lambda i: i["properties"].pop("bands"), r"input bands \['green', 'nir', 'red'\] are not defined"),
     ],
 )
 def test_a_malformed_item_is_refused(checkpoint, change, message):
     path, card, parameters = checkpoint
-    item = model_item(path, card, total_parameters=parameters, framework_version="2.6")
+    item = model_item(read_model_file(path), href=path.name)
     change(item)
     with pytest.raises(CardError, match=message):
         validate_model_item(item)
@@ -109,7 +123,62 @@ def test_info_stac_on_a_raster_or_foreign_checkpoint_is_one_line(checkpoint, tmp
     torch.save(build_manet(2, "resnet18").state_dict(), foreign)
     result = CliRunner().invoke(cli, ["info", str(foreign), "--stac"])
     assert result.exit_code == 1
-    assert "a foreign checkpoint has no card to describe; convert it first" in result.output
+    assert "a foreign model has no card to describe; convert it first" in result.output
     result = CliRunner().invoke(cli, ["info", "sample_data/netherlands_0p25m_epsg28992.tif", "--stac"])
     assert result.exit_code == 1 and "not a checkpoint" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_info_stac_o_writes_an_item_whose_href_resolves_from_its_folder(checkpoint, tmp_path):
+    path, card, parameters = checkpoint
+    out = tmp_path / "catalog" / "items" / "net.item.json"
+    out.parent.mkdir(parents=True)
+    result = CliRunner().invoke(cli, ["info", str(path), "--stac", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    item = json.loads(out.read_text())
+    assert stac_schema_errors(item) == []
+    href = item["assets"]["model"]["href"]
+    assert not href.startswith(("/", "file:")) and (out.parent / href).resolve() == path.resolve()
+    result = CliRunner().invoke(cli, ["info", str(path), "--stac", "-o", str(out)])
+    assert result.exit_code == 1 and "exists" in result.output
+
+
+@pytest.mark.parametrize(
+    "initial, expected",
+    [
+        ("random (no pre-trained encoder)", {"mlm:pretrained": False, "mlm:pretrained_source": None}),
+        ("resnet34-imagenet.pth (212 of 440 tensors)", {"mlm:pretrained": True}),
+    ],
+)
+def test_pretrained_follows_the_cards_training_record(checkpoint, tmp_path, initial, expected):
+    path, card, parameters = checkpoint
+    trained = ModelCard.from_dict({**card.to_dict(), "training": {"initial_weights": initial}})
+    out = tmp_path / "trained.safetensors"
+    save_checkpoint(build_manet(2, "resnet18", in_channels=3), trained, out)
+    item = model_item(read_model_file(out), href=out.name)
+    assert {k: v for k, v in item["properties"].items() if k.startswith("mlm:pretrained")} == expected
+    assert stac_schema_errors(item) == []
+
+
+@pytest.mark.parametrize(
+    "suffix, framework, artifact", [(".onnx", "ONNX", "onnx"), (".pt2", "PyTorch", "torch.export.save")]
+)
+def test_info_stac_describes_geosegs_own_exports(checkpoint, tmp_path, suffix, framework, artifact):
+    from geoseg.export.exporter import export_model
+
+    path, card, parameters = checkpoint
+    exported = tmp_path / f"net{suffix}"
+    export_model(path, exported)
+    result = CliRunner().invoke(cli, ["info", str(exported), "--stac"])
+    assert result.exit_code == 0, result.output
+    item = json.loads(result.output)
+    assert stac_schema_errors(item) == []
+    properties = item["properties"]
+    assert (properties["mlm:framework"], item["assets"]["model"]["mlm:artifact_type"]) == (
+        framework,
+        artifact,
+    )
+    (model_input,) = properties["mlm:input"]
+    assert model_input["value_scaling"] is None  # the export scales and normalises inside
+    assert properties["mlm:output"][0]["name"] == "probabilities"
+    assert item["assets"]["model"]["href"] == exported.resolve().as_uri()
