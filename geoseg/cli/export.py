@@ -28,7 +28,7 @@ from geoseg.cli.options import card_option, emit_json, json_option, overwrite_op
     "--tile",
     type=click.IntRange(min=32),
     default=None,
-    help="Fix the input's height and width to this many px (a multiple of 32). "
+    help="Fix the input's height and width to this many px (a multiple of the network's input multiple). "
     "Default: free, or the card's with --for deepness.",
 )
 @preset_option

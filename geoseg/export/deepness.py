@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 
 from geoseg.errors import ConfigurationError
+from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.card import ModelCard
 
 DEEPNESS = "deepness"
@@ -37,12 +38,16 @@ def deepness_card(card: ModelCard, tile: int | None = None) -> ModelCard:
             f"{MIN_CLASSES} to {MAX_CLASSES} classes in one softmax output (one channel is read as a "
             "sigmoid, and class ids + 1 must fit its uint8 mask)"
         )
-    if tile <= 0 or tile % 32:
-        raise ConfigurationError(f"--for deepness: tile {tile} is not a positive multiple of 32")
+    multiple = ARCHITECTURES[card.architecture].input_multiple
+    if tile <= 0 or tile % multiple:
+        raise ConfigurationError(
+            f"--for deepness: tile {tile} is not a positive multiple of {multiple} "
+            f"({card.architecture}'s input multiple)"
+        )
     if card.overlap >= tile:
         raise ConfigurationError(
             f"--for deepness: the card's overlap of {card.overlap} px does not fit a tile of {tile} px; "
-            f"use --tile {(card.overlap // 32 + 1) * 32} or larger"
+            f"use --tile {(card.overlap // multiple + 1) * multiple} or larger"
         )
     if card.gsd is None:
         raise ConfigurationError(

@@ -43,7 +43,7 @@ class ModelFile:
     artifact_type: str  # MLM: how the file is read
     media_type: str
     raw_input: bool  # an export scales and normalises inside: its input is the raw pixel values
-    fixed_tile: bool  # height and width fixed in the graph (else any multiple of 32)
+    fixed_tile: bool  # height and width fixed in the graph (else any multiple of the input multiple)
     outputs: str  # "logits" or "probabilities"
 
 
