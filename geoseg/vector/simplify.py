@@ -12,8 +12,12 @@ area (the raster edge and nodata): the polygons still tile exactly the valid pix
 quarter of a million vertices (some thousands of polygons), so such unsimplified edges are rare.
 
 Minimum area: simplifying moves boundaries, so a region just over ``--min-area`` could come out under it.
-Such polygons keep their pixel edges and the rest of the batch is simplified again around them (their
-edges are then part of the fixed outline), until none is under the minimum: a few rounds at most.
+Such polygons keep their pixel edges and the rest of the batch is simplified again, from its pixel edges,
+around them (their edges are then part of the fixed outline), until none is under the minimum: a few
+rounds at most. Only the last round's result is kept, so this is a coverage by construction: the polygons
+kept whole and the simplified ones meet on the fixed outline, which the simplified coverage keeps exactly.
+(Sieving in raster space with the area a region will have once simplified cannot promise that: the
+simplified area depends on the neighbours, which the sieve changes.)
 """
 
 from __future__ import annotations
@@ -37,16 +41,17 @@ def simplify_coverage(
     if not len(polygons) or tolerance_px <= 0:
         return polygons
     noded = shapely.segmentize(polygons, 1.0)
-    out = polygons.copy()
-    simplify = np.ones(len(polygons), bool)
-    while simplify.any():
-        simplified = shapely.coverage_simplify(noded[simplify], tolerance_px, simplify_boundary=False)
+    fixed = np.zeros(len(polygons), bool)  # polygons keeping their pixel edges
+    while True:
+        simplified = shapely.coverage_simplify(noded[~fixed], tolerance_px, simplify_boundary=False)
         # drop the vertices left on straight runs (the fixed outline keeps its 1-pixel spacing otherwise)
         simplified = shapely.simplify(simplified, 0.0)
         shrunk = too_small(simplified) if too_small is not None else np.zeros(len(simplified), bool)
-        indices = np.flatnonzero(simplify)
-        out[indices[~shrunk]] = simplified[~shrunk]
         if not shrunk.any():
             break
-        simplify[indices[shrunk]] = False
+        fixed[np.flatnonzero(~fixed)[shrunk]] = True
+    # only the last round's polygons are kept: each earlier round moved edges shared with a polygon that a
+    # later round fixed (keeping a polygon from an earlier round next to them opened gaps and overlaps)
+    out = polygons.copy()
+    out[~fixed] = simplified
     return out
