@@ -1,7 +1,7 @@
 """geoseg vectorize: speed against the whole-array way, the sieve's cost, and memory as the raster grows.
 
-    python benchmarks/vectorize.py [--parts speed,split,sieve,memory] [--speed-size 4000] [--repeat 3]
-                                   [--sieve-size 2048] [--sizes 5000,20000] [--keep DIR]
+    python benchmarks/vectorize.py [--parts speed,split,sieve,simplify,memory] [--speed-size 4000]
+                                   [--repeat 3] [--sieve-size 2048] [--sizes 5000,20000] [--keep DIR]
 
 Class rasters are generated block by block (bounded memory) as tiled GeoTIFFs in EPSG:32633, 0.5 m pixels:
 
@@ -23,6 +23,9 @@ Printed:
 * sieve: on the texture raster, per 2048-pixel cell, the time of one pass over the raster (read + label the
   regions) and of the sieve at 4, 64 and 1,000 pixels, and the ratio; target: a small constant factor
   whatever the threshold (the old halo sieve read 1.1x, 3.6x and 31.7x the raster at 4, 64 and 400 px).
+* simplify: on the texture raster (``--sieve-size``), geoseg's time and peak memory with ``--simplify 2``
+  (4 pixels) and with ``--simplify 2 --min-area 50`` (200 pixels: polygons that would fall under it keep
+  their pixel edges, the rest is simplified again), as ratios to the plain run.
 * memory: geoseg's peak memory and time on the percolating raster at each size, at a quarter of the
   resolution (each value repeated 4 x 4, so the largest size runs in a few minutes); target: the largest
   within 1.5x the memory of the first.
@@ -131,10 +134,11 @@ def write_raster(path: Path, size: int, block) -> None:
                 dst.write(block(row, col, h, w), 1, window=Window(col, row, w, h))
 
 
-def run_geoseg(src: str, out: str, split: int | None = None) -> dict:
+def run_geoseg(src: str, out: str, split: int | None = None, **options) -> dict:
     from geoseg.vector.vectorize import DEFAULT_SPLIT, vectorize
 
-    result = vectorize(src, out, overwrite=True, split_polygons_at=DEFAULT_SPLIT if split is None else split)
+    split = DEFAULT_SPLIT if split is None else split
+    result = vectorize(src, out, overwrite=True, split_polygons_at=split, **options)
     return {"polygons": sum(result.polygons.values())}
 
 
@@ -190,6 +194,12 @@ def child(kind: str, src: str, out: str) -> None:
     start = time.perf_counter()
     if kind == "sieve":
         info = run_sieve(src, [4, 64, 1000])
+    elif kind.startswith("simplify"):  # simplify:METRES or simplify:METRES:MIN_AREA
+        _, *numbers = kind.split(":")
+        options = {"simplify": float(numbers[0])}
+        if len(numbers) > 1:
+            options["min_area"] = float(numbers[1])
+        info = run_geoseg(src, out, **options)
     elif kind.startswith("geoseg"):  # geoseg or geoseg:SPLIT
         info = run_geoseg(src, out, int(kind.split(":")[1]) if ":" in kind else None)
     else:
@@ -217,7 +227,7 @@ def raster(folder: Path, name: str, size: int, block) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="speed,split,sieve,memory")
+    parser.add_argument("--parts", default="speed,split,sieve,simplify,memory")
     parser.add_argument("--speed-size", type=int, default=4000)
     parser.add_argument("--repeat", type=int, default=3, help="runs of each way in the speed part")
     parser.add_argument("--sieve-size", type=int, default=2048)
@@ -268,6 +278,18 @@ def main() -> None:
             print(f"one pass (read + label): {r['one pass']:.2f} s")
             for m in ("4", "64", "1000"):
                 print(f"sieve at {m:>4} px: {r[m]:6.2f} s = {r[m] / r['one pass']:.2f}x one pass")
+        if "simplify" in parts:
+            n = args.sieve_size
+            src = raster(folder, "texture", n, texture_block)
+            runs = {kind: measure(kind, src, out) for kind in ("geoseg", "simplify:2", "simplify:2:50")}
+            plain = runs["geoseg"]
+            print(f"\nsimplify: {n}x{n} texture raster, 0.5 m pixels, split grid {DEFAULT_SPLIT} px")
+            for kind, r in runs.items():
+                print(
+                    f"{kind:>16}: {r['polygons']:>8} polygons{r['seconds']:>8.1f} s "
+                    f"= {r['seconds'] / plain['seconds']:.2f}x{r['peak_mib']:>8.0f} MiB "
+                    f"= {r['peak_mib'] / plain['peak_mib']:.2f}x"
+                )
         if "memory" in parts:
             sizes = [int(s) for s in args.sizes.split(",")]
 
