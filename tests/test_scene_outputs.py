@@ -161,6 +161,9 @@ def test_json_outputs_list_every_file_the_scene_wrote(scenes, tmp_path):
         "polygons.prj": str(out / "a.polygons.prj"),
         "polygons.cpg": str(out / "a.polygons.cpg"),
         "quicklook": str(out / "a.quicklook.png"),
+        "classes.qml": str(out / "a.classes.qml"),  # the QGIS styles (geoseg.styles)
+        "confidence.qml": str(out / "a.confidence.qml"),
+        "polygons.qml": str(out / "a.polygons.qml"),
     }
     assert _names(out) == sorted(Path(p).name for p in result.outputs.values())
     # drawn and vectorized from the staged class raster, yet named after the final one
@@ -187,9 +190,11 @@ def test_a_failure_after_the_class_raster_leaves_nothing_of_that_scene(scenes, t
     results = _run(scenes, out, confidence=True, quicklook=True, vectorize="gpkg", keep_going=True)
     assert [r.error is None for r in results] == [True, False]
     assert results[1].error.endswith(": the disk is full")
-    assert _names(out) == [
+    assert _names(out) == [  # nothing of b, its styles neither (a GeoPackage holds its own)
+        "a.classes.qml",
         "a.classes.tif",
         "a.classes.tif.aux.xml",
+        "a.confidence.qml",
         "a.confidence.tif",
         "a.polygons.gpkg",
         "a.quicklook.png",
@@ -217,7 +222,13 @@ def test_on_dask_a_scene_failing_after_its_class_raster_leaves_nothing_and_order
     out = tmp_path / "out"
     results = _run(scenes, out, quicklook=True, vectorize="gpkg", keep_going=True, workers=2)
     assert [(r.input, r.error is None) for r in results] == [(str(scenes[0]), False), (str(scenes[1]), True)]
-    assert _names(out) == ["b.classes.tif", "b.classes.tif.aux.xml", "b.polygons.gpkg", "b.quicklook.png"]
+    assert _names(out) == [
+        "b.classes.qml",
+        "b.classes.tif",
+        "b.classes.tif.aux.xml",
+        "b.polygons.gpkg",
+        "b.quicklook.png",
+    ]
 
 
 def test_a_resumed_scene_keeps_its_regions_until_all_its_files_are_in_place(scenes, tmp_path, monkeypatch):
@@ -234,7 +245,13 @@ def test_a_resumed_scene_keeps_its_regions_until_all_its_files_are_in_place(scen
     model.calls = 0
     (result,) = _run([scenes[0]], out, quicklook=True, resume=True, model=model)
     assert (model.calls, result.tiles) == (0, 0)  # every region came from the interrupted run
-    assert _names(tmp_path) == ["classes.quicklook.png", "classes.tif", "classes.tif.aux.xml", "scenes"]
+    assert _names(tmp_path) == [
+        "classes.qml",
+        "classes.quicklook.png",
+        "classes.tif",
+        "classes.tif.aux.xml",
+        "scenes",
+    ]
 
 
 def test_overwriting_a_shapefile_removes_its_stale_index(scenes, tmp_path):
@@ -283,7 +300,7 @@ def test_a_folder_geoseg_made_stays_with_the_scenes_finished_before_a_stop(scene
     first = next(runs)
     runs.close()  # the consumer stops (as the CLI on Ctrl-C) after one scene
     assert first.error is None
-    assert _names(tmp_path / "new") == ["a.classes.tif", "a.classes.tif.aux.xml"]
+    assert _names(tmp_path / "new") == ["a.classes.qml", "a.classes.tif", "a.classes.tif.aux.xml"]
 
 
 def test_a_skipped_scene_reports_the_size_of_its_class_raster(scenes, tmp_path):
@@ -294,4 +311,5 @@ def test_a_skipped_scene_reports_the_size_of_its_class_raster(scenes, tmp_path):
     assert records[0]["outputs"] == {
         "classes": str(out / "a.classes.tif"),
         "classes.aux.xml": str(out / "a.classes.tif.aux.xml"),
+        "classes.qml": str(out / "a.classes.qml"),
     }
