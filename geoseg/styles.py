@@ -132,8 +132,8 @@ def confidence_qml() -> str:
         "            </Option>\n"
         "          </colorramp>\n"
         f"{stops}"
-        '          <rampLegendSettings minimumLabel="0 %" maximumLabel="100 %" prefix="" suffix="" direction="0"'
-        ' useContinuousLegend="1" orientation="2"/>\n'
+        '          <rampLegendSettings minimumLabel="0 %" maximumLabel="100 %" prefix="" suffix=""'
+        ' direction="0" useContinuousLegend="1" orientation="2"/>\n'
         "        </colorrampshader>\n"
         "      </rastershader>\n"
         "    </rasterrenderer>\n"

@@ -412,3 +412,26 @@ def test_probabilities_of_a_four_band_scene_print_no_gdal_error(checkpoint, tmp_
             source.transform,
             source.shape,
         )
+
+
+def test_compress_and_no_styles_reach_the_outputs(checkpoint, colorado, tmp_path):
+    result = _invoke(colorado, "-o", tmp_path / "c.tif", "-m", checkpoint, "--compress", "LZW", "--no-styles")
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path) == ["c.tif", "c.tif.aux.xml"]
+    with rasterio.open(tmp_path / "c.tif") as out:
+        assert out.compression.name == "lzw"
+
+
+def test_a_codec_this_gdal_lacks_is_one_line_naming_those_it_has(colorado, tmp_path, monkeypatch):
+    monkeypatch.setattr("geoseg.raster.writing.available_codecs", lambda: ("deflate", "lzw", "none"))
+    result = _invoke(colorado, "-o", tmp_path / "c.tif", "--compress", "zstd")
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: compression 'zstd': this GDAL build cannot write it; use one of deflate, lzw, none\n",
+    )
+    assert _files(tmp_path) == []
+    result = _invoke(colorado, "-o", tmp_path / "c.tif", "--compress", "jpeg")
+    assert (
+        result.exit_code == 2
+        and "'jpeg' is not one of 'deflate', 'lzw', 'zstd', 'lerc', 'none'" in result.output
+    )

@@ -313,3 +313,86 @@ def test_a_skipped_scene_reports_the_size_of_its_class_raster(scenes, tmp_path):
         "classes.aux.xml": str(out / "a.classes.tif.aux.xml"),
         "classes.qml": str(out / "a.classes.qml"),
     }
+
+
+# --- styles and codecs --------------------------------------------------------------------------------------
+
+
+def test_no_styles_writes_no_style_file_and_a_geopackage_without_one(scenes, tmp_path):
+    import sqlite3
+
+    out = tmp_path / "out"
+    (result,) = _run([scenes[0]], f"{out}/", confidence=True, vectorize="gpkg", styles=False)
+    assert _names(out) == ["a.classes.tif", "a.classes.tif.aux.xml", "a.confidence.tif", "a.polygons.gpkg"]
+    assert sorted(result.outputs) == ["classes", "classes.aux.xml", "confidence", "polygons"]
+    with sqlite3.connect(out / "a.polygons.gpkg") as db:
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'layer_styles'").fetchall()
+
+
+def test_a_scene_finished_without_styles_by_an_older_geoseg_is_still_skipped(scenes, tmp_path):
+    out = tmp_path / "out"
+    _run(scenes, out, confidence=True, styles=False)
+    records = _run(scenes, out, confidence=True, skip_existing=True)
+    assert [r.status for r in records] == ["skipped", "skipped"]
+    assert "classes.qml" not in records[0].outputs  # listed only where it exists
+
+
+def test_a_style_file_in_the_way_is_refused_before_any_tile(scenes, tmp_path):
+    (tmp_path / "classes.confidence.qml").write_text("mine")
+    model = CountingNet()
+    with pytest.raises(OutputError, match="classes.confidence.qml: output exists; pass --overwrite"):
+        _run([scenes[0]], tmp_path / "classes.tif", confidence=True, model=model)
+    assert model.calls == 0
+
+
+def test_two_outputs_of_a_scene_with_one_style_name_are_refused_before_any_tile(scenes, tmp_path):
+    from geoseg.errors import ConfigurationError
+
+    model = CountingNet()
+    with pytest.raises(ConfigurationError) as caught:
+        _run([scenes[0]], tmp_path / "x.tif", vectorize=tmp_path / "x.fgb", model=model)
+    assert str(caught.value) == (
+        f"{scenes[0]}: two of its outputs would write {tmp_path / 'x.qml'} (a QGIS style is named after its "
+        "file without the suffix); give them different names, or pass --no-styles"
+    )
+    assert model.calls == 0
+    _run([scenes[0]], tmp_path / "x.tif", vectorize=tmp_path / "x.fgb", model=model, styles=False)
+
+
+@pytest.mark.parametrize("codec", ["deflate", "lzw", "zstd", "lerc", "none"])
+def test_every_codec_writes_rasters_that_read_back_the_same_classes(scenes, tmp_path, codec):
+    from geoseg.raster.writing import available_codecs
+
+    if codec not in available_codecs():
+        pytest.skip(f"this GDAL build cannot write {codec}")
+    _run([scenes[0]], tmp_path / "reference.tif", confidence=True, probabilities=True)
+    _run([scenes[0]], tmp_path / "c.tif", confidence=True, probabilities=True, compress=codec)
+    for name in ("c.tif", "c.confidence.tif", "c.probabilities.tif"):
+        with rasterio.open(tmp_path / name) as out, rasterio.open(tmp_path / f"reference{name[1:]}") as ref:
+            assert out.compression is None if codec == "none" else out.compression.name.lower() == codec
+            predictor = out.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR")
+            continuous = name != "c.tif" and codec in ("deflate", "lzw", "zstd")
+            assert predictor == ("2" if continuous else None)  # never on class ids
+            assert (out.crs, out.transform) == (ref.crs, ref.transform)
+            assert (out.read(masked=True) == ref.read(masked=True)).all()
+            assert (out.read_masks() == ref.read_masks()).all()
+
+
+def test_the_default_codec_is_deflate_without_predictor_on_classes(scenes, tmp_path):
+    _run([scenes[0]], tmp_path / "c.tif", confidence=True)
+    with rasterio.open(tmp_path / "c.tif") as classes, rasterio.open(tmp_path / "c.confidence.tif") as conf:
+        assert classes.compression.name == conf.compression.name == "deflate"
+        assert "PREDICTOR" not in classes.tags(ns="IMAGE_STRUCTURE")
+        assert conf.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+
+
+def test_a_codec_this_gdal_lacks_is_refused_before_any_tile(scenes, tmp_path, monkeypatch):
+    from geoseg.errors import ConfigurationError
+
+    monkeypatch.setattr("geoseg.raster.writing.available_codecs", lambda: ("deflate", "lzw", "none"))
+    model = CountingNet()
+    with pytest.raises(
+        ConfigurationError, match=r"^compression 'zstd': this GDAL build cannot write it; use "
+    ):
+        _run([scenes[0]], tmp_path / "c.tif", compress="zstd", model=model)
+    assert model.calls == 0 and _names(tmp_path) == ["scenes"]
