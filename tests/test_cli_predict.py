@@ -64,7 +64,7 @@ def test_one_scene_writes_an_aligned_class_raster_and_says_so(checkpoint, colora
             src.height,
         )
         assert set(np.unique(out.read(1))) <= set(range(7))
-    assert _files(tmp_path) == ["classes.tif", "classes.tif.aux.xml"]
+    assert _files(tmp_path) == ["classes.qml", "classes.tif", "classes.tif.aux.xml"]
 
 
 def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
@@ -104,6 +104,8 @@ def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
         "classes": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.classes.tif"),
         "classes.aux.xml": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.classes.tif.aux.xml"),
         "confidence": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.confidence.tif"),
+        "classes.qml": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.classes.qml"),
+        "confidence.qml": str(tmp_path / "out" / "colorado_hro_0p15m_alpha.confidence.qml"),
     }
     # class fractions count valid pixels only: the alpha scene's 10044 masked pixels are not in them
     with rasterio.open(records[1]["outputs"]["classes"]) as out:
@@ -310,6 +312,7 @@ def test_keep_going_finishes_the_good_scenes_and_exits_1(checkpoint, colorado, t
     assert result.stderr.startswith(f"Error: {tmp_path / 'broken.tif'}: not a raster GDAL can read")
     assert len(result.stderr.strip().splitlines()) == 1
     assert _files(tmp_path / "out") == [
+        "colorado_hro_0p15m.classes.qml",
         "colorado_hro_0p15m.classes.tif",
         "colorado_hro_0p15m.classes.tif.aux.xml",
     ]
@@ -409,3 +412,26 @@ def test_probabilities_of_a_four_band_scene_print_no_gdal_error(checkpoint, tmp_
             source.transform,
             source.shape,
         )
+
+
+def test_compress_and_no_styles_reach_the_outputs(checkpoint, colorado, tmp_path):
+    result = _invoke(colorado, "-o", tmp_path / "c.tif", "-m", checkpoint, "--compress", "LZW", "--no-styles")
+    assert result.exit_code == 0, result.output
+    assert _files(tmp_path) == ["c.tif", "c.tif.aux.xml"]
+    with rasterio.open(tmp_path / "c.tif") as out:
+        assert out.compression.name == "lzw"
+
+
+def test_a_codec_this_gdal_lacks_is_one_line_naming_those_it_has(colorado, tmp_path, monkeypatch):
+    monkeypatch.setattr("geoseg.raster.writing.available_codecs", lambda: ("deflate", "lzw", "none"))
+    result = _invoke(colorado, "-o", tmp_path / "c.tif", "--compress", "zstd")
+    assert (result.exit_code, result.output) == (
+        1,
+        "Error: compression 'zstd': this GDAL build cannot write it; use one of deflate, lzw, none\n",
+    )
+    assert _files(tmp_path) == []
+    result = _invoke(colorado, "-o", tmp_path / "c.tif", "--compress", "jpeg")
+    assert (
+        result.exit_code == 2
+        and "'jpeg' is not one of 'deflate', 'lzw', 'zstd', 'lerc', 'none'" in result.output
+    )

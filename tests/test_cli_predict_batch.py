@@ -49,7 +49,11 @@ def test_skip_existing_computes_only_the_missing_scenes(checkpoint, scenes, tmp_
         (str(scenes[1]), None),
         (str(scenes[2]), None),
     ]
-    assert records[0]["outputs"] == {"classes": str(finished), "classes.aux.xml": f"{finished}.aux.xml"}
+    assert records[0]["outputs"] == {
+        "classes": str(finished),
+        "classes.aux.xml": f"{finished}.aux.xml",
+        "classes.qml": str(out / "a.classes.qml"),
+    }
     assert (records[0]["width"], records[0]["height"], records[0]["tiles"]) == (64, 64, 0)
     assert records[1]["tiles"] == 1 and records[1]["outputs"]["classes"] == str(out / "b.classes.tif")
     assert finished.stat().st_mtime_ns == stamp  # not rewritten
@@ -83,7 +87,9 @@ def test_a_scene_with_only_some_outputs_is_not_skipped_and_the_error_says_which(
     result = CliRunner().invoke(cli, [*args, "--confidence", "--overwrite"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.parent.iterdir()) == [
+        "classes.confidence.qml",
         "classes.confidence.tif",
+        "classes.qml",
         "classes.tif",
         "classes.tif.aux.xml",
     ]
@@ -95,7 +101,11 @@ def test_a_missing_class_names_side_car_makes_the_set_incomplete(checkpoint, sce
     out = tmp_path / "classes.tif"
     args = ["predict", str(scenes[0]), "-o", str(out), "-m", str(checkpoint), "--json"]
     first = CliRunner().invoke(cli, args)
-    assert _records(first.output)[0]["outputs"] == {"classes": str(out), "classes.aux.xml": f"{out}.aux.xml"}
+    assert _records(first.output)[0]["outputs"] == {
+        "classes": str(out),
+        "classes.aux.xml": f"{out}.aux.xml",
+        "classes.qml": str(tmp_path / "classes.qml"),
+    }
     (tmp_path / "classes.tif.aux.xml").unlink()
     result = CliRunner().invoke(cli, [*args, "--skip-existing"])
     assert (result.exit_code, result.output) == (

@@ -212,3 +212,23 @@ def test_ctrl_c_exits_130_and_leaves_nothing(runner, tmp_path, classes_tif, monk
     assert result.exit_code == 130
     assert "interrupted" in result.stderr
     assert list(folder.iterdir()) == []
+
+
+def test_json_lists_the_style_beside_the_polygons_and_no_styles_writes_none(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(tmp_path / "p.fgb"), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["style"] == str(tmp_path / "p.qml") and (tmp_path / "p.qml").is_file()
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(tmp_path / "q.fgb"), "--json", "--no-styles"])
+    assert result.exit_code == 0, result.output
+    assert "style" not in json.loads(result.stdout) and not (tmp_path / "q.qml").exists()
+
+
+def test_polygons_named_like_their_raster_are_one_line(runner, tmp_path, classes_tif):
+    path, _ = classes_tif
+    result = runner.invoke(cli, ["vectorize", path, "-o", str(tmp_path / "classes.shp")])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"Error: {tmp_path / 'classes.shp'}: its QGIS style {tmp_path / 'classes.qml'} would replace the "
+        f"style of {path}; give the output another name, or pass --no-styles\n"
+    )

@@ -207,7 +207,14 @@ def test_outputs_of_several_inputs_have_predictable_names(shared_data, tmp_path)
     assert names == sorted(
         f"{stem}.{kind}"
         for stem in ("colorado_hro_0p15m", "netherlands_0p25m_epsg28992")
-        for kind in ("classes.tif", "classes.tif.aux.xml", "confidence.tif", "probabilities.tif")
+        for kind in (
+            "classes.tif",
+            "classes.tif.aux.xml",
+            "confidence.tif",
+            "probabilities.tif",
+            "classes.qml",
+            "confidence.qml",
+        )
     )
     assert [r.outputs["classes"] for r in results] == [
         str(tmp_path / "out" / "colorado_hro_0p15m.classes.tif"),
@@ -224,6 +231,8 @@ def test_one_input_puts_optional_outputs_beside_the_output(shared_data, tmp_path
         "classes": str(tmp_path / "map.tif"),
         "classes.aux.xml": str(tmp_path / "map.tif.aux.xml"),
         "confidence": str(tmp_path / "map.confidence.tif"),
+        "classes.qml": str(tmp_path / "map.qml"),
+        "confidence.qml": str(tmp_path / "map.confidence.qml"),
     }
 
 
@@ -270,6 +279,7 @@ def test_keep_going_reports_a_failing_scene_and_finishes_the_others(shared_data,
     assert results[0].error.startswith(f"{tmp_path / 'broken.tif'}: not a raster GDAL can read")
     assert results[1].error is None
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "colorado_hro_0p15m.classes.qml",
         "colorado_hro_0p15m.classes.tif",
         "colorado_hro_0p15m.classes.tif.aux.xml",
     ]

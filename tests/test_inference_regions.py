@@ -125,4 +125,5 @@ def test_regions_give_the_single_stream_pixels_exactly(tmp_path, small_regions):
         ["scene.tif"]
         + [f"{n}.{k}.tif" for n in ("stream", "regions") for k in single]
         + ["stream.classes.tif.aux.xml", "regions.classes.tif.aux.xml"]
+        + [f"{n}.{k}.qml" for n in ("stream", "regions") for k in ("classes", "confidence")]
     )  # the work folders are gone

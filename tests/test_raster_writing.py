@@ -10,13 +10,16 @@ from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.windows import Window
 
-from geoseg.errors import OutputError
+from geoseg.errors import ConfigurationError, OutputError
 from geoseg.raster.classes import read_class_names, write_class_metadata
 from geoseg.raster.writing import (
+    CODECS,
+    available_codecs,
     category_names_xml,
-    compression,
+    check_codec,
     georeferencing,
     open_tiled,
+    part_compression,
     tiled_profile,
     to_cog,
     write_category_names,
@@ -40,8 +43,62 @@ def _finished(tmp_path, georef, width=700, height=600):
 def test_profile_is_tiled_compressed_and_bigtiff_when_needed():
     profile = tiled_profile(100, 100, 1, 255, {"crs": None, "transform": None})
     assert (profile["blockxsize"], profile["blockysize"], profile["tiled"]) == (512, 512, True)
-    assert profile["compress"] == compression() in ("ZSTD", "DEFLATE") and profile["predictor"] == 2
+    assert profile["compress"] == part_compression() in ("ZSTD", "DEFLATE")
     assert profile["BIGTIFF"] == "IF_SAFER" and profile["nodata"] == 255
+
+
+def test_horizontal_predictor_only_on_continuous_values():
+    georef = {"crs": None, "transform": None}
+    assert tiled_profile(10, 10, 1, 255, georef)["predictor"] == 1
+    assert tiled_profile(10, 10, 1, None, georef, categorical=False)["predictor"] == 2
+
+
+def _cog_of(tmp_path, values, codec, categorical):
+    height, width = values.shape[-2:]
+    georef = {"crs": CRS.from_epsg(32633), "transform": rasterio.Affine(0.5, 0, 0, 0, -0.5, 0), "gcps": None}
+    nodata = 255 if categorical else None
+    profile = tiled_profile(width, height, 1, nodata, georef, categorical=categorical)
+    with open_tiled(tmp_path / f"tiled-{codec}.tif", profile) as dst:
+        dst.write(values[np.newaxis])
+    to_cog(tmp_path / f"tiled-{codec}.tif", tmp_path / f"{codec}.tif", categorical=categorical, codec=codec)
+    return tmp_path / f"{codec}.tif"
+
+
+@pytest.mark.parametrize("codec", CODECS)
+@pytest.mark.parametrize("categorical", [True, False])
+def test_every_codec_writes_a_cog_that_reads_back_exactly(tmp_path, codec, categorical):
+    if codec not in available_codecs():
+        pytest.skip(f"this GDAL build cannot write {codec}")
+    rng = np.random.default_rng(7)
+    values = rng.integers(0, 7 if categorical else 256, (600, 700), dtype=np.uint8)
+    values[:40] = 3  # runs, as class maps have
+    with rasterio.open(_cog_of(tmp_path, values, codec, categorical)) as out:
+        assert out.compression is None if codec == "none" else out.compression.name.lower() == codec
+        predictor = out.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR")
+        horizontal = not categorical and codec in ("deflate", "lzw", "zstd")
+        assert predictor == ("2" if horizontal else None)
+        assert np.array_equal(out.read(1), values)
+
+
+def test_class_rasters_are_deflate_by_default_which_every_tiff_reader_decodes(tmp_path):
+    values = np.zeros((64, 64), np.uint8)
+    georef = {"crs": None, "transform": None}
+    with open_tiled(tmp_path / "tiled.tif", tiled_profile(64, 64, 1, 255, georef)) as dst:
+        dst.write(values[np.newaxis])
+    to_cog(tmp_path / "tiled.tif", tmp_path / "cog.tif")
+    with rasterio.open(tmp_path / "cog.tif") as out:
+        assert out.compression.name == "deflate"
+        assert "PREDICTOR" not in out.tags(ns="IMAGE_STRUCTURE")
+
+
+def test_a_codec_this_gdal_lacks_is_refused_naming_those_it_has(monkeypatch):
+    monkeypatch.setattr("geoseg.raster.writing.available_codecs", lambda: ("deflate", "lzw", "none"))
+    with pytest.raises(ConfigurationError) as caught:
+        check_codec("zstd")
+    assert str(caught.value) == (
+        "compression 'zstd': this GDAL build cannot write it; use one of deflate, lzw, none"
+    )
+    assert check_codec("LZW") == "lzw"
 
 
 def test_cog_keeps_names_colours_description_and_nodata(tmp_path):
@@ -66,7 +123,7 @@ def test_validity_mask_is_internal_and_survives_the_cog_copy_with_its_overviews(
     valid[:10, :10] = False
     valid[550:, 600:] = False
     georef = {"crs": CRS.from_epsg(32633), "transform": rasterio.Affine(0.5, 0, 0, 0, -0.5, 0), "gcps": None}
-    profile = tiled_profile(width, height, 2, None, georef)
+    profile = tiled_profile(width, height, 2, None, georef, categorical=False)
     with open_tiled(tmp_path / "tiled.tif", profile) as dst:
         for y0, x0 in ((0, 0), (0, 512), (512, 0), (512, 512)):  # chunk by chunk, as the engine writes
             h, w = min(512, height - y0), min(512, width - x0)
@@ -74,7 +131,7 @@ def test_validity_mask_is_internal_and_survives_the_cog_copy_with_its_overviews(
             dst.write(np.stack([values[y0 : y0 + h, x0 : x0 + w]] * 2), window=window)
             part = valid[y0 : y0 + h, x0 : x0 + w]
             write_valid_mask(dst, None if part.all() else part, window)
-    to_cog(tmp_path / "tiled.tif", tmp_path / "cog.tif", "AVERAGE")
+    to_cog(tmp_path / "tiled.tif", tmp_path / "cog.tif", categorical=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cog.tif", "tiled.tif"]  # no .msk side-car
     with rasterio.open(tmp_path / "cog.tif") as out:
         assert out.nodata is None and out.overviews(1) == [2]

@@ -117,7 +117,12 @@ def test_a_changed_option_refuses_to_resume_and_says_what_changed(scene, tmp_pat
     assert not output.exists()
     # without --resume the old parts are dropped and the run starts over
     predict_scene(PixelNet(), CARD, scene, output, device="cpu", overlap=32)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.tif", "out.tif.aux.xml", "scene.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "out.qml",
+        "out.tif",
+        "out.tif.aux.xml",
+        "scene.tif",
+    ]
 
 
 @pytest.mark.parametrize("resume", [False, True])

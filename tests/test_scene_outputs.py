@@ -161,6 +161,9 @@ def test_json_outputs_list_every_file_the_scene_wrote(scenes, tmp_path):
         "polygons.prj": str(out / "a.polygons.prj"),
         "polygons.cpg": str(out / "a.polygons.cpg"),
         "quicklook": str(out / "a.quicklook.png"),
+        "classes.qml": str(out / "a.classes.qml"),  # the QGIS styles (geoseg.styles)
+        "confidence.qml": str(out / "a.confidence.qml"),
+        "polygons.qml": str(out / "a.polygons.qml"),
     }
     assert _names(out) == sorted(Path(p).name for p in result.outputs.values())
     # drawn and vectorized from the staged class raster, yet named after the final one
@@ -187,9 +190,11 @@ def test_a_failure_after_the_class_raster_leaves_nothing_of_that_scene(scenes, t
     results = _run(scenes, out, confidence=True, quicklook=True, vectorize="gpkg", keep_going=True)
     assert [r.error is None for r in results] == [True, False]
     assert results[1].error.endswith(": the disk is full")
-    assert _names(out) == [
+    assert _names(out) == [  # nothing of b, its styles neither (a GeoPackage holds its own)
+        "a.classes.qml",
         "a.classes.tif",
         "a.classes.tif.aux.xml",
+        "a.confidence.qml",
         "a.confidence.tif",
         "a.polygons.gpkg",
         "a.quicklook.png",
@@ -217,7 +222,13 @@ def test_on_dask_a_scene_failing_after_its_class_raster_leaves_nothing_and_order
     out = tmp_path / "out"
     results = _run(scenes, out, quicklook=True, vectorize="gpkg", keep_going=True, workers=2)
     assert [(r.input, r.error is None) for r in results] == [(str(scenes[0]), False), (str(scenes[1]), True)]
-    assert _names(out) == ["b.classes.tif", "b.classes.tif.aux.xml", "b.polygons.gpkg", "b.quicklook.png"]
+    assert _names(out) == [
+        "b.classes.qml",
+        "b.classes.tif",
+        "b.classes.tif.aux.xml",
+        "b.polygons.gpkg",
+        "b.quicklook.png",
+    ]
 
 
 def test_a_resumed_scene_keeps_its_regions_until_all_its_files_are_in_place(scenes, tmp_path, monkeypatch):
@@ -234,7 +245,13 @@ def test_a_resumed_scene_keeps_its_regions_until_all_its_files_are_in_place(scen
     model.calls = 0
     (result,) = _run([scenes[0]], out, quicklook=True, resume=True, model=model)
     assert (model.calls, result.tiles) == (0, 0)  # every region came from the interrupted run
-    assert _names(tmp_path) == ["classes.quicklook.png", "classes.tif", "classes.tif.aux.xml", "scenes"]
+    assert _names(tmp_path) == [
+        "classes.qml",
+        "classes.quicklook.png",
+        "classes.tif",
+        "classes.tif.aux.xml",
+        "scenes",
+    ]
 
 
 def test_overwriting_a_shapefile_removes_its_stale_index(scenes, tmp_path):
@@ -283,7 +300,7 @@ def test_a_folder_geoseg_made_stays_with_the_scenes_finished_before_a_stop(scene
     first = next(runs)
     runs.close()  # the consumer stops (as the CLI on Ctrl-C) after one scene
     assert first.error is None
-    assert _names(tmp_path / "new") == ["a.classes.tif", "a.classes.tif.aux.xml"]
+    assert _names(tmp_path / "new") == ["a.classes.qml", "a.classes.tif", "a.classes.tif.aux.xml"]
 
 
 def test_a_skipped_scene_reports_the_size_of_its_class_raster(scenes, tmp_path):
@@ -294,4 +311,88 @@ def test_a_skipped_scene_reports_the_size_of_its_class_raster(scenes, tmp_path):
     assert records[0]["outputs"] == {
         "classes": str(out / "a.classes.tif"),
         "classes.aux.xml": str(out / "a.classes.tif.aux.xml"),
+        "classes.qml": str(out / "a.classes.qml"),
     }
+
+
+# --- styles and codecs --------------------------------------------------------------------------------------
+
+
+def test_no_styles_writes_no_style_file_and_a_geopackage_without_one(scenes, tmp_path):
+    import sqlite3
+
+    out = tmp_path / "out"
+    (result,) = _run([scenes[0]], f"{out}/", confidence=True, vectorize="gpkg", styles=False)
+    assert _names(out) == ["a.classes.tif", "a.classes.tif.aux.xml", "a.confidence.tif", "a.polygons.gpkg"]
+    assert sorted(result.outputs) == ["classes", "classes.aux.xml", "confidence", "polygons"]
+    with sqlite3.connect(out / "a.polygons.gpkg") as db:
+        assert not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'layer_styles'").fetchall()
+
+
+def test_a_scene_finished_without_styles_by_an_older_geoseg_is_still_skipped(scenes, tmp_path):
+    out = tmp_path / "out"
+    _run(scenes, out, confidence=True, styles=False)
+    records = _run(scenes, out, confidence=True, skip_existing=True)
+    assert [r.status for r in records] == ["skipped", "skipped"]
+    assert "classes.qml" not in records[0].outputs  # listed only where it exists
+
+
+def test_a_style_file_in_the_way_is_refused_before_any_tile(scenes, tmp_path):
+    (tmp_path / "classes.confidence.qml").write_text("mine")
+    model = CountingNet()
+    with pytest.raises(OutputError, match="classes.confidence.qml: output exists; pass --overwrite"):
+        _run([scenes[0]], tmp_path / "classes.tif", confidence=True, model=model)
+    assert model.calls == 0
+
+
+def test_two_outputs_of_a_scene_with_one_style_name_are_refused_before_any_tile(scenes, tmp_path):
+    from geoseg.errors import ConfigurationError
+
+    model = CountingNet()
+    with pytest.raises(ConfigurationError) as caught:
+        _run([scenes[0]], tmp_path / "x.tif", vectorize=tmp_path / "x.fgb", model=model)
+    assert str(caught.value) == (
+        f"{scenes[0]}: two of its outputs would write {tmp_path / 'x.qml'} (a QGIS style is named after its "
+        "file without the suffix); give them different names, or pass --no-styles"
+    )
+    assert model.calls == 0
+    _run([scenes[0]], tmp_path / "x.tif", vectorize=tmp_path / "x.fgb", model=model, styles=False)
+
+
+@pytest.mark.parametrize("codec", ["deflate", "lzw", "zstd", "lerc", "none"])
+def test_every_codec_writes_rasters_that_read_back_the_same_classes(scenes, tmp_path, codec):
+    from geoseg.raster.writing import available_codecs
+
+    if codec not in available_codecs():
+        pytest.skip(f"this GDAL build cannot write {codec}")
+    _run([scenes[0]], tmp_path / "reference.tif", confidence=True, probabilities=True)
+    _run([scenes[0]], tmp_path / "c.tif", confidence=True, probabilities=True, compress=codec)
+    for name in ("c.tif", "c.confidence.tif", "c.probabilities.tif"):
+        with rasterio.open(tmp_path / name) as out, rasterio.open(tmp_path / f"reference{name[1:]}") as ref:
+            assert out.compression is None if codec == "none" else out.compression.name.lower() == codec
+            predictor = out.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR")
+            continuous = name != "c.tif" and codec in ("deflate", "lzw", "zstd")
+            assert predictor == ("2" if continuous else None)  # never on class ids
+            assert (out.crs, out.transform) == (ref.crs, ref.transform)
+            assert (out.read(masked=True) == ref.read(masked=True)).all()
+            assert (out.read_masks() == ref.read_masks()).all()
+
+
+def test_the_default_codec_is_deflate_without_predictor_on_classes(scenes, tmp_path):
+    _run([scenes[0]], tmp_path / "c.tif", confidence=True)
+    with rasterio.open(tmp_path / "c.tif") as classes, rasterio.open(tmp_path / "c.confidence.tif") as conf:
+        assert classes.compression.name == conf.compression.name == "deflate"
+        assert "PREDICTOR" not in classes.tags(ns="IMAGE_STRUCTURE")
+        assert conf.tags(ns="IMAGE_STRUCTURE")["PREDICTOR"] == "2"
+
+
+def test_a_codec_this_gdal_lacks_is_refused_before_any_tile(scenes, tmp_path, monkeypatch):
+    from geoseg.errors import ConfigurationError
+
+    monkeypatch.setattr("geoseg.raster.writing.available_codecs", lambda: ("deflate", "lzw", "none"))
+    model = CountingNet()
+    with pytest.raises(
+        ConfigurationError, match=r"^compression 'zstd': this GDAL build cannot write it; use "
+    ):
+        _run([scenes[0]], tmp_path / "c.tif", compress="zstd", model=model)
+    assert model.calls == 0 and _names(tmp_path) == ["scenes"]

@@ -233,8 +233,10 @@ def test_a_signal_stops_dask_workers_too_and_leaves_nothing(inputs, checkpoint, 
 # --- a scene's outputs are one set --------------------------------------------------------------------------
 
 SCENE_FILES = [
+    "scene.classes.qml",
     "scene.classes.tif",
     "scene.classes.tif.aux.xml",
+    "scene.confidence.qml",
     "scene.confidence.tif",
     "scene.polygons.gpkg",
     "scene.quicklook.png",

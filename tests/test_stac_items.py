@@ -120,7 +120,10 @@ def test_an_item_is_stacked_by_common_names(checkpoint, catalogue, reference, tm
     with rasterio.open(out) as dataset:
         assert (dataset.crs, dataset.transform) == reference[1:]
         assert np.array_equal(dataset.read(1), reference[0])
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".aux.xml")) == ["classes.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".aux.xml")) == [
+        "classes.qml",
+        "classes.tif",
+    ]
 
 
 def test_assets_override_the_band_choice(checkpoint, catalogue, reference, tmp_path):

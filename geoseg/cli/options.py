@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from geoseg.model.presets import PRESET_NAMES
+from geoseg.raster.writing import CODECS, DEFAULT_CODEC
 
 overwrite_option = click.option(
     "--overwrite", "-f", is_flag=True, help="Replace outputs that already exist (otherwise an error)."
@@ -21,6 +22,23 @@ json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON object per result on stdout (for pipelines)."
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+styles_option = click.option(
+    "--no-styles",
+    "styles",
+    is_flag=True,
+    flag_value=False,
+    default=True,
+    help="Write no QGIS styles (by default a .qml beside class and confidence rasters and polygon files, "
+    "and the style inside a GeoPackage, which QGIS applies by itself).",
+)
+compress_option = click.option(
+    "--compress",
+    type=click.Choice(CODECS, case_sensitive=False),
+    default=DEFAULT_CODEC,
+    show_default=True,
+    help="Codec of the rasters. deflate and lzw: every TIFF reader decodes them; zstd (about 7 % smaller "
+    "class maps) and lerc: not web viewers on geotiff.js, GeoServer, ArcMap or some QGIS builds.",
+)
 device_option = click.option(
     "--device",
     default="auto",

@@ -11,6 +11,7 @@ from geoseg.cli.options import (
     bands_option,
     card_option,
     compile_option,
+    compress_option,
     device_option,
     emit_json,
     json_option,
@@ -20,6 +21,7 @@ from geoseg.cli.options import (
     progress_reporter,
     quiet_option,
     scale_option,
+    styles_option,
 )
 from geoseg.model.architectures import SMALLEST_INPUT_MULTIPLE
 
@@ -150,6 +152,8 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     is_flag=True,
     help="Also draw <stem>.quicklook.png beside each class raster (legend, scale bar; see geoseg quicklook).",
 )
+@compress_option
+@styles_option
 @click.option(
     "--workers",
     default="1",
@@ -203,6 +207,8 @@ def predict(
     probabilities: bool,
     vector: str | None,
     quicklook: bool,
+    compress: str,
+    styles: bool,
     workers: int | str,
     scheduler: str | None,
     resume: bool,
@@ -227,6 +233,7 @@ def predict(
     geoseg predict https://example.com/stac/items/scene-42.json -o classes.tif
     geoseg predict big.tif -o classes.tif --workers 4 --resume
     geoseg predict big.tif -o classes.tif --device cuda --workers auto
+    geoseg predict scene.tif -o classes.tif --compress zstd --no-styles
     """
     from geoseg.api import iter_predict
 
@@ -264,6 +271,8 @@ def predict(
             probabilities=probabilities,
             vectorize=vector,
             quicklook=quicklook,
+            compress=compress,
+            styles=styles,
             overwrite=overwrite,
             skip_existing=skip_existing,
             assets=assets,

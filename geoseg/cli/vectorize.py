@@ -11,6 +11,7 @@ from geoseg.cli.options import (
     overwrite_option,
     progress_reporter,
     quiet_option,
+    styles_option,
 )
 
 
@@ -77,6 +78,7 @@ from geoseg.cli.options import (
     is_flag=True,
     help="GeoJSON: keep the raster's CRS instead of WGS84 longitude/latitude (RFC 7946).",
 )
+@styles_option
 @overwrite_option
 @json_option
 @quiet_option
@@ -91,6 +93,7 @@ def vectorize(
     split: int | None,
     layer: str | None,
     keep_crs: bool,
+    styles: bool,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -125,6 +128,7 @@ def vectorize(
             split_polygons_at=DEFAULT_SPLIT if split is None else split,
             layer=layer,
             keep_crs=keep_crs,
+            styles=styles,
             overwrite=overwrite,
             progress=callback,
         )

@@ -21,7 +21,8 @@ from geoseg.inference.plan import OutputPaths, ScenePlan
 from geoseg.inference.work import WorkFolder
 from geoseg.model.card import ModelCard
 from geoseg.raster.classes import CLASS_NAMES_TAG, NODATA_CLASS, class_colormap
-from geoseg.raster.writing import to_cog, write_category_names
+from geoseg.raster.writing import DEFAULT_CODEC, to_cog, write_category_names
+from geoseg.styles import class_raster_qml, confidence_qml
 
 CONFIDENCE_DESCRIPTION = "confidence (top class probability x 255)"
 
@@ -33,15 +34,20 @@ def assemble(
     regions: list[Region],
     card: ModelCard,
     overwrite: bool,
+    codec: str = DEFAULT_CODEC,
 ) -> None:
-    """Write each raster of ``outputs`` from the parts of ``regions`` (all present), renamed into place
-    (stale ``.aux.xml`` statistics of replaced rasters go when their scene is committed, see OutputSet)."""
+    """Write each raster of ``outputs`` from the parts of ``regions`` (all present), compressed with
+    ``codec``, renamed into place (stale ``.aux.xml`` statistics of replaced rasters go when their scene is
+    committed, see OutputSet), and the class names side-car and the QGIS styles of ``outputs``."""
     for kind, path in outputs.rasters():
         vrt = work.path / f"{kind}.vrt"
         vrt.write_text(_vrt(plan, kind, card, [(r, work.part(r, kind).name) for r in regions]), "utf-8")
         with atomic_output(path, overwrite) as target:
-            to_cog(vrt, target, "MODE" if kind == "classes" else "AVERAGE")
+            to_cog(vrt, target, categorical=kind == "classes", codec=codec)
     write_category_names(outputs.classes, card.class_names)
+    styles = {"classes.qml": class_raster_qml(card.classes), "confidence.qml": confidence_qml()}
+    for kind, path in outputs.style_files():
+        path.write_text(styles[kind], encoding="utf-8")
 
 
 def _vrt(plan: ScenePlan, kind: str, card: ModelCard, parts: list[tuple[Region, str]]) -> str:

@@ -38,6 +38,7 @@ from geoseg.inference.region import TTA_MODES, Progress
 from geoseg.inference.work import WorkFolder, input_identity
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale
+from geoseg.raster.writing import DEFAULT_CODEC, check_codec
 
 __all__ = [
     "OutputPaths",
@@ -68,6 +69,8 @@ def predict_scene(
     scale: Scale = None,
     confidence_path: str | os.PathLike | None = None,
     probabilities_path: str | os.PathLike | None = None,
+    compress: str = DEFAULT_CODEC,
+    styles: bool = True,
     overwrite: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     workers: int | str = 1,
@@ -78,14 +81,17 @@ def predict_scene(
 ) -> PredictResult:
     """Segment one scene with an in-memory ``model`` (moved to ``device``) described by ``card``.
 
-    ``workers``/``scheduler``/``resume``/``status``: see :func:`run_scene`.
+    ``compress``/``workers``/``scheduler``/``resume``/``status``: see :func:`run_scene`; ``styles``: QGIS
+    styles beside the class and confidence rasters (:mod:`geoseg.styles`).
     """
+    compress = check_codec(compress)
     outputs = OutputPaths(
         Path(output_path),
         Path(confidence_path) if confidence_path is not None else None,
         Path(probabilities_path) if probabilities_path is not None else None,
+        styles=styles,
     )
-    for _, path in outputs.rasters():
+    for _, path in outputs.files():
         check_output_path(path, overwrite, [input_path])
     plan = plan_scene(
         card, input_path, tile=tile, overlap=overlap, bands=bands, scale=scale, chunk_size=chunk_size
@@ -99,6 +105,7 @@ def predict_scene(
         device=device,
         precision=precision,
         tta=tta,
+        compress=compress,
         overwrite=overwrite,
         workers=workers,
         scheduler=scheduler,
@@ -118,6 +125,7 @@ def run_scene(
     device: str | torch.device = "auto",
     precision: str = "auto",
     tta: str = "none",
+    compress: str = DEFAULT_CODEC,
     overwrite: bool = False,
     workers: int | str = 1,
     scheduler: str | None = None,
@@ -135,9 +143,10 @@ def run_scene(
     with the ``source`` it was opened with). Without ``resume`` nothing is left behind on failure or Ctrl-C;
     with it, finished regions survive in the work folder and the same call computes only the others.
     ``status(text)`` hears of regions done and workers when there is more than one of either.
-    The rasters and the class names side-car are staged in ``unit``, the set of the scene's files that the
-    caller renames into place together once its other outputs (polygons, quick-look, drawn from the staged
-    class raster) are complete; without one they are renamed into place here, together.
+    ``compress``: the codec of the rasters (:data:`~geoseg.raster.writing.CODECS`). The rasters, the class
+    names side-car and the styles are staged in ``unit``, the set of the scene's files that the caller
+    renames into place together once its other outputs (polygons, quick-look, drawn from the staged class
+    raster) are complete; without one they are renamed into place here, together.
     """
     if tta not in TTA_MODES:
         raise ConfigurationError(f"unknown test-time augmentation {tta!r}; use none, flip or d4")
@@ -201,7 +210,7 @@ def run_scene(
                 results[result.region.index] = result
                 if tell is not None:
                     tell(f"{len(results)}/{len(regions)} regions, {executor.workers} workers")
-            assemble(plan, stage_rasters(outputs, unit), work, regions, card, overwrite)
+            assemble(plan, stage_rasters(outputs, unit), work, regions, card, overwrite, compress)
 
     counts = np.sum([r.counts for r in results.values()], axis=0)
     valid = int(counts.sum())
@@ -220,14 +229,17 @@ def run_scene(
 
 
 def stage_rasters(outputs: OutputPaths, unit: OutputSet) -> OutputPaths:
-    """The scene's rasters under their temporary names in ``unit``, with the class names side-car that
-    :func:`~geoseg.inference.assemble.assemble` writes beside the class raster."""
-    staged = OutputPaths(unit.stage("classes", outputs.classes))
+    """The scene's rasters under their temporary names in ``unit``, with the class names side-car and the
+    styles that :func:`~geoseg.inference.assemble.assemble` writes beside them."""
+    staged = OutputPaths(unit.stage("classes", outputs.classes), styles=outputs.styles)
     unit.stage("classes.aux.xml", outputs.class_names, temporary=staged.class_names)
     if outputs.confidence is not None:
         staged.confidence = unit.stage("confidence", outputs.confidence)
     if outputs.probabilities is not None:
         staged.probabilities = unit.stage("probabilities", outputs.probabilities)
+    finals = dict(outputs.style_files())
+    for kind, temporary in staged.style_files():  # the rasters' (``staged`` has no polygons)
+        unit.stage(kind, finals[kind], temporary=temporary)
     return staged
 
 

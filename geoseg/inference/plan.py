@@ -22,6 +22,7 @@ from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale, open_raster, resolve_value_range, select_bands
 from geoseg.raster.writing import georeferencing
+from geoseg.styles import style_sidecar
 
 MIN_REGION_TILES = 10  # a region side of at least 10 tiles: each border repeats ~T/S tile rows of ~10
 RESUME_REGION_PIXELS = 2048 * 2048  # with --resume, a region per this many px at least (what a kill loses)
@@ -50,6 +51,7 @@ class OutputPaths:
     probabilities: Path | None = None
     polygons: Path | None = None
     quicklook: Path | None = None  # a PNG drawn from the finished class raster (geoseg.plots)
+    styles: bool = True  # QGIS styles for the class and confidence rasters and the polygons (geoseg.styles)
 
     def rasters(self) -> list[tuple[str, Path]]:
         kinds = (
@@ -68,11 +70,25 @@ class OutputPaths:
         """The class raster's GDAL side-car holding the class names (QGIS reads them only from there)."""
         return self.classes.with_name(self.classes.name + ".aux.xml")
 
-    def files(self) -> list[tuple[str, Path]]:
-        """Every file the scene is made of (one unit: all are written, or none): :meth:`items` and the
-        class names side-car (a Shapefile's side-cars come on top, as GDAL writes them)."""
+    def results(self) -> list[tuple[str, Path]]:
+        """The files whose presence says the scene is finished: :meth:`items` and the class names side-car
+        (a Shapefile's side-cars come on top, as GDAL writes them)."""
         first, *others = self.items()
         return [first, ("classes.aux.xml", self.class_names), *others]
+
+    def style_files(self) -> list[tuple[str, Path]]:
+        """The ``.qml`` files QGIS applies by itself to the class and confidence rasters and the polygons (a
+        GeoPackage holds its style inside); none without :attr:`styles`. Not in :meth:`results`: a scene
+        an older geoseg finished without them is still finished."""
+        if not self.styles:
+            return []
+        styled = (("classes", self.classes), ("confidence", self.confidence), ("polygons", self.polygons))
+        found = [(f"{kind}.qml", style_sidecar(path)) for kind, path in styled if path is not None]
+        return [(kind, path) for kind, path in found if path is not None]
+
+    def files(self) -> list[tuple[str, Path]]:
+        """Every file the scene is made of (one unit: all are written, or none)."""
+        return self.results() + self.style_files()
 
 
 @dataclass

@@ -35,6 +35,7 @@ from geoseg.inference.execute import LocalExecutor
 from geoseg.inference.grid import DEFAULT_CHUNK
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale, is_gdal_path
+from geoseg.raster.writing import DEFAULT_CODEC, check_codec
 from geoseg.stac.items import is_stac_item, item_scene
 
 RASTER_SUFFIXES = (".tif", ".tiff")
@@ -49,6 +50,7 @@ def prepare_outputs(
     probabilities: bool = False,
     vectorize: str | os.PathLike | None = None,
     quicklook: bool = False,
+    styles: bool = True,
     overwrite: bool = False,
     skip_existing: bool = False,
 ) -> list[OutputPaths]:
@@ -60,7 +62,8 @@ def prepare_outputs(
     folder, two inputs with the same stem or an output that would replace its input fail here.
     ``vectorize`` is a vector file for one input, or a format (``gpkg``, ``fgb``, ``geojson``, ``parquet``,
     ``shp``) giving ``<stem>.polygons.<format>`` beside the class rasters. ``quicklook`` adds
-    ``<stem>.quicklook.png`` beside each class raster. With ``skip_existing`` a scene whose outputs all
+    ``<stem>.quicklook.png`` beside each class raster; ``styles`` the QGIS styles (see
+    :meth:`OutputPaths.style_files`). With ``skip_existing`` a scene whose outputs all
     exist is left for :func:`iter_predict` to skip instead of failing the check; a scene with only some of
     its files (an interrupted older run) fails it, naming those that exist and those missing.
     """
@@ -103,6 +106,7 @@ def prepare_outputs(
                 folder / f"{base}{SUFFIXES['probabilities']}" if probabilities else None,
                 _vector_path(vectorize, vector_format, folder, base),
                 folder / f"{base}.quicklook.png" if quicklook else None,
+                styles,
             )
         )
 
@@ -110,6 +114,11 @@ def prepare_outputs(
     input_files = _file_identities(inputs)
     for source, paths in zip(inputs, plans, strict=True):
         for _, path in paths.files():
+            if seen.get(path) == source:  # -o x.tif --vectorize x.fgb: both styles would be x.qml
+                raise ConfigurationError(
+                    f"{source}: two of its outputs would write {path} (a QGIS style is named after its file "
+                    "without the suffix); give them different names, or pass --no-styles"
+                )
             if path in seen:
                 raise ConfigurationError(
                     f"{seen[path]} and {source} would both write {path}; rename one or run them separately"
@@ -165,16 +174,16 @@ def _file_identities(inputs: Sequence[str]) -> dict[tuple[int, int], str]:
 
 def outputs_exist(paths: OutputPaths) -> bool:
     """Whether a scene is finished: all its files exist (they are renamed into place together, complete)."""
-    return all(path.exists() for _, path in paths.files())
+    return all(path.exists() for _, path in paths.results())
 
 
 def _refuse_partial(source: str, paths: OutputPaths, overwrite: bool) -> None:
     """Some files of a scene without the others (an older geoseg stopped between them, or a hand-made set)
     are not a result: say which exist and which are missing, rather than "output exists" for the first.
     One file alone (often not geoseg's at all) gets the plain "output exists" of :func:`check_output_path`."""
-    exist = [str(path) for _, path in paths.files() if path.exists()]
+    exist = [str(path) for _, path in paths.results() if path.exists()]
     exist += [str(path) for path in _shapefile_sidecars(paths.polygons) if path.exists()]
-    missing = [str(path) for _, path in paths.files() if not path.exists()]
+    missing = [str(path) for _, path in paths.results() if not path.exists()]
     if len(exist) > 1 and missing and not overwrite:
         raise OutputError(
             f"{source}: an incomplete set of outputs, {', '.join(exist)} exist but {', '.join(missing)} "
@@ -245,6 +254,8 @@ def iter_predict(
     probabilities: bool = False,
     vectorize: str | os.PathLike | None = None,
     quicklook: bool = False,
+    compress: str = DEFAULT_CODEC,
+    styles: bool = True,
     overwrite: bool = False,
     keep_going: bool = False,
     skip_existing: bool = False,
@@ -270,11 +281,14 @@ def iter_predict(
     regions share the cluster) and results still come in input order. ``status(text)`` hears of regions,
     workers and the step. A scene's files are one unit (:class:`~geoseg.atomic.OutputSet`): they appear
     together once all are complete, and a failure or stop leaves none of them; an output folder this run
-    created is removed again if it is still empty at the end.
+    created is removed again if it is still empty at the end. ``compress``: the rasters' codec (see
+    :data:`~geoseg.raster.writing.CODECS`); ``styles``: QGIS styles beside them and the polygons (or inside
+    a GeoPackage), see :mod:`geoseg.styles`.
     """
     inputs = [str(i) for i in inputs]
     if not inputs:
         raise ConfigurationError("no input rasters given")
+    compress = check_codec(compress)  # one this GDAL lacks fails now, not at the first finished scene
     plans = prepare_outputs(
         inputs,
         output,
@@ -282,6 +296,7 @@ def iter_predict(
         probabilities=probabilities,
         vectorize=vectorize,
         quicklook=quicklook,
+        styles=styles,
         overwrite=overwrite,
         skip_existing=skip_existing,
     )
@@ -357,6 +372,7 @@ def iter_predict(
                     device=resolved,
                     precision=precision,
                     tta=tta,
+                    compress=compress,
                     overwrite=overwrite,
                     resume=resume,
                     progress=None if progress is None else tiles_done.callback(index),
@@ -373,10 +389,19 @@ def iter_predict(
                         status(f"vectorizing {paths.classes.name}")
                     sidecars = _shapefile_sidecars(paths.polygons)
                     target = unit.stage("polygons", paths.polygons, obsolete=sidecars)
-                    polygons = polygonize(paths.classes, target, layer=paths.polygons.stem, read_from=classes)
+                    polygons = polygonize(
+                        paths.classes,
+                        target,
+                        layer=paths.polygons.stem,
+                        styles=paths.styles,
+                        read_from=classes,
+                    )
                     for final in sidecars:  # those GDAL wrote beside the .shp
                         if target.with_suffix(final.suffix).exists():
                             unit.stage(f"polygons{final.suffix}", final, target.with_suffix(final.suffix))
+                    for kind, final in paths.style_files():
+                        if kind == "polygons.qml":
+                            unit.stage(kind, final, polygons.style)
                     result.seconds += polygons.seconds
                 if paths.quicklook is not None:
                     from geoseg.plots.quicklook import quicklook as draw_quicklook
@@ -489,6 +514,8 @@ def predict(
     probabilities: bool = False,
     vectorize: str | os.PathLike | None = None,
     quicklook: bool = False,
+    compress: str = DEFAULT_CODEC,
+    styles: bool = True,
     overwrite: bool = False,
     keep_going: bool = False,
     skip_existing: bool = False,
@@ -534,6 +561,8 @@ def predict(
             probabilities=probabilities,
             vectorize=vectorize,
             quicklook=quicklook,
+            compress=compress,
+            styles=styles,
             overwrite=overwrite,
             keep_going=keep_going,
             skip_existing=skip_existing,
@@ -555,7 +584,8 @@ def _skipped(source: str, paths: OutputPaths, device: torch.device) -> PredictRe
 
     with open_raster(paths.classes, "an existing output GDAL cannot read") as dataset:
         width, height = dataset.width, dataset.height
-    outputs = {kind: str(path) for kind, path in paths.files()}
+    outputs = {kind: str(path) for kind, path in paths.results()}
+    outputs.update({kind: str(path) for kind, path in paths.style_files() if path.exists()})
     outputs.update({f"polygons{p.suffix}": str(p) for p in _shapefile_sidecars(paths.polygons) if p.exists()})
     return PredictResult(source, outputs, width, height, 0, 0.0, str(device), status="skipped")
 

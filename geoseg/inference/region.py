@@ -71,7 +71,7 @@ def part_profile(plan: ScenePlan, region: Region, kind: str, num_classes: int) -
         georef["transform"] = georef["transform"] * Affine.translation(region.x0, region.y0)
     count = num_classes if kind == "probabilities" else 1
     nodata = NODATA_CLASS if kind == "classes" else None  # others: internal mask
-    return tiled_profile(region.width, region.height, count, nodata, georef)
+    return tiled_profile(region.width, region.height, count, nodata, georef, categorical=kind == "classes")
 
 
 def run_region(

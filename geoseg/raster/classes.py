@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from geoseg.errors import InputError
+from geoseg.model.card import ClassInfo
 
 CLASS_NAMES_TAG = "GEOSEG_CLASS_NAMES"
 NODATA_CLASS = 255
@@ -43,6 +44,19 @@ def read_class_names(dataset) -> list[str] | None:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         return None
     return names
+
+
+def read_classes(dataset) -> list[ClassInfo] | None:
+    """The classes (names and colours) of a class raster that names them, as geoseg predict writes them;
+    None for one without names or colour table (styles need both)."""
+    names = read_class_names(dataset)
+    try:
+        table = dataset.colormap(1) if names else None
+    except ValueError:  # no colour table
+        table = None
+    if not table:
+        return None
+    return [ClassInfo(name, tuple(int(c) for c in table[i][:3])) for i, name in enumerate(names)]
 
 
 def check_card_matches(card, dataset, path: str, command: str) -> None:

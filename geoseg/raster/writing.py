@@ -25,26 +25,57 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
-from geoseg.errors import GeosegWarning, OutputError
+from geoseg.errors import ConfigurationError, GeosegWarning, OutputError
 from geoseg.raster.grids import placement
 
 BLOCK_SIZE = 512
 
 
-@functools.lru_cache(maxsize=1)
-def compression() -> str:
-    """ZSTD where this GDAL build has it (smaller and faster than DEFLATE), else DEFLATE."""
-    profile = dict(driver="GTiff", width=1, height=1, count=1, dtype="uint8", compress="ZSTD")
+# What ``--compress`` offers: DEFLATE and LZW every TIFF reader decodes; ZSTD and LERC are smaller or faster
+# but web viewers (geotiff.js), GeoServer, ArcMap and some QGIS packagings cannot open them.
+CODECS = ("deflate", "lzw", "zstd", "lerc", "none")
+# measured on real class maps (benchmarks/compression.py, numbers in its docstring)
+DEFAULT_CODEC = "deflate"
+
+
+def _writes(codec: str) -> bool:
+    """Whether this GDAL build writes GeoTIFFs with ``codec`` (builds may lack ZSTD, LERC...)."""
+    profile = dict(driver="GTiff", width=1, height=1, count=1, dtype="uint8", compress=codec)
     try:
         with warnings.catch_warnings(), MemoryFile() as memory:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with memory.open(**profile) as probe:
                 probe.write(np.zeros((1, 1, 1), np.uint8))
             with memory.open() as probe:
-                found = probe.compression.name.lower() if probe.compression else ""
+                found = probe.compression.name.lower() if probe.compression else "none"
     except RasterioError:
-        found = ""
-    return "ZSTD" if found == "zstd" else "DEFLATE"
+        return False
+    return found == codec
+
+
+@functools.lru_cache(maxsize=1)
+def available_codecs() -> tuple[str, ...]:
+    """The :data:`CODECS` this GDAL build writes, in that order."""
+    return tuple(codec for codec in CODECS if codec == "none" or _writes(codec))
+
+
+def check_codec(codec: str) -> str:
+    """``codec`` in lower case, or a :class:`ConfigurationError` naming the codecs this GDAL writes (before
+    any work: a missing one would otherwise fail at the first finished scene)."""
+    name = codec.strip().lower()
+    if name not in available_codecs():
+        lacking = "this GDAL build cannot write it" if name in CODECS else "unknown codec"
+        raise ConfigurationError(
+            f"compression {codec!r}: {lacking}; use one of {', '.join(available_codecs())}"
+        )
+    return name
+
+
+@functools.lru_cache(maxsize=1)
+def part_compression() -> str:
+    """The codec of the intermediate parts, which only geoseg reads: ZSTD where this GDAL build has it
+    (smaller and faster than DEFLATE), else DEFLATE."""
+    return "ZSTD" if "zstd" in available_codecs() else "DEFLATE"
 
 
 def georeferencing(dataset, name: str | None = None) -> dict[str, Any]:
@@ -70,8 +101,17 @@ def georeferencing(dataset, name: str | None = None) -> dict[str, Any]:
     return {"crs": dataset.crs, "transform": dataset.transform, "gcps": None, **common}
 
 
-def tiled_profile(width: int, height: int, count: int, nodata: float | None, georef: dict[str, Any]) -> dict:
-    """Profile of the intermediate tiled GeoTIFF (BigTIFF when it could pass 4 GB)."""
+def tiled_profile(
+    width: int,
+    height: int,
+    count: int,
+    nodata: float | None,
+    georef: dict[str, Any],
+    *,
+    categorical: bool = True,
+) -> dict:
+    """Profile of the intermediate tiled GeoTIFF (BigTIFF when it could pass 4 GB); the horizontal predictor
+    only on continuous values (see :func:`to_cog`)."""
     profile = {
         "driver": "GTiff",
         "width": width,
@@ -82,8 +122,8 @@ def tiled_profile(width: int, height: int, count: int, nodata: float | None, geo
         "tiled": True,
         "blockxsize": BLOCK_SIZE,
         "blockysize": BLOCK_SIZE,
-        "compress": compression(),
-        "predictor": 2,
+        "compress": part_compression(),
+        "predictor": 1 if categorical else 2,
         "interleave": "pixel" if count > 1 else "band",
         "BIGTIFF": "IF_SAFER",
         # One compression thread: GDAL's worker threads (GDAL_NUM_THREADS=ALL_CPUS, set for reading) print a
@@ -123,8 +163,26 @@ def write_valid_mask(dataset, valid: np.ndarray | None, window: Window) -> None:
         dataset.write_mask(mask, window=window)
 
 
-def to_cog(source: str | os.PathLike, target: str | os.PathLike, resampling: str = "MODE") -> None:
-    """Copy a finished tiled GeoTIFF into cloud-optimized layout with overviews (``MODE`` for classes)."""
+def cog_options(codec: str, categorical: bool) -> dict[str, str]:
+    """Creation options of the COG copy for ``codec``. Classes get no horizontal predictor: differences
+    between neighbouring class ids are no smaller than the ids, and it made DEFLATE class maps 20 % larger;
+    continuous values (confidence, probabilities) get it (19 % smaller). benchmarks/compression.py."""
+    codec = check_codec(codec)
+    options = {"COMPRESS": codec.upper()}
+    if not categorical and codec in ("deflate", "lzw", "zstd"):
+        options["PREDICTOR"] = "YES"
+    return options
+
+
+def to_cog(
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    *,
+    categorical: bool = True,
+    codec: str = DEFAULT_CODEC,
+) -> None:
+    """Copy a finished tiled GeoTIFF into cloud-optimized layout with overviews: ``MODE`` for classes
+    (never a class that is not there), ``AVERAGE`` for continuous values; compressed with ``codec``."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
@@ -132,12 +190,11 @@ def to_cog(source: str | os.PathLike, target: str | os.PathLike, resampling: str
                 str(source),
                 str(target),
                 driver="COG",
-                COMPRESS=compression(),
-                PREDICTOR="YES",
                 BLOCKSIZE=BLOCK_SIZE,
-                OVERVIEW_RESAMPLING=resampling,
+                OVERVIEW_RESAMPLING="MODE" if categorical else "AVERAGE",
                 BIGTIFF="IF_SAFER",
                 NUM_THREADS="ALL_CPUS",
+                **cog_options(codec, categorical),
             )
     except RasterioError as error:
         raise OutputError(f"{target}: cannot write output ({' '.join(str(error).split())})") from error

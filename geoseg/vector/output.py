@@ -1,10 +1,16 @@
 """Writing polygons in batches to the format the output suffix names, atomically.
 
 GeoPackage is written directly, batch by batch, each batch inside one transaction (pyogrio's raw writer
-with ``append``). FlatGeobuf cannot be appended to and GeoJSON appends by rewriting, so those and
-Shapefile are first staged in a hidden GeoPackage and then streamed into the final format by GDAL
-(``open_arrow`` -> ``write_arrow``), which never holds the whole layer in memory. GeoParquet is written
-with pyarrow (pyogrio's wheels carry no Parquet driver), one row group per batch.
+with ``append``), as GeoPackage 1.2: nothing in it needs a later version, and GDAL up to 3.6 (the QGIS of
+Debian 12 and Ubuntu 22.04) warns on every open of a 1.4 file and its validator rejects it. FlatGeobuf
+cannot be appended to and GeoJSON appends by rewriting, so those and Shapefile are first staged in a hidden
+GeoPackage and then streamed into the final format by GDAL (``open_arrow`` -> ``write_arrow``), which never
+holds the whole layer in memory. GeoParquet is written with pyarrow (pyogrio's wheels carry no Parquet
+driver), one row group per batch.
+
+Given the classes, the writer also styles the polygons for QGIS (:mod:`geoseg.styles`): a GeoPackage gets
+its default style in its ``layer_styles`` table, other formats a ``.qml`` beside the file, which
+:func:`atomic_vector_output` moves into place with it.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import contextlib
 import json
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from geoseg.atomic import atomic_output, remove_quietly, temporary_sibling
+from geoseg.atomic import OutputSet, check_output_path, remove_quietly, temporary_sibling
 from geoseg.errors import OutputError
+from geoseg.model.card import ClassInfo
+from geoseg.styles import polygons_qml, style_sidecar, write_geopackage_style
 
 DRIVERS = {
     ".gpkg": "GPKG",
@@ -31,6 +39,7 @@ DRIVERS = {
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 SHAPEFILE_STALE = (".qix", ".sbn", ".sbx", ".qmd")
 FIELDS = ("class_id", "class_name", "area")
+GEOPACKAGE_OPTIONS = {"VERSION": "1.2"}
 
 
 def output_driver(path: str | os.PathLike) -> str:
@@ -50,30 +59,45 @@ def output_driver(path: str | os.PathLike) -> str:
 
 
 @contextlib.contextmanager
-def atomic_vector_output(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
-    """``atomic_output`` that also moves (or on failure removes) a shapefile's side-car files."""
+def atomic_vector_output(
+    path: str | os.PathLike,
+    overwrite: bool,
+    *,
+    styled: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+) -> Iterator[Path]:
+    """Yield a temporary name for the vector file ``path``; once the block ends, rename it into place with
+    the side-car files its writer left beside it (a shapefile's, and with ``styled`` the QGIS style of
+    :func:`~geoseg.styles.style_sidecar`), all together; on failure remove them all. ``inputs``: rasters
+    whose own style the polygons' must not replace (``classes.tif`` -> ``classes.fgb``: both ``classes.qml``).
+    """
     final = Path(path)
-    if final.suffix.lower() == ".shp" and not overwrite:
+    shapefile = final.suffix.lower() == ".shp"
+    if shapefile and not overwrite:
         for ext in SHAPEFILE_SIDECARS:  # a .dbf alone may be someone's table: replaced only when asked
             if final.with_suffix(ext).exists():
                 raise OutputError(f"{final.with_suffix(ext)}: output exists; pass --overwrite to replace it")
-    with atomic_output(final, overwrite) as tmp:
-        try:
-            yield tmp
-            if final.suffix.lower() == ".shp":
-                for ext in SHAPEFILE_STALE:
-                    with contextlib.suppress(FileNotFoundError):
-                        final.with_suffix(ext).unlink()
-                for ext in SHAPEFILE_SIDECARS:
-                    if tmp.with_suffix(ext).exists():
-                        os.replace(tmp.with_suffix(ext), final.with_suffix(ext))
-                    else:  # an old .prj would give the new polygons (written without a CRS) its CRS
-                        with contextlib.suppress(FileNotFoundError):
-                            final.with_suffix(ext).unlink()
-        except BaseException:
-            for ext in SHAPEFILE_SIDECARS:
-                remove_quietly(tmp.with_suffix(ext))
-            raise
+    check_output_path(final, overwrite)
+    style = style_sidecar(final) if styled else None
+    if style is not None:
+        for source in inputs:
+            if os.path.abspath(style_sidecar(source) or "") == os.path.abspath(style):
+                raise OutputError(
+                    f"{final}: its QGIS style {style} would replace the style of {source}; give the output "
+                    "another name, or pass --no-styles"
+                )
+        check_output_path(style, overwrite)
+    sidecars = [final.with_suffix(ext) for ext in SHAPEFILE_SIDECARS] if shapefile else []
+    stale = [final.with_suffix(ext) for ext in SHAPEFILE_STALE] if shapefile else []
+    with OutputSet() as unit:
+        # an old .prj would give the new polygons (written without a CRS) its CRS: obsolete unless rewritten
+        tmp = unit.stage("output", final, obsolete=[*sidecars, *stale])
+        yield tmp
+        for sidecar in sidecars:
+            if tmp.with_suffix(sidecar.suffix).exists():
+                unit.stage(sidecar.suffix, sidecar, tmp.with_suffix(sidecar.suffix))
+        if style is not None:
+            unit.stage("style", style, style_sidecar(tmp))
 
 
 @contextlib.contextmanager
@@ -88,17 +112,20 @@ def _no_crs_warning() -> Iterator[None]:
 def _writing(path: Path) -> Iterator[None]:
     """A file that cannot be created or written (read-only or full file system) is one line naming the
     output, not GDAL's or Arrow's message about a hidden temporary file."""
+    import sqlite3
+
     from pyogrio.errors import DataSourceError
 
     try:
         yield
-    except (OSError, DataSourceError) as error:
+    except (OSError, DataSourceError, sqlite3.Error) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise OutputError(f"{path}: cannot write it in {path.parent} ({reason})") from None
 
 
 class FeatureWriter:
-    """Appends batches of (WKB polygon, class id, class name, area) to one layer; ``finish`` completes it."""
+    """Appends batches of (WKB polygon, class id, class name, area) to one layer; ``finish`` completes it
+    and, given ``classes``, styles it (see the module's docstring)."""
 
     def __init__(
         self,
@@ -112,6 +139,7 @@ class FeatureWriter:
         wide_ids: bool,
         rfc7946: bool = False,
         final: Path | None = None,
+        classes: Sequence[ClassInfo] | None = None,
     ) -> None:
         self.path = path
         self.final = final or path  # the name errors give (``path`` may be a temporary sibling of it)
@@ -122,6 +150,7 @@ class FeatureWriter:
         self.geometry_type = geometry_type
         self.id_dtype = np.int64 if wide_ids else np.int32
         self.rfc7946 = rfc7946
+        self.classes = classes
         self.started = False
         self._parquet = None
         staged = driver not in ("GPKG", "Parquet")
@@ -148,6 +177,7 @@ class FeatureWriter:
                     geometry_type=self.geometry_type,
                     crs=self.crs_wkt,
                     append=self.started,
+                    dataset_options=None if self.started else GEOPACKAGE_OPTIONS,
                 )
         self.started = True
 
@@ -190,15 +220,25 @@ class FeatureWriter:
         self._parquet.write_table(table)
 
     def finish(self) -> None:
-        """Close the layer; for staged formats, stream the staging GeoPackage into the final file."""
+        """Close the layer (staged formats: stream the staging GeoPackage into the final file), style it."""
         if not self.started:
             self.write(np.empty(0, object), np.empty(0, np.int64), np.empty(0, object), np.empty(0))
         if self._parquet is not None:
             with _writing(self.final):
                 self._parquet.close()
             self._parquet = None
-        if self.target == self.path:
-            return
+        if self.target != self.path:
+            self._convert()
+        if self.classes is not None:
+            style = style_sidecar(self.path)
+            with _writing(self.final):
+                if style is None:
+                    write_geopackage_style(self.path, self.layer, self.classes)
+                else:
+                    style.write_text(polygons_qml(self.classes), encoding="utf-8")
+
+    def _convert(self) -> None:
+        """Stream the staging GeoPackage into the final format, then remove it."""
         from pyogrio import raw
 
         options = {"RFC7946": "YES"} if self.rfc7946 else None

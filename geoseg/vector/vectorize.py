@@ -26,9 +26,10 @@ import shapely
 
 from geoseg.atomic import check_output_path
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
-from geoseg.raster.classes import check_class_raster, read_class_names
+from geoseg.raster.classes import check_class_raster, read_class_names, read_classes
 from geoseg.raster.grids import crs_label, placement
 from geoseg.raster.reading import check_decodable, read_failures
+from geoseg.styles import style_sidecar
 from geoseg.vector.area import GroundArea
 from geoseg.vector.blocks import BlockGrid, BlockReader, Window
 from geoseg.vector.output import FeatureWriter, atomic_vector_output, output_driver
@@ -57,14 +58,18 @@ class VectorizeResult:
     output: Path
     polygons: dict[str, int]
     seconds: float
+    style: Path | None = None  # the QGIS style beside the output (a GeoPackage holds its own inside)
 
     def to_dict(self) -> dict:
-        return {
+        record = {
             "input": str(self.input),
             "output": str(self.output),
             "polygons": dict(self.polygons),
             "seconds": round(self.seconds, 3),
         }
+        if self.style is not None:
+            record["style"] = str(self.style)
+        return record
 
 
 def vectorize(
@@ -79,6 +84,7 @@ def vectorize(
     split_polygons_at: int = DEFAULT_SPLIT,
     layer: str | None = None,
     keep_crs: bool = False,
+    styles: bool = True,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
     read_from: str | os.PathLike | None = None,
@@ -94,6 +100,8 @@ def vectorize(
     polygon is smaller, also after ``simplify`` (ground metres, about the largest boundary shift), which
     simplifies each shared boundary once, so neighbours keep no gaps or overlaps. GeoJSON is written in
     WGS84 longitude/latitude (RFC 7946) unless ``keep_crs``; every other format keeps the raster's CRS.
+    ``styles``: for a raster that names its classes, colour the polygons by class for QGIS (a GeoPackage
+    holds the style, other formats get a ``.qml`` beside them; see :mod:`geoseg.styles`).
     ``progress(done, total)`` counts cells. ``read_from``: the file holding ``classes_path`` while it is
     not yet under that name (``predict`` vectorizes its staged class raster); messages name ``classes_path``.
     """
@@ -116,6 +124,7 @@ def vectorize(
         _check_raster(dataset, classes_path)
         refuse_unmapped(placement(dataset), classes_path)
         names = read_class_names(dataset) or []
+        legend = read_classes(dataset) if styles else None
         selected = _select_classes(classes, names, classes_path)
         if driver == "GeoJSON":
             _check_geojson_crs(dataset, classes_path, output_path, keep_crs)
@@ -158,7 +167,9 @@ def vectorize(
             np.dtype(np.uint64),
         )
         geometry_type = "MultiPolygon" if connectivity == 8 else "Polygon"
-        with atomic_vector_output(output_path, overwrite) as tmp:
+        with atomic_vector_output(
+            output_path, overwrite, styled=legend is not None, inputs=[classes_path]
+        ) as tmp:
             writer = FeatureWriter(
                 tmp,
                 driver,
@@ -169,6 +180,7 @@ def vectorize(
                 wide_ids=wide_ids,
                 rfc7946=geo.rfc7946,
                 final=output_path,
+                classes=legend,
             )
             try:
                 batch: list[np.ndarray] = []
@@ -228,7 +240,8 @@ def vectorize(
             finally:
                 writer.discard()
     polygons = {class_name(value): counts[value] for value in sorted(counts)}
-    return VectorizeResult(classes_path, output_path, polygons, time.perf_counter() - started)
+    style = style_sidecar(output_path) if legend is not None else None
+    return VectorizeResult(classes_path, output_path, polygons, time.perf_counter() - started, style)
 
 
 def _check_options(
