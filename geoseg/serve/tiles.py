@@ -27,6 +27,9 @@ TILE = 256
 TMS = morecantile.tms.get("WebMercatorQuad")
 MAX_COMPUTE_STEP = 4  # a tile pixel spanning more scene pixels than this only shows finished regions
 MAX_ZOOM = 24
+# The warper transforms every pixel exactly (GDAL approximates to 1/8 pixel by default, which moves a few
+# nearest-neighbour picks near pixel edges): a tile pixel is the batch raster's pixel under its centre.
+EXACT = {"tolerance": 1e-9}  # 0 makes rasterio fail (hDS is NULL)
 MARGIN = 2  # scene pixels read around a footprint, so that every sampled pixel is inside the mosaic
 
 
@@ -104,7 +107,13 @@ def classes_tile(
         with memory.open() as dataset, Reader(None, dataset=dataset) as reader:
             try:
                 image = reader.tile(
-                    x, y, z, tilesize=TILE, resampling_method="nearest", reproject_method="nearest"
+                    x,
+                    y,
+                    z,
+                    tilesize=TILE,
+                    resampling_method="nearest",
+                    reproject_method="nearest",
+                    vrt_options=EXACT,
                 )
             except TileOutsideBounds:
                 return empty_tile()
@@ -116,7 +125,14 @@ def classes_file_tile(path: str, z: int, x: int, y: int, colormap: dict) -> byte
     with Reader(path) as reader:
         try:
             image = reader.tile(
-                x, y, z, tilesize=TILE, indexes=1, resampling_method="nearest", reproject_method="nearest"
+                x,
+                y,
+                z,
+                tilesize=TILE,
+                indexes=1,
+                resampling_method="nearest",
+                reproject_method="nearest",
+                vrt_options=EXACT,
             )
         except TileOutsideBounds:
             return empty_tile()
@@ -129,7 +145,9 @@ def image_tile(
     """The scene's ``bands`` as natural colour (``value_range`` stretched to 0..255), no-data transparent."""
     with Reader(path) as reader:
         try:
-            image = reader.tile(x, y, z, tilesize=TILE, indexes=bands, reproject_method="nearest")
+            image = reader.tile(
+                x, y, z, tilesize=TILE, indexes=bands, reproject_method="nearest", vrt_options=EXACT
+            )
         except TileOutsideBounds:
             return empty_tile()
     if image.data.dtype != np.uint8 or tuple(value_range) != (0.0, 255.0):
