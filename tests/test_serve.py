@@ -233,14 +233,12 @@ def test_the_page_and_its_vendored_map_library_are_served(served):
         or served.get("/static/leaflet/LICENSE.txt")[0] == 200
     )
     layers = json.loads(served.get("/api/layers")[1])["layers"]
-    assert [l["name"] for l in layers] == ["image", "classes"]
+    assert [layer["name"] for layer in layers] == ["image", "classes"]
     assert [e["name"] for e in layers[1]["legend"]] == CARD.class_names
     status, xml = served.get("/wmts/WMTSCapabilities.xml")
     assert status == 200 and b"/tiles/classes/{TileMatrix}/{TileCol}/{TileRow}.png" in xml
     image = _rgba(served.get("/tiles/image/{}/{}/{}.png".format(*_tile_of(800, 300, _native_zoom())))[1])
-    assert (image[3] == 0).any() and (
-        image[3] == 255
-    ).any()  # the no-data corner transparent, the data opaque
+    assert (image[3] == 0).any() and (image[3] == 255).any()  # no-data clear, data opaque
 
 
 def test_a_scene_the_model_cannot_read_is_refused_before_the_server_starts(tmp_path):
