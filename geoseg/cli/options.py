@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from geoseg.model.architectures import SMALLEST_INPUT_MULTIPLE
 from geoseg.model.presets import PRESET_NAMES
 
 overwrite_option = click.option(
@@ -340,8 +341,6 @@ model_option = click.option(
 
 def _check_tile(ctx, param, value: int | None) -> int | None:
     """Refuse a size no network takes; the model's own input multiple is checked once it is loaded."""
-    from geoseg.model.architectures import SMALLEST_INPUT_MULTIPLE
-
     multiple = SMALLEST_INPUT_MULTIPLE
     if value is not None and (value <= 0 or value % multiple):
         lower = max(multiple, value // multiple * multiple)

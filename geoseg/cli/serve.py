@@ -127,7 +127,7 @@ def serve(
         run_server(layers, sock, ready)
     for folder in layers.work_folders():
         click.echo(
-            f"geoseg serve: stopped; computed regions kept in {folder.resolve()} (predict --resume with the same -o "
-            "computes only the rest; delete the folder to drop them)",
+            f"geoseg serve: stopped; computed regions kept in {folder.resolve()} (predict --resume with the "
+            "same -o computes only the rest; delete the folder to drop them)",
             err=True,
         )
