@@ -31,6 +31,7 @@ COMMANDS = {
     "info": "info",
     "export": "export",
     "quicklook": "quicklook",
+    "serve": "serve",
 }
 
 
@@ -146,6 +147,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     geoseg convert foreign.ckpt -o model.safetensors --preset vaihingen
     geoseg info model.safetensors | scene.tif
     geoseg quicklook classes.tif -o classes.png  picture with legend and scale bar
+    geoseg serve scene.tif                       look at the map in a browser or QGIS
     """
     import rasterio
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from geoseg.model.architectures import SMALLEST_INPUT_MULTIPLE
 from geoseg.model.presets import PRESET_NAMES
 from geoseg.raster.writing import CODECS, DEFAULT_CODEC
 
@@ -343,3 +344,73 @@ def label_polygon_options(command: Callable) -> Callable:
     for option in reversed(options):
         wrapper = option(wrapper)
     return wrapper
+
+
+# predict and serve run the network alike, so they take the same model and tiling options
+model_option = click.option(
+    "-m",
+    "--model",
+    "model_path",
+    default=None,
+    help="Checkpoint (.safetensors, or a foreign .ckpt/.pth with --preset/--card) or an ONNX export "
+    "(geoseg export; run by onnxruntime). Default: the bundled one.",
+)
+
+
+def _check_tile(ctx, param, value: int | None) -> int | None:
+    """Refuse a size no network takes; the model's own input multiple is checked once it is loaded."""
+    multiple = SMALLEST_INPUT_MULTIPLE
+    if value is not None and (value <= 0 or value % multiple):
+        lower = max(multiple, value // multiple * multiple)
+        raise click.BadParameter(
+            f"{value} is not a positive multiple of {multiple} (no network takes it); try {lower}"
+        )
+    return value
+
+
+def _check_batch_size(ctx, param, value: str) -> int | str:
+    """A positive number of tiles per batch, or ``auto`` (on CUDA what fits, else 4)."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        size = int(text)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a number of tiles or auto") from None
+    if size < 1:
+        raise click.BadParameter(f"{size}: give at least 1 tile per batch, or auto")
+    return size
+
+
+tile_option = click.option(
+    "--tile", type=int, default=None, callback=_check_tile, help="Tile size in px. Default: the card's."
+)
+overlap_option = click.option(
+    "--overlap",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Overlap of neighbouring tiles. Default: the card's.",
+)
+batch_size_option = click.option(
+    "--batch-size",
+    default="auto",
+    show_default=True,
+    metavar="N|auto",
+    callback=_check_batch_size,
+    help="Tiles per batch, or auto: on CUDA the most that fit (halved with a warning if they do not), "
+    "else 4.",
+)
+tta_option = click.option(
+    "--tta",
+    type=click.Choice(["none", "flip", "d4"]),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation: average probabilities over flips (4 passes: none, horizontal, "
+    "vertical, both) or the 8 flips and rotations of d4.",
+)
+
+
+def check_tiling(tile: int | None, overlap: int | None) -> None:
+    """A usage error when ``--overlap`` is not below ``--tile``."""
+    if tile is not None and overlap is not None and overlap >= tile:
+        raise click.BadParameter(f"{overlap} must be smaller than --tile {tile}", param_hint="'--overlap'")

@@ -9,12 +9,16 @@ import click
 from geoseg.cli.options import (
     NameListType,
     bands_option,
+    batch_size_option,
     card_option,
+    check_tiling,
     compile_option,
     compress_option,
     device_option,
     emit_json,
     json_option,
+    model_option,
+    overlap_option,
     overwrite_option,
     precision_option,
     preset_option,
@@ -22,8 +26,9 @@ from geoseg.cli.options import (
     quiet_option,
     scale_option,
     styles_option,
+    tile_option,
+    tta_option,
 )
-from geoseg.model.architectures import SMALLEST_INPUT_MULTIPLE
 
 
 def _check_workers(ctx, param, value: str) -> int | str:
@@ -38,31 +43,6 @@ def _check_workers(ctx, param, value: str) -> int | str:
     if workers < 1:
         raise click.BadParameter(f"{workers}: give at least 1 worker (1 runs in this process), or auto")
     return workers
-
-
-def _check_batch_size(ctx, param, value: str) -> int | str:
-    """A positive number of tiles per batch, or ``auto`` (on CUDA what fits, else 4)."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    try:
-        size = int(text)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a number of tiles or auto") from None
-    if size < 1:
-        raise click.BadParameter(f"{size}: give at least 1 tile per batch, or auto")
-    return size
-
-
-def _check_tile(ctx, param, value: int | None) -> int | None:
-    """Refuse a size no network takes; the model's own input multiple is checked once it is loaded."""
-    multiple = SMALLEST_INPUT_MULTIPLE
-    if value is not None and (value <= 0 or value % multiple):
-        lower = max(multiple, value // multiple * multiple)
-        raise click.BadParameter(
-            f"{value} is not a positive multiple of {multiple} (no network takes it); try {lower}"
-        )
-    return value
 
 
 @click.command(short_help="Segment orthophotos into class rasters.")
@@ -81,45 +61,16 @@ def _check_tile(ctx, param, value: int | None) -> int | None:
     required=True,
     help="Class raster for one input; a folder for several (<stem>.classes.tif, <stem>.confidence.tif...).",
 )
-@click.option(
-    "-m",
-    "--model",
-    "model_path",
-    default=None,
-    help="Checkpoint (.safetensors, or a foreign .ckpt/.pth with --preset/--card) or an ONNX export "
-    "(geoseg export; run by onnxruntime). Default: the bundled one.",
-)
+@model_option
 @preset_option
 @card_option
-@click.option(
-    "--tile", type=int, default=None, callback=_check_tile, help="Tile size in px. Default: the card's."
-)
-@click.option(
-    "--overlap",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Overlap of neighbouring tiles. Default: the card's.",
-)
-@click.option(
-    "--batch-size",
-    default="auto",
-    show_default=True,
-    metavar="N|auto",
-    callback=_check_batch_size,
-    help="Tiles per batch, or auto: on CUDA the most that fit (halved with a warning if they do not), "
-    "else 4.",
-)
+@tile_option
+@overlap_option
+@batch_size_option
 @device_option
 @precision_option
 @compile_option
-@click.option(
-    "--tta",
-    type=click.Choice(["none", "flip", "d4"]),
-    default="none",
-    show_default=True,
-    help="Test-time augmentation: average probabilities over flips (4 passes: none, horizontal, "
-    "vertical, both) or the 8 flips and rotations of d4.",
-)
+@tta_option
 @bands_option
 @click.option(
     "--assets",
@@ -246,8 +197,7 @@ def predict(
         inputs += tuple(line for line in lines if line and not line.startswith("#"))
     if not inputs:
         raise click.UsageError("no inputs: give INPUT... or --from-file FILE (- for standard input)")
-    if tile is not None and overlap is not None and overlap >= tile:
-        raise click.BadParameter(f"{overlap} must be smaller than --tile {tile}", param_hint="'--overlap'")
+    check_tiling(tile, overlap)
 
     callback, close = progress_reporter("predicting", quiet)
     failures = 0

@@ -168,22 +168,9 @@ def run_scene(
         work = WorkFolder(outputs.classes)  # beside the final name, where a resumed run finds it
         executor.check(plan, work.path.parent)
         grid = plan.grid
-        manifest = {
-            "input": {**input_identity(plan.path), "width": plan.width, "height": plan.height},
-            "model": source.digest,
-            "options": {
-                "tile": grid.tile,
-                "overlap": grid.overlap,
-                "bands": list(plan.bands),
-                "value range": list(plan.value_range),
-                "tta": tta,
-                "precision": precision,
-                "device": device.type,
-                "batch size": batch_size,
-                "chunk size": grid.chunk_size,
-            },
-            "outputs": [kind for kind, _ in outputs.rasters()],
-        }
+        manifest = work_manifest(
+            plan, source.digest, [kind for kind, _ in outputs.rasters()], tta, precision, device, batch_size
+        )
         planned = plan_regions(grid, executor.workers, resume)
         if resume:
             unit.after_commit(work.remove)
@@ -226,6 +213,36 @@ def run_scene(
         class_fractions={name: (float(counts[i]) / valid if valid else 0.0) for i, name in enumerate(names)},
         precision=precision,
     )
+
+
+def work_manifest(
+    plan: ScenePlan,
+    digest: str,
+    kinds: list[str],
+    tta: str,
+    precision: str,
+    device: torch.device,
+    batch_size: int,
+) -> dict:
+    """What a work folder's regions depend on (input identity, model digest, every option that changes
+    results, the raster kinds): ``--resume`` and ``geoseg serve`` reuse a folder only when this matches."""
+    grid = plan.grid
+    return {
+        "input": {**input_identity(plan.path), "width": plan.width, "height": plan.height},
+        "model": digest,
+        "options": {
+            "tile": grid.tile,
+            "overlap": grid.overlap,
+            "bands": list(plan.bands),
+            "value range": list(plan.value_range),
+            "tta": tta,
+            "precision": precision,
+            "device": device.type,
+            "batch size": batch_size,
+            "chunk size": grid.chunk_size,
+        },
+        "outputs": list(kinds),
+    }
 
 
 def stage_rasters(outputs: OutputPaths, unit: OutputSet) -> OutputPaths:

@@ -1,0 +1,256 @@
+"""geoseg serve: class tiles are the batch raster warped (nearest), computed region by region on demand into
+the work folder predict --resume finishes; nothing outside the served inputs is reachable."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+
+import numpy as np
+import pytest
+import rasterio
+from affine import Affine
+from helpers import CARD, PixelNet, write_scene
+from rasterio.io import MemoryFile
+
+import geoseg.inference.execute as execute
+import geoseg.inference.plan as planning
+from geoseg.inference.engine import predict_scene
+from geoseg.raster.classes import class_colormap
+
+pytest.importorskip("starlette")
+pytest.importorskip("rio_tiler")
+
+from geoseg.serve import tiles  # noqa: E402
+from geoseg.serve.layers import open_layers  # noqa: E402
+from geoseg.serve.server import bind, make_server  # noqa: E402
+
+WIDTH, HEIGHT = 1300, 1100
+TRANSFORM = Affine(0.5, 0, 5e5, 0, -0.5, 5.8e6)
+CRS = "EPSG:32633"
+
+
+@pytest.fixture
+def scene(tmp_path, monkeypatch):
+    """1300 x 1100 px in six regions of about one block each (the real minimum is ten tiles), its
+    bottom-left corner without data."""
+    monkeypatch.setattr(planning, "MIN_REGION_TILES", 1)
+    monkeypatch.setattr(planning, "RESUME_REGION_PIXELS", 512 * 512)
+    mask = np.full((HEIGHT, WIDTH), 255, dtype=np.uint8)
+    mask[800:, :300] = 0
+    path = tmp_path / "scene.tif"
+    write_scene(path, WIDTH, HEIGHT, crs=CRS, transform=TRANSFORM, mask=mask)
+    return path
+
+
+class Server:
+    """A server on 127.0.0.1 and a free port, in a thread; stopped and its layers closed by :meth:`stop`."""
+
+    def __init__(self, layers):
+        self.layers = layers
+        sock = bind("127.0.0.1", 0)
+        self.port = sock.getsockname()[1]
+        self.server = make_server(layers)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.02)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """Send ``path`` exactly as given (no normalisation of ``..`` or escapes by the client)."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        connection.request("GET", path)
+        response = connection.getresponse()
+        body = response.read()
+        connection.close()
+        return response.status, body
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.layers.close()
+
+
+@pytest.fixture
+def served(scene, tmp_path):
+    layers = open_layers(
+        [str(scene)], model=PixelNet(), card=CARD, outputs=[tmp_path / "out.tif"], device="cpu"
+    )
+    server = Server(layers)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def reference(scene, tmp_path):
+    """The batch raster: predict of the whole scene in one run."""
+    path = tmp_path / "reference.tif"
+    predict_scene(PixelNet(), CARD, scene, path, device="cpu")
+    with rasterio.open(path) as dataset:
+        return dataset.read(1)
+
+
+def _rgba(png: bytes) -> np.ndarray:
+    with MemoryFile(png) as memory, memory.open() as dataset:
+        assert (dataset.count, dataset.width, dataset.height) == (4, 256, 256)
+        return dataset.read()
+
+
+def _expected_rgba(classes: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
+    """The batch raster sampled at each tile pixel's centre (nearest neighbour, every point transformed
+    exactly by PROJ), in the card's colours; outside the scene and no-data transparent."""
+    from pyproj import Transformer
+
+    left, bottom, right, top = tiles.TMS.xy_bounds(x, y, z)
+    centres = (np.arange(256) + 0.5) / 256
+    mx, my = np.meshgrid(left + centres * (right - left), top - centres * (top - bottom))
+    ex, ny = Transformer.from_crs("EPSG:3857", CRS, always_xy=True).transform(mx, my)
+    col, row = (~TRANSFORM) * (ex, ny)
+    col, row = np.floor(col).astype(int), np.floor(row).astype(int)
+    inside = (row >= 0) & (row < HEIGHT) & (col >= 0) & (col < WIDTH)
+    warped = np.full((256, 256), 255, dtype=np.uint8)
+    warped[inside] = classes[row[inside], col[inside]]
+    table = np.array([class_colormap([c.color for c in CARD.classes])[i] for i in range(256)], dtype=np.uint8)
+    return np.moveaxis(table[warped], -1, 0)
+
+
+def _tile_of(row: float, col: float, z: int) -> tuple[int, int, int]:
+    from rasterio.warp import transform as points
+
+    xs, ys = points(CRS, "EPSG:4326", *zip(TRANSFORM * (col, row), strict=True))
+    found = tiles.TMS.tile(xs[0], ys[0], z)
+    return z, found.x, found.y
+
+
+def _native_zoom() -> int:
+    return tiles.native_zoom(CRS, TRANSFORM, WIDTH, HEIGHT)
+
+
+def test_class_tiles_equal_the_batch_raster_warped_across_region_borders_and_the_scene_edge(
+    served, reference
+):
+    native = _native_zoom()
+    cases = [
+        _tile_of(512, 512, native),  # a corner of four regions
+        _tile_of(512, 512, native + 1),
+        _tile_of(600, 1024, native),  # a column border
+        _tile_of(0, 0, native),  # the scene's top-left corner: half outside
+        _tile_of(HEIGHT - 1, WIDTH - 1, native - 1),  # the bottom-right corner
+        _tile_of(HEIGHT - 1, 0, native),  # the no-data corner
+        _tile_of(HEIGHT / 2, WIDTH / 2, native - 2),  # the whole scene in about one tile
+    ]
+    for z, x, y in cases:
+        status, png = served.get(f"/tiles/classes/{z}/{x}/{y}.png")
+        assert status == 200
+        expected = _expected_rgba(reference, z, x, y)
+        np.testing.assert_array_equal(_rgba(png), expected, err_msg=f"tile {z}/{x}/{y}")
+    nodata = _rgba(served.get("/tiles/classes/{}/{}/{}.png".format(*_tile_of(HEIGHT - 1, 0, native)))[1])
+    assert (nodata[3] == 0).sum() > 256 * 64  # the no-data corner (and beyond the scene) is transparent
+
+
+def test_a_second_request_of_a_tile_computes_nothing_and_coarse_zooms_start_no_work(served):
+    cache = served.layers.layers["classes"].cache
+    z, x, y = _tile_of(512, 512, _native_zoom())
+    first = served.get(f"/tiles/classes/{z}/{x}/{y}.png")
+    assert cache.computed == 4 and cache.done == {0, 1, 3, 4}
+    assert served.get(f"/tiles/classes/{z}/{x}/{y}.png") == first
+    assert cache.computed == 4
+    progress = json.loads(served.get("/api/progress")[1])
+    assert progress["layers"]["classes"] == {"regions": 6, "done": 4, "computed": 4}
+    coarse = _tile_of(HEIGHT / 2, WIDTH / 2, _native_zoom() - 4)
+    assert served.get("/tiles/classes/{}/{}/{}.png".format(*coarse))[0] == 200
+    assert cache.computed == 4  # shows what is computed, starts nothing
+
+
+def test_predict_resume_after_serving_computes_only_the_regions_the_browser_has_not(
+    scene, tmp_path, reference, monkeypatch
+):
+    output = tmp_path / "out.tif"
+    layers = open_layers([str(scene)], model=PixelNet(), card=CARD, outputs=[output], device="cpu")
+    server = Server(layers)
+    try:
+        server.get("/tiles/classes/{}/{}/{}.png".format(*_tile_of(100, 100, _native_zoom())))
+        assert layers.layers["classes"].cache.done == {0}
+        click = json.loads(
+            server.get(f"/api/pixel/classes?lon={_lonlat(100, 100)[0]}&lat={_lonlat(100, 100)[1]}")[1]
+        )
+        assert click["name"] == CARD.class_names[reference[100, 100]] and 0 < click["confidence"] <= 1
+    finally:
+        server.stop()
+    work = tmp_path / ".out.tif.geoseg-work"
+    assert sorted(p.name for p in work.glob("region-*.json")) == ["region-00000.json"]
+    computed = []
+    run_region = execute.run_region
+    monkeypatch.setattr(
+        execute, "run_region", lambda *a, **k: computed.append(a[3].index) or run_region(*a, **k)
+    )
+    predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True)
+    assert computed == [1, 2, 3, 4, 5]  # the five regions the browser did not ask for, not region 0
+    with rasterio.open(output) as dataset:
+        np.testing.assert_array_equal(dataset.read(1), reference)
+    assert not work.exists()
+
+
+def _lonlat(row: float, col: float) -> tuple[float, float]:
+    from rasterio.warp import transform as points
+
+    xs, ys = points(CRS, "EPSG:4326", *zip(TRANSFORM * (col + 0.5, row + 0.5), strict=True))
+    return xs[0], ys[0]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/../../../../etc/passwd",
+        "/static/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/static/..%2f..%2f..%2fetc%2fpasswd",
+        "/static/%252e%252e/%252e%252e/etc/passwd",
+        "/static/..\\..\\etc\\passwd",
+        "/static/leaflet/../../__init__.py",
+        "/static/leaflet/..%2f..%2fapp.py",
+        "/tiles/..%2f..%2fetc%2fpasswd/1/0/0.png",
+        "/tiles/%2e%2e/1/0/0.png",
+        "/../../etc/passwd",
+        "/api/pixel/..%2f..%2fetc%2fpasswd?lon=0&lat=0",
+    ],
+)
+def test_paths_outside_the_served_files_are_never_read(served, path):
+    status, body = served.get(path)
+    assert status == 404
+    assert b"root:" not in body and b"import" not in body
+
+
+def test_the_page_and_its_vendored_map_library_are_served(served):
+    status, page = served.get("/")
+    assert status == 200 and b"/static/leaflet/leaflet.js" in page
+    assert served.get("/static/leaflet/leaflet.js")[0] == 200
+    assert (
+        b"BSD" in served.get("/static/leaflet/LICENSE.txt")[1]
+        or served.get("/static/leaflet/LICENSE.txt")[0] == 200
+    )
+    layers = json.loads(served.get("/api/layers")[1])["layers"]
+    assert [layer["name"] for layer in layers] == ["image", "classes"]
+    assert [e["name"] for e in layers[1]["legend"]] == CARD.class_names
+    status, xml = served.get("/wmts/WMTSCapabilities.xml")
+    assert status == 200 and b"/tiles/classes/{TileMatrix}/{TileCol}/{TileRow}.png" in xml
+    image = _rgba(served.get("/tiles/image/{}/{}/{}.png".format(*_tile_of(800, 300, _native_zoom())))[1])
+    assert (image[3] == 0).any() and (image[3] == 255).any()  # no-data clear, data opaque
+
+
+def test_a_scene_the_model_cannot_read_is_refused_before_the_server_starts(tmp_path):
+    from click.testing import CliRunner
+
+    from geoseg.cli.main import cli
+
+    two_bands = tmp_path / "two.tif"
+    write_scene(two_bands, 64, 64, count=2, crs=CRS, transform=TRANSFORM)
+    served = CliRunner().invoke(cli, ["serve", str(two_bands), "--port", "0"])
+    predicted = CliRunner().invoke(cli, ["predict", str(two_bands), "-o", str(tmp_path / "o.tif")])
+    assert served.exit_code == predicted.exit_code == 1
+    line = served.output.strip()
+    assert line.startswith("Error: ") and "\n" not in line and "geoseg serve:" not in line
+    assert line == predicted.output.strip()
