@@ -169,10 +169,10 @@ def main() -> None:
         args.force_bf16 = args.agreement_only = True
     if args.threads:
         torch.set_num_threads(args.threads)
-    capability, native = torch.backends.cpu.get_cpu_capability(), geoseg.device.cpu_has_native_bf16()
+    capability, native = torch.backends.cpu.get_cpu_capability(), geoseg.device.cpu_features().native_bf16
     if args.force_bf16:  # CPUs with native bf16 all have AVX512 too, where channels_last pays
-        geoseg.device.cpu_has_native_bf16 = lambda: True
-        torch.backends.cpu.get_cpu_capability = lambda: "AVX512_BF16"
+        forced_cpu = geoseg.device.CpuFeatures(avx512=True, native_bf16=True, native_fp16=False)
+        geoseg.device.cpu_features = lambda: forced_cpu
     model_path = args.model or default_checkpoint_path()
     precision = resolve_precision("auto", CPU)
     amp = autocast_dtype("auto", CPU)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+from dataclasses import dataclass
 
 import torch
 
@@ -41,9 +42,27 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 in hardware, as torch reports it (AVX512-BF16 or AMX on x86, BF16 on
-    Arm). Only there does bf16 autocast pay: elsewhere oneDNN emulates it, several times slower than fp32."""
+@dataclass(frozen=True)
+class CpuFeatures:
+    """What this CPU computes fast, as torch reports it: the precision ``auto`` picks and the memory layout
+    follow it."""
+
+    avx512: bool  # torch dispatches AVX512 kernels, where oneDNN's channels_last convolutions win
+    native_bf16: bool  # AVX512-BF16 or AMX on x86, BF16 on Arm: elsewhere bf16 is emulated, slower than fp32
+    native_fp16: bool  # AMX-FP16: elsewhere fp16 is emulated
+
+
+def cpu_features() -> CpuFeatures:
+    """This CPU's :class:`CpuFeatures`: the one place geoseg asks torch about the CPU, so that a test (or a
+    benchmark) pretends another CPU by replacing this function alone."""
+    return CpuFeatures(
+        avx512=torch.backends.cpu.get_cpu_capability().startswith("AVX512"),
+        native_bf16=_native_bf16(),
+        native_fp16=_cpu_probe("_is_amx_fp16_supported"),
+    )
+
+
+def _native_bf16() -> bool:
     x86 = any(_cpu_probe(name) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     if x86 or platform.machine().lower() not in ("arm64", "aarch64"):
         return x86
@@ -81,14 +100,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "mps":
         return "fp16" if precision == "auto" else precision
+    cpu = cpu_features()
     if precision == "auto":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    if precision == "bf16" and not cpu_has_native_bf16():
+        return "bf16" if cpu.native_bf16 else "fp32"
+    if precision == "bf16" and not cpu.native_bf16:
         raise ConfigurationError(
             "this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), where bf16 is emulated and slower "
             "than float32; use --precision fp32 or auto"
         )
-    if precision == "fp16" and not _cpu_probe("_is_amx_fp16_supported"):
+    if precision == "fp16" and not cpu.native_fp16:
         raise ConfigurationError(
             "fp16 on this CPU (no AMX-FP16) is emulated and slower than float32; use --precision fp32 or auto"
         )

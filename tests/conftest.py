@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
+
+from geoseg import device
+from geoseg.device import CpuFeatures
 
 # One intra-op thread: on a shared machine torch's thread pool makes small operations ~100x slower under
 # load, and the tests are about results, not speed (the benchmarks measure speed).
@@ -20,3 +24,21 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def pretend_cpu(request, monkeypatch) -> Callable[..., None] | None:
+    """Every test runs on the same pretended CPU, whatever the host has (CI runs on AVX2-only and on
+    native-bf16 machines): AVX2, no native bf16 or fp16, so precision ``auto`` is fp32 and the layout
+    contiguous. ``pretend_cpu(avx512=True, native_bf16=True)`` pretends another; a test of the detection
+    itself is marked ``real_cpu``. Only this process pretends: CLI subprocesses and Dask workers see the
+    host (their tests check messages, or run networks without parameters, which neither changes)."""
+    if request.node.get_closest_marker("real_cpu"):
+        return None
+
+    def pretend(*, avx512: bool = False, native_bf16: bool = False, native_fp16: bool = False) -> None:
+        features = CpuFeatures(avx512=avx512, native_bf16=native_bf16, native_fp16=native_fp16)
+        monkeypatch.setattr(device, "cpu_features", lambda: features)
+
+    pretend()
+    return pretend

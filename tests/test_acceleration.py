@@ -13,7 +13,7 @@ from rasterio.windows import Window
 from torch import nn
 
 from geoseg.errors import GeosegWarning
-from geoseg.inference.acceleration import HalvingBatches, accelerate, fold_batchnorm
+from geoseg.inference.acceleration import AcceleratedNetwork, HalvingBatches, accelerate, fold_batchnorm
 from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
 from geoseg.model.macunet import build_macunet
 from geoseg.model.manet import build_manet
@@ -73,8 +73,9 @@ def test_every_batchnorm_of_each_network_is_folded_and_the_logits_stay(build, no
     assert _count(accelerate(model, CPU), nn.BatchNorm2d) == 0  # what predict runs
 
 
-def test_compile_gets_the_folded_network(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+@pytest.mark.parametrize("avx512", [True, False])
+def test_compile_gets_the_folded_network(monkeypatch, pretend_cpu, avx512):
+    pretend_cpu(avx512=avx512)
     compiled = []
 
     def fake_compile(model, dynamic):
@@ -132,8 +133,11 @@ def test_a_network_the_probe_input_does_not_fit_runs_unfolded():
     assert fold_batchnorm(model) is model
 
 
-def test_a_folded_network_learns_its_batch_size_for_the_callers_model():
-    """Each scene prepares (folds) the model again: the size that fitted holds for all of them."""
+@pytest.mark.parametrize("avx512", [True, False])
+def test_a_folded_network_learns_its_batch_size_for_the_callers_model(pretend_cpu, avx512):
+    """Each scene prepares (folds) the model again: the size that fitted holds for all of them, whether the
+    folded network runs as it is or wrapped in its channels_last layout (AVX512)."""
+    pretend_cpu(avx512=avx512)
     attempts = []
 
     class SmallMemory(nn.Module):
@@ -154,7 +158,9 @@ def test_a_folded_network_learns_its_batch_size_for_the_callers_model():
         warnings.simplefilter("always")
         for _ in range(2):  # two scenes
             network = accelerate(model, CPU)
-            assert network is not model and isinstance(network.bn, nn.Identity)
+            folded = network.model if avx512 else network
+            assert isinstance(network, AcceleratedNetwork) is avx512
+            assert folded is not model and isinstance(folded.bn, nn.Identity)
             assert HalvingBatches(4, network, None)(network, batch).shape == (4, 2, 8, 8)
     assert attempts == [4, 2, 2, 2, 2]  # one failed attempt in all
     assert [str(w.message) for w in caught if issubclass(w.category, GeosegWarning)] == [

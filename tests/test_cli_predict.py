@@ -13,7 +13,6 @@ from helpers import write_scene, write_small_checkpoint
 from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
-from geoseg.device import cpu_has_native_bf16
 from geoseg.model.presets import preset_card
 
 RESULT_KEYS = {
@@ -27,8 +26,6 @@ RESULT_KEYS = {
     "precision",
     "class_fractions",
 }
-# --precision auto on this CPU: bf16 only where the CPU has it natively
-AUTO_CPU = "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +64,16 @@ def test_one_scene_writes_an_aligned_class_raster_and_says_so(checkpoint, colora
     assert _files(tmp_path) == ["classes.qml", "classes.tif", "classes.tif.aux.xml"]
 
 
+@pytest.mark.parametrize(("native_bf16", "precision"), [(True, "bf16"), (False, "fp32")])
+def test_json_names_the_precision_auto_chose_for_the_cpu(
+    checkpoint, colorado, tmp_path, pretend_cpu, native_bf16, precision
+):
+    pretend_cpu(avx512=native_bf16, native_bf16=native_bf16)
+    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", checkpoint, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"] == precision
+
+
 def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
     sources = [
         shared_data / "variants" / "colorado_hro_0p15m.tif",
@@ -97,7 +104,7 @@ def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
             tiles,
             "cpu",
         )
-        assert record["precision"] == AUTO_CPU
+        assert record["precision"] == "fp32"  # auto on the tests' pretended CPU (conftest): no native bf16
         assert sum(record["class_fractions"].values()) == pytest.approx(1.0)
         assert list(record["class_fractions"]) == preset_card("loveda").class_names
     assert records[1]["outputs"] == {

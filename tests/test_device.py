@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geoseg import device as device_module
-from geoseg.device import autocast_dtype, cpu_has_native_bf16, resolve_device, resolve_precision
+from geoseg.device import CpuFeatures, autocast_dtype, cpu_features, resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError
 
 CPU = torch.device("cpu")
@@ -14,11 +14,11 @@ CUDA = torch.device("cuda")
 
 
 @pytest.fixture
-def cpu_bf16(monkeypatch):
+def cpu_bf16(pretend_cpu):
     """Pretend the CPU has (True) or lacks (False) native bf16, whatever this machine has."""
 
     def set_native(native: bool) -> None:
-        monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native)
+        pretend_cpu(avx512=native, native_bf16=native)
 
     return set_native
 
@@ -63,10 +63,22 @@ def test_fp32_is_fp32_everywhere(cpu_bf16):
     assert autocast_dtype("fp32", CPU) is None
 
 
-def test_fp16_on_a_cpu_without_amx_fp16_fails(monkeypatch):
-    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: False)
+def test_fp16_on_a_cpu_without_amx_fp16_fails(pretend_cpu):
+    pretend_cpu(avx512=True, native_bf16=True, native_fp16=False)
     with pytest.raises(ConfigurationError, match=r"fp16 on this CPU .*use --precision fp32 or auto"):
         resolve_precision("fp16", CPU)
+
+
+def test_fp16_on_a_cpu_with_amx_fp16_is_kept_and_auto_stays_bf16(pretend_cpu):
+    pretend_cpu(avx512=True, native_bf16=True, native_fp16=True)
+    assert resolve_precision("fp16", CPU) == "fp16"
+    assert resolve_precision("auto", CPU) == "bf16"
+
+
+def test_the_tests_pretend_one_cpu_whatever_the_host_has():
+    """conftest's default: CI's hosts differ (AVX2-only, native bf16), the verdicts must not."""
+    assert device_module.cpu_features() == CpuFeatures(avx512=False, native_bf16=False, native_fp16=False)
+    assert resolve_precision("auto", CPU) == "fp32"
 
 
 def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(cuda_bf16):
@@ -90,6 +102,7 @@ def test_unknown_precision_lists_the_choices():
         resolve_precision("fp8", CPU)
 
 
+@pytest.mark.real_cpu
 @pytest.mark.parametrize(
     ("avx512_bf16", "amx", "expected"), [(False, False, False), (True, False, True), (False, True, True)]
 )
@@ -97,14 +110,31 @@ def test_native_bf16_follows_what_torch_reports_on_x86(monkeypatch, avx512_bf16,
     monkeypatch.setattr(device_module.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert cpu_has_native_bf16() is expected
+    assert cpu_features().native_bf16 is expected
 
 
+@pytest.mark.real_cpu
 def test_native_bf16_ignores_a_probe_this_torch_lacks(monkeypatch):
     monkeypatch.setattr(device_module.platform, "machine", lambda: "x86_64")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert cpu_has_native_bf16() is False
+    assert cpu_features().native_bf16 is False
+
+
+@pytest.mark.real_cpu
+@pytest.mark.parametrize(
+    ("capability", "expected"), [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False), ("DEFAULT", False)]
+)
+def test_avx512_follows_the_instruction_set_torch_dispatches_to(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert cpu_features().avx512 is expected
+
+
+@pytest.mark.real_cpu
+@pytest.mark.parametrize("amx_fp16", [False, True])
+def test_native_fp16_follows_what_torch_reports(monkeypatch, amx_fp16):
+    monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: amx_fp16)
+    assert cpu_features().native_fp16 is amx_fp16
 
 
 def test_resolve_device_refuses_cuda_without_cuda(monkeypatch):

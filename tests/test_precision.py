@@ -11,7 +11,6 @@ from affine import Affine
 from click.testing import CliRunner
 from rasterio.windows import Window
 
-from geoseg import device as device_module
 from geoseg.cli.main import cli
 from geoseg.errors import ConfigurationError
 from geoseg.inference import acceleration
@@ -33,8 +32,10 @@ def _loaded_nothing(monkeypatch):
     monkeypatch.setattr("geoseg.inference.predict.load_model", refuse)
 
 
-def test_cli_bf16_on_a_cpu_without_native_bf16_fails_before_any_work(monkeypatch, shared_data, tmp_path):
-    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: False)
+def test_cli_bf16_on_a_cpu_without_native_bf16_fails_before_any_work(
+    monkeypatch, pretend_cpu, shared_data, tmp_path
+):
+    pretend_cpu(avx512=True, native_bf16=False)
     _loaded_nothing(monkeypatch)
     scene = shared_data / "variants" / "colorado_hro_0p15m.tif"
     result = CliRunner().invoke(
@@ -75,12 +76,10 @@ def test_compile_on_mps_is_refused():
         check_compile(torch.device("mps"))
 
 
-@pytest.mark.parametrize(
-    ("capability", "expected"), [("AVX512", True), ("AVX512_BF16", True), ("AVX2", False), ("DEFAULT", False)]
-)
-def test_channels_last_follows_the_cpu_instruction_set(monkeypatch, capability, expected):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert channels_last_pays(CPU) is expected
+@pytest.mark.parametrize("avx512", [True, False])
+def test_channels_last_follows_the_cpu_instruction_set(pretend_cpu, avx512):
+    pretend_cpu(avx512=avx512)
+    assert channels_last_pays(CPU) is avx512
 
 
 def test_channels_last_on_cuda_and_not_on_mps():
@@ -88,8 +87,8 @@ def test_channels_last_on_cuda_and_not_on_mps():
     assert channels_last_pays(torch.device("mps")) is False
 
 
-def test_accelerated_network_runs_channels_last_with_the_plain_networks_values(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+def test_accelerated_network_runs_channels_last_with_the_plain_networks_values(pretend_cpu):
+    pretend_cpu(avx512=True)
     torch.manual_seed(0)
     plain = torch.nn.Sequential(
         torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)
@@ -106,15 +105,16 @@ def test_accelerated_network_runs_channels_last_with_the_plain_networks_values(m
     assert seen == [True]
 
 
-def test_plain_network_is_left_alone_where_nothing_pays(monkeypatch):
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+def test_plain_network_is_left_alone_where_nothing_pays(pretend_cpu):
+    pretend_cpu(avx512=False)
     plain = torch.nn.Conv2d(3, 2, 1)
     assert accelerate(plain, CPU) is plain
 
 
-def test_a_network_without_parameters_runs_as_it_is(monkeypatch):
+@pytest.mark.parametrize("avx512", [True, False])
+def test_a_network_without_parameters_runs_as_it_is(pretend_cpu, avx512):
     """An ONNX runtime network: no layout to change, nothing to compile, its prepare_input still seen."""
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    pretend_cpu(avx512=avx512)
 
     class Session(torch.nn.Module):
         def prepare_input(self, batch, value_range):
@@ -128,9 +128,10 @@ def test_a_network_without_parameters_runs_as_it_is(monkeypatch):
     assert accelerate(network, CPU, compile=True) is network
 
 
-def test_compiled_network_sees_one_batch_size_per_scene(monkeypatch):
+@pytest.mark.parametrize("avx512", [True, False])
+def test_compiled_network_sees_one_batch_size_per_scene(monkeypatch, pretend_cpu, avx512):
     """A short last batch is padded to the scene's batch size: one compilation, not one per batch size."""
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    pretend_cpu(avx512=avx512)
     shapes = []
 
     def fake_compile(model, dynamic):
@@ -167,11 +168,10 @@ CROPS = [
 
 
 @pytest.mark.slow  # the bundled ResNet-50 in emulated bf16 (no native bf16 here): a minute or two
-def test_bf16_classes_agree_with_float32_on_real_crops(shared_data, tmp_path, monkeypatch):
+def test_bf16_classes_agree_with_float32_on_real_crops(shared_data, tmp_path, pretend_cpu):
     """The default on a CPU with native bf16 (bf16, channels_last) against --precision fp32: one 256² tile per
     crop, side by side in one mosaic, so no blending hides a difference."""
-    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    pretend_cpu(avx512=True, native_bf16=True)
     parts = []
     for name, row, col in CROPS:
         with rasterio.open(shared_data / name) as src:

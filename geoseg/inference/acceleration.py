@@ -23,6 +23,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torch.overrides import TorchFunctionMode
 from torch.utils import _pytree as pytree
 
+from geoseg import device as devices
 from geoseg.errors import ConfigurationError, GeosegError, GeosegWarning
 
 CPU_BATCH = 4
@@ -45,7 +46,7 @@ def channels_last_pays(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     if device.type == "cpu":
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+        return devices.cpu_features().avx512
     return False
 
 
