@@ -17,7 +17,7 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
-from helpers import CARD, KillOnceNet, PixelNet, write_scene
+from helpers import CARD, KillOnceNet, PixelNet, write_scene, write_small_checkpoint
 
 import geoseg.inference.plan as planning
 from geoseg.cli.main import cli
@@ -193,3 +193,30 @@ def test_a_worker_that_cannot_reach_the_input_model_or_folder_says_which(scene, 
     assert _check_access(str(scene), str(tmp_path / "nowhere"), None) == (
         f"cannot write the output folder {tmp_path / 'nowhere'} (workers need it on a shared file system)"
     )
+
+
+@pytest.mark.slow  # three Python processes importing torch and Dask: ~30 s on two loaded cores
+def test_relative_paths_mean_the_clients_files_on_workers_in_another_folder(tmp_path, cluster, monkeypatch):
+    """The workers run in tmp_path, where another scene.tif and another model.safetensors lie; the client runs
+    in tmp_path/client: every relative path (input, model, output and its work folder) is the client's file,
+    and the result is the single-process one."""
+    client = tmp_path / "client"
+    client.mkdir()
+    monkeypatch.chdir(client)
+    profile = dict(crs="EPSG:32633", transform=Affine(0.5, 0, 5e5, 0, -0.5, 5.8e6))
+    write_scene(client / "scene.tif", 200, 150, **profile)
+    write_small_checkpoint(client / "model.safetensors")
+    write_scene(tmp_path / "scene.tif", 90, 70, seed=1, **profile)  # the decoys in the workers' folder
+    (tmp_path / "model.safetensors").write_bytes(b"not this one")
+
+    def predict(*args):
+        return CliRunner().invoke(cli, ["predict", "scene.tif", "-m", "model.safetensors", "--quiet", *args])
+
+    single = predict("-o", "single.tif")
+    assert single.exit_code == 0, single.output
+    remote = predict("-o", "remote.tif", "--scheduler", cluster)
+    assert remote.exit_code == 0, remote.output
+    with rasterio.open(client / "single.tif") as one, rasterio.open(client / "remote.tif") as other:
+        assert (other.width, other.height, other.transform) == (200, 150, one.transform)
+        assert np.array_equal(other.read(), one.read())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["client", "model.safetensors", "scene.tif"]

@@ -12,6 +12,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import GeosegWarning, InputError
 from geoseg.raster.reading import (
+    absolute_path,
     gdal_message,
     open_raster,
     percentile_range,
@@ -425,3 +426,21 @@ def test_fewer_than_8_bits_need_a_scale_that_says_their_range(tmp_path):
             f"{path}: 4-bit values 0..15 but the model expects 8-bit values 0..255; pass --scale 0,15"
         )
         assert resolve_value_range(d, indexes, (0, 15), path=str(path)) == (0.0, 15.0)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("scenes/a.tif", "{cwd}/scenes/a.tif"),
+        ("./scenes/../a.tif", "{cwd}/a.tif"),
+        ("/data/a.tif", "/data/a.tif"),
+        ("/vsizip/scenes.zip/a.tif", "/vsizip/scenes.zip/a.tif"),
+        ("s3://bucket/a.tif", "s3://bucket/a.tif"),
+        ("https://example.com/a.tif", "https://example.com/a.tif"),
+    ],
+)
+def test_a_local_path_is_made_absolute_for_other_processes_and_gdal_paths_are_kept(
+    tmp_path, monkeypatch, path, expected
+):
+    monkeypatch.chdir(tmp_path)
+    assert absolute_path(path) == expected.format(cwd=tmp_path)

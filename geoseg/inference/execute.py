@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from geoseg.inference.grid import Region
 from geoseg.inference.plan import ScenePlan
 from geoseg.inference.region import Network, Progress, RegionResult, prepare_network, run_region
 from geoseg.model.card import ModelCard
+from geoseg.raster.reading import absolute_path
 
 CONNECT_TIMEOUT_S = 5  # a scheduler answers at once; this is for the address being wrong
 WORKERS_TIMEOUT_S = 30  # workers of a cluster started just now may still be importing torch
@@ -135,7 +136,8 @@ class DaskExecutor:
     threads may each run the regions of one scene at once (one client: Dask schedules them all together)."""
 
     def __init__(self, client, cluster, source: ModelSource, resources: dict[str, int] | None):
-        self.client, self.cluster, self.source, self.resources = client, cluster, source, resources
+        self.client, self.cluster, self.resources = client, cluster, resources
+        self.source = _source_for_workers(source)
         self._live: set = set()  # futures of every run in progress (several scenes run at once)
         self._stopped = False
         self._lock = threading.Lock()
@@ -155,8 +157,11 @@ class DaskExecutor:
 
     def check(self, plan: ScenePlan, folder: Path) -> None:
         """Fail in one line, before any long work, when a worker cannot read the input or the model, or
-        cannot write the work folder."""
-        problems = self.client.run(_check_access, plan.path, str(folder), self.source.path)
+        cannot write the work folder: on the very paths its tasks get (:func:`_task_for_workers`)."""
+        card = self.source.card if not isinstance(self.source.card, ModelCard) else None
+        problems = self.client.run(
+            _check_access, _plan_for_workers(plan).path, absolute_path(folder), self.source.path, card
+        )
         for worker, problem in sorted(problems.items()):
             if problem:
                 raise ConfigurationError(f"Dask worker {worker}: {problem}")
@@ -165,6 +170,7 @@ class DaskExecutor:
         from distributed import as_completed
         from distributed.scheduler import KilledWorker
 
+        tasks = [_task_for_workers(task) for task in tasks]
         total = sum(t.tiles for t in tasks)
         run_id = uuid.uuid4().hex[:8]
         topic = f"geoseg-progress-{run_id}" if progress is not None else None
@@ -228,6 +234,30 @@ class DaskExecutor:
         if self.cluster is not None:
             with contextlib.suppress(Exception):
                 self.cluster.close()
+
+
+def _plan_for_workers(plan: ScenePlan) -> ScenePlan:
+    """``plan`` as a worker reads it: a worker resolves a relative path in its own current folder, where
+    another file of the same name (or none) may be."""
+    return replace(plan, path=absolute_path(plan.path))
+
+
+def _task_for_workers(task: RegionTask) -> RegionTask:
+    """``task`` with its input and its parts in the work folder as absolute paths (see
+    :func:`_plan_for_workers`)."""
+    parts = {kind: Path(absolute_path(part)) for kind, part in task.parts.items()}
+    return replace(task, plan=_plan_for_workers(task.plan), parts=parts)
+
+
+def _source_for_workers(source: ModelSource) -> ModelSource:
+    """``source`` with its checkpoint and card files as absolute paths (see :func:`_plan_for_workers`)."""
+    path = absolute_path(source.path) if source.path is not None else None
+    card = (
+        source.card
+        if source.card is None or isinstance(source.card, ModelCard)
+        else absolute_path(source.card)
+    )
+    return replace(source, path=path, card=card)
 
 
 def open_executor(
@@ -396,7 +426,7 @@ def _run_on_worker(task: RegionTask, source: ModelSource, exclusive: bool, topic
     return _run(task, network, device, report)
 
 
-def _check_access(input_path: str, folder: str, model_path: str | None) -> str | None:
+def _check_access(input_path: str, folder: str, model_path: str | None, card_path: str | None) -> str | None:
     """On a worker: why it cannot do the work (None: it can)."""
     from geoseg.raster.reading import open_raster
 
@@ -407,6 +437,8 @@ def _check_access(input_path: str, folder: str, model_path: str | None) -> str |
         return str(error)
     if model_path is not None and not os.access(model_path, os.R_OK):
         return f"cannot read the model {model_path} (workers need it on a shared file system)"
+    if card_path is not None and not os.access(card_path, os.R_OK):
+        return f"cannot read the model card {card_path} (workers need it on a shared file system)"
     if not os.access(folder, os.W_OK):
         return f"cannot write the output folder {folder} (workers need it on a shared file system)"
     return None

@@ -60,6 +60,13 @@ def is_gdal_path(path: str | os.PathLike) -> bool:
     return _GDAL_PREFIX.match(text) is not None and not Path(text).exists()
 
 
+def absolute_path(path: str | os.PathLike) -> str:
+    """``path`` as any process reads it, whatever its current folder (a Dask worker's is its own): a local
+    path made absolute against this process's folder, GDAL virtual paths and URLs as they are."""
+    text = str(path)
+    return text if is_gdal_path(text) else os.path.abspath(text)
+
+
 def gdal_message(error: BaseException) -> str:
     """One line saying what GDAL reported: rasterio's "Read failed. See previous exception" hides the real
     reason (a truncated tile, a failed decompression) in the exception's cause."""
