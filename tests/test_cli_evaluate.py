@@ -229,3 +229,26 @@ def test_errors_are_written_as_polygons_with_both_classes_and_true_areas_largest
     assert shapely.equals(polygons[1], shapely.box(1001, 1999, 1002, 2000))
     assert areas[0] == pytest.approx(2 * areas[1], rel=1e-6)
     assert 0.99 < areas[1] < 1.0  # a 1 m pixel on the ellipsoid, where RD's scale there is about 0.9986
+
+
+def test_truth_whose_datum_is_only_named_differently_is_scored_with_one_warning(tmp_path):
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    unnamed = CRS.from_wkt(
+        'PROJCS["WGS 84 / UTM zone 32N",GEOGCS["Unknown datum based upon the WGS 84 ellipsoid",'
+        'DATUM["Not_specified_based_on_WGS_84_spheroid",SPHEROID["WGS 84",6378137,298.257223563]],'
+        'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
+        'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",9],PARAMETER["scale_factor",0.9996],'
+        'PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]'
+    )
+    transform = from_origin(500000.0, 5800000.0, 0.5, 0.5)
+    prediction = write_placed(tmp_path / "p.tif", PREDICTION, "EPSG:32632", transform)
+    truth = write_placed(tmp_path / "t.tif", TRUTH, unnamed, transform)
+    result = run(prediction, truth, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["pixels_evaluated"] == 16
+    assert result.stderr.splitlines() == [
+        f"Warning: {prediction} is in EPSG:32632 and {truth} in 'WGS 84 / UTM zone 32N', whose datums are "
+        "named differently but lie on one another (no pixel moves by 0.01 m): taken as one CRS"
+    ]

@@ -3,6 +3,7 @@ GCPs and RPCs compared as what they are."""
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -15,7 +16,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.rpc import RPC
 from rasterio.transform import from_origin
 
-from geoseg.errors import InputError
+from geoseg.errors import GeosegWarning, InputError
 from geoseg.raster.grids import check_same_grid, grid_difference, pixel_offset, placement, same_crs
 
 UTM31 = "EPSG:32631"
@@ -192,3 +193,55 @@ def test_check_same_grid_raises_the_reason(tmp_path):
         ):
             check_same_grid(first, second, "a", "b")
         check_same_grid(first, first, "a", "a")
+
+
+# UTM zone 32N as older software writes it: the WGS 84 ellipsoid under an unnamed datum, no authority codes
+UTM32_UNNAMED_DATUM = (
+    'PROJCS["WGS 84 / UTM zone 32N",GEOGCS["Unknown datum based upon the WGS 84 ellipsoid",'
+    'DATUM["Not_specified_based_on_WGS_84_spheroid",SPHEROID["WGS 84",6378137,298.257223563]],'
+    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],PROJECTION["Transverse_Mercator"],'
+    'PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",9],PARAMETER["scale_factor",0.9996],'
+    'PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]'
+)
+
+
+def test_a_datum_named_differently_without_a_shift_is_one_crs_with_one_warning(tmp_path):
+    a = raster(tmp_path / "a.tif", crs="EPSG:32632", transform=TRANSFORM)
+    b = raster(tmp_path / "b.tif", crs=CRS.from_wkt(UTM32_UNNAMED_DATUM), transform=TRANSFORM)
+    with pytest.warns(GeosegWarning) as caught:
+        assert difference(a, b) is None
+    assert [str(w.message) for w in caught] == [
+        "a.tif is in EPSG:32632 and b.tif in 'WGS 84 / UTM zone 32N', whose datums are named differently but "
+        "lie on one another (no pixel moves by 0.01 m): taken as one CRS"
+    ]
+
+
+def test_a_datum_named_differently_still_compares_the_transforms(tmp_path):
+    a = raster(tmp_path / "a.tif", crs="EPSG:32632", transform=TRANSFORM)
+    shifted = from_origin(500000.5, 5800000.0, 0.5, 0.5)
+    b = raster(tmp_path / "b.tif", crs=CRS.from_wkt(UTM32_UNNAMED_DATUM), transform=shifted)
+    with pytest.warns(GeosegWarning):
+        assert difference(a, b).startswith(
+            "a.tif and b.tif have different transforms: the same pixel lies up to 1 px"
+        )
+
+
+def test_a_real_datum_shift_on_the_same_ellipsoid_and_projection_is_refused_in_metres(tmp_path):
+    """GDA94 and GDA2020 (both GRS 1980, MGA zone 55): the continent moved 1.5 m between them."""
+    a = raster(tmp_path / "a.tif", crs="EPSG:28355", transform=TRANSFORM)
+    b = raster(tmp_path / "b.tif", crs="EPSG:7855", transform=TRANSFORM)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GeosegWarning)
+        reason = difference(a, b)
+    # 1.53 m by PROJ's Helmert transformation; a local NTv2 grid may add a few centimetres
+    assert re.fullmatch(
+        r"a\.tif is in EPSG:28355 but b\.tif is in EPSG:7855: the same projection on another datum, where "
+        r"the same pixel lies up to 1\.5\d m apart; reproject one",
+        reason,
+    )
+
+
+def test_another_datum_on_another_ellipsoid_is_refused(tmp_path):
+    a = raster(tmp_path / "a.tif", crs="EPSG:23032", transform=TRANSFORM)  # ED50 / UTM zone 32N
+    b = raster(tmp_path / "b.tif", crs="EPSG:32632", transform=TRANSFORM)
+    assert difference(a, b) == "a.tif is in EPSG:23032 but b.tif is in EPSG:32632; reproject one"
