@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
@@ -157,3 +158,50 @@ def test_backbone_that_does_not_fit_the_architecture_is_a_usage_error_naming_bot
     assert message in result.output
     assert "card:" not in result.output
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def sparse_labels(tiles, tmp_path_factory) -> Path:
+    """LoveDA image 0's 96² corner with labels in its top-left 12² only (0: no data, ignored)."""
+    folder = tmp_path_factory.mktemp("sparse")
+    for name in ("image_0.png", "image_1.png"):
+        (folder / name).write_bytes((tiles / name).read_bytes())
+    label = np.zeros((96, 96), np.uint8)
+    label[:12, :12] = 3
+    write_png(folder / "label_0.png", label)
+    write_png(folder / "label_1.png", label)
+    return folder
+
+
+SKIPPED = 114  # seed 0: 6 crops with labelled pixels drawn among 120
+
+
+def test_training_windows_whose_labels_are_all_ignored_are_skipped_and_counted(sparse_labels, tmp_path):
+    output = tmp_path / "m.safetensors"
+    args = base_args(sparse_labels, output)
+    args[args.index("--crop") + 1] = 32
+    result = run(
+        *args, "--steps", "3", "--device", "cpu", "--json",
+        "--val-images", sparse_labels / "image_1.png", "--val-labels", sparse_labels / "label_1.png",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""  # no matplotlib warning from curves of zero losses
+    record = json.loads(result.stdout.strip().splitlines()[-1])
+    assert record["steps"] == 3
+    assert record["skipped_windows"] == SKIPPED
+    assert record["first_loss"] > 0 and record["last_loss"] > 0  # not -0.0: every step saw labelled pixels
+    text = run(*args, "--steps", "3", "--device", "cpu", "--overwrite", "--quiet")
+    assert text.exit_code == 0, text.output
+    assert f"skipped {SKIPPED} training windows whose labels were all ignored" in text.stdout.splitlines()
+
+
+def test_a_run_without_any_labelled_pixel_is_refused_in_one_line_before_the_first_step(tiles, tmp_path):
+    write_png(tmp_path / "label_0.png", np.zeros((96, 96), np.uint8))  # 0: no data under --label-offset 1
+    (tmp_path / "image_0.png").write_bytes((tiles / "image_0.png").read_bytes())
+    result = run(*base_args(tmp_path, tmp_path / "m.safetensors"), "--steps", "1", "--device", "cpu")
+    assert result.exit_code == 1
+    assert result.stderr.splitlines() == [
+        f"Error: {tmp_path / 'label_0.png'}: every pixel is ignored or invalid in its image; check "
+        "--label-offset/--ignore-index and the image's nodata/mask"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["image_0.png", "label_0.png"]

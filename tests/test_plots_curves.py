@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,11 @@ def test_validation_axis_of_a_single_epoch_has_only_whole_epoch_ticks():
     low, high = axes.get_xlim()
     visible = [t for t in axes.get_xticks() if low <= t <= high]
     assert visible == [1.0]
+
+
+def test_a_loss_of_zero_throughout_is_drawn_without_a_warning(tmp_path):
+    records = [{"step": 2, "epoch": 1, "loss": 0.0, "validation": None, "step_losses": [0.0, 0.0]}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's "identical low and high ylims" reached the terminal
+        path = plot_training_curves(records, tmp_path / "zero.png", title="m.safetensors")
+    assert path.is_file()

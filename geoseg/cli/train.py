@@ -236,6 +236,7 @@ def train(
         "last_loss": result.losses[-1] if result.losses else None,
         "validation": result.validation,
         "curves": str(curves) if curves else None,
+        "skipped_windows": result.skipped_windows,
     }
     if as_json:
         emit_json(summary)
@@ -248,6 +249,8 @@ def train(
     )
     scores += f"{_pct(best['overall_accuracy'])} % at step {best['step']})" if best else ""
     click.echo(f"wrote {result.output}{scores}")
+    if result.skipped_windows:
+        click.echo(f"skipped {result.skipped_windows} training windows whose labels were all ignored")
     click.echo(f"resumable state: {result.state} (delete it when the run is final)")
     if curves:
         click.echo(f"training curves: {curves}")

@@ -51,7 +51,9 @@ def _draw_loss(axes, history: Sequence[dict[str, Any]]) -> None:
     axes.grid(color="#dddddd", linewidth=0.8)
     if means:
         top = float(np.percentile(losses, 99)) if losses else max(means)
-        axes.set_ylim(0, max(top, max(means)) * 1.05)  # one early spike does not flatten the rest
+        top = max(top, max(means))
+        # one early spike does not flatten the rest; a loss of 0 throughout still gets an axis
+        axes.set_ylim(0, top * 1.05 if top > 0 else 1.0)
     axes.legend(fontsize=9, loc="upper right")
 
 

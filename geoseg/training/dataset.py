@@ -342,6 +342,9 @@ def _blocks(height: int, width: int, size: int) -> Iterator:
 # --- random crops -----------------------------------------------------------------------------------
 
 
+MAX_EMPTY_CROPS = 1000  # crops in a row without a labelled pixel before the run is refused
+
+
 class CropSampler:
     """Random square crops with scale jitter, 90° rotations and flips (the D4 group), drawn area-weighted.
 
@@ -363,10 +366,32 @@ class CropSampler:
         self.scales = scales
         weights = np.array([r.area for r in self.rasters], dtype=np.float64)
         self.weights = weights / weights.sum()
+        self.skipped = 0  # crops drawn again because their labels were all ignored
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(images float32 B×C×crop×crop in stored units, labels int64 B×crop×crop with IGNORE)``."""
-        images, labels = zip(*(self._one() for _ in range(batch_size)), strict=True)
+        """``(images float32 B×C×crop×crop in stored units, labels int64 B×crop×crop with IGNORE)``.
+
+        A crop whose labels are all ignored teaches nothing (its loss reads 0): it is drawn again and
+        counted in ``skipped``; :data:`MAX_EMPTY_CROPS` of them in a row end the run in one line.
+        """
+        crops: list[tuple[torch.Tensor, torch.Tensor]] = []
+        empty_in_a_row = 0
+        while len(crops) < batch_size:
+            image, label = self._one()
+            if bool((label != IGNORE).any()):
+                crops.append((image, label))
+                empty_in_a_row = 0
+                continue
+            self.skipped += 1
+            empty_in_a_row += 1
+            if empty_in_a_row == MAX_EMPTY_CROPS:
+                labelled = sum(int(r.class_pixels.sum()) for r in self.rasters)
+                share = 100 * labelled / sum(r.pixels for r in self.rasters)
+                raise InputError(
+                    f"{MAX_EMPTY_CROPS} training crops in a row had no labelled pixel (the labels cover "
+                    f"{share:.2g} % of the training images); label more of them or use a larger --crop"
+                )
+        images, labels = zip(*crops, strict=True)
         return torch.stack(images), torch.stack(labels)
 
     def _one(self) -> tuple[torch.Tensor, torch.Tensor]:

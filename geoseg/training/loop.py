@@ -130,6 +130,7 @@ class TrainingResult:
     pairs: int
     validation_pairs: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_windows: int = 0  # training crops drawn again because their labels were all ignored
 
 
 ProgressCallback = Callable[[TrainingProgress], None]
@@ -376,6 +377,7 @@ def train(
         pairs=len(rasters),
         validation_pairs=len(val_rasters),
         history=history,
+        skipped_windows=sampler.skipped,
     )
 
 
