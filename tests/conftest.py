@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -26,19 +26,32 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+# The tests' CPU, whatever the host has (CI runs on AVX2-only and on native-bf16 machines): AVX2, no native
+# bf16 or fp16, so precision ``auto`` is fp32 and the layout contiguous.
+PRETENDED_CPU = CpuFeatures(avx512=False, native_bf16=False, native_fp16=False)
+_HOST_CPU = device.cpu_features
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _pretended_cpu_for_the_session() -> Iterator[None]:
+    """The pretended CPU from the first fixture on: module- and session-scoped fixtures (a reference
+    prediction) run before any function-scoped one and must see the CPU their tests see."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(device, "cpu_features", lambda: PRETENDED_CPU)
+        yield
+
+
 @pytest.fixture(autouse=True)
-def pretend_cpu(request, monkeypatch) -> Callable[..., None] | None:
-    """Every test runs on the same pretended CPU, whatever the host has (CI runs on AVX2-only and on
-    native-bf16 machines): AVX2, no native bf16 or fp16, so precision ``auto`` is fp32 and the layout
-    contiguous. ``pretend_cpu(avx512=True, native_bf16=True)`` pretends another; a test of the detection
-    itself is marked ``real_cpu``. Only this process pretends: CLI subprocesses and Dask workers see the
-    host (their tests check messages, or run networks without parameters, which neither changes)."""
-    if request.node.get_closest_marker("real_cpu"):
-        return None
+def pretend_cpu(request, monkeypatch) -> Callable[..., None]:
+    """Every test runs on :data:`PRETENDED_CPU`; ``pretend_cpu(avx512=True, native_bf16=True)`` pretends
+    another for one test. A test of the detection itself is marked ``real_cpu``. Only this process pretends:
+    CLI subprocesses and Dask workers see the host (their tests check messages, or run networks without
+    parameters, which neither changes)."""
 
     def pretend(*, avx512: bool = False, native_bf16: bool = False, native_fp16: bool = False) -> None:
         features = CpuFeatures(avx512=avx512, native_bf16=native_bf16, native_fp16=native_fp16)
         monkeypatch.setattr(device, "cpu_features", lambda: features)
 
-    pretend()
+    if request.node.get_closest_marker("real_cpu"):
+        monkeypatch.setattr(device, "cpu_features", _HOST_CPU)
     return pretend

@@ -185,12 +185,17 @@ def test_a_worker_that_cannot_reach_the_input_model_or_folder_says_which(scene, 
 
     model = tmp_path / "model.safetensors"
     model.write_bytes(b"weights")
-    assert _check_access(str(scene), str(tmp_path), str(model)) is None
-    assert "missing.tif" in _check_access(str(tmp_path / "missing.tif"), str(tmp_path), None)
-    assert _check_access(str(scene), str(tmp_path), str(tmp_path / "gone.safetensors")) == (
+    card = tmp_path / "card.json"
+    card.write_text("{}")
+    assert _check_access(str(scene), str(tmp_path), str(model), str(card)) is None
+    assert "missing.tif" in _check_access(str(tmp_path / "missing.tif"), str(tmp_path), None, None)
+    assert _check_access(str(scene), str(tmp_path), str(tmp_path / "gone.safetensors"), None) == (
         f"cannot read the model {tmp_path / 'gone.safetensors'} (workers need it on a shared file system)"
     )
-    assert _check_access(str(scene), str(tmp_path / "nowhere"), None) == (
+    assert _check_access(str(scene), str(tmp_path), str(model), str(tmp_path / "gone.json")) == (
+        f"cannot read the model card {tmp_path / 'gone.json'} (workers need it on a shared file system)"
+    )
+    assert _check_access(str(scene), str(tmp_path / "nowhere"), None, None) == (
         f"cannot write the output folder {tmp_path / 'nowhere'} (workers need it on a shared file system)"
     )
 

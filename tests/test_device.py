@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from geoseg import device as device_module
-from geoseg.device import CpuFeatures, autocast_dtype, cpu_features, resolve_device, resolve_precision
+from geoseg.device import CpuFeatures, autocast_dtype, resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError
 
 CPU = torch.device("cpu")
@@ -110,7 +110,7 @@ def test_native_bf16_follows_what_torch_reports_on_x86(monkeypatch, avx512_bf16,
     monkeypatch.setattr(device_module.platform, "machine", lambda: "x86_64")
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
-    assert cpu_features().native_bf16 is expected
+    assert device_module.cpu_features().native_bf16 is expected
 
 
 @pytest.mark.real_cpu
@@ -118,7 +118,7 @@ def test_native_bf16_ignores_a_probe_this_torch_lacks(monkeypatch):
     monkeypatch.setattr(device_module.platform, "machine", lambda: "x86_64")
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    assert cpu_features().native_bf16 is False
+    assert device_module.cpu_features().native_bf16 is False
 
 
 @pytest.mark.real_cpu
@@ -127,14 +127,14 @@ def test_native_bf16_ignores_a_probe_this_torch_lacks(monkeypatch):
 )
 def test_avx512_follows_the_instruction_set_torch_dispatches_to(monkeypatch, capability, expected):
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
-    assert cpu_features().avx512 is expected
+    assert device_module.cpu_features().avx512 is expected
 
 
 @pytest.mark.real_cpu
 @pytest.mark.parametrize("amx_fp16", [False, True])
 def test_native_fp16_follows_what_torch_reports(monkeypatch, amx_fp16):
     monkeypatch.setattr(torch.cpu, "_is_amx_fp16_supported", lambda: amx_fp16)
-    assert cpu_features().native_fp16 is amx_fp16
+    assert device_module.cpu_features().native_fp16 is amx_fp16
 
 
 def test_resolve_device_refuses_cuda_without_cuda(monkeypatch):
