@@ -46,6 +46,15 @@ class PixelNet(torch.nn.Module):
         return self._dense(torch.relu(self._dense(x, self.w1, self.b1)), self.w2, self.b2)
 
 
+class NeighbourNet(PixelNet):
+    """PixelNet on a 9x9 box blur of its input, zero-padded at the tile's edges: a pixel's logits depend on its
+    neighbours, and near a tile's edge on that edge, as a real network's do."""
+
+    def forward(self, x):
+        blurred = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=True)
+        return super().forward(blurred)
+
+
 class KillOnceNet(PixelNet):
     """PixelNet that SIGKILLs the process running it at its first batch, once (``marker`` records it): a
     Dask worker dying mid-region, as out of memory would kill it."""

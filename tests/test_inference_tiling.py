@@ -19,6 +19,7 @@ from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.inference.blending import WindowWeights, axis_weight
 from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.grid import TileGrid, check_tiling, tile_starts
+from geoseg.inference.plan import border_margin
 from geoseg.model.normalize import normalize
 
 
@@ -91,14 +92,15 @@ def test_a_chunk_row_without_tiles_of_its_own_exists_in_the_zero_tile_case():
 
 def test_a_stride_under_a_quarter_of_the_tile_warns_with_its_cost(tmp_path):
     _scene(tmp_path / "tiny.tif", 50, 40)
-    # stride 2: columns start at 0 2 .. 16 and 18 (10), rows at 0 2 4 6 and 8 (5); the card's 64/16: 1 tile
+    # stride 2 over the scene mirrored by 15 px: columns start at -15 -13 .. 31 and 33 (25), rows at -15 ..
+    # 21 and 23 (20); the card's 64/16 (margin 8): columns at -8 and -6, one row: 2 tiles
     message = (
         r"tiny\.tif: tile 32 with overlap 30 leaves a stride of 2 px \(under a quarter of the tile\): "
-        r"50 tiles where the model's default \(tile 64, overlap 16\) needs 1 \(50x\); lower the overlap$"
+        r"500 tiles where the model's default \(tile 64, overlap 16\) needs 2 \(250x\); lower the overlap$"
     )
     with pytest.warns(GeosegWarning, match=message) as caught:
         plan = plan_scene(CARD, tmp_path / "tiny.tif", tile=32, overlap=30)
-    assert plan.grid.num_tiles == 50 and len(caught) == 1
+    assert plan.grid.num_tiles == 500 and len(caught) == 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         plan_scene(CARD, tmp_path / "tiny.tif", tile=64, overlap=48)  # a quarter exactly
@@ -164,8 +166,9 @@ def test_tiled_prediction_equals_the_whole_scene_exactly(tmp_path, width, height
     expected = _whole_scene(model, data)
     assert np.array_equal(classes, expected)
     assert len(np.unique(expected)) >= 4  # the test network really tells pixels apart
-    assert result.tiles == len(tile_starts(height, tile, tile - overlap)) * len(
-        tile_starts(width, tile, tile - overlap)
+    margin = border_margin(tile, overlap)  # the scene is mirrored by it at its border
+    assert result.tiles == len(tile_starts(height, tile, tile - overlap, margin)) * len(
+        tile_starts(width, tile, tile - overlap, margin)
     )
 
 
@@ -187,7 +190,7 @@ def test_test_time_augmentation_runs_every_view_of_every_tile_once(tmp_path, tta
     result = predict_scene(
         model, CARD, tmp_path / "scene.tif", tmp_path / "c.tif", tile=64, overlap=16, batch_size=1, tta=tta
     )
-    assert result.tiles == 2 * 2  # columns start at 0 and 36, rows at 0 and 6
+    assert result.tiles == 3 * 2  # margin 8: columns start at -8, 40 and 44, rows at -8 and 14
     assert sum(seen) == result.tiles * passes
 
 
@@ -200,8 +203,12 @@ class TileAwareNet(PixelNet):
         return torch.cat([logits[:, :1] + ramp, logits[:, 1:]], dim=1)
 
 
-def _direct_blend(model, data, tile, overlap):
-    """The blend computed the obvious way: whole-scene float64 accumulators, every tile of the grid."""
+def _direct_blend(model, data, tile, overlap, margin=None):
+    """The blend computed the obvious way: whole-scene float64 accumulators, every tile of the grid, over the
+    scene explicitly reflect-padded by the border margin (weights flat at its border), cut back to the
+    scene."""
+    margin = border_margin(tile, overlap) if margin is None else margin
+    data = np.pad(data, ((0, 0), (margin, margin), (margin, margin)), mode="reflect")
     _, height, width = data.shape
     ys, xs = tile_starts(height, tile, tile - overlap), tile_starts(width, tile, tile - overlap)
     acc = np.zeros((CARD.num_classes, height, width))
@@ -220,7 +227,7 @@ def _direct_blend(model, data, tile, overlap):
             weight = np.outer(wy, wx)
             acc[:, y : y + h, x : x + w] += probs * weight
             total[y : y + h, x : x + w] += weight
-    return acc / total
+    return (acc / total)[:, margin : height - margin, margin : width - margin]
 
 
 @pytest.mark.parametrize(
@@ -305,9 +312,10 @@ def _predict_counting(tmp_path, name, model, **options):
 
 
 def test_tiles_without_valid_pixels_are_skipped_and_valid_pixels_do_not_change(tmp_path):
-    # 300x200, tile 64, overlap 16: columns start at 0 48 96 144 192 236, rows at 0 48 96 136 (24 tiles).
-    # A collar of 112 columns on the left invalidates the columns at 0 and 48 (rows 0 48 96: 6 tiles), and
-    # the invalid rows from 136 down the whole last tile row (6 tiles): 12 of 24 tiles are skipped.
+    # 300x200, tile 64, overlap 16, mirrored by 8 px: columns start at -8 40 88 136 184 232 244, rows at -8
+    # 40 88 136 144 (35 tiles). A collar of 112 columns on the left leaves no valid pixel in the columns at
+    # -8 and 40 (5 rows: 10 tiles), and the invalid rows from 136 down none in the last two tile rows (14
+    # tiles): 20 of 35 tiles are skipped.
     mask = np.full((200, 300), 255, np.uint8)
     mask[:, :112] = 0
     mask[136:] = 0
@@ -318,8 +326,8 @@ def test_tiles_without_valid_pixels_are_skipped_and_valid_pixels_do_not_change(t
     full, full_passes, (all_classes, all_confidence, all_probabilities) = _predict_counting(
         tmp_path, "whole.tif", model
     )
-    assert (full.tiles, full_passes) == (24, 24)
-    assert (skipping.tiles, passes) == (12, 12)
+    assert (full.tiles, full_passes) == (35, 35)
+    assert (skipping.tiles, passes) == (15, 15)
     valid = mask > 0
     assert np.array_equal(classes[valid], all_classes[valid])
     assert np.array_equal(confidence[valid], all_confidence[valid])

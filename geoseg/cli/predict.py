@@ -66,6 +66,13 @@ def _check_workers(ctx, param, value: str) -> int | str:
 @card_option
 @tile_option
 @overlap_option
+@click.option(
+    "--border-context/--no-border-context",
+    default=True,
+    show_default=True,
+    help="Mirror each scene about its own edges (by half the overlap, at least an eighth of the tile) so "
+    "that pixels on its border are predicted with context on every side, not from tile edges.",
+)
 @batch_size_option
 @device_option
 @precision_option
@@ -146,6 +153,7 @@ def predict(
     card_path: str | None,
     tile: int | None,
     overlap: int | None,
+    border_context: bool,
     batch_size: int | str,
     device: str,
     precision: str,
@@ -210,6 +218,7 @@ def predict(
             card=card_path,
             tile=tile,
             overlap=overlap,
+            margin=None if border_context else 0,
             batch_size=batch_size,
             device=device,
             precision=precision,

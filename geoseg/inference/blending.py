@@ -1,7 +1,8 @@
 """Window weights for blending overlapping tiles without seams.
 
 A tile's weight tapers only inside the overlap, on sides where a neighbouring tile takes over, and stays
-flat at the scene's own border (tapering there would leave border pixels with nothing but the tile's weakest
+flat at the border of the virtual scene (the scene and its mirrored margin, see
+:mod:`geoseg.inference.grid`; tapering there would leave border pixels with nothing but the tile's weakest
 predictions). The ramp is sin^2, so the ramps of two neighbours sum to exactly 1 across a regular overlap,
 and it never reaches 0, so dividing by the summed weights is always safe.
 """
@@ -29,15 +30,21 @@ def axis_weight(extent: int, overlap: int, taper_start: bool, taper_end: bool) -
 
 
 class WindowWeights:
-    """2-D tile weights on the device, cached by which sides of the tile are interior (at most nine)."""
+    """2-D tile weights on the device, cached by which sides of the tile are interior (at most nine).
 
-    def __init__(self, height: int, width: int, overlap: int, device: torch.device):
+    ``height``, ``width``: the scene's; ``margin``: the virtual scene's border margin (tiles start at
+    ``-margin``), where the weights stay flat."""
+
+    def __init__(self, height: int, width: int, overlap: int, device: torch.device, margin: int = 0):
         self.height, self.width, self.overlap, self.device = height, width, overlap, device
+        self.margin = margin
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, y: int, x: int, h: int, w: int) -> torch.Tensor:
         """Weight (h, w) of the tile whose extent is ``y:y+h, x:x+w``."""
-        top, bottom, left, right = y > 0, y + h < self.height, x > 0, x + w < self.width
+        m = self.margin
+        top, bottom = y > -m, y + h < self.height + m
+        left, right = x > -m, x + w < self.width + m
         key = (top, bottom, left, right, h, w)
         weight = self._cache.get(key)
         if weight is None:

@@ -61,6 +61,7 @@ def predict_scene(
     *,
     tile: int | None = None,
     overlap: int | None = None,
+    margin: int | None = None,
     batch_size: int = 4,
     device: str | torch.device = "auto",
     precision: str = "auto",
@@ -81,8 +82,9 @@ def predict_scene(
 ) -> PredictResult:
     """Segment one scene with an in-memory ``model`` (moved to ``device``) described by ``card``.
 
-    ``compress``/``workers``/``scheduler``/``resume``/``status``: see :func:`run_scene`; ``styles``: QGIS
-    styles beside the class and confidence rasters (:mod:`geoseg.styles`).
+    ``margin``: see :func:`~geoseg.inference.plan.plan_scene`; ``compress``/``workers``/``scheduler``/
+    ``resume``/``status``: see :func:`run_scene`; ``styles``: QGIS styles beside the class and confidence
+    rasters (:mod:`geoseg.styles`).
     """
     compress = check_codec(compress)
     outputs = OutputPaths(
@@ -94,7 +96,14 @@ def predict_scene(
     for _, path in outputs.files():
         check_output_path(path, overwrite, [input_path])
     plan = plan_scene(
-        card, input_path, tile=tile, overlap=overlap, bands=bands, scale=scale, chunk_size=chunk_size
+        card,
+        input_path,
+        tile=tile,
+        overlap=overlap,
+        margin=margin,
+        bands=bands,
+        scale=scale,
+        chunk_size=chunk_size,
     )
     return run_scene(
         model,
@@ -233,6 +242,7 @@ def work_manifest(
         "options": {
             "tile": grid.tile,
             "overlap": grid.overlap,
+            "border margin": grid.margin,
             "bands": list(plan.bands),
             "value range": list(plan.value_range),
             "tta": tta,

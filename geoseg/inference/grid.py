@@ -7,6 +7,12 @@ tile belongs to the chunk holding its top-left corner and is computed exactly on
 beyond that chunk are carried to the chunk on the right (in memory) or the chunk row below (the frontier).
 A chunk's pixels are final once the chunk is done, because no later tile starts above or left of it.
 
+The grid is laid over the *virtual scene*: the scene extended by a ``margin`` on each side, whose pixels the
+reader mirrors from the scene's own edges (:func:`geoseg.raster.reading.read_mirrored`). Pixels at the
+scene's border then sit inside a tile, with context on every side, instead of on a tile's edge where the
+network sees least. Tiles start at ``-margin``; every tile still covers real pixels (the margin is smaller than
+a tile) and only real pixels are ever finished and written; the margin's pixels are summed and dropped.
+
 A grid may also cover one :class:`Region` of the scene: the same global tile starts, restricted to the tiles
 that touch the region (some start above or left of it), chunked from the region's corner; its pixels are
 blended from exactly the tiles, with exactly the weights, that the whole-scene grid gives them.
@@ -38,11 +44,21 @@ def check_tiling(tile: int, overlap: int, multiple: int) -> None:
         )
 
 
-def tile_starts(size: int, tile: int, stride: int) -> list[int]:
-    """Start offsets along one axis: every ``stride`` px, the last one pulled back to end at ``size``."""
-    if size <= tile:
-        return [0]
-    return [*range(0, size - tile, stride), size - tile]
+def check_margin(margin: int, tile: int) -> None:
+    """A border margin every tile of which still covers real pixels."""
+    if not 0 <= margin < tile:
+        raise ConfigurationError(
+            f"border margin {margin} must be at least 0 and smaller than the tile size {tile}"
+        )
+
+
+def tile_starts(size: int, tile: int, stride: int, margin: int = 0) -> list[int]:
+    """Start offsets along one axis of ``size`` px extended by ``margin`` px on both sides: every ``stride``
+    px from ``-margin``, the last one pulled back to end at ``size + margin``."""
+    extent = size + 2 * margin
+    if extent <= tile:
+        return [-margin]
+    return [*range(-margin, extent - tile - margin, stride), extent - tile - margin]
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,8 @@ class Region:
 
 @dataclass(frozen=True)
 class Tile:
-    """One network input: its extent inside the scene (smaller than the tile size only for tiny scenes)."""
+    """One network input: its extent inside the virtual scene (smaller than the tile size only for tiny
+    scenes); it may begin before the scene's first pixel or end after its last, in the margin."""
 
     y: int
     x: int
@@ -99,7 +116,7 @@ class Chunk:
 
     @property
     def read_window(self) -> tuple[int, int, int, int]:
-        """(row_off, col_off, height, width) of the input covering all of this chunk's tiles."""
+        """(row_off, col_off, height, width) of the virtual scene covering all of this chunk's tiles."""
         top = min(t.y for t in self.tiles)
         left = min(t.x for t in self.tiles)
         bottom = max(t.y + t.height for t in self.tiles)
@@ -109,22 +126,27 @@ class Chunk:
 
 def _axis_chunks(starts: list[int], tile_extent: int, begin: int, end: int, chunk: int):
     """Per chunk of ``begin:end`` along one axis: (begin, end, accumulator begin, accumulator end, first tile
-    index, tile index stop). The first chunk also owns the tiles that start before ``begin``."""
+    index, tile index stop). The first chunk also owns the tiles that start before ``begin``; an accumulator
+    also holds what the previous one hands on (at the scene's end, tiles reach into the margin beyond a last
+    chunk that has no tiles of its own)."""
     n = max(1, -(-(end - begin) // chunk))
     out = []
+    handed = begin
     for i in range(n):
         lo, hi = begin + i * chunk, min(end, begin + (i + 1) * chunk)
         first = 0 if i == 0 else bisect.bisect_left(starts, lo)
         stop = bisect.bisect_left(starts, hi)
         reach = max((starts[t] + tile_extent for t in range(first, stop)), default=hi)
         origin = min(lo, starts[first]) if first < stop else lo
-        out.append((lo, hi, origin, max(hi, reach), first, stop))
+        handed = max(hi, reach, handed)
+        out.append((lo, hi, origin, handed, first, stop))
     return out
 
 
 class TileGrid:
     """The tiles and chunks of one scene, or of one ``region`` of it; chunks are generated lazily, so huge
-    scenes cost nothing here."""
+    scenes cost nothing here. ``margin``: the border margin of the virtual scene (0: tiles end at the
+    scene's border)."""
 
     def __init__(
         self,
@@ -134,26 +156,30 @@ class TileGrid:
         overlap: int,
         chunk_size: int = DEFAULT_CHUNK,
         region: Region | None = None,
+        margin: int = 0,
     ):
         check_tiling(tile, overlap, 1)  # the network's input multiple is checked by the plan, which knows it
+        check_margin(margin, tile)
         if height <= 0 or width <= 0:
             raise ConfigurationError(f"scene size {width}x{height} is empty")
         self.height, self.width = height, width
-        self.tile, self.overlap = tile, overlap
+        self.tile, self.overlap, self.margin = tile, overlap, margin
         self.stride = tile - overlap
         self.chunk_size = -(-max(chunk_size, tile) // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
-        self.tile_height, self.tile_width = min(tile, height), min(tile, width)
+        self.tile_height, self.tile_width = min(tile, height + 2 * margin), min(tile, width + 2 * margin)
         self.region = Region(0, 0, height, 0, width) if region is None else region
         y0, y1, x0, x1 = self.region.y0, self.region.y1, self.region.x0, self.region.x1
         th, tw = self.tile_height, self.tile_width
-        self.ys = [y for y in tile_starts(height, tile, self.stride) if y < y1 and y + th > y0]
-        self.xs = [x for x in tile_starts(width, tile, self.stride) if x < x1 and x + tw > x0]
+        self.ys = [y for y in tile_starts(height, tile, self.stride, margin) if y < y1 and y + th > y0]
+        self.xs = [x for x in tile_starts(width, tile, self.stride, margin) if x < x1 and x + tw > x0]
         self._rows = _axis_chunks(self.ys, th, y0, y1, self.chunk_size)
         self._cols = _axis_chunks(self.xs, tw, x0, x1, self.chunk_size)
 
     def for_region(self, region: Region) -> TileGrid:
         """The grid of ``region``: the tiles of this (whole-scene) grid that touch it."""
-        return TileGrid(self.height, self.width, self.tile, self.overlap, self.chunk_size, region)
+        return TileGrid(
+            self.height, self.width, self.tile, self.overlap, self.chunk_size, region, self.margin
+        )
 
     @property
     def num_tiles(self) -> int:

@@ -243,6 +243,7 @@ def iter_predict(
     card: ModelCard | str | os.PathLike | None = None,
     tile: int | None = None,
     overlap: int | None = None,
+    margin: int | None = None,
     batch_size: int | str = "auto",
     device: str | torch.device = "auto",
     precision: str = "auto",
@@ -340,6 +341,7 @@ def iter_predict(
                 str(items[source][0]) if source in items else source,
                 tile=tile,
                 overlap=overlap,
+                margin=margin,
                 bands=bands,
                 scale=scale,
                 chunk_size=chunk_size,
@@ -503,6 +505,7 @@ def predict(
     card: ModelCard | str | os.PathLike | None = None,
     tile: int | None = None,
     overlap: int | None = None,
+    margin: int | None = None,
     batch_size: int | str = "auto",
     device: str | torch.device = "auto",
     precision: str = "auto",
@@ -532,6 +535,8 @@ def predict(
     One input writes the file ``output``; several write ``<stem>.classes.tif`` (and ``.confidence.tif``,
     ``.probabilities.tif``) into the folder ``output``. ``model`` is a checkpoint path (None: the bundled
     one); ``preset``/``card`` describe a foreign checkpoint. Tile size and overlap default to the card's.
+    ``margin`` (px) mirrors each scene about its own edges so that its border pixels have context (None:
+    :func:`~geoseg.inference.plan.border_margin`; 0: none).
     ``scale`` is ``(min, max)`` of the raw values or ``"auto"`` (2-98 percentile). ``vectorize`` also writes
     polygons and ``quicklook`` a PNG picture of each class raster (names: see :func:`prepare_outputs`).
     ``progress(done, total)`` counts tiles over all scenes (skipped ones too); each result's ``tiles``
@@ -550,6 +555,7 @@ def predict(
             card=card,
             tile=tile,
             overlap=overlap,
+            margin=margin,
             batch_size=batch_size,
             device=device,
             precision=precision,

@@ -24,7 +24,7 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.inference.grid import Chunk, Tile, TileGrid
-from geoseg.raster.reading import open_raster, read_bands, read_failures, read_valid_mask
+from geoseg.raster.reading import open_raster, read_failures, read_mirrored, read_valid_mask
 
 if TYPE_CHECKING:
     from geoseg.inference.engine import ScenePlan
@@ -239,15 +239,19 @@ class Reader(threading.Thread):
 
 
 def _read_chunk(dataset, plan: ScenePlan, grid: TileGrid, chunk: Chunk) -> _ChunkRead:
-    """One mask read covers the chunk's own pixels and its tiles (which may start below or right of the
-    chunk's corner and reach beyond it, or, at a region's first row or column, before it); one data read
-    covers its tiles with a valid pixel, reflect-padded where the scene is smaller than a tile."""
+    """One mask read covers the chunk's own pixels and the real pixels of its tiles (which may start below or
+    right of the chunk's corner and reach beyond it, or, at a region's first row or column, before it); one
+    data read covers its tiles with a valid pixel, each a whole tile of the virtual scene: where it reaches
+    into the border margin (or past a scene smaller than a tile) the scene mirrored about its own edges.
+
+    A tile is skipped when none of its real pixels is valid: it would change no valid pixel."""
     size = grid.tile
     top, left, bottom, right = chunk.y0, chunk.x0, chunk.y1, chunk.x1
     if chunk.tiles:
         t_top, t_left, t_height, t_width = chunk.read_window
-        top, left = min(top, t_top), min(left, t_left)
-        bottom, right = max(bottom, t_top + t_height), max(right, t_left + t_width)
+        top, left = max(0, min(top, t_top)), max(0, min(left, t_left))
+        bottom = min(grid.height, max(bottom, t_top + t_height))
+        right = min(grid.width, max(right, t_left + t_width))
     valid = read_valid_mask(dataset, Window(left, top, right - left, bottom - top), plan.bands)
     own = (
         None
@@ -257,13 +261,12 @@ def _read_chunk(dataset, plan: ScenePlan, grid: TileGrid, chunk: Chunk) -> _Chun
     live = [t for t in chunk.tiles if valid is None or _any_valid(valid, t, top, left)]
     parts = []
     if live:
-        data = read_bands(dataset, Window(t_left, t_top, t_width, t_height), plan.bands)
+        # every tile's extent is (tile_height, tile_width); the network takes it as a whole tile
+        height, width = t_height + size - grid.tile_height, t_width + size - grid.tile_width
+        data = read_mirrored(dataset, t_top, t_left, height, width, plan.bands)
         for tile in live:
             y, x = tile.y - t_top, tile.x - t_left
-            part = data[:, y : y + tile.height, x : x + tile.width]
-            if tile.height < size or tile.width < size:
-                part = np.pad(part, ((0, 0), (0, size - tile.height), (0, size - tile.width)), mode="reflect")
-            parts.append(part)
+            parts.append(data[:, y : y + size, x : x + size])
     return _ChunkRead(chunk, own, live, parts, len(chunk.tiles) - len(live))
 
 
@@ -280,6 +283,7 @@ def _own_mask(valid: np.ndarray) -> np.ndarray:
 
 
 def _any_valid(valid: np.ndarray, tile: Tile, top: int, left: int) -> bool:
-    """Whether ``tile`` has a valid input pixel, from a mask whose corner is at (``top``, ``left``)."""
-    y, x = tile.y - top, tile.x - left
-    return bool(valid[y : y + tile.height, x : x + tile.width].any())
+    """Whether ``tile`` has a valid real pixel, from a mask of real pixels whose corner is at (``top``,
+    ``left``) and which covers the tile's real pixels."""
+    y, x = max(tile.y, top) - top, max(tile.x, left) - left
+    return bool(valid[y : tile.y + tile.height - top, x : tile.x + tile.width - left].any())

@@ -381,6 +381,37 @@ def read_bands(dataset, window: Window, indexes: Sequence[int]) -> np.ndarray:
     return data
 
 
+def mirror_indexes(start: int, stop: int, size: int) -> np.ndarray:
+    """The raster indexes that pixels ``start:stop`` of an axis ``size`` px long read, where the axis is
+    mirrored about its first and last pixel (numpy's ``reflect``: the edge pixel is not repeated, so the
+    mirror adds no doubled row; continued periodically when the range reaches beyond one mirror image)."""
+    offsets = np.arange(start, stop)
+    if size == 1:
+        return np.zeros_like(offsets)
+    period = 2 * (size - 1)
+    folded = np.mod(offsets, period)
+    return np.where(folded < size, folded, period - folded)
+
+
+def read_mirrored(dataset, row_off: int, col_off: int, height: int, width: int, indexes: Sequence[int]):
+    """Bands ``indexes`` (C, height, width) of a window that may reach beyond the raster: pixels outside it
+    are the raster mirrored about its own edges (:func:`mirror_indexes`). Only the raster's edge is a mirror:
+    nodata inside it is read as stored. A window inside the raster is one plain read."""
+    rows = mirror_indexes(row_off, row_off + height, dataset.height)
+    cols = mirror_indexes(col_off, col_off + width, dataset.width)
+    top, left = int(rows.min()), int(cols.min())
+    window = Window(left, top, int(cols.max()) + 1 - left, int(rows.max()) + 1 - top)
+    data = read_bands(dataset, window, indexes)
+    if (
+        row_off >= 0
+        and col_off >= 0
+        and row_off + height <= dataset.height
+        and col_off + width <= dataset.width
+    ):
+        return data
+    return data[:, (rows - top)[:, None], (cols - left)[None, :]]
+
+
 def read_valid_mask(dataset, window: Window, indexes: Sequence[int] | None = None) -> np.ndarray | None:
     """Boolean (h, w) mask of valid pixels, or None when the whole window is valid.
 
