@@ -9,7 +9,7 @@ by distance d (px) from the crop's border: the outer ring (d = 0), 1-3, 4-15 and
 The interior figure is the tile grid's shift between crop and scene; the excess at the border is the edge
 effect. Target: outer ring <= 1.5 x interior. It also prints the tiles each margin costs.
 
-    PYTHONPATH=. python benchmarks/borders.py                 # sample scene + two real scenes, margin 0 and auto
+    PYTHONPATH=. python benchmarks/borders.py        # sample scene + two real scenes, margin 0 and auto
     PYTHONPATH=. python benchmarks/borders.py --margins 0,32,64,128 --scenes sample
 """
 
@@ -102,7 +102,8 @@ def main() -> None:
     default = border_margin(card.tile_size, card.overlap)
     names = [f"{default} (auto)" if m is None else str(m) for m in margins]
     print(
-        f"model tile {card.tile_size}, overlap {card.overlap}; crop inset {args.inset} px; precision {args.precision}"
+        f"model tile {card.tile_size}, overlap {card.overlap}; crop inset {args.inset} px; "
+        f"precision {args.precision}"
     )
     header = f"{'scene':<8} {'margin':>10} " + " ".join(f"{name:>10}" for name, _, _ in RINGS)
     print(f"{header} {'ring/int':>8} {'tiles scene':>11} {'tiles crop':>10} {'s':>6}")

@@ -47,8 +47,8 @@ class PixelNet(torch.nn.Module):
 
 
 class NeighbourNet(PixelNet):
-    """PixelNet on a 9x9 box blur of its input, zero-padded at the tile's edges: a pixel's logits depend on its
-    neighbours, and near a tile's edge on that edge, as a real network's do."""
+    """PixelNet on a 9x9 box blur of its input, zero-padded at the tile's edges: a pixel's logits depend on
+    its neighbours, and near a tile's edge on that edge, as a real network's do."""
 
     def forward(self, x):
         blurred = torch.nn.functional.avg_pool2d(x, 9, stride=1, padding=4, count_include_pad=True)

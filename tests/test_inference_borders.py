@@ -29,7 +29,7 @@ MARGIN = border_margin(CARD.tile_size, CARD.overlap)  # 8 px for tile 64, overla
 
 
 def _write(path, data, mask=None, margin=0):
-    """``data`` (C, h, w) as a GeoTIFF whose pixel (``margin``, ``margin``) lies where the scene's first does."""
+    """``data`` (C, h, w) as a GeoTIFF whose pixel (``margin``, ``margin``) lies on the scene's first."""
     transform = TRANSFORM * Affine.translation(-margin, -margin)
     profile = dict(
         driver="GTiff",
@@ -55,16 +55,8 @@ def _mirrored(data, margin):
 
 def _predict(tmp_path, source, name, model, **options):
     classes, probabilities = tmp_path / f"{name}.out.tif", tmp_path / f"{name}.probabilities.tif"
-    result = predict_scene(
-        model,
-        CARD,
-        source,
-        classes,
-        probabilities_path=probabilities,
-        batch_size=5,
-        chunk_size=512,
-        **options,
-    )
+    options = dict(probabilities_path=probabilities, batch_size=5, chunk_size=512, **options)
+    result = predict_scene(model, CARD, source, classes, **options)
     with rasterio.open(classes) as c, rasterio.open(probabilities) as p:
         return result, c.read(1), p.read(), c.transform
 
@@ -82,9 +74,10 @@ def _ring(height, width, depth):
 def test_mirror_indexes_are_numpys_reflect_also_past_one_mirror_image(size):
     axis = np.arange(size)
     for margin, extra in ((0, 0), (1, 0), (3, 5), (40, 90)):
-        expected = (
-            np.pad(axis, (margin, extra), mode="reflect") if size > 1 else np.zeros(size + margin + extra)
-        )
+        if size == 1:
+            expected = np.zeros(1 + margin + extra)
+        else:
+            expected = np.pad(axis, (margin, extra), mode="reflect")
         assert np.array_equal(mirror_indexes(-margin, size + extra, size), expected), (margin, extra)
 
 
@@ -95,9 +88,8 @@ def test_mirror_indexes_are_numpys_reflect_also_past_one_mirror_image(size):
 def test_the_grid_over_the_mirrored_scene_finishes_each_real_pixel_once(height, width, tile, overlap, margin):
     grid = TileGrid(height, width, tile, overlap, 512, margin=margin)
     assert grid.ys[0] == grid.xs[0] == -margin  # the first tile starts in the margin
-    assert (
-        grid.ys[-1] + grid.tile_height == height + margin and grid.xs[-1] + grid.tile_width == width + margin
-    )
+    assert grid.ys[-1] + grid.tile_height == height + margin
+    assert grid.xs[-1] + grid.tile_width == width + margin
     owner = np.zeros((height, width), np.int32)
     tiles = []
     for c in grid.chunks():

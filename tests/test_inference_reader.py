@@ -16,6 +16,7 @@ from geoseg.errors import InputError
 from geoseg.inference import reader as reader_module
 from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.reader import Reader, default_readers
+from geoseg.raster import reading as reading_module
 
 CPU = torch.device("cpu")
 
@@ -84,8 +85,9 @@ def test_a_pool_of_readers_queues_exactly_what_one_reader_queues(tmp_path):
     three, _ = _drain(tmp_path / "scene.tif", readers=3)
     kinds = [item[0] for item in one]
     assert kinds.count("chunk") == 9 and kinds[-1] == "end"
-    # 23 x 27 tiles; 5 rows x 14 columns of them lie wholly inside the hole and are skipped
-    assert sum(len(item[2]) for item in one if item[0] == "batch") == 23 * 27 - 5 * 14
+    # 23 x 28 tiles over the scene mirrored by 8 px (rows start at -8 .. 1000 and 1044, columns at -8 ..
+    # 1240 and 1244); 5 rows x 14 columns of them have no real pixel outside the hole and are skipped
+    assert sum(len(item[2]) for item in one if item[0] == "batch") == 23 * 28 - 5 * 14
     assert _same(one, three)
 
 
@@ -93,7 +95,7 @@ def test_batch_buffers_are_reused_not_made_per_batch(tmp_path):
     _scene(tmp_path / "scene.tif")
     items, made = _drain(tmp_path / "scene.tif", readers=2, batch_size=4)
     batches = sum(1 for item in items if item[0] == "batch")
-    assert batches == -(-(23 * 27 - 5 * 14) // 4)
+    assert batches == -(-(23 * 28 - 5 * 14) // 4)
     assert made <= reader_module._BUFFERS
 
 
@@ -121,7 +123,7 @@ def test_a_read_failure_in_the_pool_is_one_line(tmp_path, monkeypatch):
             raise rasterio.errors.RasterioIOError("TIFFReadEncodedTile() failed")
         return dataset.read(bands, window=window)
 
-    monkeypatch.setattr(reader_module, "read_bands", failing)
+    monkeypatch.setattr(reading_module, "read_bands", failing)  # what the reader's read_mirrored reads by
     stop = threading.Event()
     with rasterio.open(tmp_path / "scene.tif") as source:
         reader = Reader(source, plan, plan.grid, 4, CPU, stop, readers=2)

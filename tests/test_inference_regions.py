@@ -109,7 +109,7 @@ def test_regions_give_the_single_stream_pixels_exactly(tmp_path, small_regions):
         )
         outputs[name] = (result, {k: _read(p) for k, p in paths.items()})
     (stream, single), (regions, parts) = outputs["stream"], outputs["regions"]
-    grid = TileGrid(1100, 1300, 64, 16)
+    grid = TileGrid(1100, 1300, 64, 16, margin=8)  # the plan's: mirrored by 8 px
     assert stream.tiles < grid.num_tiles  # tiles inside the no-data hole are skipped
     assert regions.tiles > stream.tiles  # 6 regions: border tiles computed by both neighbours
     assert len(plan_regions(grid, 1, True)) == 6

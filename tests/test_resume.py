@@ -90,7 +90,7 @@ def test_a_run_killed_half_way_resumes_bit_identical_computing_fewer_tiles(scene
     resumed = predict_scene(
         PixelNet(), CARD, scene, output, confidence_path=confidence, device="cpu", resume=True
     )
-    grid = TileGrid(1100, 1300, 64, 16)
+    grid = TileGrid(1100, 1300, 64, 16, margin=8)  # the plan's: mirrored by 8 px
     regions = planning.plan_regions(grid, 1, resume=True)
     assert len(regions) == 6
     assert 0 < resumed.tiles < sum(grid.for_region(r).num_tiles for r in regions)  # only unfinished ones
@@ -108,10 +108,12 @@ def test_a_changed_option_refuses_to_resume_and_says_what_changed(scene, tmp_pat
     manifest = json.loads((tmp_path / WORK / "manifest.json").read_text())
     assert manifest["options"]["overlap"] == 16 and len(manifest["regions"]) == 6
     with pytest.raises(ConfigurationError) as refused:
-        predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True, overlap=32)
+        predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True, overlap=32, margin=8)
     message = str(refused.value)
     assert "cannot resume, the options overlap changed from 16 to 32" in message
     assert f"delete {tmp_path / WORK} or drop --resume" in message and "\n" not in message
+    with pytest.raises(ConfigurationError, match="the options border margin changed from 8 to 0"):
+        predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True, margin=0)
     with pytest.raises(ConfigurationError, match="the model changed"):
         predict_scene(PixelNet(seed=1), CARD, scene, output, device="cpu", resume=True)
     assert not output.exists()

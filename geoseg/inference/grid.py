@@ -10,8 +10,8 @@ A chunk's pixels are final once the chunk is done, because no later tile starts 
 The grid is laid over the *virtual scene*: the scene extended by a ``margin`` on each side, whose pixels the
 reader mirrors from the scene's own edges (:func:`geoseg.raster.reading.read_mirrored`). Pixels at the
 scene's border then sit inside a tile, with context on every side, instead of on a tile's edge where the
-network sees least. Tiles start at ``-margin``; every tile still covers real pixels (the margin is smaller than
-a tile) and only real pixels are ever finished and written; the margin's pixels are summed and dropped.
+network sees least. Tiles start at ``-margin``; every tile still covers real pixels (the margin is smaller
+than a tile) and only real pixels are ever finished and written; the margin's pixels are summed and dropped.
 
 A grid may also cover one :class:`Region` of the scene: the same global tile starts, restricted to the tiles
 that touch the region (some start above or left of it), chunked from the region's corner; its pixels are
