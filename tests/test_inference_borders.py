@@ -87,14 +87,19 @@ def test_mirror_indexes_are_numpys_reflect_also_past_one_mirror_image(size):
 )
 def test_the_grid_over_the_mirrored_scene_finishes_each_real_pixel_once(height, width, tile, overlap, margin):
     grid = TileGrid(height, width, tile, overlap, 512, margin=margin)
-    assert grid.ys[0] == grid.xs[0] == -margin  # the first tile starts in the margin
-    assert grid.ys[-1] + grid.tile_height == height + margin
-    assert grid.xs[-1] + grid.tile_width == width + margin
+    my, mx = grid.margin_y, grid.margin_x  # an axis that fits in a tile: as far as it fits
+    assert (my, mx) == (
+        margin if height > tile else min(margin, (tile - height) // 2),
+        margin if width > tile else min(margin, (tile - width) // 2),
+    )
+    assert (grid.ys[0], grid.xs[0]) == (-my, -mx)  # the first tile starts in the margin
+    assert grid.ys[-1] + grid.tile_height == height + my
+    assert grid.xs[-1] + grid.tile_width == width + mx
     owner = np.zeros((height, width), np.int32)
     tiles = []
     for c in grid.chunks():
         owner[c.y0 : c.y1, c.x0 : c.x1] += 1
-        assert c.ext_y1 <= height + margin and c.ext_x1 <= width + margin
+        assert c.ext_y1 <= height + my and c.ext_x1 <= width + mx
         for t in c.tiles:
             assert t.y < height and t.x < width and t.y + t.height > 0 and t.x + t.width > 0  # real pixels
             assert c.acc_y0 <= t.y and t.y + t.height <= c.ext_y1  # inside the chunk's accumulator
@@ -116,7 +121,7 @@ def test_the_sample_scene_costs_no_extra_tile_and_a_big_one_a_few_percent():
     tile, overlap = 512, 128  # the bundled model's
     margin = border_margin(tile, overlap)
     assert margin == 64
-    for size, before, after in ((1000, 9, 9), (10000, 26 * 26, 27 * 27)):
+    for size, before, after in ((512, 1, 1), (1000, 9, 9), (10000, 26 * 26, 27 * 27)):
         assert TileGrid(size, size, tile, overlap).num_tiles == before
         assert TileGrid(size, size, tile, overlap, margin=margin).num_tiles == after
     assert tile_starts(1000, tile, tile - overlap, margin) == [-64, 320, 552]

@@ -18,7 +18,7 @@ from helpers import CARD, PixelNet, write_scene
 from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.inference.blending import WindowWeights, axis_weight
 from geoseg.inference.engine import plan_scene, predict_scene
-from geoseg.inference.grid import TileGrid, check_tiling, tile_starts
+from geoseg.inference.grid import TileGrid, axis_margin, check_tiling, tile_starts
 from geoseg.inference.plan import border_margin
 from geoseg.model.normalize import normalize
 
@@ -93,10 +93,10 @@ def test_a_chunk_row_without_tiles_of_its_own_exists_in_the_zero_tile_case():
 def test_a_stride_under_a_quarter_of_the_tile_warns_with_its_cost(tmp_path):
     _scene(tmp_path / "tiny.tif", 50, 40)
     # stride 2 over the scene mirrored by 15 px: columns start at -15 -13 .. 31 and 33 (25), rows at -15 ..
-    # 21 and 23 (20); the card's 64/16 (margin 8): columns at -8 and -6, one row: 2 tiles
+    # 21 and 23 (20); the card's 64/16: one tile (an axis that fits in a tile is mirrored as far as it fits)
     message = (
         r"tiny\.tif: tile 32 with overlap 30 leaves a stride of 2 px \(under a quarter of the tile\): "
-        r"500 tiles where the model's default \(tile 64, overlap 16\) needs 2 \(250x\); lower the overlap$"
+        r"500 tiles where the model's default \(tile 64, overlap 16\) needs 1 \(500x\); lower the overlap$"
     )
     with pytest.warns(GeosegWarning, match=message) as caught:
         plan = plan_scene(CARD, tmp_path / "tiny.tif", tile=32, overlap=30)
@@ -167,9 +167,9 @@ def test_tiled_prediction_equals_the_whole_scene_exactly(tmp_path, width, height
     assert np.array_equal(classes, expected)
     assert len(np.unique(expected)) >= 4  # the test network really tells pixels apart
     margin = border_margin(tile, overlap)  # the scene is mirrored by it at its border
-    assert result.tiles == len(tile_starts(height, tile, tile - overlap, margin)) * len(
-        tile_starts(width, tile, tile - overlap, margin)
-    )
+    assert result.tiles == len(
+        tile_starts(height, tile, tile - overlap, axis_margin(height, tile, margin))
+    ) * len(tile_starts(width, tile, tile - overlap, axis_margin(width, tile, margin)))
 
 
 @pytest.mark.parametrize("tta", ["flip", "d4"])
@@ -208,7 +208,8 @@ def _direct_blend(model, data, tile, overlap, margin=None):
     scene explicitly reflect-padded by the border margin (weights flat at its border), cut back to the
     scene."""
     margin = border_margin(tile, overlap) if margin is None else margin
-    data = np.pad(data, ((0, 0), (margin, margin), (margin, margin)), mode="reflect")
+    my, mx = axis_margin(data.shape[1], tile, margin), axis_margin(data.shape[2], tile, margin)
+    data = np.pad(data, ((0, 0), (my, my), (mx, mx)), mode="reflect")
     _, height, width = data.shape
     ys, xs = tile_starts(height, tile, tile - overlap), tile_starts(width, tile, tile - overlap)
     acc = np.zeros((CARD.num_classes, height, width))
@@ -227,7 +228,7 @@ def _direct_blend(model, data, tile, overlap, margin=None):
             weight = np.outer(wy, wx)
             acc[:, y : y + h, x : x + w] += probs * weight
             total[y : y + h, x : x + w] += weight
-    return (acc / total)[:, margin : height - margin, margin : width - margin]
+    return (acc / total)[:, my : height - my, mx : width - mx]
 
 
 @pytest.mark.parametrize(

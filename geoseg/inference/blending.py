@@ -32,19 +32,21 @@ def axis_weight(extent: int, overlap: int, taper_start: bool, taper_end: bool) -
 class WindowWeights:
     """2-D tile weights on the device, cached by which sides of the tile are interior (at most nine).
 
-    ``height``, ``width``: the scene's; ``margin``: the virtual scene's border margin (tiles start at
-    ``-margin``), where the weights stay flat."""
+    ``height``, ``width``: the scene's; ``margins``: the virtual scene's border margins (rows, columns;
+    tiles start at minus them), where the weights stay flat."""
 
-    def __init__(self, height: int, width: int, overlap: int, device: torch.device, margin: int = 0):
+    def __init__(
+        self, height: int, width: int, overlap: int, device: torch.device, margins: tuple[int, int] = (0, 0)
+    ):
         self.height, self.width, self.overlap, self.device = height, width, overlap, device
-        self.margin = margin
+        self.margins = margins
         self._cache: dict[tuple, torch.Tensor] = {}
 
     def __call__(self, y: int, x: int, h: int, w: int) -> torch.Tensor:
         """Weight (h, w) of the tile whose extent is ``y:y+h, x:x+w``."""
-        m = self.margin
-        top, bottom = y > -m, y + h < self.height + m
-        left, right = x > -m, x + w < self.width + m
+        my, mx = self.margins
+        top, bottom = y > -my, y + h < self.height + my
+        left, right = x > -mx, x + w < self.width + mx
         key = (top, bottom, left, right, h, w)
         weight = self._cache.get(key)
         if weight is None:

@@ -52,6 +52,12 @@ def check_margin(margin: int, tile: int) -> None:
         )
 
 
+def axis_margin(size: int, tile: int, margin: int) -> int:
+    """The border margin along an axis of ``size`` px: ``margin``, except that an axis that fits in one tile
+    keeps one tile (it is mirrored by as much as fits): a chip of the tile's size costs one tile, not four."""
+    return margin if size > tile else min(margin, (tile - size) // 2)
+
+
 def tile_starts(size: int, tile: int, stride: int, margin: int = 0) -> list[int]:
     """Start offsets along one axis of ``size`` px extended by ``margin`` px on both sides: every ``stride``
     px from ``-margin``, the last one pulled back to end at ``size + margin``."""
@@ -166,12 +172,18 @@ class TileGrid:
         self.tile, self.overlap, self.margin = tile, overlap, margin
         self.stride = tile - overlap
         self.chunk_size = -(-max(chunk_size, tile) // CHUNK_MULTIPLE) * CHUNK_MULTIPLE
-        self.tile_height, self.tile_width = min(tile, height + 2 * margin), min(tile, width + 2 * margin)
+        self.margin_y, self.margin_x = axis_margin(height, tile, margin), axis_margin(width, tile, margin)
+        self.tile_height = min(tile, height + 2 * self.margin_y)
+        self.tile_width = min(tile, width + 2 * self.margin_x)
         self.region = Region(0, 0, height, 0, width) if region is None else region
         y0, y1, x0, x1 = self.region.y0, self.region.y1, self.region.x0, self.region.x1
         th, tw = self.tile_height, self.tile_width
-        self.ys = [y for y in tile_starts(height, tile, self.stride, margin) if y < y1 and y + th > y0]
-        self.xs = [x for x in tile_starts(width, tile, self.stride, margin) if x < x1 and x + tw > x0]
+        ys, xs = (
+            tile_starts(height, tile, self.stride, self.margin_y),
+            tile_starts(width, tile, self.stride, self.margin_x),
+        )
+        self.ys = [y for y in ys if y < y1 and y + th > y0]
+        self.xs = [x for x in xs if x < x1 and x + tw > x0]
         self._rows = _axis_chunks(self.ys, th, y0, y1, self.chunk_size)
         self._cols = _axis_chunks(self.xs, tw, x0, x1, self.chunk_size)
 

@@ -22,6 +22,7 @@ from geoseg.inference.grid import (
     DEFAULT_CHUNK,
     Region,
     TileGrid,
+    axis_margin,
     check_margin,
     check_tiling,
     tile_starts,
@@ -190,8 +191,9 @@ def _warn_small_stride(grid: TileGrid, card: ModelCard, path: str) -> None:
         return
     stride = card.tile_size - card.overlap
     margin = border_margin(card.tile_size, card.overlap) if grid.margin else 0  # like for like
-    default = len(tile_starts(grid.height, card.tile_size, stride, margin)) * len(
-        tile_starts(grid.width, card.tile_size, stride, margin)
+    tile = card.tile_size
+    default = len(tile_starts(grid.height, tile, stride, axis_margin(grid.height, tile, margin))) * len(
+        tile_starts(grid.width, tile, stride, axis_margin(grid.width, tile, margin))
     )
     warnings.warn(
         f"{path}: tile {grid.tile} with overlap {grid.overlap} leaves a stride of {grid.stride} px "

@@ -218,7 +218,9 @@ class _Blender:
 
     def __init__(self, grid: TileGrid, num_classes: int, device: torch.device, frontier: _Frontier):
         self.grid, self.k, self.device, self.frontier = grid, num_classes, device, frontier
-        self.weights = WindowWeights(grid.height, grid.width, grid.overlap, device, grid.margin)
+        self.weights = WindowWeights(
+            grid.height, grid.width, grid.overlap, device, (grid.margin_y, grid.margin_x)
+        )
         self.chunk: Chunk | None = None
         self.acc: torch.Tensor | None = None
         self.carry: torch.Tensor | None = None
