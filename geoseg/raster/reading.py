@@ -12,6 +12,7 @@ import os
 import re
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -50,12 +51,20 @@ _UNNAMED_INTERPS = {ColorInterp.undefined, ColorInterp.gray, ColorInterp.palette
 
 
 def is_gdal_path(path: str | os.PathLike) -> bool:
-    """GDAL virtual paths, URLs and subdataset names (``/vsizip/...``, ``s3://...``, ``NETCDF:"a.nc":ndvi``,
-    ``GPKG:a.gpkg:table``) that only GDAL can check; a local file of that name is a local file."""
+    """GDAL virtual paths, URLs, subdataset names and inline VRTs (``/vsizip/...``, ``s3://...``,
+    ``NETCDF:"a.nc":ndvi``, ``GPKG:a.gpkg:table``, ``<VRTDataset ...>``) that only GDAL can check; a local
+    file of that name is a local file."""
     text = str(path)
-    if text.startswith("/vsi") or "://" in text:
+    if text.startswith(("/vsi", "<VRTDataset")) or "://" in text:
         return True
     return _GDAL_PREFIX.match(text) is not None and not Path(text).exists()
+
+
+def absolute_path(path: str | os.PathLike) -> str:
+    """``path`` as any process reads it, whatever its current folder (a Dask worker's is its own): a local
+    path made absolute against this process's folder, GDAL virtual paths and URLs as they are."""
+    text = str(path)
+    return text if is_gdal_path(text) else os.path.abspath(text)
 
 
 def gdal_message(error: BaseException) -> str:
@@ -242,15 +251,42 @@ def read_failures(path: str | os.PathLike) -> Iterator[None]:
         raise InputError(f"{path}: read failed ({gdal_message(error)})") from error
 
 
+@dataclass(frozen=True)
+class Validity:
+    """Which bands tell a raster's valid pixels: a pixel is valid where any of the GDAL mask bands of
+    ``union`` is non-zero and none of the alpha bands ``alphas`` is 0 (see :func:`validity`)."""
+
+    union: tuple[int, ...]
+    alphas: tuple[int, ...]
+
+
+def validity(dataset) -> Validity:
+    """The rule :func:`dataset_mask` follows, as data, so that a raster read directly and the same raster as
+    an asset of a STAC Item (whose VRT mask band :mod:`geoseg.stac.items` builds from it) mask the same
+    pixels: GDAL's per-dataset mask (internal, ``.msk`` side-car or alpha) when there is one; band 4 of an
+    RGBA whose nodata value shadows its alpha; else the union of the bands' masks (a pixel is invalid when
+    every band is at nodata). Plus every alpha band GDAL leaves out (:func:`unmasked_alphas`)."""
+    if MaskFlags.per_dataset in dataset.mask_flag_enums[0]:
+        union: tuple[int, ...] = (1,)
+    elif dataset.count == 4 and dataset.colorinterp[0] == ColorInterp.red:
+        union = (4,)
+    else:
+        union = tuple(dataset.indexes)
+    return Validity(union, tuple(unmasked_alphas(dataset)))
+
+
 def dataset_mask(dataset, **kwargs) -> np.ndarray:
-    """GDAL's dataset mask (``dataset.dataset_mask(**kwargs)``: 0 invalid, 255 valid), also 0 where an alpha
-    band that GDAL leaves out of it is 0 (see :func:`unmasked_alphas`), without rasterio's
-    NodataShadowWarning for rasters with both a nodata value and an alpha band: it speaks of per-band masks
-    and is wrong here (the dataset mask follows the alpha band), so it would only mislead."""
+    """The dataset's validity mask (0 invalid, non-zero valid) by the :func:`validity` rule, read with
+    ``dataset.read_masks(**kwargs)``, without rasterio's NodataShadowWarning for rasters with both a nodata
+    value and an alpha band: it speaks of per-band masks and is wrong here (the mask follows the alpha
+    band), so it would only mislead."""
+    rule = validity(dataset)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NodataShadowWarning)
-        mask = dataset.dataset_mask(**kwargs)
-    for index in unmasked_alphas(dataset):
+        mask = dataset.read_masks(rule.union[0], **kwargs)
+        for index in rule.union[1:]:
+            mask |= dataset.read_masks(index, **kwargs)
+    for index in rule.alphas:
         mask[dataset.read(index, **kwargs) == 0] = 0
     return mask
 
