@@ -58,11 +58,14 @@ def _same(a, b) -> bool:
 KILLED_RUN = """
 import os, signal, sys
 sys.path.insert(0, {tests!r})
+import geoseg.device as device
 import geoseg.inference.plan as planning
+from conftest import PRETENDED_CPU
 from helpers import CARD, PixelNet
 from geoseg.inference.engine import predict_scene
 
 planning.MIN_REGION_TILES, planning.RESUME_REGION_PIXELS = 1, 512 * 512
+device.cpu_features = lambda: PRETENDED_CPU  # the CPU this process pretends: the manifest's precision
 
 
 def kill_past_half(done, total):
