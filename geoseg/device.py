@@ -38,8 +38,9 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
+# int8 runs in onnxruntime (geoseg.export.quantize): nothing for torch to autocast
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": None}
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     precision = (precision or "auto").lower()
     if precision not in PRECISIONS:
         raise ConfigurationError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision == "int8" and device.type != "cpu":
+        raise ConfigurationError(
+            f"--precision int8 runs on the CPU (onnxruntime), not on {device.type}; use --device cpu"
+        )
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
         if precision == "auto":

@@ -55,6 +55,31 @@ precision_option = click.option(
     "fp16; bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32). MANet keeps its stem, first "
     "encoder stage and attention in float32, which keeps the classes.",
 )
+predict_precision_option = click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    default="auto",
+    show_default=True,
+    help="Network precision. auto: the fastest that keeps the classes (on the CPU: float32 in onnxruntime, "
+    "see --engine; bf16 on GPUs that support it, else fp16). int8 (CPU, onnxruntime, opt-in): calibrated on "
+    "the first scene or --calibration, the layers whose int8 changes classes kept float32; refused where it "
+    "keeps fewer than 99.5 % of the calibration pixels' classes.",
+)
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(["auto", "torch", "onnxruntime"]),
+    default="auto",
+    show_default=True,
+    help="What runs the network. auto: onnxruntime on the CPU for geoseg's networks where it is installed "
+    "(the export is made once per model into $XDG_CACHE_HOME/geoseg), else torch.",
+)
+calibration_option = click.option(
+    "--calibration",
+    multiple=True,
+    type=click.Path(exists=True),
+    help="With --precision int8: rasters (or folders of .tif) whose tiles calibrate the int8 network "
+    "(default: tiles of the first scene). Repeatable.",
+)
 compile_option = click.option(
     "--compile",
     "compile_network",

@@ -10,17 +10,19 @@ from geoseg.cli.options import (
     NameListType,
     bands_option,
     batch_size_option,
+    calibration_option,
     card_option,
     check_tiling,
     compile_option,
     compress_option,
     device_option,
     emit_json,
+    engine_option,
     json_option,
     model_option,
     overlap_option,
     overwrite_option,
-    precision_option,
+    predict_precision_option,
     preset_option,
     progress_reporter,
     quiet_option,
@@ -75,7 +77,9 @@ def _check_workers(ctx, param, value: str) -> int | str:
 )
 @batch_size_option
 @device_option
-@precision_option
+@predict_precision_option
+@engine_option
+@calibration_option
 @compile_option
 @tta_option
 @bands_option
@@ -157,6 +161,8 @@ def predict(
     batch_size: int | str,
     device: str,
     precision: str,
+    engine: str,
+    calibration: tuple[str, ...],
     compile_network: bool,
     tta: str,
     bands: list[int] | None,
@@ -222,6 +228,8 @@ def predict(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            engine=engine,
+            calibration=list(calibration) or None,
             compile=compile_network,
             tta=tta,
             bands=bands,
@@ -255,9 +263,15 @@ def predict(
                     click.echo(
                         f"{result.input} -> {result.outputs['classes']} ({result.width}x{result.height} "
                         f"px, {result.tiles} tiles, {result.seconds:.1f} s on {result.device} in "
-                        f"{result.precision})"
+                        f"{ran(result)})"
                     )
     finally:
         close()
     if failures:
         ctx.exit(1)
+
+
+def ran(result) -> str:
+    """``fp32 (onnxruntime)``, ``int8 (onnxruntime; float32: ...)``: what computed the network."""
+    kept = f"; float32: {', '.join(result.float32_layers)}" if result.float32_layers else ""
+    return f"{result.precision} ({result.engine}{kept})"

@@ -127,7 +127,7 @@ def export_model(
     }
     with atomic_output(output, overwrite) as tmp:
         if kind == ".onnx":
-            _write_onnx(program, model_card, metadata, tmp)
+            write_onnx(program, model_card, metadata, tmp)
         else:
             torch.export.save(program, str(tmp), extra_files=metadata)
     return {
@@ -144,9 +144,10 @@ def export_model(
     }
 
 
-def _write_onnx(
+def write_onnx(
     program: torch.export.ExportedProgram, card: ModelCard, metadata: dict[str, str], path: Path
 ) -> None:
+    """``program`` as an ONNX file at ``path`` with ``metadata`` (the card, the output kind) inside."""
     output_name = metadata[OUTPUT_KIND_KEY]
     onnx_program = torch.onnx.export(
         program,

@@ -13,6 +13,8 @@ from geoseg.errors import CheckpointError, ConfigurationError
 from geoseg.model.card import CARD_METADATA_KEY, ModelCard
 
 OUTPUT_KIND_KEY = "geoseg.output"  # "probabilities" or "logits"
+FLOAT32_LAYERS_KEY = "geoseg.float32_layers"  # an int8 model's layer groups kept in float32 (JSON list)
+CALIBRATION_AGREEMENT_KEY = "geoseg.calibration_agreement"  # its class agreement with float32 there
 
 
 def require(module: str) -> ModuleType:

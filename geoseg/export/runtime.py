@@ -10,6 +10,7 @@ network (normalised input, logits out) and gets the card's normalisation as a ch
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from geoseg.errors import CheckpointError
-from geoseg.export.metadata import OUTPUT_KIND_KEY, require
+from geoseg.export.metadata import FLOAT32_LAYERS_KEY, OUTPUT_KIND_KEY, require
 from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import CARD_METADATA_KEY
 from geoseg.model.normalize import normalize
@@ -30,14 +31,28 @@ _TINY = float(np.finfo(np.float32).tiny)
 class OnnxNetwork(nn.Module):
     """An ONNX model as the engine's network: ``prepare_input`` then ``forward`` give what the engine
     softmaxes. A geoseg export that outputs probabilities returns their logarithm, whose softmax gives them
-    back (the engine's blending stays the same for every kind of network)."""
+    back (the engine's blending stays the same for every kind of network).
 
-    def __init__(self, path: Path, card: ModelCard, *, raw_input: bool, outputs: str) -> None:
+    ``engine``, ``precision`` and ``float32_layers`` say what runs, for the reports: an int8 model
+    (:mod:`geoseg.export.quantize`) names the layer groups it kept in float32; any other runs float32."""
+
+    def __init__(
+        self,
+        path: Path,
+        card: ModelCard,
+        *,
+        raw_input: bool,
+        outputs: str,
+        float32_layers: list[str] | None = None,
+    ) -> None:
         super().__init__()
         self.path = path
         self.card = card
         self.raw_input = raw_input
         self.outputs = outputs
+        self.precision = "fp32" if float32_layers is None else "int8"
+        self.float32_layers = float32_layers
+        self.engine = "onnxruntime"
         # The file's hash as a buffer: model digests (resume manifests, worker caches) tell exports apart.
         digest = hashlib.sha256(path.read_bytes()).digest()
         self.register_buffer("sha256", torch.frombuffer(bytearray(digest), dtype=torch.uint8))
@@ -82,8 +97,15 @@ class OnnxNetwork(nn.Module):
             providers: list = ["CPUExecutionProvider"]
             if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-            self._sessions[key] = ort.InferenceSession(str(self.path), providers=providers)
+            self._sessions[key] = ort.InferenceSession(str(self.path), _options(ort), providers=providers)
         return self._sessions[key]
+
+
+def _options(ort):
+    """onnxruntime's threads as torch's (``torch.set_num_threads``, a Dask worker's share of the cores)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    return options
 
 
 def load_onnx(
@@ -98,7 +120,7 @@ def load_onnx(
         raise CheckpointError(f"{path}: ONNX model not found")
     ort = require("onnxruntime")
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), _options(ort), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf types
         raise CheckpointError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from error
     metadata = session.get_modelmeta().custom_metadata_map
@@ -122,6 +144,13 @@ def load_onnx(
             f"{path}: the card lists {chosen.num_classes} classes but the ONNX model outputs {classes}"
         )
     outputs = metadata.get(OUTPUT_KIND_KEY, "logits")
-    network = OnnxNetwork(path, chosen, raw_input=OUTPUT_KIND_KEY in metadata, outputs=outputs)
+    float32_layers = metadata.get(FLOAT32_LAYERS_KEY)
+    network = OnnxNetwork(
+        path,
+        chosen,
+        raw_input=OUTPUT_KIND_KEY in metadata,
+        outputs=outputs,
+        float32_layers=None if float32_layers is None else json.loads(float32_layers),
+    )
     network._sessions["cpu"] = session
     return network, chosen

@@ -162,7 +162,7 @@ def run_scene(
     if batch_size < 1:
         raise ConfigurationError(f"batch size {batch_size} must be at least 1")
     device = device if isinstance(device, torch.device) else resolve_device(device)
-    precision = resolve_precision(precision, device)
+    precision = ran_precision(model, resolve_precision(precision, device))
     started = time.perf_counter()
     if source is None:
         source = ModelSource(model_digest(model), module=model)
@@ -221,7 +221,20 @@ def run_scene(
         device=str(device),
         class_fractions={name: (float(counts[i]) / valid if valid else 0.0) for i, name in enumerate(names)},
         precision=precision,
+        engine=getattr(model, "engine", "torch"),
+        float32_layers=getattr(model, "float32_layers", None),
     )
+
+
+def ran_precision(model: torch.nn.Module, precision: str) -> str:
+    """What ``model`` computes in: an onnxruntime network says it (``fp32`` or ``int8``, whatever autocast
+    would do); a torch network runs the resolved ``precision``, which int8 (onnxruntime only) is not."""
+    own = getattr(model, "precision", None)
+    if own is not None:
+        return own
+    if precision == "int8":
+        raise ConfigurationError("--precision int8 runs in onnxruntime; use --engine onnxruntime or auto")
+    return precision
 
 
 def work_manifest(

@@ -117,7 +117,9 @@ class PredictResult:
     device: str
     class_fractions: dict[str, float] = field(default_factory=dict)
     error: str | None = None
-    precision: str | None = None  # what the network ran in (fp32, bf16, fp16); None when it never ran
+    precision: str | None = None  # what the network ran in (fp32, bf16, fp16, int8); None when it never ran
+    engine: str | None = None  # the runtime that ran it (torch, onnxruntime)
+    float32_layers: list[str] | None = None  # int8: the layer groups kept in float32
     status: str | None = None  # "skipped": every output existed already (skip_existing)
     item: str | None = None  # the id of the STAC Item the scene was stacked from
 
@@ -131,8 +133,11 @@ class PredictResult:
             "seconds": round(self.seconds, 3),
             "device": self.device,
             "precision": self.precision,
+            "engine": self.engine,
             "class_fractions": self.class_fractions,
         }
+        if self.float32_layers is not None:
+            record["float32_layers"] = self.float32_layers
         if self.error is not None:
             record["error"] = self.error
         if self.status is not None:

@@ -19,6 +19,7 @@ import torch
 from geoseg.atomic import OutputSet, cannot_create_in, check_output_path
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError, GeosegError, OutputError
+from geoseg.export.cpu_engine import resolve_engine
 from geoseg.inference.acceleration import check_compile, resolve_batch_size
 from geoseg.inference.engine import (
     ModelSource,
@@ -234,6 +235,44 @@ def load_model(
     return load_checkpoint(path, preset=preset, card=card)
 
 
+def _engine_network(
+    network: torch.nn.Module,
+    card: ModelCard,
+    source: ModelSource,
+    runtime: str,
+    precision: str,
+    calibration: Sequence[str | os.PathLike] | None,
+    plans: list[ScenePlan],
+    tile: int | None,
+    overlap: int | None,
+    bands: list[int] | None,
+    scale: Scale,
+    status: Callable[[str], None] | None,
+) -> tuple[torch.nn.Module, ModelSource, float]:
+    """The network ``runtime`` runs, how workers get it, and the seconds it took to make: a torch network
+    for onnxruntime becomes its cached ONNX export (int8: quantized, calibrated on ``calibration`` or the
+    first scene), sent to Dask workers as the export's path."""
+    from geoseg.export.runtime import OnnxNetwork
+
+    if runtime != "onnxruntime" or isinstance(network, OnnxNetwork):
+        return network, source, 0.0
+    from geoseg.export.cpu_engine import calibration_set, calibration_tiles, onnx_network
+
+    def calibrating(float_network: OnnxNetwork) -> list:
+        chosen = plans[:1]
+        if calibration:
+            chosen = [
+                plan_scene(card, path, tile=tile, overlap=overlap, bands=bands, scale=scale)
+                for path in calibration_set(calibration)
+            ]
+        return calibration_tiles(chosen, float_network)
+
+    made = onnx_network(
+        network, card, source.digest, int8=precision == "int8", calibration=calibrating, status=status
+    )
+    return made.network, ModelSource(model_digest(made.network), module=made.network), made.seconds
+
+
 def iter_predict(
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
@@ -247,6 +286,8 @@ def iter_predict(
     batch_size: int | str = "auto",
     device: str | torch.device = "auto",
     precision: str = "auto",
+    engine: str = "auto",
+    calibration: Sequence[str | os.PathLike] | None = None,
     compile: bool = False,
     tta: str = "none",
     bands: list[int] | None = None,
@@ -320,6 +361,7 @@ def iter_predict(
         path = default_checkpoint_path() if model is None else Path(model)
         network, model_card = load_model(path, preset, card)
         model_source = ModelSource(model_digest(network), str(path), preset, card, compile=compile)
+    runtime = resolve_engine(engine, precision, resolved, network, compile=compile)
     batch_size = resolve_batch_size(batch_size, resolved, tile or model_card.tile_size)
     if compile and next(network.parameters(), None) is None:
         raise ConfigurationError(
@@ -356,6 +398,11 @@ def iter_predict(
             plan = error
         scenes.append((source, paths, plan))
 
+    planned = [p for _, _, p in scenes if isinstance(p, ScenePlan)]
+    network, model_source, prepared_s = _engine_network(
+        network, model_card, model_source, runtime, precision, calibration, planned,
+        tile, overlap, bands, scale, status,
+    )  # fmt: skip
     total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))
     tiles_done = _TilesDone(progress, total)
     stopping = threading.Event()  # set when the run ends early: scenes still running keep nothing
@@ -458,6 +505,8 @@ def iter_predict(
                 continue
             if status is not None:
                 status("")
+            result.seconds += prepared_s  # the first run's export (and int8 calibration), once
+            prepared_s = 0.0
             yield result
     finally:
         stopping.set()
@@ -509,6 +558,8 @@ def predict(
     batch_size: int | str = "auto",
     device: str | torch.device = "auto",
     precision: str = "auto",
+    engine: str = "auto",
+    calibration: Sequence[str | os.PathLike] | None = None,
     compile: bool = False,
     tta: str = "none",
     bands: list[int] | None = None,
@@ -542,7 +593,9 @@ def predict(
     ``progress(done, total)`` counts tiles over all scenes (skipped ones too); each result's ``tiles``
     counts the tiles computed, without those that hold no valid input pixel (they are skipped).
     ``precision`` ``auto`` is the fastest that keeps the classes on the device (see
-    :func:`geoseg.device.resolve_precision`); ``compile`` runs the network through ``torch.compile``
+    :func:`geoseg.device.resolve_precision`); ``int8`` (CPU, onnxruntime) is calibrated on ``calibration``
+    (rasters or folders of them) or the first scene. ``engine``: torch, onnxruntime or auto (see
+    :func:`geoseg.export.cpu_engine.resolve_engine`); ``compile`` runs the network through ``torch.compile``
     (minutes once, worth it on big scenes only). ``batch_size`` ``auto``: see
     :func:`geoseg.inference.acceleration.resolve_batch_size`.
     """
@@ -559,6 +612,8 @@ def predict(
             batch_size=batch_size,
             device=device,
             precision=precision,
+            engine=engine,
+            calibration=calibration,
             compile=compile,
             tta=tta,
             bands=bands,
