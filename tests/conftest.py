@@ -55,3 +55,18 @@ def pretend_cpu(request, monkeypatch) -> Callable[..., None]:
     if request.node.get_closest_marker("real_cpu"):
         monkeypatch.setattr(device, "cpu_features", _HOST_CPU)
     return pretend
+
+
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory):
+    """ONNX exports the tests make go to a folder of their own, never the user's ~/.cache/geoseg."""
+    import os
+
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before

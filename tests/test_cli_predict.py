@@ -24,6 +24,7 @@ RESULT_KEYS = {
     "seconds",
     "device",
     "precision",
+    "engine",
     "class_fractions",
 }
 
@@ -104,7 +105,8 @@ def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
             tiles,
             "cpu",
         )
-        assert record["precision"] == "fp32"  # auto on the tests' pretended CPU (conftest): no native bf16
+        # --engine auto on a CPU: a geoseg network runs its float32 export in onnxruntime
+        assert (record["precision"], record["engine"]) == ("fp32", "onnxruntime")
         assert sum(record["class_fractions"].values()) == pytest.approx(1.0)
         assert list(record["class_fractions"]) == preset_card("loveda").class_names
     assert records[1]["outputs"] == {

@@ -1,0 +1,255 @@
+"""The CPU engine: which runtime runs the network (``--engine``), the export cache, int8, and reports that
+say what ran. Plumbing runs on a small random MANet (ResNet-18, 64 px tiles) and a real 383×232 crop."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from click.testing import CliRunner
+from helpers import PixelNet, write_small_checkpoint
+
+import geoseg.export.exporter
+import geoseg.export.metadata
+from geoseg.cli.main import cli
+from geoseg.device import resolve_precision
+from geoseg.errors import ConfigurationError, GeosegWarning
+from geoseg.export.cache import cached_file
+from geoseg.export.cpu_engine import resolve_engine
+from geoseg.export.quantize import quantize_int8
+from geoseg.model.manet import build_manet
+
+CPU = torch.device("cpu")
+SCENE = "sample_data/netherlands_0p25m_epsg28992.tif"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_small_checkpoint(tmp_path_factory.mktemp("model") / "net.safetensors")
+
+
+@pytest.fixture(scope="module")
+def crop(shared_data):
+    return shared_data / "variants" / "colorado_hro_0p15m.tif"
+
+
+@pytest.fixture
+def exports(monkeypatch):
+    """Counts the network exports: a cache hit makes none."""
+    count = [0]
+    original = geoseg.export.exporter.export_program
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(geoseg.export.exporter, "export_program", counting)
+    return count
+
+
+def _predict(*args: str):
+    return CliRunner().invoke(cli, ["predict", *args, "--json", "--quiet"])
+
+
+def _classes(path: Path) -> np.ndarray:
+    with rasterio.open(path) as src:
+        return src.read(1)
+
+
+# --- the cache -------------------------------------------------------------------------------------------
+
+
+def _builder(counter: list[int], payload: bytes = b"graph", pause: float = 0.0):
+    def build(path: Path) -> None:
+        counter[0] += 1
+        threading.Event().wait(pause)
+        path.write_bytes(payload)
+
+    return build
+
+
+def test_a_cached_file_is_built_once(tmp_path):
+    builds = [0]
+    first = cached_file("net-fp32", {"model": "a"}, _builder(builds), folder=tmp_path)
+    second = cached_file("net-fp32", {"model": "a"}, _builder(builds), folder=tmp_path)
+    assert (builds[0], first.built, second.built, second.seconds) == (1, True, False, 0.0)
+    assert second.path == first.path and first.path.read_bytes() == b"graph"
+    cached_file("net-fp32", {"model": "b"}, _builder(builds), folder=tmp_path)  # another model: built
+    assert builds[0] == 2
+
+
+def test_a_damaged_cached_file_is_rebuilt_with_one_warning(tmp_path):
+    builds = [0]
+    path = cached_file("net-fp32", {"model": "a"}, _builder(builds), folder=tmp_path).path
+    path.write_bytes(b"grap")  # a copy cut short
+    with pytest.warns(GeosegWarning, match="damaged") as caught:
+        again = cached_file("net-fp32", {"model": "a"}, _builder(builds), folder=tmp_path)
+    assert (len(caught), builds[0], again.built, again.path.read_bytes()) == (1, 2, True, b"graph")
+    assert sorted(p.name for p in tmp_path.glob("*.onnx")) == [again.path.name]
+
+
+def test_concurrent_builders_leave_one_valid_file_built_once(tmp_path):
+    builds, results = [0], []
+
+    def run():
+        results.append(cached_file("net", {"model": "a"}, _builder(builds, pause=0.3), folder=tmp_path))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert builds[0] == 1
+    assert len({r.path for r in results}) == 1
+    assert [p.read_bytes() for p in tmp_path.glob("*.onnx")] == [b"graph"]
+
+
+def test_a_failed_build_leaves_nothing_in_the_cache(tmp_path):
+    def failing(path: Path) -> None:
+        path.write_bytes(b"half")
+        raise RuntimeError("export failed")
+
+    with pytest.raises(RuntimeError):
+        cached_file("net", {"model": "a"}, failing, folder=tmp_path)
+    assert list(tmp_path.glob("*.onnx")) == []
+
+
+def test_an_unwritable_cache_builds_in_a_temporary_folder_with_one_warning(tmp_path, monkeypatch):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # geoseg/ cannot be made under a file
+    builds = [0]
+    with pytest.warns(GeosegWarning, match="cannot write the export cache") as caught:
+        made = cached_file("net", {"model": "a"}, _builder(builds))
+    assert (len(caught), builds[0], made.path.read_bytes()) == (1, 1, b"graph")
+    assert not made.path.is_relative_to(blocker)
+
+
+# --- the engine choice and refusals ---------------------------------------------------------------------
+
+
+def test_auto_runs_geoseg_networks_in_onnxruntime_on_the_cpu_only(pretend_cpu):
+    pretend_cpu(native_bf16=True)
+    manet = build_manet(6, "resnet18")
+    assert resolve_engine("auto", "auto", CPU, manet) == "onnxruntime"
+    assert resolve_engine("auto", "fp32", CPU, manet) == "onnxruntime"
+    assert resolve_engine("auto", "bf16", CPU, manet) == "torch"  # asked for torch's bf16
+    assert resolve_engine("auto", "auto", CPU, manet, compile=True) == "torch"
+    assert resolve_engine("auto", "auto", torch.device("cuda"), manet) == "torch"
+    assert resolve_engine("auto", "auto", CPU, PixelNet()) == "torch"  # not one the exporter knows
+    assert resolve_engine("auto", "int8", CPU, manet) == "onnxruntime"
+
+
+def test_auto_is_torch_without_onnxruntime(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a)
+    )
+    assert resolve_engine("auto", "auto", CPU, build_manet(6, "resnet18")) == "torch"
+
+
+def _without_onnxruntime(monkeypatch):
+    real = geoseg.export.metadata.importlib.import_module
+
+    def refuse(name, *args):
+        if name.startswith("onnxruntime"):
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args)
+
+    monkeypatch.setattr(geoseg.export.metadata.importlib, "import_module", refuse)
+
+
+def test_engine_onnxruntime_without_onnxruntime_fails_in_one_line(checkpoint, crop, tmp_path, monkeypatch):
+    _without_onnxruntime(monkeypatch)
+    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--device", "cpu",
+                      "--engine", "onnxruntime")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: onnxruntime is not installed; ONNX support is an extra: pip install 'geoseg[onnx]'"
+    ]
+    assert not (tmp_path / "c.tif").exists()
+
+
+def test_int8_with_engine_torch_fails_in_one_line(checkpoint, crop, tmp_path):
+    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--device", "cpu",
+                      "--precision", "int8", "--engine", "torch")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: --precision int8 runs in onnxruntime; use --engine onnxruntime or auto (or another precision)"
+    ]
+
+
+def test_int8_on_a_gpu_is_refused():
+    with pytest.raises(
+        ConfigurationError, match=r"^--precision int8 runs on the CPU \(onnxruntime\), not on cuda"
+    ):
+        resolve_precision("int8", torch.device("cuda"))
+    with pytest.raises(ConfigurationError, match="int8 runs in onnxruntime"):
+        resolve_engine("torch", "int8", CPU, build_manet(6, "resnet18"))
+
+
+# --- runs, and what they report --------------------------------------------------------------------------
+
+
+def test_onnxruntime_keeps_torch_float32_classes_and_exports_once(checkpoint, crop, tmp_path, exports):
+    torch_out, ort_out, again = tmp_path / "torch.tif", tmp_path / "ort.tif", tmp_path / "again.tif"
+    common = ["-m", str(checkpoint), "--device", "cpu"]
+    first = _predict(str(crop), "-o", str(torch_out), *common, "--engine", "torch", "--precision", "fp32")
+    second = _predict(str(crop), "-o", str(ort_out), *common, "--engine", "onnxruntime")
+    assert exports[0] == 1
+    third = _predict(str(crop), "-o", str(again), *common)  # auto: onnxruntime, from the cache
+    assert (first.exit_code, second.exit_code, third.exit_code) == (0, 0, 0), second.output
+    assert exports[0] == 1
+    records = [json.loads(r.stdout) for r in (first, second, third)]
+    assert [(r["engine"], r["precision"]) for r in records] == [
+        ("torch", "fp32"),
+        ("onnxruntime", "fp32"),
+        ("onnxruntime", "fp32"),
+    ]
+    reference = _classes(torch_out)
+    assert np.mean(_classes(ort_out) == reference) >= 0.9999
+    assert np.array_equal(_classes(again), _classes(ort_out))
+
+
+def test_an_onnx_model_reports_float32_on_a_native_bf16_cpu(checkpoint, crop, tmp_path, pretend_cpu):
+    """Before: ``-m model.onnx`` said "bf16" where the CPU has native bf16, though onnxruntime ran float32."""
+    pretend_cpu(native_bf16=True)
+    onnx_path = tmp_path / "net.onnx"
+    exported = CliRunner().invoke(cli, ["export", str(checkpoint), "-o", str(onnx_path)])
+    assert exported.exit_code == 0, exported.output
+    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(onnx_path), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert (record["precision"], record["engine"]) == ("fp32", "onnxruntime")
+    assert "float32_layers" not in record
+
+
+@pytest.mark.slow
+def test_int8_reports_the_layers_kept_in_float32(checkpoint, crop, tmp_path):
+    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--device", "cpu",
+                      "--precision", "int8", "--calibration", SCENE)  # fmt: skip
+    if result.exit_code == 1:  # a random network may not keep its classes in int8: then one line says so
+        assert result.stderr.startswith("Error: --precision int8: the int8 network keeps the classes of")
+        return
+    record = json.loads(result.stdout)
+    assert (record["precision"], record["engine"]) == ("int8", "onnxruntime")
+    assert isinstance(record["float32_layers"], list)
+    assert all(name.startswith("convolutions ") for name in record["float32_layers"])
+
+
+def test_int8_below_the_agreement_is_refused_and_writes_nothing(tmp_path):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 1))
+    torch.onnx.export(net, (torch.zeros(1, 3, 32, 32),), str(tmp_path / "f.onnx"), dynamo=False,
+                      input_names=["pixels"])  # fmt: skip
+    tiles = [np.random.default_rng(i).uniform(-2, 2, (1, 3, 32, 32)).astype(np.float32) for i in range(2)]
+    with pytest.raises(ConfigurationError, match="keeps the classes of .* of the calibration pixels only"):
+        quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", tiles, min_agreement=1.01)
+    assert not (tmp_path / "q.onnx").exists()
