@@ -26,6 +26,12 @@ prints agreement only. ``--compile`` also prints the compile time and the break-
     .venv/bin/python benchmarks/cpu_speed.py --emulate-native-bf16 --scene sample_data/*.tif \
         --scene ../shared/data/labeled/vaihingen/image_area1_0_0_512_512_irrg.png
     .venv/bin/python benchmarks/cpu_speed.py --compile --repeats 1
+    .venv/bin/python benchmarks/cpu_speed.py --engines --threads 1 --repeats 1
+
+``--engines`` prints instead, side by side on the same tiles, bare and end-to-end figures for torch fp32
+eager, torch bf16 (where the CPU has it natively), onnxruntime fp32 and onnxruntime int8 (calibrated on the
+scene, as ``--precision int8`` does; its export and calibration come from the cache, made before the
+clock), each as a ratio to torch fp32 eager, with the classes' agreement with torch fp32 end to end.
 """
 
 from __future__ import annotations
@@ -145,6 +151,60 @@ def compile_break_even(model, tiles, value_range, card, amp, batch: int) -> None
         print("compile break-even: never (compiled tiles are not faster here)")
 
 
+def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
+    """Bare and end-to-end seconds per tile and agreement for each engine and precision, side by side."""
+    from geoseg.export.cpu_engine import calibration_tiles, onnx_network
+    from geoseg.inference.execute import model_digest
+
+    network, card = load_model(model, None, None)
+    network.eval()
+    tiles, value_range = scene_tiles(scene, card)
+    plan = plan_scene(card, scene)
+    digest = model_digest(network)
+    fp32 = onnx_network(network, card, digest).network
+    int8 = onnx_network(network, card, digest, int8=True, calibration=lambda n: calibration_tiles([plan], n))
+    rows = {"torch fp32 eager": (network, None, "torch", "fp32")}
+    if geoseg.device.cpu_has_native_bf16():
+        rows["torch bf16 (default before)"] = (accelerate(network, CPU), torch.bfloat16, "torch", "bf16")
+    rows["onnxruntime fp32"] = (fp32.network, None, "onnxruntime", "fp32")
+    rows["onnxruntime int8"] = (int8.network, None, "onnxruntime", "int8")
+    print(f"\n{scene.name}: {len(tiles)} tiles of {tiles.shape[-1]} px, batch {batch}; "
+          f"int8 keeps in float32: {', '.join(int8.network.float32_layers) or 'nothing'}")  # fmt: skip
+    bare: dict[str, list[float]] = {name: [] for name in rows}
+    e2e: dict[str, list[float]] = {name: [] for name in rows}
+    with tempfile.TemporaryDirectory() as tmp:
+        outputs = {name: Path(tmp) / f"{i}.tif" for i, name in enumerate(rows)}
+        for net, amp, _, _ in rows.values():  # warm-up
+            _bare(net, tiles[:batch], value_range, card, amp, batch)
+        for _ in range(repeats):
+            for name, (net, amp, engine, precision) in rows.items():
+                bare[name].append(_bare(net, tiles, value_range, card, amp, batch))
+                start = time.perf_counter()
+                predict([scene], outputs[name], model=model, device="cpu", precision=precision, engine=engine,
+                        batch_size=batch, overwrite=True)  # fmt: skip
+                e2e[name].append(time.perf_counter() - start)
+        base_bare = statistics.median(bare["torch fp32 eager"])
+        print(f"  {'':28s} {'bare s/tile':>11s} {'÷ fp32':>7s} {'e2e s/tile':>11s} {'÷ fp32 bare':>11s} "
+              f"{'classes = torch fp32':>21s}")  # fmt: skip
+        for name in rows:
+            b, e = statistics.median(bare[name]), statistics.median(e2e[name])
+            share = agreement(outputs[name], outputs["torch fp32 eager"]) * 100
+            print(f"  {name:28s} {b / len(tiles):11.2f} {base_bare / b:6.2f}× {e / len(tiles):11.2f} "
+                  f"{base_bare / e:10.2f}× {share:20.4f} %")  # fmt: skip
+
+
+def _bare(network, tiles: torch.Tensor, value_range, card, amp, batch: int) -> float:
+    """Forward passes alone; an onnxruntime network takes raw values (its graph normalises)."""
+    prepare = getattr(network, "prepare_input", None)
+    if prepare is None:
+        return bare_seconds(network, tiles, value_range, card, amp, batch)
+    x = prepare(tiles, value_range)
+    start = time.perf_counter()
+    for i in range(0, len(x), batch):
+        network(x[i : i + batch])
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -159,6 +219,9 @@ def main() -> None:
         "--force-bf16", action="store_true", help="bf16 and channels_last as on a CPU with native bf16"
     )
     parser.add_argument("--agreement-only", action="store_true", help="skip the timings")
+    parser.add_argument(
+        "--engines", action="store_true", help="torch fp32/bf16 and onnxruntime fp32/int8 side by side"
+    )
     parser.add_argument(
         "--emulate-native-bf16",
         action="store_true",
@@ -179,6 +242,10 @@ def main() -> None:
     forced = "; bf16 and channels_last forced" if args.force_bf16 else ""
     print(f"CPU: torch {torch.__version__}, capability {capability}, {torch.get_num_threads()} threads; "
           f"native bf16: {native}{forced}")  # fmt: skip
+    if args.engines:
+        for scene in args.scene or [SAMPLE]:
+            engines_table(scene, model_path, args.batch_size, args.repeats)
+        return
     layout = "channels_last" if channels_last_pays(CPU) else "contiguous"
     print(f"default here: precision {precision}, {layout}, compile {args.compile}")
 
