@@ -164,7 +164,7 @@ def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
     fp32 = onnx_network(network, card, digest).network
     int8 = onnx_network(network, card, digest, int8=True, calibration=lambda n: calibration_tiles([plan], n))
     rows = {"torch fp32 eager": (network, None, "torch", "fp32")}
-    if geoseg.device.cpu_has_native_bf16():
+    if geoseg.device.cpu_features().native_bf16:
         rows["torch bf16 (default before)"] = (accelerate(network, CPU), torch.bfloat16, "torch", "bf16")
     rows["onnxruntime fp32"] = (fp32.network, None, "onnxruntime", "fp32")
     rows["onnxruntime int8"] = (int8.network, None, "onnxruntime", "int8")
