@@ -80,9 +80,7 @@ def stratified_estimates(counts: np.ndarray, mapped_area: np.ndarray) -> Stratif
         # producer's accuracy (Olofsson et al. 2013, eq. 6, with N_i the mapped areas)
         estimated = (mapped[:, None] / np.where(units > 0, units, 1)[:, None] * n).sum(axis=0)  # N̂_.j
         others = (mapped[:, None] ** 2 * spread).sum(axis=0) - mapped**2 * np.diag(spread)
-        producers_var = (
-            mapped**2 * (1 - producers) ** 2 * users_var + producers**2 * others
-        ) / estimated**2
+        producers_var = (mapped**2 * (1 - producers) ** 2 * users_var + producers**2 * others) / estimated**2
     return StratifiedEstimates(
         proportions=proportions,
         area=total * reference,

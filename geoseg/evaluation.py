@@ -13,30 +13,31 @@ import csv
 import dataclasses
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geoseg.area_estimation import Z95, StratifiedEstimates, stratified_estimates
 from geoseg.atomic import atomic_output
 from geoseg.errors import ConfigurationError, InputError
 from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, read_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
-from geoseg.raster.classes import NODATA_CLASS, check_card_matches, check_class_raster, read_class_names
-from geoseg.raster.grids import check_same_grid
+from geoseg.raster.classes import check_card_matches, check_class_raster, mapped_mask, read_class_names
+from geoseg.raster.grids import block_windows, check_same_grid
 from geoseg.raster.reading import (
     check_decodable,
     is_gdal_path,
     open_raster,
     read_failures,
-    read_valid_mask,
 )
 
 if TYPE_CHECKING:
+    from geoseg.sampling import SampleUnits
     from geoseg.vector_labels import VectorLabelOptions
 
 ProgressCallback = Callable[[int, int], None]
@@ -77,7 +78,10 @@ class EvaluationResult:
     area_confusion: np.ndarray | None = None  # the confusion matrix in m² on the ellipsoid
     mapped_area: np.ndarray | None = None  # m² of each class over the whole map (its valid pixels)
     area_unit: str = "m2"  # "m2", or "raster units²" for a raster without a CRS
-    error_polygons: int | None = None  # polygons written to the errors output, when asked for
+    error_polygons: int | None = None  # polygons written to the errors (or changes) output, when asked for
+    kind: str = "truth"  # "truth", "sample" (points: stratified estimates) or "changes" (two maps)
+    estimates: StratifiedEstimates | None = None  # of a sample; rows map classes, as in the paper
+    sample: dict[str, int] | None = None  # sample units used and left out (why)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -106,6 +110,45 @@ class EvaluationResult:
             "confusion": self.confusion.tolist(),
             **({"areas": self.areas()} if self.area_confusion is not None else {}),
             **({"error_polygons": self.error_polygons} if self.error_polygons is not None else {}),
+            **(self._estimates() if self.estimates is not None else {}),
+            **({"changes": self.changes()} if self.kind == "changes" else {}),
+        }
+
+    def _estimates(self) -> dict[str, Any]:
+        """The stratified estimates of a sample (Olofsson et al. 2014): per class and overall."""
+        e = self.estimates
+        return {
+            "overall_accuracy_se": _finite(e.overall_se),
+            "overall_accuracy_ci95": _finite(Z95 * e.overall_se),
+            "sample_units": dict(self.sample),
+            "area_estimates": {
+                name: {
+                    "area_ha": _finite(e.area[i] / 1e4),
+                    "area_ci95_ha": _finite(e.area_ci95[i] / 1e4),
+                    "mapped_area_ha": _finite(self.mapped_area[i] / 1e4),
+                    "users_accuracy": _finite(e.users_accuracy[i]),
+                    "users_accuracy_ci95": _finite(Z95 * e.users_se[i]),
+                    "producers_accuracy": _finite(e.producers_accuracy[i]),
+                    "producers_accuracy_ci95": _finite(Z95 * e.producers_se[i]),
+                    "units": int(self.confusion[:, i].sum()),  # labelled units of the stratum
+                }
+                for i, name in enumerate(self.class_names)
+            },
+        }
+
+    def changes(self) -> dict[str, Any]:
+        """Two maps compared: the from (older, rows) → to (newer, columns) matrix in hectares, and the
+        changed and unchanged areas."""
+        matrix = self.area_confusion
+        scale = 1e4 if self.area_unit == "m2" else 1.0
+        unit = "ha" if self.area_unit == "m2" else self.area_unit
+        return {
+            "unit": unit,
+            "classes": list(self.class_names),
+            "from_to": np.round(matrix / scale, 8).tolist(),
+            "changed": round(float((matrix.sum() - np.trace(matrix)) / scale), 8),
+            "unchanged": round(float(np.trace(matrix) / scale), 8),
+            "pixels_changed": int(self.confusion.sum() - np.trace(self.confusion)),
         }
 
     def areas(self) -> dict[str, Any]:
@@ -147,6 +190,7 @@ def evaluate(
     progress: ProgressCallback | None = None,
     label_polygons: VectorLabelOptions | None = None,
     errors: str | os.PathLike | None = None,
+    changes: str | os.PathLike | None = None,
     overwrite: bool = False,
 ) -> EvaluationResult:
     """Overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU of a class raster against truth.
@@ -156,13 +200,20 @@ def evaluate(
     the card's. ``exclude_classes`` (names or indices) are left out of the means but not of the overall
     accuracy, the paper's convention. Memory depends on ``block_size``, not on the raster size.
     ``label_polygons`` reads ``truth`` as label polygons, rasterized on the prediction's grid by the rules
-    training uses (:mod:`geoseg.vector_labels`), so a validation score and this one agree. ``errors``
-    writes the wrongly classified pixels as polygons there (:mod:`geoseg.vector.review`).
+    training uses (:mod:`geoseg.vector_labels`), so a validation score and this one agree; a truth of
+    *points* is a stratified sample (:mod:`geoseg.sampling`), scored by the estimators of
+    :mod:`geoseg.area_estimation`. ``errors`` writes the wrongly classified pixels as polygons there
+    (:mod:`geoseg.vector.review`). ``changes`` compares two maps instead: ``truth`` is the older class map
+    on the same grid, the result's area matrix is from (old, rows) → to (new, columns), and the changed
+    pixels are written there as polygons.
     """
     model_card = resolve_card(preset, card)
     if block_size <= 0:
         raise ConfigurationError(f"block size must be positive, got {block_size}")
-    if errors is not None:
+    if changes is not None and (errors is not None or label_polygons is not None):
+        raise ConfigurationError("changes compare two class rasters: give neither errors nor truth polygons")
+    review = errors if errors is not None else changes
+    if review is not None:
         from geoseg.vector.review import (
             ErrorRaster,
             check_errors_output,
@@ -170,12 +221,12 @@ def evaluate(
             write_error_polygons,
         )
 
-        check_errors_output(errors, overwrite, [prediction, truth])
+        check_errors_output(review, overwrite, [prediction, truth])
     with contextlib.ExitStack() as stack:
         pred_ds = stack.enter_context(_open(prediction, "prediction"))
         check_decodable(pred_ds, [1], str(prediction))
         if label_polygons is None:
-            truth_ds = stack.enter_context(_open(truth, "truth"))
+            truth_ds = stack.enter_context(_open(truth, "truth" if changes is None else "older map"))
             check_decodable(truth_ds, list(truth_ds.indexes), str(truth))
             check_same_grid(pred_ds, truth_ds, str(prediction), str(truth))
         check_class_raster(pred_ds, str(prediction), "evaluate")
@@ -183,7 +234,10 @@ def evaluate(
         names, colors = _class_names_and_colors(model_card, pred_ds)
         if ignore_index is None and model_card is not None:
             ignore_index = model_card.ignore_index
-        if label_polygons is None:
+        units = None
+        if changes is not None:
+            limit, read_truth = _older_map(truth_ds, names, truth)
+        elif label_polygons is None:
             encoding = LabelEncoding(
                 num_classes=len(names) if names else None,
                 colors=tuple(tuple(int(v) for v in c) for c in colors) if colors else None,  # type: ignore[misc]
@@ -199,43 +253,48 @@ def evaluate(
             # without names (none stored, no card) polygons' classes are ids, as a truth raster's are
             limit = len(names) if names else MAX_CLASSES
             ids = names or [str(i) for i in range(MAX_CLASSES)]
-            read_truth = _polygon_truth(truth, label_polygons, ids, pred_ds, ignore_index, prediction)
-        pred_nodata = {NODATA_CLASS} | ({int(pred_ds.nodata)} if _is_integral(pred_ds.nodata) else set())
+            from geoseg.sampling import sample_units
+            from geoseg.vector_labels import is_point_layer, read_vector
+
+            table = read_vector(truth, "truth", label_polygons.class_field)
+            if is_point_layer(table):
+                if errors is not None:
+                    raise ConfigurationError(
+                        f"{truth}: holds sample points; errors polygons need truth areas"
+                    )
+                grid = (pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height)
+                units = sample_units(table, label_polygons, ids, *grid)
+            else:
+                read_truth = _polygon_truth(
+                    truth, table, label_polygons, ids, pred_ds, ignore_index, prediction
+                )
         confusion = np.zeros((limit, limit), dtype=np.int64)
         area_confusion = np.zeros((limit, limit), dtype=np.float64)
         mapped_area = np.zeros(limit, dtype=np.float64)
+        strata = np.full(0 if units is None else len(units.rows), -1, dtype=np.int64)  # map class per unit
         ground = _ground(pred_ds, prediction)
         staged = None
-        if errors is not None:
-            staged = ErrorRaster(pred_ds, limit, stack.enter_context(staging_folder(errors)))
+        if review is not None:
+            staged = ErrorRaster(pred_ds, limit, stack.enter_context(staging_folder(review)))
         ignored = 0
-        windows = list(_blocks(pred_ds.height, pred_ds.width, block_size))
+        windows = list(block_windows(pred_ds.height, pred_ds.width, block_size))
         for done, window in enumerate(windows, start=1):
             with read_failures(prediction):
                 predicted = pred_ds.read(1, window=window)
-                predicted_valid = read_valid_mask(pred_ds, window)
-            labels = read_truth(window)
-            valid = labels != IGNORE
-            if predicted_valid is not None:  # another tool's internal mask or alpha band: no prediction
-                valid &= predicted_valid
-            for value in pred_nodata:
-                valid &= predicted != value
-            values = predicted[valid]
-            if values.size and (values.min() < 0 or values.max() >= limit):
-                bad = np.unique(values[(values < 0) | (values >= limit)])
-                raise InputError(
-                    f"{prediction}: class value(s) {', '.join(str(v) for v in bad[:5])} outside the "
-                    f"{limit} classes 0..{limit - 1}; check --preset/--card"
-                )
-            confusion += confusion_matrix(labels[valid], values, limit)
+            mapped = mapped_mask(pred_ds, predicted, window)
             areas = ground.pixel_areas(int(window.row_off), int(window.col_off), *predicted.shape)
-            pairs = labels[valid].astype(np.int64) * limit + values
-            area_confusion += np.bincount(pairs, areas[valid], minlength=limit * limit).reshape(limit, limit)
-            mapped = predicted_valid if predicted_valid is not None else np.ones(predicted.shape, bool)
-            for value in pred_nodata:
-                mapped &= predicted != value
             inside = mapped & (predicted < limit)
             mapped_area += np.bincount(predicted[inside].astype(np.int64), areas[inside], minlength=limit)
+            if units is not None:
+                _strata(units, window, predicted, mapped, strata)
+                continue
+            labels = read_truth(window)
+            valid = (labels != IGNORE) & mapped
+            values = predicted[valid]
+            _check_range(values, limit, prediction)
+            confusion += confusion_matrix(labels[valid], values, limit)
+            pairs = labels[valid].astype(np.int64) * limit + values
+            area_confusion += np.bincount(pairs, areas[valid], minlength=limit * limit).reshape(limit, limit)
             ignored += int(valid.size - np.count_nonzero(valid))
             if staged is not None:
                 staged.write(window, labels, predicted, valid)
@@ -244,8 +303,16 @@ def evaluate(
         error_polygons = None
         if staged is not None:
             error_polygons = write_error_polygons(
-                staged, names or [str(i) for i in range(limit)], errors, overwrite
+                staged,
+                names or [str(i) for i in range(limit)],
+                review,
+                overwrite,
+                fields=("truth", "predicted") if changes is None else ("from", "to"),
             )
+    if units is not None:
+        _check_range(strata[strata >= 0], limit, prediction)
+        return _sample_result(str(prediction), str(truth), names, colors, units, strata, mapped_area,
+                              exclude_classes, ground)  # fmt: skip
     if not names:
         seen = np.flatnonzero(confusion.sum(axis=0) + confusion.sum(axis=1))
         count = int(seen.max()) + 1 if seen.size else 1
@@ -260,6 +327,110 @@ def evaluate(
         mapped_area=mapped_area,
         area_unit=unit,
         error_polygons=error_polygons,
+        kind="truth" if changes is None else "changes",
+    )
+
+
+def _check_range(values: np.ndarray, limit: int, prediction) -> None:
+    if values.size and (values.min() < 0 or values.max() >= limit):
+        bad = np.unique(values[(values < 0) | (values >= limit)])
+        raise InputError(
+            f"{prediction}: class value(s) {', '.join(str(v) for v in bad[:5])} outside the "
+            f"{limit} classes 0..{limit - 1}; check --preset/--card"
+        )
+
+
+def _older_map(dataset, names: list[str] | None, path) -> tuple[int, Callable]:
+    """The class limit and a window → classes reader of the older map of a comparison (IGNORE where it
+    has no class: nodata, masked)."""
+    check_class_raster(dataset, str(path), "evaluate --changes")
+    older = read_class_names(dataset)
+    if names and older and [n.casefold() for n in older] != [n.casefold() for n in names]:
+        raise InputError(
+            f"{path}: its classes ({', '.join(older)}) are not those of the newer map ({', '.join(names)}); "
+            "two maps compare only in one class scheme"
+        )
+    limit = len(names) if names else MAX_CLASSES
+
+    def read(window) -> np.ndarray:
+        with read_failures(path):
+            values = dataset.read(1, window=window)
+        classes = np.where(mapped_mask(dataset, values, window), values, IGNORE)
+        _check_range(classes[classes != IGNORE], limit, path)
+        return classes.astype(np.uint8)
+
+    return limit, read
+
+
+def _strata(
+    units: SampleUnits, window, predicted: np.ndarray, mapped: np.ndarray, strata: np.ndarray
+) -> None:
+    """Fill in the map class of the sample units in ``window`` (-1 where the map has no class there)."""
+    r0, c0 = int(window.row_off), int(window.col_off)
+    here = np.flatnonzero(
+        (units.rows >= r0) & (units.rows < r0 + predicted.shape[0])
+        & (units.cols >= c0) & (units.cols < c0 + predicted.shape[1])
+    )  # fmt: skip
+    rows, cols = units.rows[here] - r0, units.cols[here] - c0
+    strata[here] = np.where(mapped[rows, cols], predicted[rows, cols].astype(np.int64), -1)
+
+
+def _sample_result(
+    prediction: str,
+    truth: str,
+    names: list[str] | None,
+    colors,
+    units: SampleUnits,
+    strata: np.ndarray,
+    mapped_area: np.ndarray,
+    exclude_classes: Iterable[str],
+    ground,
+) -> EvaluationResult:
+    """The stratified estimates of a labelled sample: map classes are the strata, weighted by mapped area."""
+    if ground.crs is None:
+        raise InputError(f"{prediction}: has no CRS, so its mapped areas are unknown")
+    used = strata >= 0
+    if not used.any():
+        raise InputError(
+            f"{truth}: no labelled sample unit falls on a mapped pixel of {prediction} "
+            f"({units.unlabelled} without a reference, {units.outside} outside the map, "
+            f"{int((~used).sum())} on nodata)"
+        )
+    limit = len(mapped_area)
+    counts = np.zeros((limit, limit), dtype=np.int64)  # rows map (strata), columns reference
+    np.add.at(counts, (strata[used], units.reference[used]), 1)
+    if not names:
+        seen = np.flatnonzero(counts.sum(axis=0) + counts.sum(axis=1) + mapped_area)
+        count = int(seen.max()) + 1
+        counts, mapped_area = counts[:count, :count], mapped_area[:count]
+        names = [str(i) for i in range(count)]
+    try:
+        estimates = stratified_estimates(counts, mapped_area)
+    except ValueError:
+        empty = [names[i] for i in np.flatnonzero((mapped_area > 0) & (counts.sum(axis=1) == 0))]
+        raise InputError(
+            f"{truth}: no labelled sample unit lies on the map's {', '.join(empty)}, so its area cannot be "
+            "estimated; label units of every mapped class (geoseg sample draws them per class)"
+        ) from None
+    result = _result(
+        prediction, truth, names, counts.T, exclude_classes, 0, colors, scored=estimates.proportions.T
+    )
+    sample = {
+        "units": int(used.sum()),
+        "unlabelled": units.unlabelled,
+        "outside_map": units.outside,
+        "on_nodata": int((~used).sum()),
+    }
+    return dataclasses.replace(
+        result,
+        overall_accuracy=estimates.overall_accuracy,
+        pixels_ignored=units.unlabelled + units.outside + sample["on_nodata"],
+        area_confusion=estimates.proportions.T * mapped_area.sum(),
+        mapped_area=mapped_area,
+        area_unit="m2",
+        kind="sample",
+        estimates=estimates,
+        sample=sample,
     )
 
 
@@ -271,6 +442,7 @@ def _result(
     exclude_classes: Iterable[str],
     ignored: int,
     colors: list | None = None,
+    scored: np.ndarray | None = None,
 ) -> EvaluationResult:
     try:
         excluded = class_indices(names, exclude_classes)
@@ -282,7 +454,7 @@ def _result(
             f"{prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
             "nodata in the prediction); check --ignore-index/--label-offset and the prediction's nodata"
         )
-    scores = scores_from_confusion(confusion, excluded)
+    scores = scores_from_confusion(confusion if scored is None else scored, excluded)
     per_class = [
         ClassResult(
             index=i,
@@ -291,8 +463,8 @@ def _result(
             recall=float(scores.recall[i]),
             f1=float(scores.f1[i]),
             iou=float(scores.iou[i]),
-            pixels=int(scores.truth_pixels[i]),
-            predicted_pixels=int(scores.predicted_pixels[i]),
+            pixels=int(confusion[i].sum()),
+            predicted_pixels=int(confusion[:, i].sum()),
             excluded=not bool(scores.included[i]),
         )
         for i, name in enumerate(names)
@@ -336,11 +508,11 @@ def _open(path: str | os.PathLike, role: str):
     return open_raster(path)
 
 
-def _polygon_truth(truth, options: VectorLabelOptions, names, pred_ds, ignore_index, prediction):
-    """A window → truth labels reader for label polygons on the prediction's grid."""
+def _polygon_truth(truth, table, options: VectorLabelOptions, names, pred_ds, ignore_index, prediction):
+    """A window → truth labels reader for label polygons (read as ``table``) on the prediction's grid."""
     from geoseg.vector_labels import load_label_polygons, on_grid
 
-    polygons = load_label_polygons(truth, options, names)
+    polygons = load_label_polygons(truth, options, names, table)
     grid, _ = on_grid(polygons, pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height, ignore_index)
     if grid is None:
         raise InputError(f"{truth}: no truth polygon falls on {prediction}; check that both cover one place")
@@ -360,10 +532,6 @@ def _ground(dataset, path):
     return GroundArea(crs, dataset.transform, dataset.width, dataset.height, str(path))
 
 
-def _is_integral(value: float | None) -> bool:
-    return value is not None and not math.isnan(value) and float(value).is_integer()
-
-
 def _class_names_and_colors(card: ModelCard | None, prediction) -> tuple[list[str] | None, list | None]:
     if card is not None:
         return card.class_names, [c.color for c in card.classes]
@@ -379,11 +547,3 @@ def _class_names_and_colors(card: ModelCard | None, prediction) -> tuple[list[st
     except ValueError:
         return names, None
     return names, [tuple(table[i][:3]) for i in range(len(names))]
-
-
-def _blocks(height: int, width: int, size: int) -> Iterator:
-    from rasterio.windows import Window
-
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))

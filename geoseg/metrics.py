@@ -84,8 +84,11 @@ def _nanmean(values: np.ndarray) -> float:
 
 
 def scores_from_confusion(confusion: np.ndarray, exclude: Iterable[int] = ()) -> Scores:
-    """Overall accuracy, per-class precision/recall/F1/IoU and the means without the ``exclude`` classes."""
-    confusion = np.asarray(confusion, dtype=np.int64)
+    """Overall accuracy, per-class precision/recall/F1/IoU and the means without the ``exclude`` classes.
+
+    ``confusion`` holds counts, or any non-negative weights such as the estimated area proportions of a
+    stratified sample (then precision is user's and recall producer's accuracy)."""
+    confusion = np.asarray(confusion)  # counts, or estimated area proportions of a sample
     if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1]:
         raise ValueError(f"a confusion matrix must be square, got shape {confusion.shape}")
     k = confusion.shape[0]

@@ -76,6 +76,12 @@ class VectorLabelOptions:
         }
 
 
+def is_point_layer(table: VectorTable) -> bool:
+    """True when every present geometry of a layer is a point: sample units, not label polygons."""
+    present = table.geometries[~shapely.is_missing(table.geometries)]
+    return bool(present.size) and bool(np.all(shapely.get_type_id(present) == 0))
+
+
 def is_vector_path(spec: str | os.PathLike) -> bool:
     """True for a path (or ``path:layer``) whose suffix names a vector format."""
     path, _ = split_layer(str(spec))
@@ -275,7 +281,7 @@ def _polygonal_part(geometry):
     return shapely.union_all(parts) if parts else shapely.Polygon()
 
 
-def _map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOptions, source: str):
+def map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOptions, source: str):
     """Field values → class indices; values mapping to no class are refused with their counts."""
     folded = {name.casefold(): i for i, name in enumerate(names)}
     mapping = {str(k).strip().casefold(): v for k, v in (options.class_map or {}).items()}
@@ -342,13 +348,17 @@ class LabelPolygons:
 
 
 def load_label_polygons(
-    spec: str | os.PathLike, options: VectorLabelOptions, class_names: Sequence[str]
+    spec: str | os.PathLike,
+    options: VectorLabelOptions,
+    class_names: Sequence[str],
+    table: VectorTable | None = None,
 ) -> LabelPolygons:
-    """Read, check, map and rank the label polygons (and AOIs) of ``spec``; every refusal before any work."""
+    """Read, check, map and rank the label polygons (and AOIs) of ``spec`` (or of its ``table`` already
+    read); every refusal before any work."""
     names = list(class_names)
-    table = read_vector(spec, "label", options.class_field)
+    table = table if table is not None else read_vector(spec, "label", options.class_field)
     geometries, kept = _polygons(table, "label")
-    classes = _map_classes(table.values[kept], names, options, table.source)
+    classes = map_classes(table.values[kept], names, options, table.source)
     priority = [class_index(p, names, "--priority") for p in options.priority]
     aoi = aoi_crs = background = None
     if options.aoi is not None:
@@ -424,7 +434,7 @@ def _count_overlaps(geometries: np.ndarray, classes: np.ndarray) -> int:
     return int(np.count_nonzero(shared > 1e-9 * scale))
 
 
-def _reproject(geometries: np.ndarray, source_crs, target_crs, source: str) -> np.ndarray:
+def reproject(geometries: np.ndarray, source_crs, target_crs, source: str) -> np.ndarray:
     from pyproj import CRS, Transformer
 
     target = CRS.from_user_input(target_crs.to_wkt() if hasattr(target_crs, "to_wkt") else target_crs)
@@ -581,9 +591,9 @@ def on_grid(
     key = crs.to_wkt()
     if key not in polygons._projected:
         polygons._projected.clear()  # one CRS at a time: images of a set share one mostly
-        labels = _reproject(polygons.geometries, polygons.crs, crs, polygons.source)
+        labels = reproject(polygons.geometries, polygons.crs, crs, polygons.source)
         aoi = (
-            _reproject(polygons.aoi, polygons.aoi_crs, crs, polygons.options.aoi or "AOI")
+            reproject(polygons.aoi, polygons.aoi_crs, crs, polygons.options.aoi or "AOI")
             if polygons.aoi is not None
             else None
         )

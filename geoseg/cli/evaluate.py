@@ -59,6 +59,14 @@ from geoseg.cli.options import (
     help="Also write the wrong pixels as polygons (.gpkg, .fgb, .geojson, .shp) with truth, predicted and "
     "area_m2, largest first, to review in QGIS.",
 )
+@click.option(
+    "--changes",
+    "changes_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Compare two maps instead: TRUTH is the older class map on the same grid; write the changed pixels "
+    "as polygons (from, to, area_m2; largest first) and report the from/to matrix in hectares.",
+)
 @overwrite_option
 @json_option
 @quiet_option
@@ -73,6 +81,7 @@ def evaluate(
     confusion_path: str | None,
     plot_path: str | None,
     errors_path: str | None,
+    changes_path: str | None,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -87,12 +96,18 @@ def evaluate(
     TRUTH may be polygons from the GIS (.gpkg, .shp, .fgb, .geojson, .parquet; FILE.gpkg:LAYER) with
     --class-field: rasterized on the prediction's grid by the rules train uses (pixel centres, --aoi,
     --background, --all-touched, --priority), so the scores agree with a validation on the same data.
+    TRUTH of points is a stratified sample labelled by a person (geoseg sample, --class-field names the
+    reference column): the map classes are the strata, and the report gives each class's estimated area
+    with its 95 % interval and user's, producer's and overall accuracy (Olofsson et al. 2014).
+    With --changes, TRUTH is an older map of the same grid and the report is what changed, in hectares.
 
     \b
     geoseg evaluate classes.tif truth.tif --preset vaihingen --exclude-classes clutter
     geoseg evaluate classes.tif label.png --preset loveda --label-offset 1 --json
     geoseg evaluate classes.tif truth.tif --plot accuracy.png
     geoseg evaluate classes.tif digitized.gpkg:labels --class-field klasse --aoi digitized.gpkg:areas
+    geoseg evaluate classes.tif samples.gpkg --class-field reference --json
+    geoseg evaluate classes_2024.tif classes_2020.tif --changes changes.gpkg
     """
     from geoseg.api import evaluate as run_evaluation
     from geoseg.api import write_confusion_csv
@@ -105,6 +120,10 @@ def evaluate(
         raise click.UsageError(f"TRUTH {truth} is a vector file: name its class column with --class-field")
     if label_polygons is not None and not is_vector_path(truth):
         raise click.UsageError("--class-field reads truth polygons: TRUTH must be a vector file")
+    if changes_path and (errors_path or label_polygons is not None):
+        raise click.UsageError(
+            "--changes compares two class rasters: give neither --errors nor --class-field"
+        )
     if confusion_path and plot_path and os.path.abspath(confusion_path) == os.path.abspath(plot_path):
         raise click.UsageError("--confusion and --plot name the same file; give each its own name")
     if confusion_path:
@@ -126,6 +145,7 @@ def evaluate(
             progress=callback,
             label_polygons=label_polygons,
             errors=errors_path,
+            changes=changes_path,
             overwrite=overwrite,
         )
     finally:
@@ -145,22 +165,27 @@ def evaluate(
             record["plot"] = plot_path
         if errors_path:
             record["errors"] = errors_path
+        if changes_path:
+            record["changes"]["polygons"] = changes_path
         emit_json(record)
         return
-    _render(result, confusion_path, plot_path, errors_path)
+    _render(result, confusion_path, plot_path, errors_path or changes_path)
 
 
 def _percent(value: float) -> str:
     return "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
 
 
-def _render(result, confusion_path: str | None, plot_path: str | None, errors_path: str | None) -> None:
+def _render(result, confusion_path: str | None, plot_path: str | None, polygons_path: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     if not console.is_terminal:  # a file or pipe: no wrapping at 80 columns
         console.width = max(console.width, 120)
+    if result.kind == "changes":
+        _render_changes(console, result, polygons_path)
+        return
     table = Table(title=f"{result.prediction} vs {result.truth} (scores in %)", title_justify="left")
     table.add_column("class", no_wrap=True)
     for header in ("precision", "recall", "F1", "IoU", "truth pixels", "predicted pixels"):
@@ -184,7 +209,9 @@ def _render(result, confusion_path: str | None, plot_path: str | None, errors_pa
         f"  ·  mIoU{scope} {_percent(result.mean_iou)} %"
     )
     console.print(f"{result.pixels_evaluated:,} pixels compared, {result.pixels_ignored:,} ignored")
-    if result.area_confusion is not None and result.area_unit == "m2":
+    if result.kind == "sample":
+        _render_estimates(console, result)
+    elif result.area_confusion is not None and result.area_unit == "m2":
         areas = result.areas()
         console.print(
             f"{result.area_confusion.sum() / 1e4:,.4f} ha compared on the ellipsoid  ·  area-weighted "
@@ -195,4 +222,61 @@ def _render(result, confusion_path: str | None, plot_path: str | None, errors_pa
     if plot_path:
         console.print(f"plot: {plot_path}")
     if result.error_polygons is not None:
-        console.print(f"wrong pixels as {result.error_polygons:,} polygons, largest first: {errors_path}")
+        console.print(f"wrong pixels as {result.error_polygons:,} polygons, largest first: {polygons_path}")
+
+
+def _hectares(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def _render_estimates(console, result) -> None:
+    """The stratified estimates of a sample: areas with 95 % intervals, user's and producer's accuracy."""
+    from rich.table import Table
+
+    record = result.to_dict()
+    table = Table(title="estimated from the sample (Olofsson et al. 2014; ± is the 95 % interval)")
+    table.add_column("class", no_wrap=True)
+    for header in ("mapped ha", "estimated ha", "± ha", "user's %", "±", "producer's %", "±", "units"):
+        table.add_column(header, justify="right")
+    for name, e in record["area_estimates"].items():
+        table.add_row(
+            name,
+            _hectares(e["mapped_area_ha"]),
+            _hectares(e["area_ha"]),
+            _hectares(e["area_ci95_ha"]),
+            _percent(e["users_accuracy"]),
+            _percent(e["users_accuracy_ci95"]),
+            _percent(e["producers_accuracy"]),
+            _percent(e["producers_accuracy_ci95"]),
+            str(e["units"]),
+        )
+    console.print(table)
+    units, interval = record["sample_units"], _percent(record["overall_accuracy_ci95"])
+    console.print(
+        f"overall accuracy {_percent(result.overall_accuracy)} ± {interval} % "
+        f"from {units['units']:,} units; left out: {units['unlabelled']:,} without a reference, "
+        f"{units['outside_map']:,} outside the map, {units['on_nodata']:,} on nodata"
+    )
+
+
+def _render_changes(console, result, polygons_path: str | None) -> None:
+    """Two maps compared: the from/to matrix and the changed area."""
+    from rich.table import Table
+
+    changes = result.changes()
+    unit = changes["unit"]
+    table = Table(
+        title=f"{result.truth} → {result.prediction} ({unit}; rows from, columns to)", title_justify="left"
+    )
+    table.add_column("from \\ to", no_wrap=True)
+    for name in result.class_names:
+        table.add_column(name, justify="right")
+    for name, row in zip(result.class_names, changes["from_to"], strict=True):
+        table.add_row(name, *(_hectares(v) for v in row))
+    console.print(table)
+    console.print(
+        f"changed {_hectares(changes['changed'])} {unit} ({changes['pixels_changed']:,} pixels), unchanged "
+        f"{_hectares(changes['unchanged'])} {unit}; {result.pixels_ignored:,} pixels nodata in either map"
+    )
+    if result.error_polygons is not None:
+        console.print(f"changes as {result.error_polygons:,} polygons, largest first: {polygons_path}")

@@ -32,6 +32,7 @@ COMMANDS = {
     "export": "export",
     "quicklook": "quicklook",
     "serve": "serve",
+    "sample": "sample",
 }
 
 
@@ -143,6 +144,7 @@ def cli(ctx: click.Context, debug: bool) -> None:
     geoseg predict scene.tif -o classes.tif      segment a GeoTIFF of any size
     geoseg vectorize classes.tif -o map.gpkg     class raster to polygons
     geoseg evaluate classes.tif truth.tif        accuracy against ground truth
+    geoseg sample classes.tif -o samples.gpkg    points to label, for area estimates
     geoseg train --images ... --labels ... -o model.safetensors
     geoseg convert foreign.ckpt -o model.safetensors --preset vaihingen
     geoseg info model.safetensors | scene.tif

@@ -13,6 +13,7 @@ import numpy as np
 
 from geoseg.errors import InputError
 from geoseg.model.card import ClassInfo
+from geoseg.raster.reading import read_valid_mask
 
 CLASS_NAMES_TAG = "GEOSEG_CLASS_NAMES"
 NODATA_CLASS = 255
@@ -110,3 +111,15 @@ def check_stored_as_is(dataset, indexes: Sequence[int], path: str) -> None:
                 f"as stored; remove them (gdal_edit.py -scale 1 -offset 0 {path}) or apply them first "
                 "(gdal_translate -unscale)"
             )
+
+
+def mapped_mask(dataset, values: np.ndarray, window) -> np.ndarray:
+    """Where a window of a class raster holds a class: not :data:`NODATA_CLASS`, not the raster's nodata
+    value, not masked by an internal mask or alpha band of another tool."""
+    valid = read_valid_mask(dataset, window)
+    mapped = np.ones(values.shape, bool) if valid is None else valid.copy()
+    mapped &= values != NODATA_CLASS
+    nodata = dataset.nodata
+    if nodata is not None and not np.isnan(nodata) and float(nodata).is_integer():
+        mapped &= values != int(nodata)
+    return mapped

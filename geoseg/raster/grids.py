@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
 from typing import Literal
 
 from affine import Affine
@@ -23,6 +24,7 @@ from pyproj import Geod, Transformer
 from pyproj.exceptions import CRSError, ProjError
 from rasterio.crs import CRS
 from rasterio.transform import from_gcps
+from rasterio.windows import Window
 
 from geoseg.errors import GeosegWarning, InputError
 
@@ -235,3 +237,12 @@ def check_same_grid(a, b, a_name: str, b_name: str) -> None:
     reason = grid_difference(a, b, a_name, b_name)
     if reason is not None:
         raise InputError(reason)
+
+
+def block_windows(height: int, width: int, size: int, cols: int | None = None) -> Iterator[Window]:
+    """Windows of at most ``size`` rows × ``cols`` (default ``size``) columns covering a raster row by row:
+    the blocks that keep memory bounded when a whole raster is read (evaluate, sample, training's scan)."""
+    cols = cols or size
+    for row in range(0, height, size):
+        for col in range(0, width, cols):
+            yield Window(col, row, min(cols, width - col), min(size, height - row))

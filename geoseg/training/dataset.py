@@ -25,7 +25,7 @@ import glob
 import math
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from rasterio.windows import Window
 
 from geoseg.errors import InputError
 from geoseg.labels import IGNORE, LabelEncoding, read_labels
-from geoseg.raster.grids import check_same_grid, placement
+from geoseg.raster.grids import block_windows, check_same_grid, placement
 from geoseg.raster.reading import (
     EIGHT_BIT_RANGE,
     Scale,
@@ -277,7 +277,7 @@ def check_pairs(
             keep = image.width * image.height <= CACHE_PIXELS
             counts = np.zeros(encoding.num_classes + 1, dtype=np.int64)
             decoded = np.empty((label.height, label.width), dtype=np.uint8) if keep else None
-            for window in _blocks(label.height, label.width, SCAN_BLOCK):
+            for window in block_windows(label.height, label.width, SCAN_BLOCK):
                 block = read_labels(label, window, pair_encoding, str(label_path))
                 block = _mask_invalid(block, image, window, indexes)
                 values = np.where(block == IGNORE, encoding.num_classes, block)
@@ -331,12 +331,6 @@ def value_range_for(
         with open_raster(raster.image) as image:
             value_range = resolve_value_range(image, raster.indexes, scale, model_range, str(raster.image))
     return value_range
-
-
-def _blocks(height: int, width: int, size: int) -> Iterator:
-    for row in range(0, height, size):
-        for col in range(0, width, size):
-            yield Window(col, row, min(size, width - col), min(size, height - row))
 
 
 # --- random crops -----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Wrong pixels as polygons a person reviews in QGIS, the largest mistakes first.
+"""Wrong pixels (or the pixels changed between two maps) as polygons a person reviews in QGIS, largest first.
 
 ``evaluate --errors`` stages a raster on the prediction's grid that holds, for each wrongly classified
 pixel, the pair (truth, predicted) as one code (``truth × classes + predicted + 1``; 0 elsewhere), then turns
@@ -67,9 +67,14 @@ def check_errors_output(path: str | os.PathLike, overwrite: bool, inputs: Sequen
 
 
 def write_error_polygons(
-    staged: ErrorRaster, names: Sequence[str], output: str | os.PathLike, overwrite: bool
+    staged: ErrorRaster,
+    names: Sequence[str],
+    output: str | os.PathLike,
+    overwrite: bool,
+    fields: tuple[str, str] = ("truth", "predicted"),
 ) -> int:
-    """Vectorize the staged codes into ``output`` (truth, predicted, area_m2; largest first); the count."""
+    """Vectorize the staged codes into ``output`` (the two classes under ``fields``, area_m2; largest
+    first); the count. Two maps compared write their changes so, as ``("from", "to")``."""
     import pyogrio
     import shapely
     from pyogrio.raw import write
@@ -89,7 +94,7 @@ def write_error_polygons(
             tmp,
             wkb if len(wkb) else shapely.to_wkb(np.empty(0, object)),
             field_data=[label[codes // staged.classes], label[codes % staged.classes], areas],
-            fields=["truth", "predicted", "area_m2"],
+            fields=[*fields, "area_m2"],
             geometry_type="Polygon",
             crs=meta["crs"],
             driver=driver,
