@@ -22,7 +22,7 @@ TRANSFORM = Affine(0.5, 0, 120_000, 0, -0.5, 487_000)  # RD New, 0.5 m pixels
 
 
 def _map(path, nodata_corner=True):
-    """A 40 × 60 class map: water the top 10 rows, buildings the next 20, trees the rest; nodata in a corner."""
+    """A 40 × 60 class map: water the top 10 rows, buildings the next 20, trees the rest; a nodata corner."""
     data = np.full((40, 60), 2, dtype=np.uint8)
     data[:10], data[10:30] = 0, 1
     if nodata_corner:
@@ -149,8 +149,8 @@ def test_a_mapped_class_without_labelled_units_is_refused_in_one_line(tmp_path):
         result.output.strip()
         .splitlines()[-1]
         .endswith(
-            "no labelled sample unit lies on the map's water, tree, so its area cannot be estimated; label units "
-            "of every mapped class (geoseg sample draws them per class)"
+            "no labelled sample unit lies on the map's water, tree, so its area cannot be estimated; "
+            "label units of every mapped class (geoseg sample draws them per class)"
         )
     )
 
