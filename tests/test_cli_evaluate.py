@@ -252,3 +252,63 @@ def test_truth_whose_datum_is_only_named_differently_is_scored_with_one_warning(
         f"Warning: {prediction} is in EPSG:32632 and {truth} in 'WGS 84 / UTM zone 32N', whose datums are "
         "named differently but lie on one another (no pixel moves by 0.01 m): taken as one CRS"
     ]
+
+
+def _class_map(path, data, names=("water", "building", "tree")):
+    from geoseg.raster.classes import write_class_metadata
+
+    _georeferenced(path, data)
+    with rasterio.open(path, "r+") as dst:
+        dst.nodata = 255
+        write_class_metadata(dst, list(names), [(0, 0, 255), (255, 0, 0), (0, 255, 0)])
+    return str(path)
+
+
+def test_two_maps_compare_as_a_from_to_matrix_in_hectares_and_change_polygons(tmp_path):
+    import pyogrio
+    import shapely
+
+    from geoseg.api import evaluate
+
+    old = TRUTH.copy()
+    new = TRUTH.copy()
+    new[0, :2] = 1  # two water pixels became buildings (one region)
+    new[3, 3] = 0  # a tree pixel became water
+    old[3, 0] = 255  # nodata in the old map
+    new[2, 0] = 255  # and in the new one
+    older, newer = _class_map(tmp_path / "old.tif", old), _class_map(tmp_path / "new.tif", new)
+    changes = tmp_path / "changes.gpkg"
+    result = run(newer, older, "--changes", changes, "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["pixels_ignored"] == 2 and record["pixels_evaluated"] == 14
+    assert record["confusion"] == [[2, 2, 0], [0, 4, 0], [1, 0, 5]]  # rows from, columns to
+    pixel_ha = np.array(record["areas"]["confusion_ha"]) / np.maximum(record["confusion"], 1)
+    changed = record["changes"]
+    assert changed["classes"] == ["water", "building", "tree"] and changed["unit"] == "ha"
+    assert changed["pixels_changed"] == 3 and changed["polygons"] == str(changes)
+    # 1 m pixels of RD New: 1e-4 ha each times the area scale there, far off RD's centre (about 0.9973)
+    assert np.allclose(pixel_ha[np.array(record["confusion"]) > 0], 0.9973e-4, rtol=1e-4)
+    assert changed["from_to"][0][1] == pytest.approx(2 * changed["from_to"][2][0], rel=1e-6)
+    assert changed["changed"] == pytest.approx(sum(changed["from_to"][i][j] for i, j in ((0, 1), (2, 0))))
+    meta, _, wkb, (froms, tos, areas) = pyogrio.raw.read(changes)
+    assert meta["fields"].tolist() == ["from", "to", "area_m2"]
+    assert list(zip(froms, tos, strict=True)) == [("water", "building"), ("tree", "water")]  # largest first
+    assert shapely.equals(shapely.from_wkb(wkb[0]), shapely.box(1000, 1999, 1002, 2000))
+    assert areas.sum() == pytest.approx(changed["changed"] * 1e4, abs=1e-4)  # ha rounded to 1e-8
+    api = evaluate(newer, older, changes=tmp_path / "again.gpkg")  # the same through the Python API
+    assert api.changes()["from_to"] == changed["from_to"] and api.error_polygons == 2
+
+
+def test_changes_need_two_maps_of_one_class_scheme_and_one_grid(tmp_path):
+    older = _class_map(tmp_path / "old.tif", TRUTH, names=("water", "road", "tree"))
+    newer = _class_map(tmp_path / "new.tif", TRUTH)
+    result = run(newer, older, "--changes", tmp_path / "c.gpkg")
+    assert result.exit_code == 1 and "two maps compare only in one class scheme" in result.output
+    assert not (tmp_path / "c.gpkg").exists()
+    shifted = tmp_path / "shifted.tif"
+    write_placed(shifted, TRUTH, "EPSG:28992", __import__("affine").Affine(1, 0, 1001, 0, -1, 2000))
+    result = run(newer, shifted, "--changes", tmp_path / "c.gpkg")
+    assert result.exit_code == 1 and not (tmp_path / "c.gpkg").exists()
+    result = run(newer, older, "--changes", tmp_path / "c.gpkg", "--errors", tmp_path / "e.gpkg")
+    assert result.exit_code == 2 and "--changes compares two class rasters" in result.output
