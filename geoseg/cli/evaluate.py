@@ -226,7 +226,7 @@ def _render(result, confusion_path: str | None, plot_path: str | None, polygons_
 
 
 def _hectares(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.2f}"
+    return "-" if value is None else f"{value:,.4f}"
 
 
 def _render_estimates(console, result) -> None:
