@@ -542,21 +542,24 @@ def spatial_units(grid: GridLabels, margin: float) -> list[SpatialUnit]:
 
 
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Connected components of a graph of ``n`` nodes and edges (left, right), by union-find: per node the
-    smallest node of its component."""
-    parent = np.arange(n)
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for a, b in zip(left[left < right].tolist(), right[left < right].tolist(), strict=True):
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    return np.array([root(i) for i in range(n)], dtype=np.int64)
+    """Connected components of a graph of ``n`` nodes and edges (left, right): per node the smallest node
+    of its component. Union-find in bulk (numpy): each edge hooks the larger of its two roots onto the
+    smaller, then paths are compressed, until no edge joins two roots; a dense label grid has millions of
+    edges, which a Python loop over them would take minutes on."""
+    label = np.arange(n)
+    while True:
+        a, b = label[left], label[right]
+        joined = a != b
+        if not joined.any():
+            return label
+        low = np.minimum(a[joined], b[joined])
+        np.minimum.at(label, a[joined], low)  # a and b are roots: label[root] only ever decreases
+        np.minimum.at(label, b[joined], low)
+        while True:  # every node straight to its root (label[x] <= x, so this ends)
+            jumped = label[label]
+            if np.array_equal(jumped, label):
+                break
+            label = jumped
 
 
 def subset(grid: GridLabels, units: Sequence[SpatialUnit]) -> GridLabels:
