@@ -10,8 +10,8 @@ give the same label pixels. Measured side by side, on one machine, in one proces
 - memory: peak and window-reading RSS (fresh processes) with the window's polygons fixed and 5,000 vs
   ``--polygons`` polygons in all, the others lying outside the windows read.
 
-    python benchmarks/vector_labels.py [--size 4200] [--polygons 50000] [--batches 20] [--batch-size 4]
-                                       [--crop 256] [--train-steps 3] [--threads N]
+    python benchmarks/vector_labels.py [--size 4200] [--polygons 50000] [--batches 20] [--batch-size 2]
+                                       [--crop 256] [--train-steps 2] [--threads N]
     python benchmarks/vector_labels.py --size 10000   # the issue's figure: 10,000² px, 50,000 polygons
 """
 
@@ -222,9 +222,9 @@ def main() -> None:
     )
     parser.add_argument("--polygons", type=int, default=50_000)
     parser.add_argument("--batches", type=int, default=20, help="timed batches of the data-only measure")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--crop", type=int, default=256)
-    parser.add_argument("--train-steps", type=int, default=3, help="timed training steps (0: none)")
+    parser.add_argument("--train-steps", type=int, default=2, help="timed training steps (0: none)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--memory-probe", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
