@@ -4,8 +4,9 @@ A synthetic scene of ``--size``² pixels (0.25 m, RD New) is covered by a grid o
 label polygons of random classes; the equivalent label raster is the same grid burnt into pixels, so both
 give the same label pixels. Measured side by side, on one machine, in one process:
 
-- training data: random crops (``CropSampler``, as ``geoseg train`` draws them) per second from the
-  polygons ÷ from the raster, alone and with a training step of MANet-ResNet18 on each batch;
+- training data: batches of random crops (``CropSampler``, as ``geoseg train`` draws them) per second from
+  the polygons ÷ from the raster, alone and with a training step of MANet-ResNet18 on each batch, the two
+  taken in turns;
 - evaluation: ``evaluate`` of a class raster against the polygons ÷ against the label raster;
 - memory: peak and window-reading RSS (fresh processes) with the window's polygons fixed and 5,000 vs
   ``--polygons`` polygons in all, the others lying outside the windows read.
@@ -96,11 +97,11 @@ def write_grid_polygons(
 
 
 def _sets(paths: dict[str, Path], crop: int):
-    from geoseg.labels import LabelEncoding
+    from geoseg.labels.polygons import VectorLabelOptions
+    from geoseg.labels.raster import LabelEncoding
     from geoseg.model.presets import preset_card
     from geoseg.training.dataset import check_pairs
     from geoseg.training.vector_dataset import vector_training_sets
-    from geoseg.vector_labels import VectorLabelOptions
 
     card = preset_card("potsdam", "resnet18")
     started = time.perf_counter()
@@ -116,19 +117,24 @@ def _sets(paths: dict[str, Path], crop: int):
     return card, raster, polygons, raster_setup, time.perf_counter() - started
 
 
-def batches_per_second(rasters, args, step=None, batches: int | None = None) -> float:
-    """Batches (and a training ``step`` on each, when given) per second, after one untimed batch."""
+def rates(sides, args, step=None, count: int | None = None) -> list[float]:
+    """Batches (and a training ``step`` on each, when given) per second for each of ``sides`` (lists of
+    labelled rasters), taken in turns batch by batch so that a change in the machine's load hits both alike;
+    one untimed turn first."""
     from geoseg.training.dataset import CropSampler
 
-    sampler = CropSampler(rasters, args.crop, np.random.default_rng(1))
-    count = batches or args.batches
-    for i in range(count + 1):
-        if i == 1:
+    samplers = [CropSampler(rasters, args.crop, np.random.default_rng(1)) for rasters in sides]
+    seconds = [0.0] * len(sides)
+    count = count or args.batches
+    for turn in range(count + 1):
+        for k, sampler in enumerate(samplers):
             started = time.perf_counter()
-        images, labels = sampler.sample(args.batch_size)
-        if step is not None:
-            step(images, labels)
-    return count / (time.perf_counter() - started)
+            images, labels = sampler.sample(args.batch_size)
+            if step is not None:
+                step(images, labels)
+            if turn:
+                seconds[k] += time.perf_counter() - started
+    return [count / s for s in seconds]
 
 
 def training_step(card):
@@ -155,7 +161,7 @@ def training_step(card):
 
 def evaluation_seconds(paths: dict[str, Path]) -> tuple[float, float, bool]:
     from geoseg.evaluation import evaluate
-    from geoseg.vector_labels import VectorLabelOptions
+    from geoseg.labels.polygons import VectorLabelOptions
 
     started = time.perf_counter()
     from_raster = evaluate(paths["prediction"], paths["label"])
@@ -180,7 +186,7 @@ def memory_probe(size: int, polygons: int, windows: int) -> None:
     windows are read in the left half only. Prints RSS after loading and after the windows, and the peak."""
     from rasterio.crs import CRS
 
-    from geoseg.vector_labels import VectorLabelOptions, load_label_polygons, on_grid
+    from geoseg.labels.polygons import VectorLabelOptions, load_label_polygons, on_grid
 
     names = [str(i) for i in range(CLASSES)]
 
@@ -245,12 +251,12 @@ def main() -> None:
         card, raster, polygons, raster_setup, polygon_setup = _sets(paths, args.crop)
         print(f"setup (check, count classes): raster {raster_setup:.1f} s, polygons {polygon_setup:.1f} s")
         print(f"crop {args.crop}, batch {args.batch_size}; rates measured side by side (higher is better)")
-        rates = [batches_per_second(r, args) for r in (raster, polygons)]
-        print(f"  data only      raster {rates[0]:7.2f} batches/s  polygons {rates[1]:7.2f}  "
-              f"ratio {rates[1] / rates[0]:.2f}")  # fmt: skip
+        data = rates((raster, polygons), args)
+        print(f"  data only      raster {data[0]:7.2f} batches/s  polygons {data[1]:7.2f}  "
+              f"ratio {data[1] / data[0]:.2f}")  # fmt: skip
         if args.train_steps:
             step = training_step(card)
-            steps = [batches_per_second(r, args, step, args.train_steps) for r in (raster, polygons)]
+            steps = rates((raster, polygons), args, step, args.train_steps)
             print(f"  training steps raster {steps[0]:7.3f} steps/s    polygons {steps[1]:7.3f}  "
                   f"ratio {steps[1] / steps[0]:.2f}  (target >= 0.9)")  # fmt: skip
         raster_s, polygons_s, same = evaluation_seconds(paths)

@@ -1,9 +1,9 @@
 """Measuring a class raster against a ground-truth raster, block by block, in bounded memory.
 
 The rasters must share a grid (:func:`geoseg.raster.grids.check_same_grid`). Ground truth may hold class
-indices or colours (see :mod:`geoseg.labels`). Pixels are left out where the prediction is nodata (255 or the
-raster's nodata value) or the truth is ignored (ignore index, nodata, values below the label offset, black in
-colour labels). The maths lives in :mod:`geoseg.metrics`.
+indices or colours (see :mod:`geoseg.labels.raster`). Pixels are left out where the prediction is nodata
+(255 or the raster's nodata value) or the truth is ignored (ignore index, nodata, values below the label
+offset, black in colour labels). The maths lives in :mod:`geoseg.metrics`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import numpy as np
 from geoseg.area_estimation import Z95, StratifiedEstimates, stratified_estimates
 from geoseg.atomic import atomic_output
 from geoseg.errors import ConfigurationError, InputError
-from geoseg.labels import IGNORE, MAX_CLASSES, LabelEncoding, read_labels
+from geoseg.labels import IGNORE, MAX_CLASSES
+from geoseg.labels.raster import LabelEncoding, read_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
 from geoseg.model.card import ModelCard
 from geoseg.model.presets import resolve_card
@@ -37,8 +38,8 @@ from geoseg.raster.reading import (
 )
 
 if TYPE_CHECKING:
+    from geoseg.labels.polygons import VectorLabelOptions
     from geoseg.sampling import SampleUnits
-    from geoseg.vector_labels import VectorLabelOptions
 
 ProgressCallback = Callable[[int, int], None]
 DEFAULT_BLOCK = 1024
@@ -200,7 +201,7 @@ def evaluate(
     the card's. ``exclude_classes`` (names or indices) are left out of the means but not of the overall
     accuracy, the paper's convention. Memory depends on ``block_size``, not on the raster size.
     ``label_polygons`` reads ``truth`` as label polygons, rasterized on the prediction's grid by the rules
-    training uses (:mod:`geoseg.vector_labels`), so a validation score and this one agree; a truth of
+    training uses (:mod:`geoseg.labels.polygons`), so a validation score and this one agree; a truth of
     *points* is a stratified sample (:mod:`geoseg.sampling`), scored by the estimators of
     :mod:`geoseg.area_estimation`. ``errors`` writes the wrongly classified pixels as polygons there
     (:mod:`geoseg.vector.review`). ``changes`` compares two maps instead: ``truth`` is the older class map
@@ -253,8 +254,8 @@ def evaluate(
             # without names (none stored, no card) polygons' classes are ids, as a truth raster's are
             limit = len(names) if names else MAX_CLASSES
             ids = names or [str(i) for i in range(MAX_CLASSES)]
+            from geoseg.labels.polygons import is_point_layer, read_vector
             from geoseg.sampling import sample_units
-            from geoseg.vector_labels import is_point_layer, read_vector
 
             table = read_vector(truth, "truth", label_polygons.class_field)
             if is_point_layer(table):
@@ -510,7 +511,7 @@ def _open(path: str | os.PathLike, role: str):
 
 def _polygon_truth(truth, table, options: VectorLabelOptions, names, pred_ds, ignore_index, prediction):
     """A window → truth labels reader for label polygons (read as ``table``) on the prediction's grid."""
-    from geoseg.vector_labels import load_label_polygons, on_grid
+    from geoseg.labels.polygons import load_label_polygons, on_grid
 
     polygons = load_label_polygons(truth, options, names, table)
     grid, _ = on_grid(polygons, pred_ds.crs, pred_ds.transform, pred_ds.width, pred_ds.height, ignore_index)

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError
+from geoseg.labels.polygons import VectorLabelOptions, VectorTable, class_index, map_classes, reproject
 from geoseg.raster.classes import check_class_raster, mapped_mask, read_class_names
 from geoseg.raster.grids import block_windows, placement
 from geoseg.raster.reading import open_raster, read_failures
-from geoseg.vector_labels import VectorLabelOptions, VectorTable, class_index, map_classes, reproject
 
 DEFAULT_BLOCK = 1024
 

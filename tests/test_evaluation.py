@@ -12,7 +12,8 @@ from rasterio.transform import from_origin
 
 from geoseg.errors import ConfigurationError, InputError
 from geoseg.evaluation import evaluate, write_confusion_csv
-from geoseg.labels import IGNORE, LabelEncoding, decode_labels
+from geoseg.labels import IGNORE
+from geoseg.labels.raster import LabelEncoding, decode_labels
 from geoseg.model.presets import preset_card
 from geoseg.raster.classes import write_class_metadata
 

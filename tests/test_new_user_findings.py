@@ -106,7 +106,7 @@ def test_index_truth_pixels_its_internal_mask_leaves_out_may_hold_any_value(tmp_
 def test_training_pairs_read_colour_labels_with_the_alpha_band_first(tmp_path):
     """``train`` decodes labels with the same function: the alpha-first colour label trains on its colours,
     and its transparent pixels count in no class."""
-    from geoseg.labels import LabelEncoding
+    from geoseg.labels.raster import LabelEncoding
     from geoseg.training.dataset import check_pairs
 
     classes, alpha = classes_and_transparency(32, 32)

@@ -12,7 +12,8 @@ import torch
 from helpers import loveda_corners, write_png
 
 from geoseg.errors import CheckpointError, ConfigurationError, InputError
-from geoseg.labels import IGNORE, LabelEncoding
+from geoseg.labels import IGNORE
+from geoseg.labels.raster import LabelEncoding
 from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.checkpoint import load_checkpoint
 from geoseg.model.presets import preset_card

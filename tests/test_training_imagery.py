@@ -15,7 +15,8 @@ from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
 from geoseg.errors import InputError
-from geoseg.labels import IGNORE, LabelEncoding
+from geoseg.labels import IGNORE
+from geoseg.labels.raster import LabelEncoding
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.checkpoint import load_checkpoint
 from geoseg.training import dataset

@@ -17,12 +17,12 @@ from pyproj import Transformer
 from geoseg.api import vectorize
 from geoseg.cli.main import cli
 from geoseg.errors import GeosegWarning
-from geoseg.labels import LabelEncoding
+from geoseg.labels.polygons import VectorLabelOptions
+from geoseg.labels.raster import LabelEncoding
 from geoseg.model.checkpoint import load_checkpoint
 from geoseg.model.presets import preset_card
 from geoseg.training.dataset import check_pairs
 from geoseg.training.vector_dataset import vector_training_sets
-from geoseg.vector_labels import VectorLabelOptions
 
 CARD = preset_card("potsdam", "resnet18")
 

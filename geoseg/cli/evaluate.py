@@ -112,7 +112,7 @@ def evaluate(
     from geoseg.api import evaluate as run_evaluation
     from geoseg.api import write_confusion_csv
     from geoseg.atomic import OutputSet, check_output_path
-    from geoseg.vector_labels import is_vector_path
+    from geoseg.labels.polygons import is_vector_path
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")

@@ -301,7 +301,7 @@ class _Reporter:
 
 def label_polygon_options(command: Callable) -> Callable:
     """The options of label polygons (``train --labels``, ``evaluate TRUTH``), handed to the command as one
-    ``label_polygons`` value: a :class:`geoseg.vector_labels.VectorLabelOptions`, or None without
+    ``label_polygons`` value: a :class:`geoseg.labels.polygons.VectorLabelOptions`, or None without
     ``--class-field``."""
     import functools
 
@@ -344,7 +344,7 @@ def label_polygon_options(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, class_field, class_map, aoi, background, all_touched, priority, **kwargs):
-        from geoseg.vector_labels import VectorLabelOptions, parse_class_map
+        from geoseg.labels.polygons import VectorLabelOptions, parse_class_map
 
         given = [
             name for name, v in (("--class-map", class_map), ("--aoi", aoi), ("--priority", priority)) if v

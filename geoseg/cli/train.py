@@ -176,7 +176,7 @@ def train(
         fits = ", ".join(str(b) for b in ARCHITECTURES[architecture].backbones if b)
         which = f"whose backbone is {fits}" if fits else "which has none: leave --backbone out"
         raise click.UsageError(f"--backbone {backbone} does not fit --architecture {architecture}, {which}")
-    from geoseg.vector_labels import is_vector_path
+    from geoseg.labels.polygons import is_vector_path
 
     vector = [spec for spec in (*labels, *val_labels) if is_vector_path(spec)]
     if vector and label_polygons is None:

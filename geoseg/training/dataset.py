@@ -14,9 +14,9 @@ Anything left unpaired is an error naming it. Every pair is checked before train
 the same grid (:func:`geoseg.raster.grids.check_same_grid`: size, and CRS and transform when both carry
 them), bands chosen as ``predict`` chooses them (:func:`geoseg.raster.reading.select_bands`: ``--bands``,
 band names, alpha left out), no smaller than the crop, and every label value decodes to a class (see
-:mod:`geoseg.labels`). Pixels the image marks invalid (nodata, internal mask, alpha) become ignored labels,
-so they count in neither the loss nor the scores. Rasters up to :data:`CACHE_PIXELS` pixels are held in
-memory after that check; larger ones are read by windows, so memory stays bounded.
+:mod:`geoseg.labels.raster`). Pixels the image marks invalid (nodata, internal mask, alpha) become ignored
+labels, so they count in neither the loss nor the scores. Rasters up to :data:`CACHE_PIXELS` pixels are
+held in memory after that check; larger ones are read by windows, so memory stays bounded.
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from geoseg.errors import InputError
-from geoseg.labels import IGNORE, LabelEncoding, read_labels
+from geoseg.labels import IGNORE
+from geoseg.labels.polygons import GridLabels
+from geoseg.labels.raster import LabelEncoding, read_labels
 from geoseg.raster.grids import block_windows, check_same_grid, placement
 from geoseg.raster.reading import (
     EIGHT_BIT_RANGE,
@@ -48,7 +50,6 @@ from geoseg.raster.reading import (
     select_bands,
     stretch_range,
 )
-from geoseg.vector_labels import GridLabels
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2", ".vrt", ".img")
 CACHE_PIXELS = 16 * 1024 * 1024  # per raster; a 4096² RGB uint8 tile is 48 MiB

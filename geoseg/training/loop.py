@@ -27,7 +27,9 @@ import torch
 from geoseg.atomic import atomic_output, check_output_path
 from geoseg.device import autocast_dtype, resolve_device
 from geoseg.errors import CheckpointError, ConfigurationError, InputError
-from geoseg.labels import IGNORE, LabelEncoding
+from geoseg.labels import IGNORE
+from geoseg.labels.polygons import VectorLabelOptions, split_layer
+from geoseg.labels.raster import LabelEncoding
 from geoseg.metrics import confusion_matrix, scores_from_confusion
 from geoseg.model.architectures import Architecture, get_architecture, network_label
 from geoseg.model.build import build_model
@@ -46,7 +48,6 @@ from geoseg.training.dataset import (
 )
 from geoseg.training.losses import segmentation_loss
 from geoseg.training.vector_dataset import vector_training_sets
-from geoseg.vector_labels import VectorLabelOptions, split_layer
 
 ENCODER_PREFIXES = ("firstconv", "firstbn", "encoder")
 STATE_FORMAT = 1

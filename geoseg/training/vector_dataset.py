@@ -1,7 +1,7 @@
 """Training data from label polygons: each image takes the polygons on it, split by spatial unit.
 
 One label file serves any number of images: each image takes the polygons that fall on it (reprojected to
-its CRS, see :mod:`geoseg.vector_labels`); an image with none is skipped and counted, and polygons on no
+its CRS, see :mod:`geoseg.labels.polygons`); an image with none is skipped and counted, and polygons on no
 image are counted too. On each image, AOIs and label polygons whose boxes come within half a crop of each
 other form one *spatial unit*. Crops are drawn only where units are, and ``--val-fraction`` holds out whole
 units (seeded), never random pixels or overlapping windows, so validation pixels are never trained on and
@@ -21,10 +21,8 @@ import numpy as np
 from rasterio.windows import Window
 
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError
-from geoseg.labels import IGNORE, LabelEncoding
-from geoseg.raster.reading import open_raster, read_bands, select_bands
-from geoseg.training.dataset import CACHE_PIXELS, SCAN_BLOCK, LabelledRaster, _gsd, _mask_invalid
-from geoseg.vector_labels import (
+from geoseg.labels import IGNORE
+from geoseg.labels.polygons import (
     GridLabels,
     SpatialUnit,
     VectorLabelOptions,
@@ -33,6 +31,9 @@ from geoseg.vector_labels import (
     spatial_units,
     subset,
 )
+from geoseg.labels.raster import LabelEncoding
+from geoseg.raster.reading import open_raster, read_bands, select_bands
+from geoseg.training.dataset import CACHE_PIXELS, SCAN_BLOCK, LabelledRaster, _gsd, _mask_invalid
 
 
 @dataclass

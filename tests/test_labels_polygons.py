@@ -1,4 +1,4 @@
-"""Label polygons → label pixels (geoseg.vector_labels): reading, class mapping, burning rules, exactness."""
+"""Label polygons → label pixels (geoseg.labels.polygons): reading, mapping, burning rules, exactness."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from rasterio.crs import CRS
 
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError
 from geoseg.labels import IGNORE
-from geoseg.vector_labels import (
+from geoseg.labels.polygons import (
     VectorLabelOptions,
     load_label_polygons,
     on_grid,

@@ -24,11 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoseg.errors import InputError
+from geoseg.labels import IGNORE, MAX_CLASSES
 from geoseg.raster.classes import check_stored_as_is
 from geoseg.raster.reading import data_band_indexes, read_failures, read_valid_mask
 
-IGNORE = 255
-MAX_CLASSES = 255
 _BLACK = (0, 0, 0)
 
 

@@ -1,8 +1,8 @@
 """Labels from the GIS: polygons with a class column → label pixels on a raster's grid, one window at a time.
 
-This module owns "polygons → label pixels"; :mod:`geoseg.labels` owns label *rasters*. Both give uint8 class
-indices with :data:`geoseg.labels.IGNORE` for pixels that count in neither the loss nor the scores, so
-training and evaluation treat either kind of truth alike.
+This module owns "polygons → label pixels"; :mod:`geoseg.labels.raster` owns label *rasters*. Both give
+uint8 class indices with :data:`geoseg.labels.IGNORE` for pixels that count in neither the loss nor the
+scores, so training and evaluation treat either kind of truth alike.
 
 The rules (the same for ``train`` and ``evaluate``, so their scores agree on the same data):
 
