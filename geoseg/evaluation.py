@@ -519,7 +519,8 @@ def _polygon_truth(truth, table, options: VectorLabelOptions, names, pred_ds, ig
         raise InputError(f"{truth}: no truth polygon falls on {prediction}; check that both cover one place")
 
     def read(window) -> np.ndarray:
-        return grid.read(int(window.row_off), int(window.col_off), int(window.height), int(window.width))
+        # each block once: rasterized directly, not through the tile cache training reads by
+        return grid.rasterize(int(window.row_off), int(window.col_off), int(window.height), int(window.width))
 
     return read
 

@@ -228,6 +228,36 @@ def test_a_window_rasterizes_only_the_polygons_that_reach_it(tmp_path):
     assert np.count_nonzero(window == 1) == 25
 
 
+def test_windows_read_through_cached_tiles_equal_windows_rasterized_and_tiles_are_made_once(tmp_path):
+    from geoseg.labels import polygons as module
+
+    rng = np.random.default_rng(0)
+    boxes, classes = [], []
+    for _ in range(300):  # overlapping boxes of random classes and sizes over a 600 × 520 raster
+        c, r = rng.integers(-20, 600), rng.integers(-20, 520)
+        boxes.append(_box(c + 0.3, r + 0.6, c + rng.integers(1, 90) + 0.2, r + rng.integers(1, 90) + 0.7))
+        classes.append(NAMES[rng.integers(0, 3)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", GeosegWarning)
+        path = _write(tmp_path / "l.gpkg", boxes, classes)
+        polygons = load_label_polygons(path, VectorLabelOptions("klasse"), NAMES)
+    grid, _ = _grid(polygons, 600, 520)
+    made = []
+    rasterize = grid.rasterize
+    grid.rasterize = lambda *window: made.append(window) or rasterize(*window)
+    for row, col, height, width in [
+        (0, 0, 520, 600),
+        (250, 250, 20, 20),
+        (100, 37, 300, 411),
+        (500, 590, 20, 10),
+    ]:
+        assert np.array_equal(grid.read(row, col, height, width), rasterize(row, col, height, width))
+    tiles = -(-520 // module.TILE) * -(-600 // module.TILE)
+    assert len(made) == tiles  # the first window made every tile, the others reused them
+    assert (512, 512, 8, 88) in made  # the corner tile ends at the raster's edge
+    assert np.array_equal(grid.read(-5, 10, 20, 20), rasterize(-5, 10, 20, 20))  # off the raster: direct
+
+
 def test_spatial_units_are_clusters_of_labels_and_aois(tmp_path):
     path = _write(
         tmp_path / "l.gpkg",

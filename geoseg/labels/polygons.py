@@ -23,14 +23,19 @@ The rules (the same for ``train`` and ``evaluate``, so their scores agree on the
   ``background``. Outside them, and everywhere without AOIs, a pixel under no label polygon is ignored.
 
 Polygons are indexed (``shapely.STRtree``) in each raster's pixel space, so a window rasterizes only the
-polygons that reach it: the work and memory of a window do not grow with the polygons elsewhere.
+polygons that reach it: the work and memory of a window do not grow with the polygons elsewhere. Training
+reads windows through tiles rasterized once and kept in a bounded cache, so an epoch's overlapping crops
+do not rasterize the same polygons again.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,9 +459,39 @@ def reproject(geometries: np.ndarray, source_crs, target_crs, source: str) -> np
 # --- on a raster's grid -------------------------------------------------------------------------------
 
 
+TILE = 256
+TILE_CACHE_BYTES = 256 * 1024 * 1024  # for all rasters together: a 16,000² label raster's pixels
+
+
+class _TileCache:
+    """Label tiles rasterized once and kept, the least recently used dropped first, within one budget:
+    the crops of an epoch overlap, and rasterizing a tile's polygons again costs more than copying it."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.tiles: OrderedDict = OrderedDict()
+        self.size = 0
+
+    def get(self, key, make) -> np.ndarray:
+        tile = self.tiles.get(key)
+        if tile is not None:
+            self.tiles.move_to_end(key)
+            return tile
+        tile = make()
+        self.tiles[key] = tile
+        self.size += tile.nbytes
+        while self.size > self.budget:
+            self.size -= self.tiles.popitem(last=False)[1].nbytes
+        return tile
+
+
+_TILES = _TileCache(TILE_CACHE_BYTES)
+_GRIDS = itertools.count()  # a key per GridLabels (an id() could be reused by a later one)
+
+
 class GridLabels:
     """Label polygons (and AOIs) in the pixel space of one raster, indexed, in burn order; :meth:`read`
-    rasterizes a window."""
+    gives a window's labels from tiles rasterized once, :meth:`rasterize` rasterizes a window."""
 
     def __init__(
         self,
@@ -480,8 +515,26 @@ class GridLabels:
         self.ignore_index = ignore_index  # a class ignored as the card says, as in label rasters
         self.tree = shapely.STRtree(self.geometries)
         self.aoi_tree = shapely.STRtree(aoi) if aoi is not None and len(aoi) else None
+        self._key = next(_GRIDS)
 
     def read(self, row: int, col: int, height: int, width: int) -> np.ndarray:
+        """Labels (height, width) of the window at (row, col), copied from :data:`TILE`² tiles each
+        rasterized once (a pixel's label depends on its centre alone, so tiles and windows agree)."""
+        if row < 0 or col < 0 or row + height > self.height or col + width > self.width:
+            return self.rasterize(row, col, height, width)
+        out = np.empty((height, width), dtype=np.uint8)
+        for r0 in range(row // TILE * TILE, row + height, TILE):
+            for c0 in range(col // TILE * TILE, col + width, TILE):
+                make = functools.partial(
+                    self.rasterize, r0, c0, min(TILE, self.height - r0), min(TILE, self.width - c0)
+                )
+                tile = _TILES.get((self._key, r0, c0), make)
+                r1, c1 = min(row + height, r0 + tile.shape[0]), min(col + width, c0 + tile.shape[1])
+                rs, cs = max(row, r0), max(col, c0)
+                out[rs - row : r1 - row, cs - col : c1 - col] = tile[rs - r0 : r1 - r0, cs - c0 : c1 - c0]
+        return out
+
+    def rasterize(self, row: int, col: int, height: int, width: int) -> np.ndarray:
         """Labels (height, width) of the window at (row, col): uint8 classes, IGNORE where unlabelled."""
         from rasterio.features import rasterize
 
