@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from geoseg.plots.curves import plot_training_curves
     from geoseg.plots.evaluation import plot_evaluation
     from geoseg.plots.quicklook import QuicklookResult, quicklook
+    from geoseg.sampling import SampleResult, draw_sample
     from geoseg.stac.mlm import checkpoint_stac_item, write_stac_item
     from geoseg.training.loop import TrainingConfig, TrainingResult, train
     from geoseg.vector.vectorize import VectorizeResult, vectorize
@@ -54,6 +55,8 @@ _EXPORTS = {
     "PRESET_NAMES": "geoseg.model.presets",
     "preset_card": "geoseg.model.presets",
     "plot_training_curves": "geoseg.plots.curves",
+    "SampleResult": "geoseg.sampling",
+    "draw_sample": "geoseg.sampling",
     "plot_evaluation": "geoseg.plots.evaluation",
     "QuicklookResult": "geoseg.plots.quicklook",
     "quicklook": "geoseg.plots.quicklook",
@@ -79,6 +82,7 @@ __all__ = [
     "ModelCard",
     "PredictResult",
     "QuicklookResult",
+    "SampleResult",
     "TrainingConfig",
     "TrainingResult",
     "VectorizeResult",
@@ -88,6 +92,7 @@ __all__ = [
     "convert_checkpoint",
     "default_checkpoint_path",
     "describe",
+    "draw_sample",
     "evaluate",
     "export_model",
     "iter_predict",

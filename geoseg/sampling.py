@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg.errors import ConfigurationError, GeosegWarning, InputError
+from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.labels.polygons import VectorLabelOptions, VectorTable, class_index, map_classes, reproject
 from geoseg.raster.classes import check_class_raster, mapped_mask, read_class_names
 from geoseg.raster.grids import block_windows, placement
@@ -83,7 +83,7 @@ def draw_sample(
     if per_class < 0:
         raise ConfigurationError(f"-n must be 0 or more units per class, got {per_class}")
     if output_driver(output) == "Parquet":
-        raise InputError(f"{output}: write the sample as .gpkg, .fgb, .geojson or .shp")
+        raise OutputError(f"{output}: write the sample as .gpkg, .fgb, .geojson or .shp")
     check_output_path(output, overwrite, [classes])
     if not Path(classes).exists():
         raise InputError(f"{classes}: class raster not found")
