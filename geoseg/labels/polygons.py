@@ -597,17 +597,17 @@ def spatial_units(grid: GridLabels, margin: float) -> list[SpatialUnit]:
 def _components(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Connected components of a graph of ``n`` nodes and edges (left, right): per node the smallest node
     of its component. Union-find in bulk (numpy): each edge hooks the larger of its two roots onto the
-    smaller, then paths are compressed, until no edge joins two roots; a dense label grid has millions of
-    edges, which a Python loop over them would take minutes on."""
+    smaller, paths are compressed, and the edges are contracted to the pairs of roots still apart, until
+    none joins two roots; a dense label grid has millions of edges, which a Python loop takes minutes on."""
     label = np.arange(n)
     while True:
         a, b = label[left], label[right]
         joined = a != b
         if not joined.any():
             return label
-        low = np.minimum(a[joined], b[joined])
-        np.minimum.at(label, a[joined], low)  # a and b are roots: label[root] only ever decreases
-        np.minimum.at(label, b[joined], low)
+        a, b = a[joined], b[joined]
+        left, right = np.minimum(a, b), np.maximum(a, b)  # roots, left < right
+        np.minimum.at(label, right, left)  # label[root] only ever decreases
         while True:  # every node straight to its root (label[x] <= x, so this ends)
             jumped = label[label]
             if np.array_equal(jumped, label):
