@@ -354,3 +354,25 @@ def test_evaluate_against_polygons_scores_as_against_the_raster_to_the_last_digi
     assert from_raster.overall_accuracy < 0.95
     assert np.array_equal(from_polygons.confusion, from_raster.confusion)
     assert from_polygons.to_dict() | {"truth": None} == from_raster.to_dict() | {"truth": None}
+
+
+def test_components_of_random_graphs_are_those_a_search_finds():
+    from geoseg.labels.polygons import _components
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 40))
+        left, right = rng.integers(0, n, (2, int(rng.integers(0, 60))))
+        neighbours = {i: set() for i in range(n)}
+        for a, b in zip(left.tolist(), right.tolist(), strict=True):
+            neighbours[a].add(b)
+            neighbours[b].add(a)
+        expected = np.arange(n)
+        for start in range(n):  # depth-first search from each node: its component's smallest node
+            seen, stack = {start}, [start]
+            while stack:
+                for other in neighbours[stack.pop()] - seen:
+                    seen.add(other)
+                    stack.append(other)
+            expected[start] = min(seen)
+        assert np.array_equal(_components(n, left, right), expected)
