@@ -1,0 +1,86 @@
+"""The documentation cannot drift from the command line: every command has its page under docs/commands/, each
+page names every option its ``--help`` lists, and every picture and relative link in the README and docs/
+exists. The commands are introspected through the lazy click group, so no network or torch is imported."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from geoseg.cli.main import cli
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+COMMAND_PAGES = REPO / "docs" / "commands"
+MARKDOWN = [README, *sorted((REPO / "docs").rglob("*.md"))]
+README_MAX_LINES = 130  # the front door: reference goes to docs/
+
+# [text](target) and ![alt](target); the target ends at whitespace or the closing parenthesis
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _commands() -> dict[str, click.Command]:
+    ctx = click.Context(cli)
+    return {name: cli.get_command(ctx, name) for name in cli.list_commands(ctx)}
+
+
+def _documented_flags(command: click.Command) -> list[str]:
+    """Every long flag ``--help`` shows (both halves of an on/off switch), ``--help`` itself aside."""
+    ctx = click.Context(command)
+    flags = []
+    for param in command.get_params(ctx):
+        if not isinstance(param, click.Option) or param.hidden:
+            continue
+        flags += [flag for flag in (*param.opts, *param.secondary_opts) if flag.startswith("--")]
+    return [flag for flag in flags if flag != "--help"]
+
+
+def _relative_links(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)  # code blocks hold no links
+    targets = [match.group(1) for match in LINK.finditer(text)]
+    return [target for target in targets if not re.match(r"^[a-z][a-z0-9+.-]*:|^#", target)]
+
+
+COMMANDS = _commands()
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_has_a_page_naming_every_option(name: str) -> None:
+    page = COMMAND_PAGES / f"{name}.md"
+    assert page.is_file(), f"geoseg {name} has no page: write docs/commands/{name}.md"
+    text = page.read_text(encoding="utf-8")
+    missing = [flag for flag in _documented_flags(COMMANDS[name]) if not re.search(rf"{flag}(?![\w-])", text)]
+    assert not missing, f"docs/commands/{name}.md does not mention {', '.join(missing)}"
+
+
+def test_every_page_under_commands_is_a_command() -> None:
+    pages = {page.stem for page in COMMAND_PAGES.glob("*.md")}
+    assert pages - set(COMMANDS) == set(), "a page documents a command that geoseg no longer has"
+
+
+def test_the_readme_links_every_command_page() -> None:
+    links = set(_relative_links(README))
+    assert {f"docs/commands/{name}.md" for name in COMMANDS} <= links
+
+
+@pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_relative_link_and_picture_exists(path: Path) -> None:
+    broken = [
+        target
+        for target in _relative_links(path)
+        if not (path.parent / target.split("#")[0]).exists() or target.split("#")[0] == ""
+    ]
+    assert not broken, f"{path.relative_to(REPO)} links to missing files: {broken}"
+
+
+def test_the_readme_shows_pictures_and_stays_short() -> None:
+    text = README.read_text(encoding="utf-8")
+    pictures = [target for target in _relative_links(README) if target.endswith(".png")]
+    assert len(pictures) >= 3
+    assert "make demo" in text and "make test" in text
+    lines = len(text.splitlines())
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines: move reference into docs/"
