@@ -67,14 +67,23 @@ def test_the_readme_links_every_command_page() -> None:
     assert {f"docs/commands/{name}.md" for name in COMMANDS} <= links
 
 
+def _anchors(path: Path) -> set[str]:
+    """The heading anchors a code host gives a Markdown page (GitHub's rule: lower case, punctuation dropped,
+    spaces to hyphens)."""
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
+    headings = re.findall(r"^#+\s+(.+?)\s*$", text, flags=re.MULTILINE)
+    return {re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-") for heading in headings}
+
+
 @pytest.mark.parametrize("path", MARKDOWN, ids=lambda p: str(p.relative_to(REPO)))
-def test_every_relative_link_and_picture_exists(path: Path) -> None:
-    broken = [
-        target
-        for target in _relative_links(path)
-        if not (path.parent / target.split("#")[0]).exists() or target.split("#")[0] == ""
-    ]
-    assert not broken, f"{path.relative_to(REPO)} links to missing files: {broken}"
+def test_every_relative_link_picture_and_anchor_exists(path: Path) -> None:
+    broken = []
+    for target in _relative_links(path):
+        file, _, anchor = target.partition("#")
+        linked = path.parent / file
+        if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
+            broken.append(target)
+    assert not broken, f"{path.relative_to(REPO)} links to missing files or headings: {broken}"
 
 
 def test_the_readme_shows_pictures_and_stays_short() -> None:
