@@ -28,13 +28,15 @@ def _commands() -> dict[str, click.Command]:
 
 
 def _documented_flags(command: click.Command) -> list[str]:
-    """Every long flag ``--help`` shows (both halves of an on/off switch), ``--help`` itself aside."""
+    """Every long flag ``--help`` shows (both halves of an on/off switch; the short one where an option has no
+    long one), ``--help`` itself aside."""
     ctx = click.Context(command)
     flags = []
     for param in command.get_params(ctx):
         if not isinstance(param, click.Option) or param.hidden:
             continue
-        flags += [flag for flag in (*param.opts, *param.secondary_opts) if flag.startswith("--")]
+        names = (*param.opts, *param.secondary_opts)
+        flags += [flag for flag in names if flag.startswith("--")] or list(names)  # `-n` has no long form
     return [flag for flag in flags if flag != "--help"]
 
 
@@ -93,3 +95,13 @@ def test_the_readme_shows_pictures_and_stays_short() -> None:
     assert "make demo" in text and "make test" in text
     lines = len(text.splitlines())
     assert lines <= README_MAX_LINES, f"README.md has {lines} lines: move reference into docs/"
+
+
+def test_every_module_the_architecture_page_names_exists() -> None:
+    """docs/architecture.md says where each job lives: a module moved or renamed must move there too."""
+    page = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", page, flags=re.DOTALL)
+    named = set(re.findall(r"`([\w/]+(?:\.py|/))`", text))
+    assert named, "the architecture page names no module"
+    missing = sorted(name for name in named if not (REPO / "geoseg" / name).exists())
+    assert not missing, f"docs/architecture.md names modules that do not exist under geoseg/: {missing}"
