@@ -30,13 +30,13 @@ demo: $(STAMP)
 	@echo "  quick-look        $(DEMO)/netherlands.classes.quicklook.png"
 
 test: $(STAMP)
-	$(BIN)/ruff check geoseg tests benchmarks
-	$(BIN)/ruff format --check geoseg tests benchmarks
+	$(BIN)/ruff check geoseg tests benchmarks docs/make_images.py
+	$(BIN)/ruff format --check geoseg tests benchmarks docs/make_images.py
 	$(BIN)/python -m pytest -q
 
 format: $(STAMP)
-	$(BIN)/ruff format geoseg tests benchmarks
-	$(BIN)/ruff check --fix geoseg tests benchmarks
+	$(BIN)/ruff format geoseg tests benchmarks docs/make_images.py
+	$(BIN)/ruff check --fix geoseg tests benchmarks docs/make_images.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo_output
