@@ -7,6 +7,7 @@ import http.client
 import json
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from geoseg.serve.server import bind, make_server  # noqa: E402
 WIDTH, HEIGHT = 1300, 1100
 TRANSFORM = Affine(0.5, 0, 5e5, 0, -0.5, 5.8e6)
 CRS = "EPSG:32633"
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -111,7 +113,7 @@ def _expected_rgba(classes: np.ndarray, z: int, x: int, y: int) -> np.ndarray:
     ex, ny = Transformer.from_crs("EPSG:3857", CRS, always_xy=True).transform(mx, my)
     col, row = (~TRANSFORM) * (ex, ny)
     col, row = np.floor(col).astype(int), np.floor(row).astype(int)
-    inside = (row >= 0) & (row < HEIGHT) & (col >= 0) & (col < WIDTH)
+    inside = (row >= 0) & (row < classes.shape[0]) & (col >= 0) & (col < classes.shape[1])
     warped = np.full((256, 256), 255, dtype=np.uint8)
     warped[inside] = classes[row[inside], col[inside]]
     table = np.array([class_colormap([c.color for c in CARD.classes])[i] for i in range(256)], dtype=np.uint8)
@@ -254,3 +256,160 @@ def test_a_scene_the_model_cannot_read_is_refused_before_the_server_starts(tmp_p
     line = served.output.strip()
     assert line.startswith("Error: ") and "\n" not in line and "geoseg serve:" not in line
     assert line == predicted.output.strip()
+
+
+class GateNet(PixelNet):
+    """PixelNet that holds its first batch until ``gate`` is set, so a region stays in computation."""
+
+    def __init__(self, gate: threading.Event):
+        super().__init__()
+        self.gate = gate
+
+    def forward(self, x):
+        self.gate.wait(timeout=60)
+        return super().forward(x)
+
+
+def test_a_region_being_computed_is_not_queued_again_by_a_newer_request(scene, tmp_path, reference):
+    gate = threading.Event()
+    layers = open_layers(
+        [str(scene)], model=GateNet(gate), card=CARD, outputs=[tmp_path / "o.tif"], device="cpu"
+    )
+    server = Server(layers)
+    try:
+        z, x, y = _tile_of(100, 100, _native_zoom())  # region 0 only
+        assert server.get(f"/tiles/classes/{z}/{x}/{y}.png?wait=0&view=1")[0] == 200
+        deadline = time.monotonic() + 30
+        while json.loads(server.get("/api/progress")[1])["running"] is None:
+            assert time.monotonic() < deadline, "region 0 did not start"
+            time.sleep(0.05)
+        assert server.get(f"/tiles/classes/{z}/{x}/{y}.png?wait=0&view=2")[0] == 200  # the page moved
+        assert json.loads(server.get("/api/progress")[1])["queued"] == 0
+        gate.set()
+        status, png = server.get(f"/tiles/classes/{z}/{x}/{y}.png")  # a plain client waits for it
+        assert status == 200
+        np.testing.assert_array_equal(_rgba(png), _expected_rgba(reference, z, x, y))
+        time.sleep(0.6)  # a duplicate would start now (the queue re-checks twice a second)
+        progress = json.loads(server.get("/api/progress")[1])
+        assert progress["running"] is None and progress["queued"] == 0
+        assert layers.layers["classes"].cache.computed == 1
+    finally:
+        server.stop()
+
+
+def test_several_inputs_are_one_layer_pair_each_named_by_stem(tmp_path):
+    first, second = tmp_path / "north.tif", tmp_path / "south.tif"
+    write_scene(first, 200, 150, seed=1, crs=CRS, transform=TRANSFORM)
+    write_scene(second, 200, 150, seed=2, crs=CRS, transform=TRANSFORM)
+    finished = tmp_path / "done.tif"
+    predict_scene(PixelNet(), CARD, second, finished, device="cpu")
+    layers = open_layers(
+        [str(first), str(second), str(finished)],
+        model=PixelNet(),
+        card=CARD,
+        outputs=[tmp_path / "n.tif", tmp_path / "s.tif", tmp_path / "d.tif"],
+        device="cpu",
+    )
+    server = Server(layers)
+    try:
+        listed = json.loads(server.get("/api/layers")[1])["layers"]
+        assert [layer["name"] for layer in listed] == [
+            "north.image",
+            "north.classes",
+            "south.image",
+            "south.classes",
+            "done.classes",
+        ]
+        with rasterio.open(finished) as dataset:
+            south = dataset.read(1)
+        z, x, y = _tile_of(75, 100, _native_zoom())
+        expected = _expected_rgba(south, z, x, y)
+        for name in ("south.classes", "done.classes"):  # computed here and read from predict's raster
+            status, png = server.get(f"/tiles/{name}/{z}/{x}/{y}.png")
+            assert status == 200
+            np.testing.assert_array_equal(_rgba(png), expected, err_msg=name)
+        north = _rgba(server.get(f"/tiles/north.classes/{z}/{x}/{y}.png")[1])
+        assert (north[3] == 255).sum() == (expected[3] == 255).sum() and not np.array_equal(north, expected)
+        assert layers.layers["south.classes"].cache.computed == 1
+        assert layers.layers["north.classes"].cache.work.path.parent == tmp_path
+    finally:
+        server.stop()
+
+
+def test_two_inputs_that_would_share_a_work_folder_are_refused(tmp_path):
+    from geoseg.errors import ConfigurationError
+
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_scene(tmp_path / folder / "scene.tif", 64, 64, crs=CRS, transform=TRANSFORM)
+    inputs = [str(tmp_path / "a" / "scene.tif"), str(tmp_path / "b" / "scene.tif")]
+    with pytest.raises(ConfigurationError, match="scene.classes.tif.*give each input its own -o"):
+        open_layers(inputs, model=PixelNet(), card=CARD, device="cpu")
+
+
+def _serve_cli(tmp_path, monkeypatch, *args: str):
+    """``geoseg serve`` of a class raster through the CLI, the server itself replaced by a stub."""
+    from click.testing import CliRunner
+
+    import geoseg.serve.server as server
+    from geoseg.cli.main import cli
+
+    classes = tmp_path / "classes.tif"
+    if not classes.exists():
+        write_scene(tmp_path / "s.tif", 64, 64, crs=CRS, transform=TRANSFORM)
+        predict_scene(PixelNet(), CARD, tmp_path / "s.tif", classes, device="cpu")
+    monkeypatch.setattr(server, "serve", lambda layers, sock, ready: (ready(), layers.close(), sock.close()))
+    return CliRunner().invoke(cli, ["serve", str(classes), "--port", "0", *args])
+
+
+def test_a_host_other_than_this_machine_gets_one_warning_line(tmp_path, monkeypatch):
+    quiet = _serve_cli(tmp_path, monkeypatch)
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr.startswith("geoseg serve: http://127.0.0.1:") and len(quiet.stderr.splitlines()) == 1
+    opened = _serve_cli(tmp_path, monkeypatch, "--host", "0.0.0.0")
+    assert opened.exit_code == 0, opened.output
+    warning, address = opened.stderr.splitlines()
+    assert warning == "Warning: listening on 0.0.0.0: anyone who reaches it can see the map and the scene"
+    assert address.startswith("geoseg serve: http://0.0.0.0:")
+    assert opened.stdout == ""
+
+
+def test_ctrl_c_stops_with_exit_130_one_line_naming_the_work_folder_and_no_other_files(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    from helpers import write_small_checkpoint
+
+    write_scene(tmp_path / "scene.tif", 200, 150, crs=CRS, transform=TRANSFORM)
+    write_small_checkpoint(tmp_path / "model.safetensors")
+    before = set(os.listdir(tmp_path))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "geoseg.cli.main", "serve", "scene.tif", "-m", "model.safetensors"]
+    process = subprocess.Popen(
+        [*command, "--port", "0"], cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        address = process.stderr.readline().split()[2]
+        z, x, y = _tile_of(75, 100, 18)
+        with urllib.request.urlopen(f"{address}tiles/classes/{z}/{x}/{y}.png", timeout=120) as response:
+            assert response.status == 200
+        process.send_signal(signal.SIGINT)
+        rest = process.stderr.read()
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+    work = tmp_path / ".scene.classes.tif.geoseg-work"
+    assert rest.splitlines() == [
+        f"geoseg serve: stopped; computed regions kept in {work.resolve()} (predict --resume with the same "
+        "-o computes only the rest; delete the folder to drop them)"
+    ]
+    assert set(os.listdir(tmp_path)) - before == {work.name}
+    assert sorted(p.name for p in work.iterdir()) == [
+        "manifest.json",
+        "region-00000.classes.tif",
+        "region-00000.confidence.tif",
+        "region-00000.json",
+    ]

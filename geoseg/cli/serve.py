@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import click
 
 from geoseg.cli.options import (
@@ -123,11 +121,17 @@ def serve(
     def ready() -> None:
         click.echo(f"geoseg serve: {url} (WMTS: {url}wmts/WMTSCapabilities.xml); Ctrl-C stops", err=True)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    interrupted = False
+    try:
         run_server(layers, sock, ready)
-    for folder in layers.work_folders():
-        click.echo(
-            f"geoseg serve: stopped; computed regions kept in {folder.resolve()} (predict --resume with the "
-            "same -o computes only the rest; delete the folder to drop them)",
-            err=True,
-        )
+    except KeyboardInterrupt:  # Ctrl-C is how a server stops: this line, not the group's "interrupted"
+        interrupted = True
+    finally:  # also when SIGTERM/SIGHUP end it (the group then adds its "terminated by" line)
+        for folder in layers.work_folders():
+            click.echo(
+                f"geoseg serve: stopped; computed regions kept in {folder.resolve()} (predict --resume with "
+                "the same -o computes only the rest; delete the folder to drop them)",
+                err=True,
+            )
+    if interrupted:
+        raise click.exceptions.Exit(130)  # predict's exit code for Ctrl-C

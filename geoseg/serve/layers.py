@@ -199,6 +199,13 @@ def open_layers(
     outputs = list(outputs) if outputs else [Path(f"{PurePath(i).stem}.classes.tif") for i in inputs]
     if len(outputs) != len(inputs):
         raise ConfigurationError(f"{len(outputs)} outputs (-o) for {len(inputs)} inputs; give one per input")
+    resolved = [Path(o).resolve() for o in outputs]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise ConfigurationError(
+                f"two inputs would keep their regions in the work folder of {outputs[i]}; give each input "
+                "its own -o"
+            )
     names = _layer_names(inputs)
     scenes = [i for i in inputs if not is_class_raster(i)]
     network = executor = options = None

@@ -162,6 +162,7 @@ class RegionQueue:
         self._view = -1
         self._closing = False
         self.running: dict | None = None  # what the page shows: scene, region, tiles done and total
+        self._current: tuple[tuple[int, int], Future] | None = None  # the region being computed
         self._thread = threading.Thread(target=self._loop, name="geoseg-serve-regions", daemon=True)
         self._thread.start()
 
@@ -175,6 +176,9 @@ class RegionQueue:
                 if region.index in cache.done:
                     continue
                 key = (id(cache), region.index)
+                if self._current is not None and self._current[0] == key:
+                    futures.append(self._current[1])  # being computed: wait for it, never queue it again
+                    continue
                 entry = self._pending.get(key)
                 if entry is None:
                     entry = self._pending[key] = (Future(), [], cache, region)
@@ -218,6 +222,7 @@ class RegionQueue:
                         best = (newest, key)
                 if best is not None:
                     future, _, cache, region = self._pending.pop(best[1])
+                    self._current = (best[1], future)
                     self.running = {"layer": cache.name, "region": region.index, "done": 0, "tiles": 0}
                     return future, cache, region
                 self._cond.wait(timeout=0.5)  # also re-checks staleness of waiting requests
@@ -236,7 +241,7 @@ class RegionQueue:
                 future.set_result(result)
             finally:
                 with self._cond:
-                    self.running = None
+                    self.running = self._current = None
 
     def _compute(self, cache: RegionCache, region: Region) -> int:
         def progress(done: int, total: int) -> None:
