@@ -76,14 +76,14 @@ def get_json(url: str) -> dict:
 
 
 def view_of(bounds: list[float], width: int, height: int) -> tuple[int, float, float]:
-    """The page's ``#zoom/lat/lon``: the deepest zoom at which ``bounds`` (lon/lat) fill at most 90 % of
+    """The page's ``#zoom/lat/lon``: the deepest zoom at which ``bounds`` (lon/lat) fill at most 95 % of
     the window, centred."""
     to_merc = Transformer.from_crs("EPSG:4326", "EPSG:3857", always_xy=True)
     (x0, x1), (y0, y1) = to_merc.transform([bounds[0], bounds[2]], [bounds[1], bounds[3]])
     z = max(
         z
         for z in range(25)
-        if (x1 - x0) * 256 * 2**z / EARTH <= 0.9 * width and (y1 - y0) * 256 * 2**z / EARTH <= 0.9 * height
+        if (x1 - x0) * 256 * 2**z / EARTH <= 0.95 * width and (y1 - y0) * 256 * 2**z / EARTH <= 0.95 * height
     )
     lon, lat = Transformer.from_crs("EPSG:3857", "EPSG:4326", always_xy=True).transform(
         (x0 + x1) / 2, (y0 + y1) / 2
@@ -94,7 +94,7 @@ def view_of(bounds: list[float], width: int, height: int) -> tuple[int, float, f
 def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4000) -> None:
     """Headless Chromium's screenshot of ``url`` after ``budget_ms`` of the page's (virtual) time."""
     with tempfile.TemporaryDirectory(prefix="geoseg-chromium-") as profile:
-        subprocess.run(
+        process = subprocess.Popen(
             [
                 browser() or "chromium",
                 "--headless",
@@ -108,10 +108,24 @@ def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4
                 f"--screenshot={path}",
                 url,
             ],
-            check=True,
-            capture_output=True,
-            timeout=120,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
+        try:
+            # Chromium sometimes hangs on its way out after writing the file: stop it once it is written.
+            for line in process.stderr:
+                if "written to file" in line:
+                    break
+            else:
+                raise RuntimeError(f"chromium wrote no screenshot (exit {process.wait()})")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def wait_for_regions(address: str, timeout_s: float) -> dict:
@@ -161,6 +175,7 @@ def check_colours(
     row, col = screen_pixels(*view, width, height, crs, transform)
     inside = (row >= 0) & (row < raster.shape[0]) & (col >= 0) & (col < raster.shape[1])
     inside[:, width - CONTROLS :] = False
+    inside[inside] = raster[row[inside], col[inside]] < len(colors)  # no-data: nothing drawn
     r, c = row[inside], col[inside]
     truth = raster[r, c]
     under = image[:, r, c].T  # (n, 3)
@@ -169,11 +184,20 @@ def check_colours(
     blends = OPACITY * palette[None, :, :] + (1 - OPACITY) * under[:, None, :]  # (n, classes, 3)
     read = np.abs(blends - shown[:, None, :]).sum(axis=2).argmin(axis=1)
     count = len(colors)
+    border = np.zeros(raster.shape, dtype=bool)  # pixels with another class among their 8 neighbours
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):
+        a = raster[max(dy, 0) :, max(dx, 0) : raster.shape[1] + min(dx, 0)]
+        b = raster[: raster.shape[0] - dy, max(-dx, 0) : raster.shape[1] - max(dx, 0)]
+        differ = a != b
+        border[max(dy, 0) :, max(dx, 0) : raster.shape[1] + min(dx, 0)] |= differ
+        border[: raster.shape[0] - dy, max(-dx, 0) : raster.shape[1] - max(dx, 0)] |= differ
+    interior = ~border[r, c]
     return {
         "pixels": int(inside.sum()),
         "agreement": float((read == truth).mean()),
+        "agreement_off_borders": float((read == truth)[interior].mean()),
         "screen_histogram": np.bincount(read, minlength=count).tolist(),
-        "raster_histogram": np.bincount(truth[truth < count], minlength=count).tolist(),
+        "raster_histogram": np.bincount(truth, minlength=count).tolist(),
     }
 
 
@@ -227,7 +251,10 @@ def main() -> int:
         colors = [tuple(int(e["color"][i : i + 2], 16) for i in (1, 3, 5)) for e in layer["legend"]]
         found = check_colours(args.out, view, args.scene, output, colors)
     names = [e["name"] for e in layer["legend"]]
-    print(f"screen pixels checked: {found['pixels']}; read as the raster's class: {found['agreement']:.4%}")
+    print(
+        f"screen pixels checked: {found['pixels']}; read as the raster's class: {found['agreement']:.4%} "
+        f"({found['agreement_off_borders']:.4%} away from class borders)"
+    )
     for name, seen, truth in zip(names, found["screen_histogram"], found["raster_histogram"], strict=True):
         print(f"  {name:14s} screen {seen:8d}   raster {truth:8d}")
     print(f"screenshot: {args.out} ({args.out.stat().st_size / 1024:.0f} KB)")

@@ -413,3 +413,38 @@ def test_ctrl_c_stops_with_exit_130_one_line_naming_the_work_folder_and_no_other
         "region-00000.confidence.tif",
         "region-00000.json",
     ]
+
+
+def _browser_script():
+    """benchmarks/serve_screenshot.py: headless Chromium and the colour check, shared with the test."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "serve_screenshot", REPO / "benchmarks" / "serve_screenshot.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_a_real_browser_shows_each_class_colour_where_the_batch_raster_has_that_class(
+    served, scene, tmp_path, reference
+):
+    shot = _browser_script()
+    if shot.browser() is None:
+        pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
+    layer = json.loads(served.get("/api/layers")[1])["layers"][1]
+    width, height = 900, 700
+    view = shot.view_of(layer["bounds"], width, height)
+    page = f"http://127.0.0.1:{served.port}/#{view[0]}/{view[1]:.9f}/{view[2]:.9f}"
+    shot.screenshot(page, tmp_path / "computing.png", width, height)  # the page asks for the regions
+    progress = shot.wait_for_regions(f"http://127.0.0.1:{served.port}/", timeout_s=300)
+    assert progress["layers"]["classes"]["done"] == 6  # the page's requests computed every region
+    shot.screenshot(page, tmp_path / "done.png", width, height)
+    colors = [c.color for c in CARD.classes]
+    found = shot.check_colours(tmp_path / "done.png", view, scene, tmp_path / "reference.tif", colors)
+    assert found["pixels"] > 100_000
+    assert found["agreement"] > 0.999, found
+    pairs = zip(found["screen_histogram"], found["raster_histogram"], strict=True)
+    assert all(seen > 0 for seen, truth in pairs if truth)  # every class of the raster is on screen

@@ -4,6 +4,7 @@ is known and printed first); stopping (Ctrl-C) closes the layers, which keeps on
 from __future__ import annotations
 
 import socket
+import warnings
 from collections.abc import Callable
 
 from geoseg.errors import ConfigurationError
@@ -43,6 +44,10 @@ def make_server(layers: Layers):
 
 def serve(layers: Layers, sock: socket.socket, ready: Callable[[], None] | None = None) -> None:
     """Answer requests on ``sock`` until stopped (Ctrl-C, SIGTERM); then close ``layers``."""
+    from rio_tiler.errors import NoOverviewWarning
+
+    # once, not at every tile: a scene without overviews is read at full resolution at coarse zooms
+    warnings.filterwarnings("once", category=NoOverviewWarning)
     server = make_server(layers)
     try:
         if ready is not None:
