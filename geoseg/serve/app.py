@@ -99,7 +99,10 @@ def create_app(layers: Layers) -> Starlette:
         if footprint is None:
             return Response(empty_tile(), media_type="image/png")
         if isinstance(layer, ImageLayer):
-            return Response(await run_in_threadpool(layer.render, z, x, y), media_type="image/png")
+            try:
+                return Response(await run_in_threadpool(layer.render, z, x, y), media_type="image/png")
+            except asyncio.CancelledError:
+                return Response("the server is stopping", status_code=503)
         headers = {}
         # The page asks with wait=0 and its view number: it redraws when regions finish, and a newer view
         # makes this one's requests stale. Other clients (QGIS) wait for the regions of the tile.
@@ -120,7 +123,10 @@ def create_app(layers: Layers) -> Starlette:
                     w.result()
             except (Stopped, asyncio.CancelledError):
                 return Response("the server is stopping", status_code=503)
-        png = await run_in_threadpool(layer.render, z, x, y, footprint)
+        try:
+            png = await run_in_threadpool(layer.render, z, x, y, footprint)
+        except asyncio.CancelledError:  # the server stopped while rendering: no traceback on Ctrl-C
+            return Response("the server is stopping", status_code=503)
         return Response(png, media_type="image/png", headers=headers)
 
     routes = [
