@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -112,6 +113,8 @@ def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4
             stderr=subprocess.PIPE,
             text=True,
         )
+        watchdog = threading.Timer(120, process.kill)  # a Chromium that hangs before writing: stopped
+        watchdog.start()
         try:
             # Chromium sometimes hangs on its way out after writing the file: stop it once it is written.
             for line in process.stderr:
@@ -120,6 +123,7 @@ def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4
             else:
                 raise RuntimeError(f"chromium wrote no screenshot (exit {process.wait()})")
         finally:
+            watchdog.cancel()
             process.terminate()
             try:
                 process.wait(timeout=30)
