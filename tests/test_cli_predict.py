@@ -70,9 +70,13 @@ def test_json_names_the_precision_auto_chose_for_the_cpu(
     checkpoint, colorado, tmp_path, pretend_cpu, native_bf16, precision
 ):
     pretend_cpu(avx512=native_bf16, native_bf16=native_bf16)
-    result = _invoke(colorado, "-o", tmp_path / "classes.tif", "-m", checkpoint, "--json")
+    args = ["-o", tmp_path / "classes.tif", "-m", checkpoint, "--json", "--engine", "torch"]
+    result = _invoke(colorado, *args)
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["precision"] == precision
+    assert (json.loads(result.stdout)["engine"], json.loads(result.stdout)["precision"]) == (
+        "torch",
+        precision,
+    )
 
 
 def test_json_prints_one_object_per_scene(checkpoint, shared_data, tmp_path):
