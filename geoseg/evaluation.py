@@ -26,7 +26,7 @@ from geoseg.errors import ConfigurationError, InputError
 from geoseg.labels import IGNORE, MAX_CLASSES
 from geoseg.labels.raster import LabelEncoding, read_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
-from geoseg.model.card import ModelCard
+from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.presets import resolve_card
 from geoseg.raster.classes import check_card_matches, check_class_raster, mapped_mask, read_class_names
 from geoseg.raster.grids import block_windows, check_same_grid
@@ -193,6 +193,7 @@ def evaluate(
     errors: str | os.PathLike | None = None,
     changes: str | os.PathLike | None = None,
     overwrite: bool = False,
+    styles: bool = True,
 ) -> EvaluationResult:
     """Overall accuracy, per-class precision/recall/F1/IoU, mean F1 and mIoU of a class raster against truth.
 
@@ -206,7 +207,8 @@ def evaluate(
     :mod:`geoseg.area_estimation`. ``errors`` writes the wrongly classified pixels as polygons there
     (:mod:`geoseg.vector.review`). ``changes`` compares two maps instead: ``truth`` is the older class map
     on the same grid, the result's area matrix is from (old, rows) → to (new, columns), and the changed
-    pixels are written there as polygons.
+    pixels are written there as polygons. With ``styles``, those polygons are styled for QGIS by the map's
+    class (``predicted``, ``to``) in the class colours, when the classes have colours.
     """
     model_card = resolve_card(preset, card)
     if block_size <= 0:
@@ -221,8 +223,6 @@ def evaluate(
             staging_folder,
             write_error_polygons,
         )
-
-        check_errors_output(review, overwrite, [prediction, truth])
     with contextlib.ExitStack() as stack:
         pred_ds = stack.enter_context(_open(prediction, "prediction"))
         check_decodable(pred_ds, [1], str(prediction))
@@ -233,6 +233,13 @@ def evaluate(
         check_class_raster(pred_ds, str(prediction), "evaluate")
         check_card_matches(model_card, pred_ds, str(prediction), "score")
         names, colors = _class_names_and_colors(model_card, pred_ds)
+        legend = None
+        if review is not None:
+            if styles and names and colors:
+                legend = [
+                    ClassInfo(n, tuple(int(v) for v in c[:3])) for n, c in zip(names, colors, strict=True)
+                ]
+            check_errors_output(review, overwrite, [prediction, truth], styled=legend is not None)
         if ignore_index is None and model_card is not None:
             ignore_index = model_card.ignore_index
         units = None
@@ -309,6 +316,8 @@ def evaluate(
                 review,
                 overwrite,
                 fields=("truth", "predicted") if changes is None else ("from", "to"),
+                classes=legend,
+                inputs=[prediction, truth],
             )
     if units is not None:
         _check_range(strata[strata >= 0], limit, prediction)

@@ -24,6 +24,8 @@ from geoseg.model.card import ClassInfo
 QGIS_VERSION = "3.22.0-Białowieża"
 STYLE_SUFFIX = ".qml"
 CLASS_FIELD = "class_name"  # the polygons' attribute the categories match
+# the GeoPackage table of styles, as QGIS names it; GDAL lists it as a layer (it is in gpkg_contents)
+STYLE_TABLE = "layer_styles"
 # the confidence ramp: viridis at 0, 25, 50, 75 and 100 % (stored as probability x 255)
 VIRIDIS = ("#440154", "#3b528b", "#21918c", "#5ec962", "#fde725")
 _HEADER = "<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>\n"
@@ -223,7 +225,7 @@ def polygons_sld(classes: Sequence[ClassInfo], layer: str, field: str = CLASS_FI
 
 
 # The table QGIS creates (QgsOgrProviderUtils, GPKG), registered in gpkg_contents as an attributes table
-_LAYER_STYLES = """CREATE TABLE IF NOT EXISTS layer_styles (
+_CREATE_STYLE_TABLE = f"""CREATE TABLE IF NOT EXISTS {STYLE_TABLE} (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     f_table_catalog TEXT(256),
     f_table_schema TEXT(256),
@@ -240,6 +242,16 @@ _LAYER_STYLES = """CREATE TABLE IF NOT EXISTS layer_styles (
 )"""
 
 
+def data_layers(path: str | os.PathLike) -> list[str]:
+    """The layers of the vector file ``path`` that hold data: all GDAL lists but the table of QGIS styles,
+    which a styled GeoPackage (geoseg's own, or one QGIS saved a style into) lists as a second layer. A
+    reader that names none of them reads the one this gives, so a styled file reads as the single layer it
+    is (GDAL errors propagate: callers word them)."""
+    import pyogrio
+
+    return [str(name) for name, _ in pyogrio.list_layers(path) if str(name).lower() != STYLE_TABLE]
+
+
 def write_geopackage_style(
     path: str | os.PathLike, layer: str, classes: Sequence[ClassInfo], field: str = CLASS_FIELD
 ) -> None:
@@ -251,17 +263,17 @@ def write_geopackage_style(
             (geometry_column,) = connection.execute(
                 "SELECT column_name FROM gpkg_geometry_columns WHERE table_name = ?", (layer,)
             ).fetchone()
-            connection.execute(_LAYER_STYLES)
+            connection.execute(_CREATE_STYLE_TABLE)
             connection.execute(
                 "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, last_change) "
-                "SELECT 'layer_styles', 'attributes', 'layer_styles', '', "
-                "strftime('%Y-%m-%dT%H:%M:%fZ','now') "
-                "WHERE NOT EXISTS (SELECT 1 FROM gpkg_contents WHERE table_name = 'layer_styles')"
+                "SELECT ?, 'attributes', ?, '', strftime('%Y-%m-%dT%H:%M:%fZ','now') "
+                "WHERE NOT EXISTS (SELECT 1 FROM gpkg_contents WHERE table_name = ?)",
+                (STYLE_TABLE,) * 3,
             )
-            connection.execute("DELETE FROM layer_styles WHERE f_table_name = ?", (layer,))
+            connection.execute(f"DELETE FROM {STYLE_TABLE} WHERE f_table_name = ?", (layer,))
             connection.execute(
-                "INSERT INTO layer_styles (f_table_catalog, f_table_schema, f_table_name, f_geometry_column, "
-                "styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
+                f"INSERT INTO {STYLE_TABLE} (f_table_catalog, f_table_schema, f_table_name, "
+                "f_geometry_column, styleName, styleQML, styleSLD, useAsDefault, description, owner, ui) "
                 "VALUES ('', '', ?, ?, ?, ?, ?, 1, ?, '', NULL)",
                 (
                     layer,
@@ -274,3 +286,15 @@ def write_geopackage_style(
             )
     finally:
         connection.close()
+
+
+def write_polygons_style(
+    path: str | os.PathLike, layer: str, classes: Sequence[ClassInfo], field: str = CLASS_FIELD
+) -> None:
+    """Style the closed polygon file ``path`` by ``field``: inside it for a GeoPackage
+    (:func:`write_geopackage_style`), else as the ``.qml`` of :func:`style_sidecar` beside it."""
+    sidecar = style_sidecar(path)
+    if sidecar is None:
+        write_geopackage_style(path, layer, classes, field)
+    else:
+        sidecar.write_text(polygons_qml(classes, field), encoding="utf-8")

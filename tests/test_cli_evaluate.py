@@ -12,6 +12,9 @@ from click.testing import CliRunner
 
 from geoseg.cli.main import cli
 
+# every file this module reads names its layer or holds one: a styled GeoPackage's style table is no layer
+pytestmark = pytest.mark.filterwarnings("error:More than one layer found")
+
 TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]], dtype=np.uint8)
 PREDICTION = np.array([[0, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2], [2, 2, 2, 1]], dtype=np.uint8)
 
@@ -219,7 +222,7 @@ def test_errors_are_written_as_polygons_with_both_classes_and_true_areas_largest
     result = run(prediction, truth, "--errors", errors, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["error_polygons"] == 2
-    meta, _, wkb, (truth_names, predicted_names, areas) = pyogrio.raw.read(errors)
+    meta, _, wkb, (truth_names, predicted_names, areas) = pyogrio.raw.read(errors, layer="errors")
     assert meta["fields"].tolist() == ["truth", "predicted", "area_m2"]
     assert truth_names.tolist() == ["2", "0"] and predicted_names.tolist() == ["0", "1"]
     import shapely
@@ -291,7 +294,7 @@ def test_two_maps_compare_as_a_from_to_matrix_in_hectares_and_change_polygons(tm
     assert np.allclose(pixel_ha[np.array(record["confusion"]) > 0], 0.9973e-4, rtol=1e-4)
     assert changed["from_to"][0][1] == pytest.approx(2 * changed["from_to"][2][0], rel=1e-6)
     assert changed["changed"] == pytest.approx(sum(changed["from_to"][i][j] for i, j in ((0, 1), (2, 0))))
-    meta, _, wkb, (froms, tos, areas) = pyogrio.raw.read(changes)
+    meta, _, wkb, (froms, tos, areas) = pyogrio.raw.read(changes, layer="changes")
     assert meta["fields"].tolist() == ["from", "to", "area_m2"]
     assert list(zip(froms, tos, strict=True)) == [("water", "building"), ("tree", "water")]  # largest first
     assert shapely.equals(shapely.from_wkb(wkb[0]), shapely.box(1000, 1999, 1002, 2000))
@@ -312,3 +315,86 @@ def test_changes_need_two_maps_of_one_class_scheme_and_one_grid(tmp_path):
     assert result.exit_code == 1 and not (tmp_path / "c.gpkg").exists()
     result = run(newer, older, "--changes", tmp_path / "c.gpkg", "--errors", tmp_path / "e.gpkg")
     assert result.exit_code == 2 and "--changes compares two class rasters" in result.output
+
+
+def _style_categories(qml: str) -> tuple[str, list[tuple[str, str]]]:
+    """The field a categorized polygon style reads, and its (value, fill colour) categories."""
+    import xml.etree.ElementTree as ET
+
+    renderer = ET.fromstring(qml).find("renderer-v2")
+    assert renderer.get("type") == "categorizedSymbol"
+    symbols = {s.get("name"): s for s in renderer.find("symbols")}
+    colours = [
+        {o.get("name"): o.get("value") for o in symbols[c.get("symbol")].find("layer/Option")}["color"]
+        for c in renderer.find("categories")
+    ]
+    values = [c.get("value") for c in renderer.find("categories")]
+    return renderer.get("attr"), list(zip(values, colours, strict=True))
+
+
+def _style_rows(path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'layer_styles'").fetchall():
+            return []
+        return db.execute("SELECT f_table_name, styleQML FROM layer_styles").fetchall()
+
+
+MAP_COLOURS = [("water", "0,0,255,255"), ("building", "255,0,0,255"), ("tree", "0,255,0,255")]
+
+
+def test_error_polygons_are_styled_by_predicted_class_in_the_maps_colours(tmp_path):
+    predicted = TRUTH.copy()
+    predicted[0, 0] = 1
+    prediction, truth = _class_map(tmp_path / "p.tif", predicted), _class_map(tmp_path / "t.tif", TRUTH)
+    result = run(prediction, truth, "--errors", tmp_path / "errors.gpkg")
+    assert result.exit_code == 0, result.output
+    ((layer, qml),) = _style_rows(tmp_path / "errors.gpkg")
+    assert layer == "errors" and _style_categories(qml) == ("predicted", MAP_COLOURS)
+    result = run(prediction, truth, "--errors", tmp_path / "errors.fgb")  # other formats: a .qml beside
+    assert result.exit_code == 0, result.output
+    qml = (tmp_path / "errors.qml").read_text(encoding="utf-8")
+    assert _style_categories(qml) == ("predicted", MAP_COLOURS)
+
+
+def test_change_polygons_are_styled_by_the_class_they_changed_to(tmp_path):
+    new = TRUTH.copy()
+    new[0, :2] = 1
+    older, newer = _class_map(tmp_path / "old.tif", TRUTH), _class_map(tmp_path / "new.tif", new)
+    result = run(newer, older, "--changes", tmp_path / "changes.gpkg")
+    assert result.exit_code == 0, result.output
+    ((layer, qml),) = _style_rows(tmp_path / "changes.gpkg")
+    assert layer == "changes" and _style_categories(qml) == ("to", MAP_COLOURS)
+
+
+def test_no_styles_writes_review_polygons_without_a_style(tmp_path):
+    predicted = TRUTH.copy()
+    predicted[0, 0] = 1
+    prediction, truth = _class_map(tmp_path / "p.tif", predicted), _class_map(tmp_path / "t.tif", TRUTH)
+    for name in ("errors.gpkg", "errors.fgb"):
+        result = run(prediction, truth, "--errors", tmp_path / name, "--no-styles")
+        assert result.exit_code == 0, result.output
+    assert _style_rows(tmp_path / "errors.gpkg") == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.fgb", "errors.gpkg", "p.tif", "t.tif"]
+    result = run(prediction, truth, "--changes", tmp_path / "changes.gpkg", "--no-styles")
+    assert result.exit_code == 0 and _style_rows(tmp_path / "changes.gpkg") == []
+
+
+def test_a_map_without_colours_writes_error_polygons_without_a_style(tmp_path):
+    prediction = _georeferenced(tmp_path / "p.tif", PREDICTION)
+    truth = _georeferenced(tmp_path / "t.tif", TRUTH)
+    result = run(prediction, truth, "--errors", tmp_path / "errors.fgb")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.fgb", "p.tif", "t.tif"]
+
+
+def test_truth_polygons_geoseg_vectorized_read_without_a_layer_name(tmp_path):
+    from geoseg.api import vectorize
+
+    classes = _class_map(tmp_path / "map.tif", TRUTH)
+    vectorize(classes, tmp_path / "truth.gpkg")  # with its layer_styles table, which GDAL lists as a layer
+    result = run(classes, tmp_path / "truth.gpkg", "--class-field", "class_name", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert record["overall_accuracy"] == 1.0 and record["pixels_evaluated"] == 16

@@ -25,6 +25,7 @@ from geoseg.labels.polygons import (
     spatial_units,
     split_layer,
 )
+from geoseg.model.card import ClassInfo
 
 NAMES = ["background", "building", "road"]
 CRS_RD = CRS.from_epsg(28992)
@@ -158,6 +159,44 @@ def test_multi_layer_geopackage_needs_a_layer_name_listing_the_layers(tmp_path):
     assert split_layer(f"{path}:roads") == (str(path), "roads")
     labels = _labels(f"{path}:roads")
     assert np.count_nonzero(labels == 2) == 1 and np.count_nonzero(labels != IGNORE) == 1
+
+
+def _class_map(path, classes):
+    """A class raster on TRANSFORM that names its classes in NAMES with colours, as geoseg predict writes."""
+    from geoseg.raster.classes import write_class_metadata
+
+    profile = dict(driver="GTiff", width=classes.shape[1], height=classes.shape[0], count=1, dtype="uint8",
+                   crs=CRS_RD, transform=TRANSFORM, nodata=255)  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(classes[None])
+        write_class_metadata(dst, NAMES, [(0, 0, 0), (255, 0, 0), (128, 128, 128)])
+    return path
+
+
+def test_geosegs_own_styled_geopackage_reads_without_a_layer_name(tmp_path):
+    from geoseg.api import vectorize
+    from geoseg.styles import STYLE_TABLE, data_layers
+
+    classes = np.zeros((20, 20), np.uint8)
+    classes[2:6, 3:9], classes[12:, :] = 1, 2
+    polygons = tmp_path / "map.gpkg"
+    vectorize(_class_map(tmp_path / "map.tif", classes), polygons)
+    assert sorted(name for name, _ in pyogrio.list_layers(polygons)) == sorted(["map", STYLE_TABLE])
+    assert data_layers(polygons) == ["map"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor pyogrio's "More than one layer found"
+        assert np.array_equal(_labels(polygons, VectorLabelOptions("class_name")), classes)
+
+
+def test_two_data_layers_and_a_style_table_are_refused_listing_only_the_data_layers(tmp_path):
+    from geoseg.styles import write_geopackage_style
+
+    path = tmp_path / "l.gpkg"
+    _write(path, [_box(0, 0, 1, 1)], ["building"], layer="buildings")
+    _write(path, [_box(3, 3, 4, 4)], ["road"], layer="roads")
+    write_geopackage_style(path, "roads", [ClassInfo(name, (0, 0, 0)) for name in NAMES], "klasse")
+    with pytest.raises(InputError, match=r"holds 2 layers \(buildings, roads\); name one as .*l.gpkg:LAYER$"):
+        load_label_polygons(path, VectorLabelOptions("klasse"), NAMES)
 
 
 def test_labels_without_a_crs_are_refused(tmp_path):

@@ -201,12 +201,12 @@ def test_polygons_named_like_their_raster_would_replace_its_style_and_are_refuse
 
 
 def test_a_failed_write_leaves_no_style(classes_tif, tmp_path, monkeypatch):
-    import geoseg.vector.output as output
+    import geoseg.styles as styles
 
     def broken(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(output, "polygons_qml", broken)
+    monkeypatch.setattr(styles, "polygons_qml", broken)
     with pytest.raises(KeyboardInterrupt):
         vectorize(classes_tif, tmp_path / "p.fgb")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif"]

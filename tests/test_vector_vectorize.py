@@ -20,8 +20,12 @@ from scipy import integrate, ndimage
 
 from geoseg.errors import GeosegWarning, InputError, OutputError
 from geoseg.raster.classes import write_class_metadata
+from geoseg.styles import data_layers
 from geoseg.vector import vectorize as vectorize_module
 from geoseg.vector.vectorize import vectorize
+
+# reads name their layer: pyogrio's warning would mean a styled GeoPackage read by guessing its layer
+pytestmark = pytest.mark.filterwarnings("error:More than one layer found")
 
 POTSDAM = Path(__file__).parents[1].parent / "shared" / "data" / "labeled" / "potsdam"
 POTSDAM_LABEL = POTSDAM / "top_potsdam_2_10_label_0_0_512_512.tif"
@@ -54,7 +58,8 @@ def texture(n=96, seed=0, classes=4):
 
 
 def read_layer(path):
-    meta, _, geometry, fields = raw.read(path)
+    (layer,) = data_layers(path)  # a styled GeoPackage also lists its layer_styles table
+    meta, _, geometry, fields = raw.read(path, layer=layer)
     table = dict(zip(meta["fields"], fields, strict=True))
     return meta, shapely.from_wkb(geometry), table
 
@@ -587,7 +592,7 @@ def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
     assert out.read_text() == "keep me"
     result = vectorize(path, out, overwrite=True)
     assert (
-        pyogrio.read_info(out)["features"]
+        pyogrio.read_info(out, layer="x")["features"]
         == sum(result.polygons.values())
         == sum(region_counts(named[1], named[1] != 255).values())
     )

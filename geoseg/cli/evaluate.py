@@ -19,6 +19,7 @@ from geoseg.cli.options import (
     preset_option,
     progress_reporter,
     quiet_option,
+    styles_option,
 )
 
 
@@ -57,7 +58,7 @@ from geoseg.cli.options import (
     type=click.Path(dir_okay=False),
     default=None,
     help="Also write the wrong pixels as polygons (.gpkg, .fgb, .geojson, .shp) with truth, predicted and "
-    "area_m2, largest first, to review in QGIS.",
+    "area_m2, largest first, to review in QGIS (styled by predicted class in the class colours).",
 )
 @click.option(
     "--changes",
@@ -67,6 +68,7 @@ from geoseg.cli.options import (
     help="Compare two maps instead: TRUTH is the older class map on the same grid; write the changed pixels "
     "as polygons (from, to, area_m2; largest first) and report the from/to matrix in hectares.",
 )
+@styles_option
 @overwrite_option
 @json_option
 @quiet_option
@@ -82,6 +84,7 @@ def evaluate(
     plot_path: str | None,
     errors_path: str | None,
     changes_path: str | None,
+    styles: bool,
     overwrite: bool,
     as_json: bool,
     quiet: bool,
@@ -147,6 +150,7 @@ def evaluate(
             errors=errors_path,
             changes=changes_path,
             overwrite=overwrite,
+            styles=styles,
         )
     finally:
         close()

@@ -7,8 +7,9 @@ scores, so training and evaluation treat either kind of truth alike.
 The rules (the same for ``train`` and ``evaluate``, so their scores agree on the same data):
 
 - Any vector pyogrio reads (GeoPackage, Shapefile, FlatGeobuf, GeoJSON, …; ``file.gpkg:layer`` names a layer)
-  or a GeoParquet file (read with pyarrow; it must carry the ``geo`` metadata). A file with several layers
-  needs the layer named; a layer without a CRS, without features or without the class field is refused.
+  or a GeoParquet file (read with pyarrow; it must carry the ``geo`` metadata). A file with several data
+  layers needs the layer named (a GeoPackage's table of QGIS styles is no data layer: geoseg's own polygons
+  read without a name); a layer without a CRS, without features or without the class field is refused.
 - The class field's values are class names (case-insensitive) or class ids; ``class_map`` maps other values
   (case-insensitive) to names or ids. A value that maps to no class is refused, listed with its count.
 - Null and empty geometries are skipped (counted in one warning); invalid ones are repaired with
@@ -46,6 +47,7 @@ from affine import Affine
 
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError
 from geoseg.labels import IGNORE
+from geoseg.styles import data_layers
 
 VECTOR_SUFFIXES = (".gpkg", ".shp", ".fgb", ".geojson", ".json", ".parquet", ".gml", ".kml", ".sqlite")
 _POLYGONAL = ("Polygon", "MultiPolygon")
@@ -192,10 +194,13 @@ def _read_ogr(path: str, layer: str | None, role: str, field_name: str | None):
     from pyogrio.errors import DataLayerError, DataSourceError
 
     try:
-        layers = pyogrio.list_layers(path)
-        if layer is None and len(layers) > 1:
-            names = ", ".join(str(name) for name, _ in layers)
-            raise InputError(f"{path}: holds {len(layers)} layers ({names}); name one as {path}:LAYER")
+        if layer is None:
+            layers = data_layers(path)
+            if len(layers) > 1:
+                raise InputError(
+                    f"{path}: holds {len(layers)} layers ({', '.join(layers)}); name one as {path}:LAYER"
+                )
+            layer = layers[0] if layers else None
         info = pyogrio.read_info(path, layer=layer)
         fields = [str(f) for f in info["fields"]]
         if field_name is not None and field_name not in fields:

@@ -27,7 +27,7 @@ import numpy as np
 from geoseg.atomic import OutputSet, check_output_path, remove_quietly, temporary_sibling
 from geoseg.errors import OutputError
 from geoseg.model.card import ClassInfo
-from geoseg.styles import polygons_qml, style_sidecar, write_geopackage_style
+from geoseg.styles import style_sidecar, write_polygons_style
 
 DRIVERS = {
     ".gpkg": "GPKG",
@@ -58,6 +58,34 @@ def output_driver(path: str | os.PathLike) -> str:
     return DRIVERS[suffix]
 
 
+def check_vector_output(
+    path: str | os.PathLike,
+    overwrite: bool,
+    *,
+    styled: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+) -> Path | None:
+    """Refuse, before any work, the vector file ``path`` (with a shapefile's side-cars and, with ``styled``,
+    its QGIS style) when it cannot be written; the style's path (None when there is none). ``inputs``: as
+    for :func:`atomic_vector_output`."""
+    final = Path(path)
+    if final.suffix.lower() == ".shp" and not overwrite:
+        for ext in SHAPEFILE_SIDECARS:  # a .dbf alone may be someone's table: replaced only when asked
+            if final.with_suffix(ext).exists():
+                raise OutputError(f"{final.with_suffix(ext)}: output exists; pass --overwrite to replace it")
+    check_output_path(final, overwrite, inputs)
+    style = style_sidecar(final) if styled else None
+    if style is not None:
+        for source in inputs:
+            if os.path.abspath(style_sidecar(source) or "") == os.path.abspath(style):
+                raise OutputError(
+                    f"{final}: its QGIS style {style} would replace the style of {source}; give the output "
+                    "another name, or pass --no-styles"
+                )
+        check_output_path(style, overwrite)
+    return style
+
+
 @contextlib.contextmanager
 def atomic_vector_output(
     path: str | os.PathLike,
@@ -73,20 +101,7 @@ def atomic_vector_output(
     """
     final = Path(path)
     shapefile = final.suffix.lower() == ".shp"
-    if shapefile and not overwrite:
-        for ext in SHAPEFILE_SIDECARS:  # a .dbf alone may be someone's table: replaced only when asked
-            if final.with_suffix(ext).exists():
-                raise OutputError(f"{final.with_suffix(ext)}: output exists; pass --overwrite to replace it")
-    check_output_path(final, overwrite)
-    style = style_sidecar(final) if styled else None
-    if style is not None:
-        for source in inputs:
-            if os.path.abspath(style_sidecar(source) or "") == os.path.abspath(style):
-                raise OutputError(
-                    f"{final}: its QGIS style {style} would replace the style of {source}; give the output "
-                    "another name, or pass --no-styles"
-                )
-        check_output_path(style, overwrite)
+    style = check_vector_output(final, overwrite, styled=styled, inputs=inputs)
     sidecars = [final.with_suffix(ext) for ext in SHAPEFILE_SIDECARS] if shapefile else []
     stale = [final.with_suffix(ext) for ext in SHAPEFILE_STALE] if shapefile else []
     with OutputSet() as unit:
@@ -230,19 +245,19 @@ class FeatureWriter:
         if self.target != self.path:
             self._convert()
         if self.classes is not None:
-            style = style_sidecar(self.path)
             with _writing(self.final):
-                if style is None:
-                    write_geopackage_style(self.path, self.layer, self.classes)
-                else:
-                    style.write_text(polygons_qml(self.classes), encoding="utf-8")
+                write_polygons_style(self.path, self.layer, self.classes)
 
     def _convert(self) -> None:
         """Stream the staging GeoPackage into the final format, then remove it."""
         from pyogrio import raw
 
         options = {"RFC7946": "YES"} if self.rfc7946 else None
-        with raw.open_arrow(str(self.target)) as (meta, stream), _no_crs_warning(), _writing(self.final):
+        with (
+            raw.open_arrow(str(self.target), layer=self.layer) as (meta, stream),
+            _no_crs_warning(),
+            _writing(self.final),
+        ):
             raw.write_arrow(
                 stream,
                 str(self.path),

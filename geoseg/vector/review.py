@@ -4,7 +4,9 @@
 pixel, the pair (truth, predicted) as one code (``truth × classes + predicted + 1``; 0 elsewhere), then turns
 it into polygons with the vectorizer (:mod:`geoseg.vector.vectorize`: exact pixel outlines, regions merged,
 true areas on the ellipsoid) and writes them with ``truth`` and ``predicted`` class names and ``area_m2``,
-sorted by area, largest first.
+sorted by area, largest first. When the map's classes have colours, the polygons are styled for QGIS
+(:mod:`geoseg.styles`), categorized by the class the map put there (``predicted``; ``to`` for changes) in
+its colour: inside a GeoPackage, as a ``.qml`` beside other formats, part of the same atomic output.
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg.atomic import check_output_path
 from geoseg.errors import OutputError
-from geoseg.vector.output import atomic_vector_output, output_driver
+from geoseg.model.card import ClassInfo
+from geoseg.styles import write_polygons_style
+from geoseg.vector.output import GEOPACKAGE_OPTIONS, atomic_vector_output, check_vector_output, output_driver
+
+_LAYER = "errors"  # the staged polygons' layer
 
 
 class ErrorRaster:
@@ -59,11 +64,11 @@ def staging_folder(output: str | os.PathLike) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=".geoseg-errors-", dir=folder)
 
 
-def check_errors_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence) -> None:
-    """Refuse, before any work, an errors output that cannot be written."""
+def check_errors_output(path: str | os.PathLike, overwrite: bool, inputs: Sequence, styled: bool) -> None:
+    """Refuse, before any work, an errors output (with its style, when ``styled``) that cannot be written."""
     if output_driver(path) == "Parquet":
         raise OutputError(f"{path}: error polygons are written as .gpkg, .fgb, .geojson or .shp")
-    check_output_path(path, overwrite, inputs)
+    check_vector_output(path, overwrite, styled=styled, inputs=inputs)
 
 
 def write_error_polygons(
@@ -72,9 +77,13 @@ def write_error_polygons(
     output: str | os.PathLike,
     overwrite: bool,
     fields: tuple[str, str] = ("truth", "predicted"),
+    classes: Sequence[ClassInfo] | None = None,
+    inputs: Sequence[str | os.PathLike] = (),
 ) -> int:
     """Vectorize the staged codes into ``output`` (the two classes under ``fields``, area_m2; largest
-    first); the count. Two maps compared write their changes so, as ``("from", "to")``."""
+    first); the count. Two maps compared write their changes so, as ``("from", "to")``. ``classes``
+    (names and colours) style the polygons by the second field; ``inputs``: as for
+    :func:`~geoseg.vector.output.atomic_vector_output`."""
     import pyogrio
     import shapely
     from pyogrio.raw import write
@@ -83,13 +92,15 @@ def write_error_polygons(
 
     staged.close()
     polygons = staged.path.with_suffix(".gpkg")
-    vectorize(staged.path, polygons, layer="errors")
-    meta, _, wkb, (codes, areas) = pyogrio.raw.read(polygons, columns=["class_id", "area"])
+    vectorize(staged.path, polygons, layer=_LAYER)
+    meta, _, wkb, (codes, areas) = pyogrio.raw.read(polygons, layer=_LAYER, columns=["class_id", "area"])
     order = np.argsort(-areas, kind="stable")
     codes, areas, wkb = codes[order].astype(np.int64) - 1, areas[order], wkb[order]
     label = np.array(list(names), dtype=object)
     driver = output_driver(output)
-    with atomic_vector_output(output, overwrite) as tmp:
+    layer = Path(output).stem
+    styled = classes is not None
+    with atomic_vector_output(output, overwrite, styled=styled, inputs=inputs) as tmp:
         write(
             tmp,
             wkb if len(wkb) else shapely.to_wkb(np.empty(0, object)),
@@ -98,6 +109,9 @@ def write_error_polygons(
             geometry_type="Polygon",
             crs=meta["crs"],
             driver=driver,
-            layer=Path(output).stem,
+            layer=layer,
+            dataset_options=GEOPACKAGE_OPTIONS if driver == "GPKG" else None,
         )
+        if styled:
+            write_polygons_style(tmp, layer, classes, fields[1])
     return len(codes)
