@@ -169,7 +169,7 @@ def test_vectorize_writes_polygons_of_the_class_raster(checkpoint, colorado, tmp
     import pyogrio
     from scipy import ndimage
 
-    info = pyogrio.read_info(tmp_path / "map.gpkg")
+    info = pyogrio.read_info(tmp_path / "map.gpkg", layer="map")
     assert list(info["fields"]) == ["class_id", "class_name", "area"]
     with rasterio.open(tmp_path / "classes.tif") as out:
         classes = out.read(1)

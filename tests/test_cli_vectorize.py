@@ -65,7 +65,7 @@ def test_json_reports_input_output_counts_per_class_name_and_seconds(runner, tmp
     assert set(record) == {"input", "output", "polygons", "seconds"}
     assert record["input"] == path and record["output"] == str(out)
     assert record["polygons"] == counts(classes)
-    assert pyogrio.read_info(out)["features"] == sum(record["polygons"].values())
+    assert pyogrio.read_info(out, layer="polygons")["features"] == sum(record["polygons"].values())
 
 
 def test_options_reach_the_library(runner, tmp_path, classes_tif):
@@ -119,7 +119,7 @@ def test_summary_line_of_a_raster_without_valid_pixels_has_no_empty_brackets(run
     result = runner.invoke(cli, ["vectorize", str(path), "-o", str(out)])
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith(f"{out}: 0 polygons in ")  # was "0 polygons () in"
-    assert pyogrio.read_info(out)["features"] == 0
+    assert pyogrio.read_info(out, layer="p")["features"] == 0
 
 
 @pytest.mark.parametrize(
