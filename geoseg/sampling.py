@@ -78,7 +78,7 @@ def draw_sample(
     from pyogrio.raw import write
 
     from geoseg.atomic import check_output_path
-    from geoseg.vector.output import atomic_vector_output, output_driver
+    from geoseg.vector.output import atomic_vector_output, creation_options, output_driver
 
     if per_class < 0:
         raise ConfigurationError(f"-n must be 0 or more units per class, got {per_class}")
@@ -162,6 +162,7 @@ def draw_sample(
             crs=crs.to_wkt(),
             driver=output_driver(output),
             layer=Path(output).stem,
+            dataset_options=creation_options(output_driver(output)),
         )
     units = {names[c]: int((drawn == c).sum()) for c in picks}
     return SampleResult(str(output), units, short)

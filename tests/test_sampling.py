@@ -168,3 +168,24 @@ def test_sample_command_writes_the_points_and_refuses_an_unknown_class(tmp_path)
     assert not (tmp_path / "t.gpkg").exists()
     result = CliRunner().invoke(cli, ["sample", classes, "-o", str(out)])
     assert result.exit_code == 1 and "exists" in result.output
+
+
+def test_every_geopackage_geoseg_writes_is_version_1_2(tmp_path):
+    """GDAL <= 3.6 warns on GeoPackage 1.4: samples, error and change polygons are 1.2 like the polygons."""
+    import sqlite3
+
+    classes, data = _map(tmp_path / "map.tif")
+    older = tmp_path / "older.tif"
+    with rasterio.open(classes) as src, rasterio.open(older, "w", **src.profile) as dst:
+        dst.write(np.roll(data, 3, axis=1)[None])
+        write_class_metadata(dst, NAMES, [(0, 0, 255), (255, 0, 0), (0, 255, 0)])
+    draw_sample(classes, tmp_path / "samples.gpkg", per_class=3, seed=0)
+    runner = CliRunner()
+    errors = runner.invoke(cli, ["evaluate", classes, str(older), "--errors", str(tmp_path / "errors.gpkg")])
+    changes = runner.invoke(
+        cli, ["evaluate", classes, str(older), "--changes", str(tmp_path / "changes.gpkg")]
+    )
+    assert (errors.exit_code, changes.exit_code) == (0, 0), errors.output + changes.output
+    for name in ("samples.gpkg", "errors.gpkg", "changes.gpkg"):
+        with sqlite3.connect(tmp_path / name) as db:
+            assert db.execute("PRAGMA user_version").fetchone() == (10200,), name

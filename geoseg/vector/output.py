@@ -39,7 +39,13 @@ DRIVERS = {
 SHAPEFILE_SIDECARS = (".shx", ".dbf", ".prj", ".cpg")
 SHAPEFILE_STALE = (".qix", ".sbn", ".sbx", ".qmd")
 FIELDS = ("class_id", "class_name", "area")
-GEOPACKAGE_OPTIONS = {"VERSION": "1.2"}
+GEOPACKAGE_OPTIONS = {"VERSION": "1.2"}  # GDAL <= 3.6 (Debian 12, Ubuntu 22.04's QGIS) warns on 1.4
+
+
+def creation_options(driver: str) -> dict[str, str] | None:
+    """The dataset creation options every vector file geoseg creates with ``driver`` gets: GeoPackage 1.2,
+    the lowest version its content needs."""
+    return GEOPACKAGE_OPTIONS if driver == "GPKG" else None
 
 
 def output_driver(path: str | os.PathLike) -> str:
@@ -192,7 +198,7 @@ class FeatureWriter:
                     geometry_type=self.geometry_type,
                     crs=self.crs_wkt,
                     append=self.started,
-                    dataset_options=None if self.started else GEOPACKAGE_OPTIONS,
+                    dataset_options=None if self.started else creation_options("GPKG"),
                 )
         self.started = True
 

@@ -21,7 +21,7 @@ import numpy as np
 from geoseg.errors import OutputError
 from geoseg.model.card import ClassInfo
 from geoseg.styles import write_polygons_style
-from geoseg.vector.output import GEOPACKAGE_OPTIONS, atomic_vector_output, check_vector_output, output_driver
+from geoseg.vector.output import atomic_vector_output, check_vector_output, creation_options, output_driver
 
 _LAYER = "errors"  # the staged polygons' layer
 
@@ -110,7 +110,7 @@ def write_error_polygons(
             crs=meta["crs"],
             driver=driver,
             layer=layer,
-            dataset_options=GEOPACKAGE_OPTIONS if driver == "GPKG" else None,
+            dataset_options=creation_options(driver),
         )
         if styled:
             write_polygons_style(tmp, layer, classes, fields[1])
