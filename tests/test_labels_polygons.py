@@ -136,6 +136,20 @@ def test_class_map_from_text_or_json_maps_other_names_case_insensitively(tmp_pat
     )
 
 
+def test_a_value_mapped_twice_to_different_classes_is_refused_in_text_json_and_mappings(tmp_path):
+    with pytest.raises(ConfigurationError, match="'wasser' is mapped twice, to 'water' and 'road'"):
+        parse_class_map("Wasser=water,wasser=road")
+    mapping = tmp_path / "map.json"
+    mapping.write_text('{"Weg": "road", "Weg": "building"}')
+    with pytest.raises(ConfigurationError, match="'Weg' is mapped twice, to 'road' and 'building'"):
+        parse_class_map(str(mapping))
+    path = _write(tmp_path / "l.gpkg", [_box(0, 0, 2, 2)], ["Weg"])
+    with pytest.raises(ConfigurationError, match="mapped twice"):
+        _labels(path, VectorLabelOptions("klasse", class_map={"Weg": "road", "WEG": "building"}))
+    # the same class given twice, in any case, is no conflict
+    assert parse_class_map("Weg=road,weg=Road") == {"Weg": "road", "weg": "Road"}
+
+
 def test_values_mapping_to_no_class_are_refused_with_their_counts(tmp_path):
     path = _write(tmp_path / "l.gpkg", [_box(0, 0, 1, 1)] * 4, ["Gebouw", "Weg", "Gebouw", "building"])
     with pytest.raises(

@@ -37,7 +37,7 @@ import json
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,13 +111,15 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
         return None
     if os.path.isfile(text):
         try:
-            mapping = json.loads(Path(text).read_text(encoding="utf-8"))
+            pairs = json.loads(Path(text).read_text(encoding="utf-8"), object_pairs_hook=list)
         except (OSError, ValueError) as error:
             raise ConfigurationError(f"{text}: not a JSON class map ({error})") from None
-        if not isinstance(mapping, dict):
+        if not isinstance(pairs, list) or not all(isinstance(p, tuple) for p in pairs):
             raise ConfigurationError(f'{text}: a class map is a JSON object {{"value": "class", …}}')
-        return {str(k): str(v) for k, v in mapping.items()}
-    mapping = {}
+        pairs = [(str(k), str(v)) for k, v in pairs]
+        fold_class_map(pairs, text)
+        return dict(pairs)
+    pairs = []
     for item in text.split(","):
         value, sep, target = item.partition("=")
         if not sep or not value.strip() or not target.strip():
@@ -125,8 +127,24 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
                 f"--class-map: {item!r} is not VALUE=CLASS; write 'Gebouw=building,Weg=road' "
                 "or name a JSON file"
             )
-        mapping[value.strip()] = target.strip()
-    return mapping
+        pairs.append((value.strip(), target.strip()))
+    fold_class_map(pairs, "--class-map")
+    return dict(pairs)
+
+
+def fold_class_map(pairs: Iterable[tuple[str, str | int]], where: str) -> dict[str, str | int]:
+    """Class-map keys folded to any case, as field values are matched; a value mapped twice to different
+    classes (``Wasser=water,wasser=road``) is refused, since either choice would silently drop the other."""
+    folded: dict[str, str | int] = {}
+    for key, target in pairs:
+        fold = str(key).strip().casefold()
+        if fold in folded and str(folded[fold]).strip().casefold() != str(target).strip().casefold():
+            raise ConfigurationError(
+                f"{where}: the value {str(key).strip()!r} is mapped twice, to {folded[fold]!r} and "
+                f"{target!r}; keep one"
+            )
+        folded[fold] = target
+    return folded
 
 
 def class_index(value: str | int, names: Sequence[str], what: str) -> int:
@@ -294,7 +312,7 @@ def _polygonal_part(geometry):
 def map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOptions, source: str):
     """Field values → class indices; values mapping to no class are refused with their counts."""
     folded = {name.casefold(): i for i, name in enumerate(names)}
-    mapping = {str(k).strip().casefold(): v for k, v in (options.class_map or {}).items()}
+    mapping = fold_class_map((options.class_map or {}).items(), "--class-map")
     targets = {}
     for key, target in mapping.items():
         targets[key] = class_index(target, names, f"--class-map {key}")
