@@ -225,6 +225,30 @@ def test_an_empty_layer_is_refused(tmp_path):
         load_label_polygons(path, VectorLabelOptions("klasse"), NAMES)
 
 
+def test_an_empty_geojson_is_refused_as_empty_not_as_lacking_the_class_field(tmp_path):
+    empty = tmp_path / "empty.geojson"  # a GeoJSON's fields come from its features: an empty one has none
+    empty.write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(InputError, match=r"empty.geojson: the label layer holds no features$"):
+        load_label_polygons(empty, VectorLabelOptions("klasse"), NAMES)
+    bare = tmp_path / "bare.geojson"  # features without the field: that is what is said
+    bare.write_text(
+        json.dumps(
+            {
+                "type": "FeatureCollection",
+                "features": [
+                    {
+                        "type": "Feature",
+                        "properties": {},
+                        "geometry": shapely.geometry.mapping(_box(0, 0, 1, 1)),
+                    }
+                ],
+            }
+        )
+    )
+    with pytest.raises(InputError, match="no field 'klasse'; its fields are \\(none\\)"):
+        load_label_polygons(bare, VectorLabelOptions("klasse"), NAMES)
+
+
 def test_parquet_without_geometry_metadata_is_refused(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

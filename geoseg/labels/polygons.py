@@ -222,7 +222,9 @@ def _read_ogr(path: str, layer: str | None, role: str, field_name: str | None):
         info = pyogrio.read_info(path, layer=layer)
         fields = [str(f) for f in info["fields"]]
         if field_name is not None and field_name not in fields:
-            return np.empty(0, object), None, info["crs"], fields
+            # a layer without features has every column, empty (a GeoJSON's fields come from its features)
+            empty = np.empty(0, object)
+            return empty, (empty if info["features"] == 0 else None), info["crs"], fields
         columns = [field_name] if field_name is not None else []
         meta, _, wkb, values = pyogrio.raw.read(path, layer=layer, columns=columns)
     except (DataSourceError, DataLayerError) as error:
