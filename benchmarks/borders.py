@@ -25,10 +25,10 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
-from geoseg.inference.engine import predict_scene
 from geoseg.inference.grid import TileGrid
 from geoseg.inference.plan import border_margin
-from geoseg.inference.predict import load_model
+from geoseg.inference.scene import predict_scene
+from geoseg.model.loading import load_model
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"

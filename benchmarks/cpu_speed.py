@@ -52,10 +52,11 @@ import torch
 import geoseg.device
 from geoseg.device import autocast_dtype, resolve_precision
 from geoseg.inference.acceleration import accelerate, channels_last_pays
+from geoseg.inference.batch import predict
 from geoseg.inference.grid import tile_starts
 from geoseg.inference.plan import plan_scene
-from geoseg.inference.predict import load_model, predict
 from geoseg.model.checkpoint import convert_checkpoint, default_checkpoint_path, load_checkpoint
+from geoseg.model.loading import load_model
 from geoseg.model.normalize import normalize
 from geoseg.model.presets import preset_card
 
@@ -154,7 +155,7 @@ def compile_break_even(model, tiles, value_range, card, amp, batch: int) -> None
 def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
     """Bare and end-to-end seconds per tile and agreement for each engine and precision, side by side."""
     from geoseg.export.cpu_engine import calibration_tiles, onnx_network
-    from geoseg.inference.execute import model_digest
+    from geoseg.model.loading import model_digest
 
     network, card = load_model(model, None, None)
     network.eval()

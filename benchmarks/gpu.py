@@ -31,12 +31,13 @@ from affine import Affine
 
 from geoseg.device import autocast_dtype, resolve_precision
 from geoseg.inference.acceleration import resolve_batch_size
+from geoseg.inference.batch import predict
 from geoseg.inference.grid import tile_starts
 from geoseg.inference.plan import plan_scene
-from geoseg.inference.predict import load_model, predict
 from geoseg.inference.reader import Reader, default_readers
-from geoseg.inference.region import prepare_network
+from geoseg.inference.stream import prepare_network
 from geoseg.model.checkpoint import default_checkpoint_path
+from geoseg.model.loading import load_model
 from geoseg.model.normalize import normalize
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "netherlands_0p25m_epsg28992.tif"

@@ -34,7 +34,7 @@ def child(args: argparse.Namespace) -> None:
     """One prediction; prints peak RSS before (imports + model) and after, as JSON."""
     import torch
 
-    from geoseg.inference.engine import predict_scene
+    from geoseg.inference.scene import predict_scene
     from geoseg.model.manet import build_manet
     from geoseg.model.presets import preset_card
 

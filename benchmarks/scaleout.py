@@ -57,9 +57,11 @@ def child(args: argparse.Namespace) -> None:
     """One prediction; prints seconds, tiles and peak RSS of this process and of each worker, as JSON."""
     import torch
 
-    from geoseg.inference.engine import run_scene
-    from geoseg.inference.execute import ModelSource, model_digest, open_executor
+    from geoseg.inference.executors import open_executor
     from geoseg.inference.plan import OutputPaths, plan_scene
+    from geoseg.inference.scene import run_scene
+    from geoseg.inference.tasks import ModelSource
+    from geoseg.model.loading import model_digest
     from geoseg.model.presets import preset_card
 
     torch.manual_seed(0)

@@ -91,8 +91,8 @@ def predict_regions(args: argparse.Namespace, whole: bool, work: Path) -> float 
     network loaded beforehand as the server loads it before it listens."""
     from geoseg.device import resolve_device
     from geoseg.inference.acceleration import resolve_batch_size
-    from geoseg.inference.engine import predict_scene
-    from geoseg.inference.predict import load_model
+    from geoseg.inference.scene import predict_scene
+    from geoseg.model.loading import load_model
 
     if not whole:
         print("the first tile needed only some regions: compare with the whole scene by hand")

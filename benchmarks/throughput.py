@@ -20,8 +20,8 @@ import torch
 from scenes import write_blocky_scene
 
 from geoseg.device import resolve_device
-from geoseg.inference.engine import predict_scene
 from geoseg.inference.grid import TileGrid
+from geoseg.inference.scene import predict_scene
 from geoseg.model.manet import build_manet
 from geoseg.model.normalize import normalize
 from geoseg.model.presets import preset_card

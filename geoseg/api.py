@@ -9,8 +9,9 @@ if TYPE_CHECKING:
     from geoseg.describe import describe
     from geoseg.evaluation import EvaluationResult, evaluate, write_confusion_csv
     from geoseg.export.exporter import export_model
-    from geoseg.inference.engine import PredictResult, predict_scene
-    from geoseg.inference.predict import iter_predict, predict
+    from geoseg.inference.batch import iter_predict, predict
+    from geoseg.inference.scene import predict_scene
+    from geoseg.inference.tasks import PredictResult
     from geoseg.model.build import build_model
     from geoseg.model.card import ClassInfo, ModelCard
     from geoseg.model.checkpoint import (
@@ -40,10 +41,10 @@ _EXPORTS = {
     "export_model": "geoseg.export.exporter",
     "evaluate": "geoseg.evaluation",
     "write_confusion_csv": "geoseg.evaluation",
-    "PredictResult": "geoseg.inference.engine",
-    "predict_scene": "geoseg.inference.engine",
-    "iter_predict": "geoseg.inference.predict",
-    "predict": "geoseg.inference.predict",
+    "PredictResult": "geoseg.inference.tasks",
+    "predict_scene": "geoseg.inference.scene",
+    "iter_predict": "geoseg.inference.batch",
+    "predict": "geoseg.inference.batch",
     "ClassInfo": "geoseg.model.card",
     "ModelCard": "geoseg.model.card",
     "convert_checkpoint": "geoseg.model.checkpoint",

@@ -74,7 +74,7 @@ def test_an_output_that_is_one_of_the_inputs_is_refused_even_with_overwrite(tmp_
 
 def test_many_scenes_into_one_folder_probe_it_once(tmp_path, monkeypatch):
     import geoseg.atomic
-    from geoseg.inference.predict import prepare_outputs
+    from geoseg.inference.outputs import prepare_outputs
 
     probed = []
     real_probe = geoseg.atomic.cannot_create_in

@@ -16,9 +16,9 @@ import geoseg.inference.plan as planning
 from geoseg.cli.main import cli
 from geoseg.errors import GeosegError, GeosegWarning
 from geoseg.inference.acceleration import AcceleratedNetwork, HalvingBatches, resolve_batch_size
-from geoseg.inference.engine import predict_scene
 from geoseg.inference.grid import CHUNK_MULTIPLE
 from geoseg.inference.plan import plan_regions, plan_scene
+from geoseg.inference.scene import predict_scene
 
 GIB = 1 << 30
 

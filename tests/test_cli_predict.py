@@ -341,7 +341,7 @@ def test_without_keep_going_a_bad_scene_stops_before_any_work(checkpoint, colora
 def test_ctrl_c_exits_130_and_leaves_no_partial_or_temporary_file(
     monkeypatch, checkpoint, shared_data, tmp_path
 ):
-    import geoseg.inference.region as engine
+    import geoseg.inference.stream as engine
 
     real = engine._probabilities
     calls = []

@@ -22,7 +22,7 @@ from helpers import CARD, KillOnceNet, PixelNet, write_scene, write_small_checkp
 import geoseg.inference.plan as planning
 from geoseg.cli.main import cli
 from geoseg.errors import ConfigurationError
-from geoseg.inference.engine import predict_scene
+from geoseg.inference.scene import predict_scene
 
 TESTS = Path(__file__).resolve().parent
 
@@ -164,7 +164,8 @@ def test_gpu_workers_are_pinned_one_per_device_with_a_gpu_resource(monkeypatch):
     """The --device cuda --workers auto cluster, started on a machine without GPUs by pretending two."""
     import torch
 
-    from geoseg.inference.execute import ModelSource, _local_cluster
+    from geoseg.inference.dask import _local_cluster
+    from geoseg.inference.tasks import ModelSource
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     executor = _local_cluster(2, ModelSource("digest", module=PixelNet()), torch.device("cuda"))
@@ -181,7 +182,7 @@ def test_gpu_workers_are_pinned_one_per_device_with_a_gpu_resource(monkeypatch):
 
 
 def test_a_worker_that_cannot_reach_the_input_model_or_folder_says_which(scene, tmp_path):
-    from geoseg.inference.execute import _check_access
+    from geoseg.inference.dask import _check_access
 
     model = tmp_path / "model.safetensors"
     model.write_bytes(b"weights")

@@ -12,7 +12,7 @@ import rasterio
 from affine import Affine
 from helpers import CARD, PixelNet, write_scene
 
-from geoseg.inference.predict import predict
+from geoseg.inference.batch import predict
 
 
 class TimedNet(PixelNet):

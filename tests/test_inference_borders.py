@@ -18,9 +18,9 @@ from helpers import CARD, NeighbourNet, write_scene
 
 import geoseg.inference.plan as planning
 from geoseg.errors import ConfigurationError
-from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.grid import CHUNK_MULTIPLE, TileGrid, tile_starts
-from geoseg.inference.plan import border_margin
+from geoseg.inference.plan import border_margin, plan_scene
+from geoseg.inference.scene import predict_scene
 from geoseg.raster.reading import mirror_indexes
 
 PIXEL = 0.5

@@ -14,7 +14,7 @@ from rasterio.errors import NotGeoreferencedWarning
 from rasterio.rpc import RPC
 
 from geoseg.errors import GeosegWarning
-from geoseg.inference.predict import predict
+from geoseg.inference.batch import predict
 from geoseg.model.card import ClassInfo, ModelCard
 
 CARD = ModelCard(

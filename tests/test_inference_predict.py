@@ -15,7 +15,7 @@ from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
-from geoseg.inference.predict import predict
+from geoseg.inference.batch import predict
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.raster.classes import read_class_names
 

@@ -14,8 +14,9 @@ from helpers import CARD, PixelNet, write_scene
 
 from geoseg.errors import InputError
 from geoseg.inference import reader as reader_module
-from geoseg.inference.engine import plan_scene, predict_scene
+from geoseg.inference.plan import plan_scene
 from geoseg.inference.reader import Reader, default_readers
+from geoseg.inference.scene import predict_scene
 from geoseg.raster import reading as reading_module
 
 CPU = torch.device("cpu")

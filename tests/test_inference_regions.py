@@ -10,10 +10,10 @@ from affine import Affine
 from helpers import CARD, PixelNet, write_scene
 
 import geoseg.inference.plan as planning
-from geoseg.inference.engine import predict_scene
 from geoseg.inference.grid import CHUNK_MULTIPLE, TileGrid
 from geoseg.inference.plan import plan_regions
 from geoseg.inference.reader import _own_mask
+from geoseg.inference.scene import predict_scene
 
 TRANSFORM = Affine(0.5, 0, 500000, 0, -0.5, 5800000)
 

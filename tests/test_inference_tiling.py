@@ -17,9 +17,9 @@ from helpers import CARD, PixelNet, write_scene
 
 from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.inference.blending import WindowWeights, axis_weight
-from geoseg.inference.engine import plan_scene, predict_scene
 from geoseg.inference.grid import TileGrid, axis_margin, check_tiling, tile_starts
-from geoseg.inference.plan import border_margin
+from geoseg.inference.plan import border_margin, plan_scene
+from geoseg.inference.scene import predict_scene
 from geoseg.model.normalize import normalize
 
 

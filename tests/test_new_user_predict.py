@@ -17,7 +17,7 @@ from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
 from geoseg.errors import ConfigurationError
-from geoseg.inference.predict import prepare_outputs
+from geoseg.inference.outputs import prepare_outputs
 
 GRID = dict(crs="EPSG:32631", transform=from_origin(5e5, 6e6, 1, 1))
 
@@ -80,7 +80,9 @@ def test_local_dask_workers_do_not_hear_stop_signals():
 
     from helpers import PixelNet
 
-    from geoseg.inference.execute import ModelSource, model_digest, open_executor
+    from geoseg.inference.executors import open_executor
+    from geoseg.inference.tasks import ModelSource
+    from geoseg.model.loading import model_digest
 
     before = _blocked_signals()
     network = PixelNet()

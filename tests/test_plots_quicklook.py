@@ -262,7 +262,7 @@ def test_missing_matplotlib_says_how_to_install_it(tmp_path, monkeypatch):
 
 
 def test_predict_draws_a_quicklook_beside_each_class_raster(tmp_path):
-    from geoseg.inference.predict import predict
+    from geoseg.inference.batch import predict
 
     card = preset_card("loveda")
     scenes = []

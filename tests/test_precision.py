@@ -15,8 +15,8 @@ from geoseg.cli.main import cli
 from geoseg.errors import ConfigurationError
 from geoseg.inference import acceleration
 from geoseg.inference.acceleration import AcceleratedNetwork, accelerate, channels_last_pays, check_compile
-from geoseg.inference.engine import predict_scene
-from geoseg.inference.predict import predict
+from geoseg.inference.batch import predict
+from geoseg.inference.scene import predict_scene
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
 
@@ -29,7 +29,7 @@ def _loaded_nothing(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the checkpoint was loaded before the option was checked")
 
-    monkeypatch.setattr("geoseg.inference.predict.load_model", refuse)
+    monkeypatch.setattr("geoseg.inference.batch.load_model", refuse)
 
 
 def test_cli_bf16_on_a_cpu_without_native_bf16_fails_before_any_work(

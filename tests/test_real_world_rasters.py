@@ -26,7 +26,7 @@ from rasterio.enums import ColorInterp
 from geoseg.cli.main import cli
 from geoseg.errors import GeosegWarning, InputError
 from geoseg.evaluation import evaluate
-from geoseg.inference.predict import predict
+from geoseg.inference.batch import predict
 from geoseg.model.normalize import normalize
 from geoseg.plots.quicklook import quicklook
 from geoseg.vector.vectorize import vectorize

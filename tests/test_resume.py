@@ -17,8 +17,8 @@ from helpers import CARD, PixelNet, write_scene
 
 import geoseg.inference.plan as planning
 from geoseg.errors import ConfigurationError
-from geoseg.inference.engine import predict_scene
 from geoseg.inference.grid import TileGrid
+from geoseg.inference.scene import predict_scene
 from geoseg.model.card import ModelCard
 
 TESTS = Path(__file__).resolve().parent
@@ -62,7 +62,7 @@ import geoseg.device as device
 import geoseg.inference.plan as planning
 from conftest import PRETENDED_CPU
 from helpers import CARD, PixelNet
-from geoseg.inference.engine import predict_scene
+from geoseg.inference.scene import predict_scene
 
 planning.MIN_REGION_TILES, planning.RESUME_REGION_PIXELS = 1, 512 * 512
 device.cpu_features = lambda: PRETENDED_CPU  # the CPU this process pretends: the manifest's precision

@@ -21,7 +21,7 @@ import geoseg.atomic as atomic
 from geoseg.atomic import OutputSet, check_output_path
 from geoseg.cli.main import Terminated, stop_signals_raise
 from geoseg.errors import OutputError
-from geoseg.inference.predict import iter_predict, predict
+from geoseg.inference.batch import iter_predict, predict
 
 GEOREF = dict(crs="EPSG:32631", transform=from_origin(500000, 6000000, 1, 1))
 

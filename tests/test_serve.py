@@ -16,9 +16,9 @@ from affine import Affine
 from helpers import CARD, PixelNet, write_scene
 from rasterio.io import MemoryFile
 
-import geoseg.inference.execute as execute
 import geoseg.inference.plan as planning
-from geoseg.inference.engine import predict_scene
+import geoseg.inference.stream as stream
+from geoseg.inference.scene import predict_scene
 from geoseg.raster.classes import class_colormap
 
 pytest.importorskip("starlette")
@@ -186,9 +186,9 @@ def test_predict_resume_after_serving_computes_only_the_regions_the_browser_has_
     work = tmp_path / ".out.tif.geoseg-work"
     assert sorted(p.name for p in work.glob("region-*.json")) == ["region-00000.json"]
     computed = []
-    run_region = execute.run_region
+    run_region = stream.run_region
     monkeypatch.setattr(
-        execute, "run_region", lambda *a, **k: computed.append(a[3].index) or run_region(*a, **k)
+        stream, "run_region", lambda *a, **k: computed.append(a[3].index) or run_region(*a, **k)
     )
     predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True)
     assert computed == [1, 2, 3, 4, 5]  # the five regions the browser did not ask for, not region 0

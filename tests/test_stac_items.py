@@ -21,7 +21,7 @@ from rasterio.enums import ColorInterp
 
 from geoseg.cli.main import cli
 from geoseg.errors import GeosegWarning, InputError
-from geoseg.inference.predict import predict
+from geoseg.inference.batch import predict
 from geoseg.raster.reading import dataset_mask as reading_mask
 from geoseg.stac.items import is_stac_item, resolve_href
 

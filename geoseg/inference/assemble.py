@@ -9,6 +9,7 @@ internal mask for confidence and probabilities, band descriptions. The COG copy 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
@@ -17,8 +18,8 @@ from rasterio.crs import CRS
 
 from geoseg.atomic import atomic_output
 from geoseg.inference.grid import Region
-from geoseg.inference.plan import OutputPaths, ScenePlan
-from geoseg.inference.work import WorkFolder
+from geoseg.inference.outputs import OutputPaths
+from geoseg.inference.plan import ScenePlan
 from geoseg.model.card import ModelCard
 from geoseg.raster.classes import CLASS_NAMES_TAG, NODATA_CLASS, class_colormap
 from geoseg.raster.writing import DEFAULT_CODEC, to_cog, write_category_names
@@ -30,18 +31,17 @@ CONFIDENCE_DESCRIPTION = "confidence (top class probability x 255)"
 def assemble(
     plan: ScenePlan,
     outputs: OutputPaths,
-    work: WorkFolder,
-    regions: list[Region],
+    parts: dict[str, list[tuple[Region, Path]]],
     card: ModelCard,
     overwrite: bool,
     codec: str = DEFAULT_CODEC,
 ) -> None:
-    """Write each raster of ``outputs`` from the parts of ``regions`` (all present), compressed with
+    """Write each raster of ``outputs`` from its ``parts`` (kind -> every region's part), compressed with
     ``codec``, renamed into place (stale ``.aux.xml`` statistics of replaced rasters go when their scene is
     committed, see OutputSet), and the class names side-car and the QGIS styles of ``outputs``."""
     for kind, path in outputs.rasters():
-        vrt = work.path / f"{kind}.vrt"
-        vrt.write_text(_vrt(plan, kind, card, [(r, work.part(r, kind).name) for r in regions]), "utf-8")
+        vrt = parts[kind][0][1].parent / f"{kind}.vrt"  # beside the parts, which it names relative to it
+        vrt.write_text(_vrt(plan, kind, card, [(r, path.name) for r, path in parts[kind]]), "utf-8")
         with atomic_output(path, overwrite) as target:
             to_cog(vrt, target, categorical=kind == "classes", codec=codec)
     write_category_names(outputs.classes, card.class_names)

@@ -1,6 +1,6 @@
 """Planning a scene before any work: bands, value range, georeferencing, the global tile grid and its regions.
 
-Regions are the unit of work beyond one stream (see :mod:`geoseg.inference.region`). Tiles that straddle a
+Regions are the unit of work beyond one stream (see :mod:`geoseg.inference.stream`). Tiles that straddle a
 region border are computed once per region that needs them, so regions are as few and as large as the work
 allows: one region when one process computes the scene without ``--resume`` (every tile exactly once), else
 full-width bands at least :data:`MIN_REGION_TILES` tiles high (a border then repeats about one tile row in
@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from geoseg.errors import GeosegWarning
@@ -31,7 +30,6 @@ from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import Scale, open_raster, resolve_value_range, select_bands
 from geoseg.raster.writing import georeferencing
-from geoseg.styles import style_sidecar
 
 MIN_REGION_TILES = 10  # a region side of at least 10 tiles: each border repeats ~T/S tile rows of ~10
 RESUME_REGION_PIXELS = 2048 * 2048  # with --resume, a region per this many px at least (what a kill loses)
@@ -49,102 +47,6 @@ class ScenePlan:
     value_range: tuple[float, float]
     grid: TileGrid
     georef: dict[str, Any]
-
-
-@dataclass
-class OutputPaths:
-    """Where one scene's results go; optional outputs are None when not asked for."""
-
-    classes: Path
-    confidence: Path | None = None
-    probabilities: Path | None = None
-    polygons: Path | None = None
-    quicklook: Path | None = None  # a PNG drawn from the finished class raster (geoseg.plots)
-    styles: bool = True  # QGIS styles for the class and confidence rasters and the polygons (geoseg.styles)
-
-    def rasters(self) -> list[tuple[str, Path]]:
-        kinds = (
-            ("classes", self.classes),
-            ("confidence", self.confidence),
-            ("probabilities", self.probabilities),
-        )
-        return [(kind, path) for kind, path in kinds if path is not None]
-
-    def items(self) -> list[tuple[str, Path]]:
-        extras = (("polygons", self.polygons), ("quicklook", self.quicklook))
-        return self.rasters() + [(kind, path) for kind, path in extras if path is not None]
-
-    @property
-    def class_names(self) -> Path:
-        """The class raster's GDAL side-car holding the class names (QGIS reads them only from there)."""
-        return self.classes.with_name(self.classes.name + ".aux.xml")
-
-    def results(self) -> list[tuple[str, Path]]:
-        """The files whose presence says the scene is finished: :meth:`items` and the class names side-car
-        (a Shapefile's side-cars come on top, as GDAL writes them)."""
-        first, *others = self.items()
-        return [first, ("classes.aux.xml", self.class_names), *others]
-
-    def style_files(self) -> list[tuple[str, Path]]:
-        """The ``.qml`` files QGIS applies by itself to the class and confidence rasters and the polygons (a
-        GeoPackage holds its style inside); none without :attr:`styles`. Not in :meth:`results`: a scene
-        an older geoseg finished without them is still finished."""
-        if not self.styles:
-            return []
-        styled = (("classes", self.classes), ("confidence", self.confidence), ("polygons", self.polygons))
-        found = [(f"{kind}.qml", style_sidecar(path)) for kind, path in styled if path is not None]
-        return [(kind, path) for kind, path in found if path is not None]
-
-    def files(self) -> list[tuple[str, Path]]:
-        """Every file the scene is made of (one unit: all are written, or none)."""
-        return self.results() + self.style_files()
-
-
-@dataclass
-class PredictResult:
-    """What ``predict`` reports per scene (``--json`` prints :meth:`to_dict`).
-
-    ``tiles`` counts the tiles the network computed in this run: tiles whose input pixels are all invalid
-    are skipped, and regions finished by an earlier, interrupted run (``--resume``) are not computed again.
-    """
-
-    input: str
-    outputs: dict[str, str]
-    width: int
-    height: int
-    tiles: int
-    seconds: float
-    device: str
-    class_fractions: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-    precision: str | None = None  # what the network ran in (fp32, bf16, fp16, int8); None when it never ran
-    engine: str | None = None  # the runtime that ran it (torch, onnxruntime)
-    float32_layers: list[str] | None = None  # int8: the layer groups kept in float32
-    status: str | None = None  # "skipped": every output existed already (skip_existing)
-    item: str | None = None  # the id of the STAC Item the scene was stacked from
-
-    def to_dict(self) -> dict[str, Any]:
-        record = {
-            "input": self.input,
-            "outputs": self.outputs,
-            "width": self.width,
-            "height": self.height,
-            "tiles": self.tiles,
-            "seconds": round(self.seconds, 3),
-            "device": self.device,
-            "precision": self.precision,
-            "engine": self.engine,
-            "class_fractions": self.class_fractions,
-        }
-        if self.float32_layers is not None:
-            record["float32_layers"] = self.float32_layers
-        if self.error is not None:
-            record["error"] = self.error
-        if self.status is not None:
-            record["status"] = self.status
-        if self.item is not None:
-            record["item"] = self.item
-        return record
 
 
 def border_margin(tile: int, overlap: int) -> int:

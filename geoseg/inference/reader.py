@@ -27,7 +27,7 @@ from geoseg.inference.grid import Chunk, Tile, TileGrid
 from geoseg.raster.reading import open_raster, read_failures, read_mirrored, read_valid_mask
 
 if TYPE_CHECKING:
-    from geoseg.inference.engine import ScenePlan
+    from geoseg.inference.plan import ScenePlan
 
 POLL_S = 0.1
 _QUEUE_BATCHES = 3

@@ -22,7 +22,7 @@ import numpy as np
 from geoseg.atomic import atomic_output
 from geoseg.errors import ConfigurationError, OutputError
 from geoseg.inference.grid import Region
-from geoseg.inference.region import RegionResult
+from geoseg.inference.tasks import RegionResult
 
 MANIFEST = "manifest.json"
 _REMOVE_TRIES = 20

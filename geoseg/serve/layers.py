@@ -191,8 +191,8 @@ def open_layers(
     rasters a classes layer. The model is loaded once, and only when a scene needs it."""
     from geoseg.device import resolve_device, resolve_precision
     from geoseg.inference.acceleration import resolve_batch_size
-    from geoseg.inference.execute import LocalExecutor, model_digest
-    from geoseg.inference.predict import load_model
+    from geoseg.inference.executors import LocalExecutor
+    from geoseg.model.loading import load_model, model_digest
 
     if not inputs:
         raise ConfigurationError("no inputs to serve")

@@ -23,10 +23,11 @@ import torch
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError
-from geoseg.inference.engine import work_manifest
-from geoseg.inference.execute import LocalExecutor, RegionTask
+from geoseg.inference.executors import LocalExecutor
 from geoseg.inference.grid import Region
 from geoseg.inference.plan import ScenePlan, plan_regions
+from geoseg.inference.scene import work_manifest
+from geoseg.inference.tasks import RegionTask
 from geoseg.inference.work import WorkFolder
 from geoseg.model.card import ModelCard
 from geoseg.raster.classes import NODATA_CLASS

@@ -1,4 +1,4 @@
-"""Execute regions: one after another in this process (``--workers 1``), or as tasks on a Dask cluster.
+"""Regions as tasks on a Dask cluster (``--workers N``, ``--scheduler``): the one module that imports Dask.
 
 Dask distributed does the scheduling: a :class:`~distributed.LocalCluster` of worker processes on this
 machine (``--workers N``; with CUDA, ``auto`` gives one worker per GPU, each pinned to its device), or an
@@ -10,7 +10,6 @@ once: networks are cached in the worker by model digest and device.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import signal
@@ -19,116 +18,21 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import CancelledError
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from geoseg.device import autocast_dtype, resolve_device
+from geoseg.device import resolve_device
 from geoseg.errors import ConfigurationError, GeosegError
-from geoseg.inference.grid import Region
 from geoseg.inference.plan import ScenePlan
-from geoseg.inference.region import Network, Progress, RegionResult, prepare_network, run_region
+from geoseg.inference.stream import prepare_network, run_task
+from geoseg.inference.tasks import ModelSource, Network, Progress, RegionResult, RegionTask
 from geoseg.model.card import ModelCard
 from geoseg.raster.reading import absolute_path
 
 CONNECT_TIMEOUT_S = 5  # a scheduler answers at once; this is for the address being wrong
 WORKERS_TIMEOUT_S = 30  # workers of a cluster started just now may still be importing torch
-
-
-@dataclass
-class ModelSource:
-    """How a worker gets the network: a checkpoint it can read (loaded once per worker), or the network
-    itself (in-memory models of the Python API, sent with each task). ``digest`` names it in worker caches;
-    ``compile``: each worker runs it through ``torch.compile`` once."""
-
-    digest: str
-    path: str | None = None
-    preset: str | None = None
-    card: ModelCard | str | None = None
-    module: torch.nn.Module | None = field(default=None, repr=False)
-    compile: bool = False
-
-    def load(self) -> torch.nn.Module:
-        if self.module is not None:
-            return self.module
-        from geoseg.inference.predict import load_model  # checkpoints and ONNX exports alike
-
-        return load_model(self.path, self.preset, self.card)[0]
-
-
-@dataclass
-class RegionTask:
-    """One region of one planned scene, with everything a worker needs to compute it."""
-
-    plan: ScenePlan
-    region: Region
-    parts: dict[str, Path]
-    card: ModelCard
-    batch_size: int
-    device: str
-    precision: str
-    tta: str
-
-    @property
-    def tiles(self) -> int:
-        return self.plan.grid.for_region(self.region).num_tiles
-
-
-def model_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the network's class and tensors: what the resume manifest and worker caches key on."""
-    digest = hashlib.sha256(type(model).__qualname__.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def _run(task: RegionTask, network: Network, device: torch.device, progress: Progress | None) -> RegionResult:
-    return run_region(
-        network,
-        task.card,
-        task.plan,
-        task.region,
-        task.parts,
-        batch_size=task.batch_size,
-        device=device,
-        amp_dtype=autocast_dtype(task.precision, device),
-        tta=task.tta,
-        progress=progress,
-    )
-
-
-class LocalExecutor:
-    """Regions one after another in the calling process, with the network prepared once; no Dask."""
-
-    workers = 1
-
-    def __init__(self, model: torch.nn.Module, device: torch.device, *, compile: bool = False):
-        self.device = device
-        self.network = prepare_network(model, device, compile=compile)
-
-    def check(self, plan: ScenePlan, folder: Path) -> None:
-        """Nothing to check: this process planned the scene and created the work folder."""
-
-    def run(self, tasks: list[RegionTask], progress: Progress | None) -> Iterator[RegionResult]:
-        """Compute ``tasks`` in order; ``progress(done, total)`` counts their tiles as they are computed."""
-        total, before = sum(t.tiles for t in tasks), 0
-        for task in tasks:
-            callback = None
-            if progress is not None:
-
-                def callback(done: int, _total: int, base: int = before) -> None:
-                    progress(base + done, total)
-
-            yield _run(task, self.network, self.device, callback)
-            before += task.tiles
-
-    def stop(self) -> None:
-        """Nothing runs behind the caller's back: an interruption reaches the region being computed."""
-
-    def close(self) -> None:
-        pass
 
 
 class DaskExecutor:
@@ -260,26 +164,10 @@ def _source_for_workers(source: ModelSource) -> ModelSource:
     return replace(source, path=path, card=card)
 
 
-def open_executor(
-    model: torch.nn.Module,
-    source: ModelSource,
-    device: torch.device,
-    workers: int | str = 1,
-    scheduler: str | None = None,
-) -> LocalExecutor | DaskExecutor:
-    """The executor for ``--workers``/``--scheduler``; the caller closes it (clusters are shut down then).
-
-    ``workers="auto"`` is one worker per GPU with CUDA, else one (in this process).
-    """
+def open_dask(workers: int, scheduler: str | None, source: ModelSource, device: torch.device) -> DaskExecutor:
+    """A client of the cluster at ``scheduler``, or of a local cluster of ``workers`` processes."""
     if scheduler is not None:
         return _remote(scheduler, source, device)
-    if workers == "auto":
-        workers = torch.cuda.device_count() if device.type == "cuda" else 1
-    workers = int(workers)
-    if workers < 1:
-        raise ConfigurationError(f"--workers {workers}: give at least 1 (or auto)")
-    if workers == 1:
-        return LocalExecutor(model, device, compile=source.compile)
     return _local_cluster(workers, source, device)
 
 
@@ -423,7 +311,7 @@ def _run_on_worker(task: RegionTask, source: ModelSource, exclusive: bool, topic
                 last[0] = now
                 worker.log_event(topic, (task.region.index, done))
 
-    return _run(task, network, device, report)
+    return run_task(task, network, device, report)
 
 
 def _check_access(input_path: str, folder: str, model_path: str | None, card_path: str | None) -> str | None:

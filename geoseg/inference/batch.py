@@ -1,8 +1,8 @@
 """``predict``: many scenes, one checkpoint, predictable output names; what ``geoseg predict`` calls.
 
-Every output is checked before any work starts (an existing file without ``overwrite`` fails at once, not
-after an hour of inference on the first scene), and every scene is planned (bands, scaling) before the first
-one runs.
+Every output is checked before any work starts (:mod:`geoseg.inference.outputs`), and every scene is planned
+(bands, scaling) before the first one runs; then the scenes run one after another, or several at once when
+their regions go to a Dask cluster.
 """
 
 from __future__ import annotations
@@ -12,227 +12,26 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
-from pathlib import Path, PurePath
+from pathlib import Path
 
 import torch
 
-from geoseg.atomic import OutputSet, cannot_create_in, check_output_path
+from geoseg.atomic import OutputSet
 from geoseg.device import resolve_device, resolve_precision
-from geoseg.errors import ConfigurationError, GeosegError, OutputError
+from geoseg.errors import ConfigurationError, GeosegError
 from geoseg.export.cpu_engine import resolve_engine
 from geoseg.inference.acceleration import check_compile, resolve_batch_size
-from geoseg.inference.engine import (
-    ModelSource,
-    OutputPaths,
-    PredictResult,
-    Progress,
-    ScenePlan,
-    model_digest,
-    open_executor,
-    plan_scene,
-    run_scene,
-)
-from geoseg.inference.execute import LocalExecutor
+from geoseg.inference.executors import LocalExecutor, open_executor
 from geoseg.inference.grid import DEFAULT_CHUNK
+from geoseg.inference.outputs import OutputPaths, outputs_exist, prepare_outputs, shapefile_sidecars
+from geoseg.inference.plan import ScenePlan, plan_scene
+from geoseg.inference.scene import run_scene
+from geoseg.inference.tasks import ModelSource, PredictResult, Progress
 from geoseg.model.card import ModelCard
-from geoseg.raster.reading import Scale, is_gdal_path
+from geoseg.model.loading import load_model, model_digest
+from geoseg.raster.reading import Scale
 from geoseg.raster.writing import DEFAULT_CODEC, check_codec
 from geoseg.stac.items import is_stac_item, item_scene
-
-RASTER_SUFFIXES = (".tif", ".tiff")
-SUFFIXES = {"classes": ".classes.tif", "confidence": ".confidence.tif", "probabilities": ".probabilities.tif"}
-
-
-def prepare_outputs(
-    inputs: Sequence[str | os.PathLike],
-    output: str | os.PathLike,
-    *,
-    confidence: bool = False,
-    probabilities: bool = False,
-    vectorize: str | os.PathLike | None = None,
-    quicklook: bool = False,
-    styles: bool = True,
-    overwrite: bool = False,
-    skip_existing: bool = False,
-) -> list[OutputPaths]:
-    """Output names per input, checked before any work.
-
-    One input writes ``output`` itself (``<stem>.confidence.tif`` etc. beside it); several inputs, or an
-    existing folder as ``output``, write ``<stem>.classes.tif`` etc. into that folder (created by
-    :func:`iter_predict` once the work starts). An existing output without ``overwrite``, an unwritable
-    folder, two inputs with the same stem or an output that would replace its input fail here.
-    ``vectorize`` is a vector file for one input, or a format (``gpkg``, ``fgb``, ``geojson``, ``parquet``,
-    ``shp``) giving ``<stem>.polygons.<format>`` beside the class rasters. ``quicklook`` adds
-    ``<stem>.quicklook.png`` beside each class raster; ``styles`` the QGIS styles (see
-    :meth:`OutputPaths.style_files`). With ``skip_existing`` a scene whose outputs all
-    exist is left for :func:`iter_predict` to skip instead of failing the check; a scene with only some of
-    its files (an interrupted older run) fails it, naming those that exist and those missing.
-    """
-    inputs = [str(i) for i in inputs]
-    output_text = str(output)
-    if not output_text.strip():  # -o "$OUT" with OUT unset: Path("") is the current folder
-        raise ConfigurationError(
-            "-o is empty; give the class raster .tif for one input, or a folder (. for the current one)"
-        )
-    output = Path(output)
-    into_folder = len(inputs) > 1 or output.is_dir() or output_text.endswith(("/", os.sep))
-    if into_folder and output.exists() and not output.is_dir():
-        why = "with several inputs" if len(inputs) > 1 else "ending in /"
-        raise OutputError(f"{output}: {why}, -o must be a folder (it is a file)")
-    if not into_folder and output.suffix and output.suffix.lower() not in RASTER_SUFFIXES:
-        raise ConfigurationError(
-            f"{output}: predict writes cloud-optimized GeoTIFF; name the output .tif or .tiff"
-        )
-    vector_format = _vector_format(vectorize)
-    if vectorize is not None and vector_format is None:
-        if len(inputs) > 1:
-            raise ConfigurationError(
-                f"--vectorize {vectorize}: with several inputs give a format (gpkg, fgb, geojson, parquet "
-                "or shp); each scene gets <stem>.polygons.<format>"
-            )
-        from geoseg.vector.output import output_driver
-
-        output_driver(vectorize)  # an unknown suffix fails now, not after the inference
-    plans = []
-    for source in inputs:
-        if into_folder:
-            folder, base = output, PurePath(source).stem
-            classes = folder / f"{base}{SUFFIXES['classes']}"
-        else:
-            folder, base, classes = output.parent, output.stem if output.suffix else output.name, output
-        plans.append(
-            OutputPaths(
-                classes,
-                folder / f"{base}{SUFFIXES['confidence']}" if confidence else None,
-                folder / f"{base}{SUFFIXES['probabilities']}" if probabilities else None,
-                _vector_path(vectorize, vector_format, folder, base),
-                folder / f"{base}.quicklook.png" if quicklook else None,
-                styles,
-            )
-        )
-
-    seen: dict[Path, str] = {}
-    input_files = _file_identities(inputs)
-    for source, paths in zip(inputs, plans, strict=True):
-        for _, path in paths.files():
-            if seen.get(path) == source:  # -o x.tif --vectorize x.fgb: both styles would be x.qml
-                raise ConfigurationError(
-                    f"{source}: two of its outputs would write {path} (a QGIS style is named after its file "
-                    "without the suffix); give them different names, or pass --no-styles"
-                )
-            if path in seen:
-                raise ConfigurationError(
-                    f"{seen[path]} and {source} would both write {path}; rename one or run them separately"
-                )
-            seen[path] = source
-            victim = input_files.get(_file_identity(path))
-            if victim is not None:  # this scene's input, or another's (read after this scene replaced it)
-                raise ConfigurationError(
-                    f"{victim}: the output {path} would replace this input; write the outputs elsewhere"
-                )
-
-    new_folder = into_folder and not output.exists()
-    if new_folder:
-        parent = output.parent
-        if not parent.is_dir():
-            what = "is a file, not a folder" if parent.exists() else "does not exist"
-            raise OutputError(f"{output}: cannot create the output folder, {parent} {what}")
-        reason = cannot_create_in(parent)
-        if reason is not None:
-            raise OutputError(
-                f"{output}: cannot create the output folder, {parent} is not writable ({reason})"
-            )
-    writable_folders: set[Path] = set()
-    for source, paths in zip(inputs, plans, strict=True):
-        if skip_existing and outputs_exist(paths):
-            continue
-        _refuse_partial(source, paths, overwrite)
-        for _, path in paths.files():
-            if not (new_folder and path.parent == output):  # a new folder holds nothing yet (made later)
-                check_output_path(path, overwrite, writable_folders=writable_folders)
-    return plans
-
-
-def _file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
-    """The file's (device, inode): the same for every name of one file (a symbolic or hard link, a relative
-    path); None when it does not exist."""
-    try:
-        stat = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return stat.st_dev, stat.st_ino
-
-
-def _file_identities(inputs: Sequence[str]) -> dict[tuple[int, int], str]:
-    """Local input files by identity (one stat each, however many scenes write how many outputs)."""
-    found = {}
-    for source in inputs:
-        identity = None if is_gdal_path(source) else _file_identity(source)
-        if identity is not None:
-            found.setdefault(identity, source)
-    return found
-
-
-def outputs_exist(paths: OutputPaths) -> bool:
-    """Whether a scene is finished: all its files exist (they are renamed into place together, complete)."""
-    return all(path.exists() for _, path in paths.results())
-
-
-def _refuse_partial(source: str, paths: OutputPaths, overwrite: bool) -> None:
-    """Some files of a scene without the others (an older geoseg stopped between them, or a hand-made set)
-    are not a result: say which exist and which are missing, rather than "output exists" for the first.
-    One file alone (often not geoseg's at all) gets the plain "output exists" of :func:`check_output_path`."""
-    exist = [str(path) for _, path in paths.results() if path.exists()]
-    exist += [str(path) for path in _shapefile_sidecars(paths.polygons) if path.exists()]
-    missing = [str(path) for _, path in paths.results() if not path.exists()]
-    if len(exist) > 1 and missing and not overwrite:
-        raise OutputError(
-            f"{source}: an incomplete set of outputs, {', '.join(exist)} exist but {', '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} missing (an interrupted earlier run?); pass --overwrite "
-            "to compute the scene again"
-        )
-
-
-def _shapefile_sidecars(polygons: Path | None) -> list[Path]:
-    """The files GDAL writes (or may have written) beside a ``.shp``: part of the scene, or stale."""
-    from geoseg.vector.output import SHAPEFILE_SIDECARS, SHAPEFILE_STALE
-
-    if polygons is None or polygons.suffix.lower() != ".shp":
-        return []
-    return [polygons.with_suffix(ext) for ext in (*SHAPEFILE_SIDECARS, *SHAPEFILE_STALE)]
-
-
-def _vector_format(vectorize: str | os.PathLike | None) -> str | None:
-    """The suffix when ``vectorize`` is a bare format name such as ``gpkg`` or ``.fgb``, else None."""
-    if vectorize is None:
-        return None
-    from geoseg.vector.output import DRIVERS
-
-    text = str(vectorize).lower()
-    suffix = text if text.startswith(".") else f".{text}"
-    return suffix if suffix in DRIVERS else None
-
-
-def _vector_path(vectorize, vector_format: str | None, folder: Path, base: str) -> Path | None:
-    if vectorize is None:
-        return None
-    if vector_format is not None:
-        return folder / f"{base}.polygons{vector_format}"
-    return Path(vectorize)
-
-
-def load_model(
-    model: str | os.PathLike | None, preset: str | None, card: ModelCard | str | os.PathLike | None
-) -> tuple[torch.nn.Module, ModelCard]:
-    """The checkpoint ``model`` (the bundled one when None) with its card, or one from ``preset``/``card``."""
-    from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
-
-    path = default_checkpoint_path() if model is None else Path(model)
-    if path.suffix.lower() == ".onnx":  # an export run by onnxruntime (geoseg export)
-        from geoseg.export.runtime import load_onnx
-
-        return load_onnx(path, preset=preset, card=card)
-    return load_checkpoint(path, preset=preset, card=card)
 
 
 def _engine_network(
@@ -319,7 +118,7 @@ def iter_predict(
     common names match the card's bands, or from ``assets`` in order (see :mod:`geoseg.stac.items`).
     ``workers`` > 1 (or ``auto``: one per GPU) runs regions on a Dask LocalCluster, ``scheduler`` on an
     existing Dask cluster; ``resume`` keeps finished regions of an interrupted run (see
-    :func:`geoseg.inference.engine.run_scene`); on Dask, up to two scenes per worker run at once (their
+    :func:`geoseg.inference.scene.run_scene`); on Dask, up to two scenes per worker run at once (their
     regions share the cluster) and results still come in input order. ``status(text)`` hears of regions,
     workers and the step. A scene's files are one unit (:class:`~geoseg.atomic.OutputSet`): they appear
     together once all are complete, and a failure or stop leaves none of them; an output folder this run
@@ -436,7 +235,7 @@ def iter_predict(
 
                     if status is not None:
                         status(f"vectorizing {paths.classes.name}")
-                    sidecars = _shapefile_sidecars(paths.polygons)
+                    sidecars = shapefile_sidecars(paths.polygons)
                     target = unit.stage("polygons", paths.polygons, obsolete=sidecars)
                     polygons = polygonize(
                         paths.classes,
@@ -647,7 +446,7 @@ def _skipped(source: str, paths: OutputPaths, device: torch.device) -> PredictRe
         width, height = dataset.width, dataset.height
     outputs = {kind: str(path) for kind, path in paths.results()}
     outputs.update({kind: str(path) for kind, path in paths.style_files() if path.exists()})
-    outputs.update({f"polygons{p.suffix}": str(p) for p in _shapefile_sidecars(paths.polygons) if p.exists()})
+    outputs.update({f"polygons{p.suffix}": str(p) for p in shapefile_sidecars(paths.polygons) if p.exists()})
     return PredictResult(source, outputs, width, height, 0, 0.0, str(device), status="skipped")
 
 

@@ -1,4 +1,4 @@
-"""Run one region: the streaming loop that reads tiles ahead, predicts and blends them, and writes a part.
+"""One region as a stream: the loop that reads tiles ahead, predicts and blends them, and writes a part.
 
 A reader thread (:mod:`geoseg.inference.reader`) cuts the region's tiles into batches (uint8 stays uint8
 until the device), skipping tiles without a single valid input pixel (wide no-data collars cost no network
@@ -20,7 +20,6 @@ import queue
 import tempfile
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +29,21 @@ from affine import Affine
 from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
+from geoseg.device import autocast_dtype
 from geoseg.errors import CheckpointError
 from geoseg.inference.acceleration import HalvingBatches, accelerate
 from geoseg.inference.blending import WindowWeights
 from geoseg.inference.grid import Chunk, Region, Tile, TileGrid
 from geoseg.inference.plan import ScenePlan
 from geoseg.inference.reader import POLL_S, Reader, gdal_env
+from geoseg.inference.tasks import Network, Progress, RegionResult, RegionTask
 from geoseg.model.card import ModelCard
 from geoseg.model.normalize import normalize
 from geoseg.raster.classes import NODATA_CLASS
 from geoseg.raster.reading import open_raster
 from geoseg.raster.writing import open_tiled, tiled_profile, write_valid_mask
 
-Progress = Callable[[int, int], None]
-# The network as the loop sees it: a normalized batch (B, C, T, T) on the device -> logits (B, K, T, T).
-Network = Callable[[torch.Tensor], torch.Tensor]
 TTA_MODES = ("none", "flip", "d4")
-
-
-@dataclass
-class RegionResult:
-    """What one region reports back: per-class counts of its valid pixels and the tiles it computed."""
-
-    region: Region
-    counts: np.ndarray
-    tiles: int
 
 
 def prepare_network(model: torch.nn.Module, device: torch.device, *, compile: bool = False) -> Network:
@@ -116,6 +105,24 @@ def run_region(
                 scratch_dir=next(iter(parts.values())).parent,
             )
     return RegionResult(region, counts, computed)
+
+
+def run_task(
+    task: RegionTask, network: Network, device: torch.device, progress: Progress | None
+) -> RegionResult:
+    """:func:`run_region` for a task, wherever it runs (this process or a Dask worker)."""
+    return run_region(
+        network,
+        task.card,
+        task.plan,
+        task.region,
+        task.parts,
+        batch_size=task.batch_size,
+        device=device,
+        amp_dtype=autocast_dtype(task.precision, device),
+        tta=task.tta,
+        progress=progress,
+    )
 
 
 # --- the network ---------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """One scene from plan to final rasters: plan (grid, regions) -> run regions (local or Dask) -> assemble.
 
 - :mod:`geoseg.inference.plan`: bands, value range, georeferencing, the global tile grid, the regions;
-- :mod:`geoseg.inference.region`: the streaming loop that computes one region into part GeoTIFFs;
-- :mod:`geoseg.inference.execute`: regions one after another in this process, or on a Dask cluster;
+- :mod:`geoseg.inference.stream`: the streaming loop that computes one region into part GeoTIFFs;
+- :mod:`geoseg.inference.executors`: regions one after another in this process, or on a Dask cluster;
 - :mod:`geoseg.inference.assemble`: the parts as a VRT, copied into cloud-optimized GeoTIFFs.
 
 Parts live in a work folder beside the output (:mod:`geoseg.inference.work`), which also makes ``resume``
@@ -24,31 +24,17 @@ from geoseg.atomic import OutputSet, check_output_path
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError
 from geoseg.inference.assemble import assemble
-from geoseg.inference.execute import (
-    DaskExecutor,
-    LocalExecutor,
-    ModelSource,
-    RegionTask,
-    model_digest,
-    open_executor,
-)
+from geoseg.inference.executors import Executor, open_executor
 from geoseg.inference.grid import DEFAULT_CHUNK
-from geoseg.inference.plan import OutputPaths, PredictResult, ScenePlan, plan_regions, plan_scene
-from geoseg.inference.region import TTA_MODES, Progress
+from geoseg.inference.outputs import OutputPaths
+from geoseg.inference.plan import ScenePlan, plan_regions, plan_scene
+from geoseg.inference.stream import TTA_MODES
+from geoseg.inference.tasks import ModelSource, PredictResult, Progress, RegionTask
 from geoseg.inference.work import WorkFolder, input_identity
 from geoseg.model.card import ModelCard
+from geoseg.model.loading import model_digest
 from geoseg.raster.reading import Scale
 from geoseg.raster.writing import DEFAULT_CODEC, check_codec
-
-__all__ = [
-    "OutputPaths",
-    "PredictResult",
-    "Progress",
-    "ScenePlan",
-    "plan_scene",
-    "predict_scene",
-    "run_scene",
-]
 
 Status = Callable[[str], None]
 
@@ -141,14 +127,14 @@ def run_scene(
     resume: bool = False,
     progress: Progress | None = None,
     status: Status | None = None,
-    executor: LocalExecutor | DaskExecutor | None = None,
+    executor: Executor | None = None,
     source: ModelSource | None = None,
     unit: OutputSet | None = None,
 ) -> PredictResult:
     """Run a planned scene region by region and write its outputs atomically, as one set.
 
     ``workers`` processes (a Dask LocalCluster; 1: this process) or the Dask cluster at ``scheduler`` compute
-    the regions, or the given ``executor`` (shared by the scenes of :func:`~geoseg.inference.predict.predict`,
+    the regions, or the given ``executor`` (shared by the scenes of :func:`~geoseg.inference.batch.predict`,
     with the ``source`` it was opened with). Without ``resume`` nothing is left behind on failure or Ctrl-C;
     with it, finished regions survive in the work folder and the same call computes only the others.
     ``status(text)`` hears of regions done and workers when there is more than one of either.
@@ -206,7 +192,8 @@ def run_scene(
                 results[result.region.index] = result
                 if tell is not None:
                     tell(f"{len(results)}/{len(regions)} regions, {executor.workers} workers")
-            assemble(plan, stage_rasters(outputs, unit), work, regions, card, overwrite, compress)
+            parts = {kind: [(r, work.part(r, kind)) for r in regions] for kind, _ in outputs.rasters()}
+            assemble(plan, stage_rasters(outputs, unit), parts, card, overwrite, compress)
 
     counts = np.sum([r.counts for r in results.values()], axis=0)
     valid = int(counts.sum())
