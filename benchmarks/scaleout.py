@@ -58,7 +58,9 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from geoseg.inference.executors import open_executor
-    from geoseg.inference.plan import OutputPaths, plan_scene
+    from geoseg.inference.options import PredictOptions
+    from geoseg.inference.outputs import OutputPaths
+    from geoseg.inference.plan import plan_scene
     from geoseg.inference.scene import run_scene
     from geoseg.inference.tasks import ModelSource
     from geoseg.model.loading import model_digest
@@ -83,7 +85,8 @@ def child(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         with rasterio.Env(GDAL_CACHEMAX=256):
             result = run_scene(
-                model, card, plan, OutputPaths(Path(args.output)), device=device, resume=args.resume,
+                model, card, plan, OutputPaths(Path(args.output)),
+                PredictOptions(batch_size=4, device=device, resume=args.resume),
                 progress=kill_at if args.kill_at else None, executor=executor, source=source,
             )  # fmt: skip
         seconds = time.perf_counter() - start

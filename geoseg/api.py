@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from geoseg.evaluation import EvaluationResult, evaluate, write_confusion_csv
     from geoseg.export.exporter import export_model
     from geoseg.inference.batch import iter_predict, predict
+    from geoseg.inference.options import PredictOptions
     from geoseg.inference.scene import predict_scene
     from geoseg.inference.tasks import PredictResult
     from geoseg.model.build import build_model
@@ -44,6 +45,7 @@ _EXPORTS = {
     "PredictResult": "geoseg.inference.tasks",
     "predict_scene": "geoseg.inference.scene",
     "iter_predict": "geoseg.inference.batch",
+    "PredictOptions": "geoseg.inference.options",
     "predict": "geoseg.inference.batch",
     "ClassInfo": "geoseg.model.card",
     "ModelCard": "geoseg.model.card",
@@ -81,6 +83,7 @@ __all__ = [
     "ClassInfo",
     "EvaluationResult",
     "ModelCard",
+    "PredictOptions",
     "PredictResult",
     "QuicklookResult",
     "SampleResult",

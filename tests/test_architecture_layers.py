@@ -27,7 +27,7 @@ LAYERS = (
     ("geoseg.inference.stream",),  # one region: blending, frontier, writer, TTA
     ("geoseg.inference.reader",),  # chunks -> batches
     ("geoseg.inference.tasks",),  # RegionTask, RegionResult, PredictResult: data only
-    ("geoseg.inference.plan", "geoseg.inference.outputs"),  # grid and regions; output names
+    ("geoseg.inference.plan", "geoseg.inference.outputs", "geoseg.inference.options"),  # plan; names; options
     ("geoseg.inference.grid", "geoseg.inference.blending", "geoseg.inference.acceleration"),
 )
 # Third-party packages only one module of geoseg may import.

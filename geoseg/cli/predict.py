@@ -200,7 +200,7 @@ def predict(
     geoseg predict big.tif -o classes.tif --device cuda --workers auto
     geoseg predict scene.tif -o classes.tif --compress zstd --no-styles
     """
-    from geoseg.api import iter_predict
+    from geoseg.api import PredictOptions, iter_predict
 
     if preset and card_path:
         raise click.UsageError("give either --preset or --card, not both")
@@ -216,12 +216,7 @@ def predict(
     callback, close = progress_reporter("predicting", quiet)
     failures = 0
     try:
-        for result in iter_predict(
-            list(inputs),
-            output,
-            model=model_path,
-            preset=preset,
-            card=card_path,
+        options = PredictOptions(
             tile=tile,
             overlap=overlap,
             margin=None if border_context else 0,
@@ -241,12 +236,20 @@ def predict(
             compress=compress,
             styles=styles,
             overwrite=overwrite,
+            keep_going=keep_going,
             skip_existing=skip_existing,
             assets=assets,
-            keep_going=keep_going,
             workers=workers,
             scheduler=scheduler,
             resume=resume,
+        )
+        for result in iter_predict(
+            list(inputs),
+            output,
+            options,
+            model=model_path,
+            preset=preset,
+            card=card_path,
             progress=callback,
             status=None if callback is None else callback.status,
         ):

@@ -272,15 +272,22 @@ def _foldable_batchnorms(model: nn.Module, channels: int) -> list[tuple[list[str
     return groups
 
 
+def check_batch_size(batch_size: int | str) -> int | str:
+    """A batch size of at least 1, or ``auto``."""
+    if batch_size == "auto":
+        return batch_size
+    size = int(batch_size)
+    if size < 1:
+        raise ConfigurationError(f"batch size {size} must be at least 1 (or auto)")
+    return size
+
+
 def resolve_batch_size(batch_size: int | str, device: torch.device, tile: int) -> int:
     """``auto``: on CUDA the largest power of two (up to 64) whose tiles fit in the device's free memory
     by a generous per-pixel estimate (halved at run time if it does not fit after all, see
     :class:`HalvingBatches`); elsewhere 4, where larger batches do not run faster."""
     if batch_size != "auto":
-        size = int(batch_size)
-        if size < 1:
-            raise ConfigurationError(f"batch size {size} must be at least 1 (or auto)")
-        return size
+        return check_batch_size(batch_size)
     if device.type != "cuda":
         return CPU_BATCH
     free, _ = torch.cuda.mem_get_info(device)

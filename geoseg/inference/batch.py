@@ -12,7 +12,9 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,15 +24,13 @@ from geoseg.errors import ConfigurationError, GeosegError
 from geoseg.export.cpu_engine import resolve_engine
 from geoseg.inference.acceleration import check_compile, resolve_batch_size
 from geoseg.inference.executors import LocalExecutor, open_executor
-from geoseg.inference.grid import DEFAULT_CHUNK
+from geoseg.inference.options import PredictOptions
 from geoseg.inference.outputs import OutputPaths, outputs_exist, prepare_outputs, shapefile_sidecars
 from geoseg.inference.plan import ScenePlan, plan_scene
 from geoseg.inference.scene import run_scene
 from geoseg.inference.tasks import ModelSource, PredictResult, Progress
 from geoseg.model.card import ModelCard
 from geoseg.model.loading import load_model, model_digest
-from geoseg.raster.reading import Scale
-from geoseg.raster.writing import DEFAULT_CODEC, check_codec
 from geoseg.stac.items import is_stac_item, item_scene
 
 
@@ -39,13 +39,8 @@ def _engine_network(
     card: ModelCard,
     source: ModelSource,
     runtime: str,
-    precision: str,
-    calibration: Sequence[str | os.PathLike] | None,
+    options: PredictOptions,
     plans: list[ScenePlan],
-    tile: int | None,
-    overlap: int | None,
-    bands: list[int] | None,
-    scale: Scale,
     status: Callable[[str], None] | None,
 ) -> tuple[torch.nn.Module, ModelSource, float]:
     """The network ``runtime`` runs, how workers get it, and the seconds it took to make: a torch network
@@ -59,15 +54,14 @@ def _engine_network(
 
     def calibrating(float_network: OnnxNetwork) -> list:
         chosen = plans[:1]
-        if calibration:
+        if options.calibration:
             chosen = [
-                plan_scene(card, path, tile=tile, overlap=overlap, bands=bands, scale=scale)
-                for path in calibration_set(calibration)
+                plan_scene(card, path, **options.planning()) for path in calibration_set(options.calibration)
             ]
         return calibration_tiles(chosen, float_network)
 
     made = onnx_network(
-        network, card, source.digest, int8=precision == "int8", calibration=calibrating, status=status
+        network, card, source.digest, int8=options.precision == "int8", calibration=calibrating, status=status
     )
     return made.network, ModelSource(model_digest(made.network), module=made.network), made.seconds
 
@@ -75,38 +69,14 @@ def _engine_network(
 def iter_predict(
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
+    options: PredictOptions | None = None,
     *,
     model: str | os.PathLike | torch.nn.Module | None = None,
     preset: str | None = None,
     card: ModelCard | str | os.PathLike | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    margin: int | None = None,
-    batch_size: int | str = "auto",
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-    engine: str = "auto",
-    calibration: Sequence[str | os.PathLike] | None = None,
-    compile: bool = False,
-    tta: str = "none",
-    bands: list[int] | None = None,
-    scale: Scale = None,
-    confidence: bool = False,
-    probabilities: bool = False,
-    vectorize: str | os.PathLike | None = None,
-    quicklook: bool = False,
-    compress: str = DEFAULT_CODEC,
-    styles: bool = True,
-    overwrite: bool = False,
-    keep_going: bool = False,
-    skip_existing: bool = False,
-    assets: list[str] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-    workers: int | str = 1,
-    scheduler: str | None = None,
-    resume: bool = False,
     progress: Progress | None = None,
     status: Callable[[str], None] | None = None,
+    **keywords: Any,
 ) -> Iterator[PredictResult]:
     """Like :func:`predict`, yielding each scene's result as soon as it is written (for ``--json`` pipelines).
 
@@ -124,45 +94,48 @@ def iter_predict(
     together once all are complete, and a failure or stop leaves none of them; an output folder this run
     created is removed again if it is still empty at the end. ``compress``: the rasters' codec (see
     :data:`~geoseg.raster.writing.CODECS`); ``styles``: QGIS styles beside them and the polygons (or inside
-    a GeoPackage), see :mod:`geoseg.styles`.
+    a GeoPackage), see :mod:`geoseg.styles`. Options: ``options``, or its fields as ``keywords`` (see
+    :class:`~geoseg.inference.options.PredictOptions`).
     """
     inputs = [str(i) for i in inputs]
     if not inputs:
         raise ConfigurationError("no input rasters given")
-    compress = check_codec(compress)  # one this GDAL lacks fails now, not at the first finished scene
+    options = replace(options, **keywords) if options is not None else PredictOptions(**keywords)
+    o = options
     plans = prepare_outputs(
         inputs,
         output,
-        confidence=confidence,
-        probabilities=probabilities,
-        vectorize=vectorize,
-        quicklook=quicklook,
-        styles=styles,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
+        confidence=o.confidence,
+        probabilities=o.probabilities,
+        vectorize=o.vectorize,
+        quicklook=o.quicklook,
+        styles=o.styles,
+        overwrite=o.overwrite,
+        skip_existing=o.skip_existing,
     )
-    if quicklook:
+    if o.quicklook:
         from geoseg.plots.common import require_matplotlib
 
         require_matplotlib()  # before the first scene, not after an hour of inference
-    resolved = device if isinstance(device, torch.device) else resolve_device(device)
-    resolve_precision(precision, resolved)  # an unusable --precision or --compile fails before any work
-    if compile:
+    resolved = o.device if isinstance(o.device, torch.device) else resolve_device(o.device)
+    resolve_precision(o.precision, resolved)  # an unusable --precision or --compile fails before any work
+    if o.compile:
         check_compile(resolved)
     if isinstance(model, torch.nn.Module):
         if not isinstance(card, ModelCard):
             raise ConfigurationError("an in-memory model needs its ModelCard (card=...)")
         network, model_card = model, card
-        model_source = ModelSource(model_digest(network), module=network, compile=compile)
+        model_source = ModelSource(model_digest(network), module=network, compile=o.compile)
     else:
         from geoseg.model.checkpoint import default_checkpoint_path
 
         path = default_checkpoint_path() if model is None else Path(model)
         network, model_card = load_model(path, preset, card)
-        model_source = ModelSource(model_digest(network), str(path), preset, card, compile=compile)
-    runtime = resolve_engine(engine, precision, resolved, network, compile=compile)
-    batch_size = resolve_batch_size(batch_size, resolved, tile or model_card.tile_size)
-    if compile and next(network.parameters(), None) is None:
+        model_source = ModelSource(model_digest(network), str(path), preset, card, compile=o.compile)
+    runtime = resolve_engine(o.engine, o.precision, resolved, network, compile=o.compile)
+    batch_size = resolve_batch_size(o.batch_size, resolved, o.tile or model_card.tile_size)
+    options = replace(options, device=resolved, batch_size=batch_size)
+    if o.compile and next(network.parameters(), None) is None:
         raise ConfigurationError(
             "this model has no torch parameters to compile (an ONNX export runs in onnxruntime); "
             "run without --compile"
@@ -171,37 +144,29 @@ def iter_predict(
     scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError | None]] = []
     items: dict[str, tuple[Path, str]] = {}  # STAC Item input -> (its VRT, its id)
     for source, paths in zip(inputs, plans, strict=True):
-        if skip_existing and outputs_exist(paths):
+        if o.skip_existing and outputs_exist(paths):
             scenes.append((source, paths, None))  # finished by an earlier run: not even opened
             continue
         try:
             if is_stac_item(source):
-                items[source] = item_scene(source, paths.classes, model_card.bands, assets)
+                items[source] = item_scene(source, paths.classes, model_card.bands, o.assets)
             plan = plan_scene(
-                model_card,
-                str(items[source][0]) if source in items else source,
-                tile=tile,
-                overlap=overlap,
-                margin=margin,
-                bands=bands,
-                scale=scale,
-                chunk_size=chunk_size,
+                model_card, str(items[source][0]) if source in items else source, **o.planning()
             )
             if paths.polygons is not None:
                 from geoseg.vector.vectorize import check_vectorizable
 
                 check_vectorizable(plan.georef, plan.width, plan.height, source)  # before the inference
         except GeosegError as error:
-            if not keep_going:
+            if not o.keep_going:
                 raise
             plan = error
         scenes.append((source, paths, plan))
 
     planned = [p for _, _, p in scenes if isinstance(p, ScenePlan)]
     network, model_source, prepared_s = _engine_network(
-        network, model_card, model_source, runtime, precision, calibration, planned,
-        tile, overlap, bands, scale, status,
-    )  # fmt: skip
+        network, model_card, model_source, runtime, options, planned, status
+    )
     total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))
     tiles_done = _TilesDone(progress, total)
     stopping = threading.Event()  # set when the run ends early: scenes still running keep nothing
@@ -216,13 +181,7 @@ def iter_predict(
                     model_card,
                     plan,
                     paths,
-                    batch_size=batch_size,
-                    device=resolved,
-                    precision=precision,
-                    tta=tta,
-                    compress=compress,
-                    overwrite=overwrite,
-                    resume=resume,
+                    options,
                     progress=None if progress is None else tiles_done.callback(index),
                     status=status,
                     executor=executor,
@@ -272,7 +231,7 @@ def iter_predict(
                 folder.mkdir()
                 created.append(folder)
         # One executor for all scenes: a cluster starts once, and each worker loads the model once.
-        executor = open_executor(network, model_source, resolved, workers, scheduler)
+        executor = open_executor(network, model_source, resolved, o.workers, o.scheduler)
         pending: list[Future | None] = [None] * len(scenes)
         if not isinstance(executor, LocalExecutor):
             # Scenes share the cluster: up to two per worker run at once (their regions go to Dask
@@ -286,7 +245,7 @@ def iter_predict(
                 try:
                     skipped = _skipped(source, paths, resolved)
                 except GeosegError as error:
-                    if not keep_going:
+                    if not o.keep_going:
                         raise
                     skipped = _failure(source, resolved, error)
                 yield skipped
@@ -298,7 +257,7 @@ def iter_predict(
                 future = pending[index]
                 result = future.result() if future is not None else run_one(index, source, paths, plan)
             except Exception as error:
-                if not keep_going:
+                if not o.keep_going:
                     raise
                 yield _failure(source, resolved, error)
                 continue
@@ -347,38 +306,14 @@ class _TilesDone:
 def predict(
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
+    options: PredictOptions | None = None,
     *,
     model: str | os.PathLike | torch.nn.Module | None = None,
     preset: str | None = None,
     card: ModelCard | str | os.PathLike | None = None,
-    tile: int | None = None,
-    overlap: int | None = None,
-    margin: int | None = None,
-    batch_size: int | str = "auto",
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-    engine: str = "auto",
-    calibration: Sequence[str | os.PathLike] | None = None,
-    compile: bool = False,
-    tta: str = "none",
-    bands: list[int] | None = None,
-    scale: Scale = None,
-    confidence: bool = False,
-    probabilities: bool = False,
-    vectorize: str | os.PathLike | None = None,
-    quicklook: bool = False,
-    compress: str = DEFAULT_CODEC,
-    styles: bool = True,
-    overwrite: bool = False,
-    keep_going: bool = False,
-    skip_existing: bool = False,
-    assets: list[str] | None = None,
-    chunk_size: int = DEFAULT_CHUNK,
-    workers: int | str = 1,
-    scheduler: str | None = None,
-    resume: bool = False,
     progress: Progress | None = None,
     status: Callable[[str], None] | None = None,
+    **keywords: Any,
 ) -> list[PredictResult]:
     """Segment GeoTIFFs (or anything GDAL reads) into class rasters aligned pixel for pixel with the inputs.
 
@@ -402,37 +337,13 @@ def predict(
         iter_predict(
             inputs,
             output,
+            options,
             model=model,
             preset=preset,
             card=card,
-            tile=tile,
-            overlap=overlap,
-            margin=margin,
-            batch_size=batch_size,
-            device=device,
-            precision=precision,
-            engine=engine,
-            calibration=calibration,
-            compile=compile,
-            tta=tta,
-            bands=bands,
-            scale=scale,
-            confidence=confidence,
-            probabilities=probabilities,
-            vectorize=vectorize,
-            quicklook=quicklook,
-            compress=compress,
-            styles=styles,
-            overwrite=overwrite,
-            keep_going=keep_going,
-            skip_existing=skip_existing,
-            assets=assets,
-            chunk_size=chunk_size,
-            workers=workers,
-            scheduler=scheduler,
-            resume=resume,
             progress=progress,
             status=status,
+            **keywords,
         )
     )
 

@@ -15,7 +15,9 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,18 +25,17 @@ import torch
 from geoseg.atomic import OutputSet, check_output_path
 from geoseg.device import resolve_device, resolve_precision
 from geoseg.errors import ConfigurationError
+from geoseg.inference.acceleration import resolve_batch_size
 from geoseg.inference.assemble import assemble
 from geoseg.inference.executors import Executor, open_executor
-from geoseg.inference.grid import DEFAULT_CHUNK
+from geoseg.inference.grid import Region
+from geoseg.inference.options import PredictOptions
 from geoseg.inference.outputs import OutputPaths
 from geoseg.inference.plan import ScenePlan, plan_regions, plan_scene
-from geoseg.inference.stream import TTA_MODES
 from geoseg.inference.tasks import ModelSource, PredictResult, Progress, RegionTask
 from geoseg.inference.work import WorkFolder, input_identity
 from geoseg.model.card import ModelCard
 from geoseg.model.loading import model_digest
-from geoseg.raster.reading import Scale
-from geoseg.raster.writing import DEFAULT_CODEC, check_codec
 
 Status = Callable[[str], None]
 
@@ -44,70 +45,34 @@ def predict_scene(
     card: ModelCard,
     input_path: str | os.PathLike,
     output_path: str | os.PathLike,
+    options: PredictOptions | None = None,
     *,
-    tile: int | None = None,
-    overlap: int | None = None,
-    margin: int | None = None,
-    batch_size: int = 4,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-    tta: str = "none",
-    bands: list[int] | None = None,
-    scale: Scale = None,
     confidence_path: str | os.PathLike | None = None,
     probabilities_path: str | os.PathLike | None = None,
-    compress: str = DEFAULT_CODEC,
-    styles: bool = True,
-    overwrite: bool = False,
-    chunk_size: int = DEFAULT_CHUNK,
-    workers: int | str = 1,
-    scheduler: str | None = None,
-    resume: bool = False,
     progress: Progress | None = None,
     status: Status | None = None,
+    **keywords: Any,
 ) -> PredictResult:
     """Segment one scene with an in-memory ``model`` (moved to ``device``) described by ``card``.
 
-    ``margin``: see :func:`~geoseg.inference.plan.plan_scene`; ``compress``/``workers``/``scheduler``/
-    ``resume``/``status``: see :func:`run_scene`; ``styles``: QGIS styles beside the class and confidence
-    rasters (:mod:`geoseg.styles`).
+    ``options`` (or :class:`~geoseg.inference.options.PredictOptions`' fields as ``keywords``, over a batch
+    size of 4): see :func:`run_scene`; ``styles``: QGIS styles beside the class and confidence rasters
+    (:mod:`geoseg.styles`).
     """
-    compress = check_codec(compress)
+    options = replace(options, **keywords) if options is not None else PredictOptions(**(_SCENE | keywords))
     outputs = OutputPaths(
         Path(output_path),
         Path(confidence_path) if confidence_path is not None else None,
         Path(probabilities_path) if probabilities_path is not None else None,
-        styles=styles,
+        styles=options.styles,
     )
     for _, path in outputs.files():
-        check_output_path(path, overwrite, [input_path])
-    plan = plan_scene(
-        card,
-        input_path,
-        tile=tile,
-        overlap=overlap,
-        margin=margin,
-        bands=bands,
-        scale=scale,
-        chunk_size=chunk_size,
-    )
-    return run_scene(
-        model,
-        card,
-        plan,
-        outputs,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        tta=tta,
-        compress=compress,
-        overwrite=overwrite,
-        workers=workers,
-        scheduler=scheduler,
-        resume=resume,
-        progress=progress,
-        status=status,
-    )
+        check_output_path(path, options.overwrite, [input_path])
+    plan = plan_scene(card, input_path, **options.planning())
+    return run_scene(model, card, plan, outputs, options, progress=progress, status=status)
+
+
+_SCENE = {"batch_size": 4}  # predict_scene's own default: a known batch, not the device's measured one
 
 
 def run_scene(
@@ -115,16 +80,8 @@ def run_scene(
     card: ModelCard,
     plan: ScenePlan,
     outputs: OutputPaths,
+    options: PredictOptions,
     *,
-    batch_size: int = 4,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-    tta: str = "none",
-    compress: str = DEFAULT_CODEC,
-    overwrite: bool = False,
-    workers: int | str = 1,
-    scheduler: str | None = None,
-    resume: bool = False,
     progress: Progress | None = None,
     status: Status | None = None,
     executor: Executor | None = None,
@@ -133,28 +90,25 @@ def run_scene(
 ) -> PredictResult:
     """Run a planned scene region by region and write its outputs atomically, as one set.
 
-    ``workers`` processes (a Dask LocalCluster; 1: this process) or the Dask cluster at ``scheduler`` compute
-    the regions, or the given ``executor`` (shared by the scenes of :func:`~geoseg.inference.batch.predict`,
-    with the ``source`` it was opened with). Without ``resume`` nothing is left behind on failure or Ctrl-C;
-    with it, finished regions survive in the work folder and the same call computes only the others.
-    ``status(text)`` hears of regions done and workers when there is more than one of either.
-    ``compress``: the codec of the rasters (:data:`~geoseg.raster.writing.CODECS`). The rasters, the class
-    names side-car and the styles are staged in ``unit``, the set of the scene's files that the caller
-    renames into place together once its other outputs (polygons, quick-look, drawn from the staged class
-    raster) are complete; without one they are renamed into place here, together.
+    ``options.workers`` processes (a Dask LocalCluster; 1: this process) or the Dask cluster at
+    ``options.scheduler`` compute the regions, or the given ``executor`` (shared by the scenes of
+    :func:`~geoseg.inference.batch.predict`, with the ``source`` it was opened with). Without ``resume``
+    nothing is left behind on failure or Ctrl-C; with it, finished regions survive in the work folder and
+    the same call computes only the others. ``status(text)`` hears of regions done and workers when there is
+    more than one of either. ``compress``: the codec of the rasters (:data:`~geoseg.raster.writing.CODECS`).
+    The rasters, the class names side-car and the styles are staged in ``unit``, the set of the scene's
+    files that the caller renames into place together once its other outputs (polygons, quick-look, drawn
+    from the staged class raster) are complete; without one they are renamed into place here, together.
     """
-    if tta not in TTA_MODES:
-        raise ConfigurationError(f"unknown test-time augmentation {tta!r}; use none, flip or d4")
-    if batch_size < 1:
-        raise ConfigurationError(f"batch size {batch_size} must be at least 1")
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    precision = ran_precision(model, resolve_precision(precision, device))
     started = time.perf_counter()
+    options = resolve_options(options, card)
+    options = replace(options, precision=ran_precision(model, options.precision))
+    device = options.device
     if source is None:
         source = ModelSource(model_digest(model), module=model)
     own_executor = executor is None
     if own_executor:
-        executor = open_executor(model, source, device, workers, scheduler)
+        executor = open_executor(model, source, device, options.workers, options.scheduler)
     own_unit = unit is None
     unit = OutputSet() if own_unit else unit
     with unit if own_unit else contextlib.nullcontext(), contextlib.ExitStack() as finish:
@@ -162,25 +116,17 @@ def run_scene(
             finish.callback(executor.close)
         work = WorkFolder(outputs.classes)  # beside the final name, where a resumed run finds it
         executor.check(plan, work.path.parent)
-        grid = plan.grid
-        manifest = work_manifest(
-            plan, source.digest, [kind for kind, _ in outputs.rasters()], tta, precision, device, batch_size
-        )
-        planned = plan_regions(grid, executor.workers, resume)
-        if resume:
+        kinds = [kind for kind, _ in outputs.rasters()]
+        manifest = work_manifest(plan, source.digest, kinds, options)
+        planned = plan_regions(plan.grid, executor.workers, options.resume)
+        if options.resume:
             unit.after_commit(work.remove)
-        with work.session(manifest, planned, resume, keep_when_done=resume) as (regions, results):
+        with work.session(manifest, planned, options.resume, keep_when_done=options.resume) as (
+            regions,
+            results,
+        ):
             todo = [
-                RegionTask(
-                    plan,
-                    region,
-                    {kind: work.part(region, kind) for kind, _ in outputs.rasters()},
-                    card,
-                    batch_size,
-                    str(device),
-                    precision,
-                    tta,
-                )
+                region_task(plan, region, {kind: work.part(region, kind) for kind in kinds}, card, options)
                 for region in regions
                 if region.index not in results
             ]
@@ -192,8 +138,8 @@ def run_scene(
                 results[result.region.index] = result
                 if tell is not None:
                     tell(f"{len(results)}/{len(regions)} regions, {executor.workers} workers")
-            parts = {kind: [(r, work.part(r, kind)) for r in regions] for kind, _ in outputs.rasters()}
-            assemble(plan, stage_rasters(outputs, unit), parts, card, overwrite, compress)
+            parts = {kind: [(r, work.part(r, kind)) for r in regions] for kind in kinds}
+            assemble(plan, stage_rasters(outputs, unit), parts, card, options.overwrite, options.compress)
 
     counts = np.sum([r.counts for r in results.values()], axis=0)
     valid = int(counts.sum())
@@ -207,7 +153,7 @@ def run_scene(
         seconds=time.perf_counter() - started,
         device=str(device),
         class_fractions={name: (float(counts[i]) / valid if valid else 0.0) for i, name in enumerate(names)},
-        precision=precision,
+        precision=options.precision,
         engine=getattr(model, "engine", "torch"),
         float32_layers=getattr(model, "float32_layers", None),
     )
@@ -224,17 +170,27 @@ def ran_precision(model: torch.nn.Module, precision: str) -> str:
     return precision
 
 
-def work_manifest(
-    plan: ScenePlan,
-    digest: str,
-    kinds: list[str],
-    tta: str,
-    precision: str,
-    device: torch.device,
-    batch_size: int,
-) -> dict:
+def resolve_options(options: PredictOptions, card: ModelCard) -> PredictOptions:
+    """``options`` with the device, precision and batch size this machine gives them (what the manifest
+    records and the regions run with); unchanged when already resolved."""
+    device = options.device if isinstance(options.device, torch.device) else resolve_device(options.device)
+    precision = resolve_precision(options.precision, device)
+    batch_size = resolve_batch_size(options.batch_size, device, options.tile or card.tile_size)
+    return replace(options, device=device, precision=precision, batch_size=batch_size)
+
+
+def region_task(
+    plan: ScenePlan, region: Region, parts: dict[str, Path], card: ModelCard, options: PredictOptions
+) -> RegionTask:
+    """A region's task under resolved ``options`` (see :func:`resolve_options`)."""
+    device, precision = str(options.device), options.precision
+    return RegionTask(plan, region, parts, card, options.batch_size, device, precision, options.tta)
+
+
+def work_manifest(plan: ScenePlan, digest: str, kinds: list[str], options: PredictOptions) -> dict:
     """What a work folder's regions depend on (input identity, model digest, every option that changes
-    results, the raster kinds): ``--resume`` and ``geoseg serve`` reuse a folder only when this matches."""
+    results, the raster kinds), from resolved ``options`` (:func:`resolve_options`): ``--resume`` and
+    ``geoseg serve`` reuse a folder only when this matches."""
     grid = plan.grid
     return {
         "input": {**input_identity(plan.path), "width": plan.width, "height": plan.height},
@@ -245,10 +201,10 @@ def work_manifest(
             "border margin": grid.margin,
             "bands": list(plan.bands),
             "value range": list(plan.value_range),
-            "tta": tta,
-            "precision": precision,
-            "device": device.type,
-            "batch size": batch_size,
+            "tta": options.tta,
+            "precision": options.precision,
+            "device": options.device.type,
+            "batch size": options.batch_size,
             "chunk size": grid.chunk_size,
         },
         "outputs": list(kinds),

@@ -43,8 +43,6 @@ from geoseg.raster.classes import NODATA_CLASS
 from geoseg.raster.reading import open_raster
 from geoseg.raster.writing import open_tiled, tiled_profile, write_valid_mask
 
-TTA_MODES = ("none", "flip", "d4")
-
 
 def prepare_network(model: torch.nn.Module, device: torch.device, *, compile: bool = False) -> Network:
     """The model in evaluation mode on ``device``, folded, in its fastest layout and compiled if asked

@@ -189,9 +189,9 @@ def open_layers(
     cannot read); scenes get an image and a classes layer whose regions go to the work folder of
     ``outputs`` (default ``<stem>.classes.tif`` in the current folder: what ``predict -o`` names), class
     rasters a classes layer. The model is loaded once, and only when a scene needs it."""
-    from geoseg.device import resolve_device, resolve_precision
-    from geoseg.inference.acceleration import resolve_batch_size
     from geoseg.inference.executors import LocalExecutor
+    from geoseg.inference.options import PredictOptions
+    from geoseg.inference.scene import resolve_options
     from geoseg.model.loading import load_model, model_digest
 
     if not inputs:
@@ -214,10 +214,10 @@ def open_layers(
             network, model_card = model, card
         else:
             network, model_card = load_model(model, preset, card)
-        resolved = device if isinstance(device, torch.device) else resolve_device(device)
-        precision = resolve_precision(precision, resolved)
-        size = resolve_batch_size(batch_size, resolved, tile or model_card.tile_size)
-        options = ComputeOptions(model_digest(network), size, resolved, precision, tta)
+        predict = PredictOptions(
+            tile=tile, batch_size=batch_size, device=device, precision=precision, tta=tta
+        )
+        options = ComputeOptions(model_digest(network), resolve_options(predict, model_card))
     layers: dict[str, Layer] = {}
     caches: list[RegionCache] = []
     try:
@@ -253,7 +253,7 @@ def open_layers(
                 cache=cache,
             )
         if scenes:
-            executor = LocalExecutor(network, options.device)
+            executor = LocalExecutor(network, options.predict.device)
     except BaseException:
         for cache in caches:
             cache.close()

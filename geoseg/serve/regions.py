@@ -19,14 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
-import torch
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegError
 from geoseg.inference.executors import LocalExecutor
 from geoseg.inference.grid import Region
+from geoseg.inference.options import PredictOptions
 from geoseg.inference.plan import ScenePlan, plan_regions
-from geoseg.inference.scene import work_manifest
+from geoseg.inference.scene import region_task, work_manifest
 from geoseg.inference.tasks import RegionTask
 from geoseg.inference.work import WorkFolder
 from geoseg.model.card import ModelCard
@@ -37,13 +37,11 @@ CONFIDENCE = "confidence"  # written beside each class part for the page's click
 
 @dataclass(frozen=True)
 class ComputeOptions:
-    """What a region's pixels depend on besides the plan: the same values ``predict`` records."""
+    """What a region's pixels depend on besides the plan: the model's digest and the resolved options
+    (:func:`~geoseg.inference.scene.resolve_options`), which ``predict`` records alike."""
 
     digest: str
-    batch_size: int
-    device: torch.device
-    precision: str
-    tta: str
+    predict: PredictOptions
 
 
 class RegionCache:
@@ -52,15 +50,7 @@ class RegionCache:
     def __init__(self, name: str, card: ModelCard, plan: ScenePlan, output: Path, options: ComputeOptions):
         self.name, self.card, self.plan, self.options = name, card, plan, options
         self.work = WorkFolder(output)
-        manifest = work_manifest(
-            plan,
-            options.digest,
-            ["classes"],
-            options.tta,
-            options.precision,
-            options.device,
-            options.batch_size,
-        )
+        manifest = work_manifest(plan, options.digest, ["classes"], options.predict)
         self._session = contextlib.ExitStack()
         # resume=True and keep_when_done: the folder is reused if it matches (else a one-line error) and
         # is kept whatever happens, for predict --resume to finish
@@ -81,10 +71,7 @@ class RegionCache:
 
     def task(self, region: Region) -> RegionTask:
         parts = {kind: self.work.part(region, kind) for kind in ("classes", CONFIDENCE)}
-        o = self.options
-        return RegionTask(
-            self.plan, region, parts, self.card, o.batch_size, str(o.device), o.precision, o.tta
-        )
+        return region_task(self.plan, region, parts, self.card, self.options.predict)
 
     def mosaic(self, row: int, col: int, rows: int, cols: int, step: int = 1) -> np.ndarray:
         """Classes of scene pixels ``row + i * step, col + j * step`` from the finished regions; 255 where
