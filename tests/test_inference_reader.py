@@ -15,7 +15,7 @@ from helpers import CARD, PixelNet, write_scene
 from geoseg.errors import InputError
 from geoseg.inference import reader as reader_module
 from geoseg.inference.plan import plan_scene
-from geoseg.inference.reader import Reader, default_readers
+from geoseg.inference.reader import Batch, ChunkMask, End, Failed, Reader, default_readers
 from geoseg.inference.scene import predict_scene
 from geoseg.raster import reading as reading_module
 
@@ -47,15 +47,17 @@ def _drain(path, readers: int, batch_size: int = 5) -> tuple[list, int]:
         items = []
         while True:
             item = reader.out.get(timeout=30)
-            if item[0] == "batch":
-                batch = reader.upload(item[1], item[4])
+            if isinstance(item, Batch):
+                batch = reader.upload(item.tensor, item.slot)
                 assert any(batch.data_ptr() == b.data_ptr() for b in reader.buffers.buffers)
-                items.append(("batch", batch.clone(), [(t.y, t.x, t.chunk) for t in item[2]], item[3]))
-                reader.release(item[4])
-            elif item[0] == "chunk":
-                items.append(("chunk", item[1], None if item[2] is None else item[2].copy()))
+                items.append(
+                    ("batch", batch.clone(), [(t.y, t.x, t.chunk) for t in item.tiles], item.skipped)
+                )
+                reader.release(item.slot)
+            elif isinstance(item, ChunkMask):
+                items.append(("chunk", item.index, None if item.valid is None else item.valid.copy()))
             else:
-                items.append(item)
+                items.append(("end", item.skipped) if isinstance(item, End) else ("error", item.error))
                 break
         stop.set()
         reader.join()
@@ -129,13 +131,13 @@ def test_a_read_failure_in_the_pool_is_one_line(tmp_path, monkeypatch):
     with rasterio.open(tmp_path / "scene.tif") as source:
         reader = Reader(source, plan, plan.grid, 4, CPU, stop, readers=2)
         reader.start()
-        while (item := reader.out.get(timeout=30))[0] != "error":
-            if item[0] == "batch":
-                reader.release(item[4])
+        while not isinstance(item := reader.out.get(timeout=30), Failed):
+            if isinstance(item, Batch):
+                reader.release(item.slot)
         stop.set()
         reader.join()
-    assert isinstance(item[1], InputError)
-    assert str(item[1]) == f"{tmp_path / 'scene.tif'}: read failed (TIFFReadEncodedTile() failed)"
+    assert isinstance(item.error, InputError)
+    assert str(item.error) == f"{tmp_path / 'scene.tif'}: read failed (TIFFReadEncodedTile() failed)"
 
 
 @pytest.mark.parametrize(("compression", "expected"), [("deflate", 1), ("jpeg", 2)])

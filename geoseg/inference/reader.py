@@ -14,9 +14,10 @@ import contextlib
 import os
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import rasterio
@@ -37,11 +38,46 @@ _BUFFERS = _QUEUE_BATCHES + 2
 _COSTLY = {"jpeg", "webp", "jxl", "lerc", "lerc_deflate", "lerc_zstd"}
 
 
-def gdal_env() -> contextlib.AbstractContextManager:
-    """The caller's GDAL options for a worker thread (rasterio keeps them per thread)."""
-    if rasterio.env.hasenv():
-        return rasterio.Env(**rasterio.env.getenv())
-    return contextlib.nullcontext()
+def thread_gdal_env() -> Callable[[], contextlib.AbstractContextManager]:
+    """The caller's GDAL options, captured now, as a context to enter in another thread (rasterio keeps
+    them per thread): the reader's, its pool's and the writer's threads all read and write under them."""
+    options = rasterio.env.getenv() if rasterio.env.hasenv() else None
+
+    def enter() -> contextlib.AbstractContextManager:
+        return rasterio.Env(**options) if options is not None else contextlib.nullcontext()
+
+    return enter
+
+
+class ChunkMask(NamedTuple):
+    """A chunk's own valid mask (None: all valid), sent before the chunk's batches."""
+
+    index: int
+    valid: np.ndarray | None
+
+
+class Batch(NamedTuple):
+    """Tiles in a ring buffer ``slot``, and how many tiles were skipped since the previous batch."""
+
+    tensor: torch.Tensor
+    tiles: list[Tile]
+    skipped: int
+    slot: int
+
+
+class End(NamedTuple):
+    """Every chunk was read; ``skipped`` tiles came after the last batch."""
+
+    skipped: int
+
+
+class Failed(NamedTuple):
+    """The reader failed: the taker re-raises ``error``."""
+
+    error: BaseException
+
+
+Message = ChunkMask | Batch | End | Failed
 
 
 def put(target: queue.Queue, item: Any, stop: threading.Event) -> bool:
@@ -108,12 +144,12 @@ class BatchBuffers:
 
 
 class Reader(threading.Thread):
-    """Reads each chunk's input window once and cuts it into batches of tiles (a bounded queue ahead).
+    r"""Reads each chunk's input window once and cuts it into batches of tiles (a bounded queue ahead).
 
     Tiles without a valid pixel are not sent; each batch (and the end) says how many were skipped since the
     previous one, so that progress still counts every tile of the grid. ``grid`` is the scene's grid or that
     of one region of it. ``readers`` threads read chunks in parallel (default: :func:`default_readers`).
-    Batches arrive as ``("batch", tensor, tiles, skipped, slot)``: the taker moves the tensor with
+    ``out`` carries :data:`Message`\ s; a :class:`Batch`'s taker moves its tensor with
     :meth:`upload` and gives the buffer back with :meth:`release` once the network has run on it.
     """
 
@@ -136,19 +172,16 @@ class Reader(threading.Thread):
         self.buffers = BatchBuffers(_BUFFERS, device.type == "cuda", stop)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.copied: dict[int, torch.cuda.Event] = {}  # slot -> its upload's end, on CUDA
-        self.options = rasterio.env.getenv() if rasterio.env.hasenv() else None
-
-    def _env(self) -> contextlib.AbstractContextManager:
-        return rasterio.Env(**self.options) if self.options is not None else contextlib.nullcontext()
+        self._env = thread_gdal_env()
 
     def run(self) -> None:
         try:
             with self._env(), read_failures(self.plan.path):
                 skipped = self._read()
             if skipped is not None:
-                put(self.out, ("end", skipped), self.stop)
+                put(self.out, End(skipped), self.stop)
         except BaseException as error:  # handed to the main thread, which re-raises it
-            put(self.out, ("error", error), self.stop)
+            put(self.out, Failed(error), self.stop)
 
     def upload(self, batch: torch.Tensor, slot: int) -> torch.Tensor:
         """``batch`` on the device: on CUDA copied on the reader's own stream (overlapping the network's
@@ -177,7 +210,7 @@ class Reader(threading.Thread):
         with contextlib.ExitStack() as cleanup:
             reads = self._chunk_reads(cleanup)
             for read in reads:
-                if read is None or not put(self.out, ("chunk", read.chunk.index, read.own), self.stop):
+                if read is None or not put(self.out, ChunkMask(read.chunk.index, read.own), self.stop):
                     return None
                 skipped += read.skipped
                 for tile, part in zip(read.tiles, read.parts, strict=True):
@@ -235,7 +268,7 @@ class Reader(threading.Thread):
         array = buffer.numpy()
         for i, part in enumerate(parts):
             array[i] = part
-        return put(self.out, ("batch", buffer[: len(parts)], tiles, skipped, slot), self.stop)
+        return put(self.out, Batch(buffer[: len(parts)], tiles, skipped, slot), self.stop)
 
 
 def _read_chunk(dataset, plan: ScenePlan, grid: TileGrid, chunk: Chunk) -> _ChunkRead:

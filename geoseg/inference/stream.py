@@ -21,7 +21,7 @@ import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from geoseg.inference.acceleration import HalvingBatches, accelerate
 from geoseg.inference.blending import WindowWeights
 from geoseg.inference.grid import Chunk, Region, Tile, TileGrid
 from geoseg.inference.plan import ScenePlan
-from geoseg.inference.reader import POLL_S, Reader, gdal_env
+from geoseg.inference.reader import POLL_S, ChunkMask, End, Failed, Message, Reader, thread_gdal_env
 from geoseg.inference.tasks import Network, Progress, RegionResult, RegionTask
 from geoseg.model.card import ModelCard
 from geoseg.model.normalize import normalize
@@ -295,6 +295,14 @@ def _to_uint8(share: torch.Tensor) -> torch.Tensor:
     return share.mul(255.0).round_().clamp_(0, 255).to(torch.uint8)
 
 
+class FinishedChunk(NamedTuple):
+    """A chunk for the writer: its pixels' valid mask (None: all valid) and its uint8 results by kind."""
+
+    chunk: Chunk
+    valid: np.ndarray | None
+    result: dict[str, np.ndarray]
+
+
 # --- threads -------------------------------------------------------------------------------------------
 
 
@@ -314,11 +322,11 @@ class _Writer(threading.Thread):
         self.inbox: queue.Queue = queue.Queue(maxsize=2)
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.error: BaseException | None = None
-        self.env = gdal_env()
+        self.env = thread_gdal_env()
 
     def run(self) -> None:
         try:
-            with self.env:
+            with self.env():
                 while not self.stop.is_set():
                     try:
                         item = self.inbox.get(timeout=POLL_S)
@@ -347,7 +355,7 @@ class _Writer(threading.Thread):
             if kind != "classes":
                 write_valid_mask(sink, valid, window)
 
-    def send(self, item: Any) -> None:
+    def send(self, item: FinishedChunk | None) -> None:
         """Queue a finished chunk (None: no more); re-raise the writer's failure rather than wait on it."""
         while True:
             if self.error is not None:
@@ -402,7 +410,7 @@ def _stream(
             if blender.chunk is not None:
                 finished = blender.chunk
                 result = blender.close(want_confidence, want_probabilities)
-                writer.send((finished, masks.pop(finished.index), result))
+                writer.send(FinishedChunk(finished, masks.pop(finished.index), result))
             nxt = next(chunks, None)
             if nxt is None:
                 return
@@ -414,23 +422,22 @@ def _stream(
         with torch.inference_mode():
             while True:
                 item = _take(reader)
-                if item[0] == "end":
-                    if item[1] and progress is not None:
+                if isinstance(item, End):
+                    if item.skipped and progress is not None:
                         progress(grid.num_tiles, grid.num_tiles)  # the trailing tiles were all skipped
                     break
-                if item[0] == "error":
-                    raise item[1]
-                if item[0] == "chunk":
-                    masks[item[1]] = item[2]
+                if isinstance(item, Failed):
+                    raise item.error
+                if isinstance(item, ChunkMask):
+                    masks[item.index] = item.valid
                     continue
-                batch, tiles = reader.upload(item[1], item[4]), item[2]
-                probs = slices(probabilities, batch)
-                reader.release(item[4])
-                for b, tile in enumerate(tiles):
+                probs = slices(probabilities, reader.upload(item.tensor, item.slot))
+                reader.release(item.slot)
+                for b, tile in enumerate(item.tiles):
                     finish_until(tile.chunk)
                     blender.add(tile, probs[b])
-                computed += len(tiles)
-                done += len(tiles) + item[3]
+                computed += len(item.tiles)
+                done += len(item.tiles) + item.skipped
                 if progress is not None:
                     progress(done, grid.num_tiles)
             finish_until(grid.num_chunks)
@@ -446,7 +453,7 @@ def _stream(
         frontier.close()
 
 
-def _take(reader: Reader) -> tuple:
+def _take(reader: Reader) -> Message:
     while True:
         try:
             return reader.out.get(timeout=POLL_S)
