@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,9 +31,10 @@ from affine import Affine
 from geoseg.device import autocast_dtype, resolve_precision
 from geoseg.inference.acceleration import resolve_batch_size
 from geoseg.inference.batch import predict
+from geoseg.inference.channel import Stop
 from geoseg.inference.grid import tile_starts
 from geoseg.inference.plan import plan_scene
-from geoseg.inference.reader import Reader, default_readers
+from geoseg.inference.reader import Batch, End, Failed, Reader, default_readers
 from geoseg.inference.stream import prepare_network
 from geoseg.model.checkpoint import default_checkpoint_path
 from geoseg.model.loading import load_model
@@ -80,19 +80,19 @@ def network_rate(network, card, device, amp, tile: int, batch: int, batches: int
 def read_rate(scene: Path, card, device, batch: int, readers: int) -> float:
     """Tiles per second of the reader pool alone: read, decode, batch, upload."""
     plan = plan_scene(card, scene)
-    stop = threading.Event()
+    stop = Stop()
     tiles = 0
     with rasterio.open(scene) as source:
         reader = Reader(source, plan, plan.grid, batch, device, stop, readers=readers)
         start = time.perf_counter()
         reader.start()
-        while (item := reader.out.get(timeout=600))[0] != "end":
-            if item[0] == "error":
-                raise item[1]
-            if item[0] == "batch":
-                reader.upload(item[1], item[4])
-                reader.release(item[4])
-                tiles += len(item[2])
+        while not isinstance(item := reader.out.get(timeout=600), End):
+            if isinstance(item, Failed):
+                raise item.error
+            if isinstance(item, Batch):
+                reader.upload(item.tensor, item.slot)
+                reader.release(item.slot)
+                tiles += len(item.tiles)
         torch.cuda.synchronize(device)
         elapsed = time.perf_counter() - start
         stop.set()

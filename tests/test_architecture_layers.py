@@ -28,7 +28,12 @@ LAYERS = (
     ("geoseg.inference.reader",),  # chunks -> batches
     ("geoseg.inference.tasks",),  # RegionTask, RegionResult, PredictResult: data only
     ("geoseg.inference.plan", "geoseg.inference.outputs", "geoseg.inference.options"),  # plan; names; options
-    ("geoseg.inference.grid", "geoseg.inference.blending", "geoseg.inference.acceleration"),
+    (
+        "geoseg.inference.grid",
+        "geoseg.inference.blending",
+        "geoseg.inference.acceleration",
+        "geoseg.inference.channel",  # the threads' hand-offs
+    ),
 )
 # Third-party packages only one module of geoseg may import.
 ONLY_IN = {"dask": "geoseg.inference.dask", "distributed": "geoseg.inference.dask"}

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 import rasterio
@@ -14,6 +12,7 @@ from helpers import CARD, PixelNet, write_scene
 
 from geoseg.errors import InputError
 from geoseg.inference import reader as reader_module
+from geoseg.inference.channel import Stop
 from geoseg.inference.plan import plan_scene
 from geoseg.inference.reader import Batch, ChunkMask, End, Failed, Reader, default_readers
 from geoseg.inference.scene import predict_scene
@@ -40,7 +39,7 @@ def _drain(path, readers: int, batch_size: int = 5) -> tuple[list, int]:
     """Every item the reader queues, batches copied out before their buffer is given back; and how many
     buffers it made."""
     plan = plan_scene(CARD, path, chunk_size=512)
-    stop = threading.Event()
+    stop = Stop()
     with rasterio.open(path) as source:
         reader = Reader(source, plan, plan.grid, batch_size, CPU, stop, readers=readers)
         reader.start()
@@ -127,7 +126,7 @@ def test_a_read_failure_in_the_pool_is_one_line(tmp_path, monkeypatch):
         return dataset.read(bands, window=window)
 
     monkeypatch.setattr(reading_module, "read_bands", failing)  # what the reader's read_mirrored reads by
-    stop = threading.Event()
+    stop = Stop()
     with rasterio.open(tmp_path / "scene.tif") as source:
         reader = Reader(source, plan, plan.grid, 4, CPU, stop, readers=2)
         reader.start()

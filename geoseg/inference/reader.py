@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
-import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -24,13 +23,13 @@ import rasterio
 import torch
 from rasterio.windows import Window
 
+from geoseg.inference.channel import Channel, Stop
 from geoseg.inference.grid import Chunk, Tile, TileGrid
 from geoseg.raster.reading import open_raster, read_failures, read_mirrored, read_valid_mask
 
 if TYPE_CHECKING:
     from geoseg.inference.plan import ScenePlan
 
-POLL_S = 0.1
 _QUEUE_BATCHES = 3
 # Buffers: the queued batches, the one the network holds and the one being filled.
 _BUFFERS = _QUEUE_BATCHES + 2
@@ -80,17 +79,6 @@ class Failed(NamedTuple):
 Message = ChunkMask | Batch | End | Failed
 
 
-def put(target: queue.Queue, item: Any, stop: threading.Event) -> bool:
-    """Put ``item`` on ``target`` unless ``stop`` is set first (False then): a full queue never hangs."""
-    while not stop.is_set():
-        try:
-            target.put(item, timeout=POLL_S)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
 def default_readers(source, device: torch.device) -> int:
     """Reader threads for ``device``: on CUDA up to 4 (one decoding thread cannot feed a fast GPU), on the
     CPU one, or two when the scene's compression (JPEG, WebP...) makes decoding costly; never more than
@@ -119,25 +107,23 @@ class BatchBuffers:
     A buffer given back with a CUDA event is reused only once the event has passed (its upload finished).
     """
 
-    def __init__(self, count: int, pin: bool, stop: threading.Event):
-        self.count, self.pin, self.stop = count, pin, stop
+    def __init__(self, count: int, pin: bool, stop: Stop):
+        self.count, self.pin = count, pin
         self.buffers: list[torch.Tensor] = []
-        self.free: queue.Queue = queue.Queue()
+        self.free = Channel(stop)
 
     def acquire(self, shape: tuple[int, ...], dtype: torch.dtype) -> int | None:
         """A free buffer's slot (None when stopped); buffers are made on first use, up to ``count``."""
         if len(self.buffers) < self.count and self.free.empty():
             self.buffers.append(torch.empty(shape, dtype=dtype, pin_memory=self.pin))
             return len(self.buffers) - 1
-        while not self.stop.is_set():
-            try:
-                slot, event = self.free.get(timeout=POLL_S)
-            except queue.Empty:
-                continue
-            if event is not None:
-                event.synchronize()
-            return slot
-        return None
+        given = self.free.get()
+        if given is None:
+            return None
+        slot, event = given
+        if event is not None:
+            event.synchronize()
+        return slot
 
     def release(self, slot: int, event: Any = None) -> None:
         self.free.put((slot, event))
@@ -160,7 +146,7 @@ class Reader(threading.Thread):
         grid: TileGrid,
         batch_size: int,
         device: torch.device,
-        stop: threading.Event,
+        stop: Stop,
         *,
         readers: int | None = None,
     ):
@@ -168,7 +154,7 @@ class Reader(threading.Thread):
         self.source, self.plan, self.grid = source, plan, grid
         self.batch_size, self.device, self.stop = batch_size, device, stop
         self.readers = readers or default_readers(source, device)
-        self.out: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
+        self.out = Channel(stop, _QUEUE_BATCHES)  # closed when this thread ends
         self.buffers = BatchBuffers(_BUFFERS, device.type == "cuda", stop)
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.copied: dict[int, torch.cuda.Event] = {}  # slot -> its upload's end, on CUDA
@@ -179,9 +165,11 @@ class Reader(threading.Thread):
             with self._env(), read_failures(self.plan.path):
                 skipped = self._read()
             if skipped is not None:
-                put(self.out, End(skipped), self.stop)
+                self.out.put(End(skipped))
         except BaseException as error:  # handed to the main thread, which re-raises it
-            put(self.out, Failed(error), self.stop)
+            self.out.put(Failed(error))
+        finally:
+            self.out.close()
 
     def upload(self, batch: torch.Tensor, slot: int) -> torch.Tensor:
         """``batch`` on the device: on CUDA copied on the reader's own stream (overlapping the network's
@@ -210,7 +198,7 @@ class Reader(threading.Thread):
         with contextlib.ExitStack() as cleanup:
             reads = self._chunk_reads(cleanup)
             for read in reads:
-                if read is None or not put(self.out, ChunkMask(read.chunk.index, read.own), self.stop):
+                if read is None or not self.out.put(ChunkMask(read.chunk.index, read.own)):
                     return None
                 skipped += read.skipped
                 for tile, part in zip(read.tiles, read.parts, strict=True):
@@ -268,7 +256,7 @@ class Reader(threading.Thread):
         array = buffer.numpy()
         for i, part in enumerate(parts):
             array[i] = part
-        return put(self.out, Batch(buffer[: len(parts)], tiles, skipped, slot), self.stop)
+        return self.out.put(Batch(buffer[: len(parts)], tiles, skipped, slot))
 
 
 def _read_chunk(dataset, plan: ScenePlan, grid: TileGrid, chunk: Chunk) -> _ChunkRead:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import queue
 import tempfile
 import threading
 from collections.abc import Callable
@@ -33,9 +32,10 @@ from geoseg.device import autocast_dtype
 from geoseg.errors import CheckpointError
 from geoseg.inference.acceleration import HalvingBatches, accelerate
 from geoseg.inference.blending import WindowWeights
+from geoseg.inference.channel import Channel, Stop
 from geoseg.inference.grid import Chunk, Region, Tile, TileGrid
 from geoseg.inference.plan import ScenePlan
-from geoseg.inference.reader import POLL_S, ChunkMask, End, Failed, Message, Reader, thread_gdal_env
+from geoseg.inference.reader import ChunkMask, End, Failed, Message, Reader, thread_gdal_env
 from geoseg.inference.tasks import Network, Progress, RegionResult, RegionTask
 from geoseg.model.card import ModelCard
 from geoseg.model.normalize import normalize
@@ -314,12 +314,10 @@ class _Writer(threading.Thread):
     part's corner ``origin`` (row, column in the scene).
     """
 
-    def __init__(
-        self, sinks: dict[str, Any], num_classes: int, origin: tuple[int, int], stop: threading.Event
-    ):
+    def __init__(self, sinks: dict[str, Any], num_classes: int, origin: tuple[int, int], stop: Stop):
         super().__init__(name="geoseg-writer", daemon=True)
-        self.sinks, self.k, self.origin, self.stop = sinks, num_classes, origin, stop
-        self.inbox: queue.Queue = queue.Queue(maxsize=2)
+        self.sinks, self.k, self.origin = sinks, num_classes, origin
+        self.inbox = Channel(stop, 2)  # closed by send(None), and when this thread ends
         self.counts = np.zeros(num_classes, dtype=np.int64)
         self.error: BaseException | None = None
         self.env = thread_gdal_env()
@@ -327,16 +325,12 @@ class _Writer(threading.Thread):
     def run(self) -> None:
         try:
             with self.env():
-                while not self.stop.is_set():
-                    try:
-                        item = self.inbox.get(timeout=POLL_S)
-                    except queue.Empty:
-                        continue
-                    if item is None:
-                        return
+                while (item := self.inbox.get()) is not None:  # None: no more, or stopped
                     self._write(*item)
         except BaseException as error:
             self.error = error
+        finally:
+            self.inbox.close()  # a send() waiting for room hears of the failure
 
     def _write(self, chunk: Chunk, valid: np.ndarray | None, result: dict[str, np.ndarray]) -> None:
         classes = result["classes"]
@@ -357,16 +351,12 @@ class _Writer(threading.Thread):
 
     def send(self, item: FinishedChunk | None) -> None:
         """Queue a finished chunk (None: no more); re-raise the writer's failure rather than wait on it."""
-        while True:
+        if item is None:
+            self.inbox.close()
+        elif not self.inbox.put(item):
             if self.error is not None:
                 raise self.error
-            if not self.is_alive():
-                raise RuntimeError("the writer thread stopped")
-            try:
-                self.inbox.put(item, timeout=POLL_S)
-                return
-            except queue.Full:
-                continue
+            raise RuntimeError("the writer thread stopped")
 
 
 def _stream(
@@ -388,7 +378,7 @@ def _stream(
 
     Returns the per-class pixel counts of valid pixels and the number of tiles computed.
     """
-    stop = threading.Event()
+    stop = Stop()
     reader = Reader(source, plan, grid, batch_size, device, stop)
     writer = _Writer(sinks, card.num_classes, (grid.region.y0, grid.region.x0), stop)
     frontier = _Frontier(scratch_dir)
@@ -454,9 +444,7 @@ def _stream(
 
 
 def _take(reader: Reader) -> Message:
-    while True:
-        try:
-            return reader.out.get(timeout=POLL_S)
-        except queue.Empty:
-            if not reader.is_alive() and reader.out.empty():
-                raise RuntimeError("the reader thread stopped without a result") from None
+    item = reader.out.get()
+    if item is None:  # closed and empty: the thread ended without End or Failed
+        raise RuntimeError("the reader thread stopped without a result")
+    return item
