@@ -33,3 +33,9 @@ class ConfigurationError(GeosegError):
 
 class GeosegWarning(UserWarning):
     """Something worth telling the user that does not stop the work (a raster without CRS...)."""
+
+
+def one_line(message: object) -> str:
+    """``message`` (an error, or text) on one line, its runs of whitespace as single spaces: how the CLI, a
+    ``--keep-going`` scene's error and a remote failure's detail all show an error."""
+    return " ".join(str(message).split())

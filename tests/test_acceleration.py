@@ -165,7 +165,7 @@ def test_a_folded_network_learns_its_batch_size_for_the_callers_model(pretend_cp
     assert attempts == [4, 2, 2, 2, 2]  # one failed attempt in all
     assert [str(w.message) for w in caught if issubclass(w.category, GeosegWarning)] == [
         "out of GPU memory with 4 tiles per batch: running 2 tile(s) at a time from now on "
-        "(set --batch-size 2 to start there)"
+        "(set batch_size=2 to start there)"
     ]
 
 

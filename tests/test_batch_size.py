@@ -54,7 +54,7 @@ def test_out_of_memory_halves_the_batch_until_it_fits_with_one_warning_and_chang
         result = predict_scene(small, CARD, tmp_path / "scene.tif", tmp_path / "small.tif", batch_size=8)
     assert _warnings(caught) == [
         "out of GPU memory with 8 tiles per batch: running 2 tile(s) at a time from now on "
-        "(set --batch-size 2 to start there)"
+        "(set batch_size=2 to start there)"
     ]
     assert small.seen[:3] == [8, 4, 2]  # then every batch runs in slices of two
     assert max(small.seen[3:]) == 2
@@ -80,7 +80,7 @@ def test_the_batch_size_that_fits_is_learnt_once_for_every_region_and_scene(tmp_
             predict_scene(small, CARD, scene, tmp_path / f"small{n}.tif", batch_size=8, resume=True)
     assert _warnings(caught) == [
         "out of GPU memory with 8 tiles per batch: running 4 tile(s) at a time from now on "
-        "(set --batch-size 4 to start there)"
+        "(set batch_size=4 to start there)"
     ]
     assert small.seen.count(8) == 1  # the one failed attempt: every later batch starts at four
     assert max(small.seen[1:]) == 4

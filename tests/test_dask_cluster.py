@@ -140,7 +140,7 @@ def test_a_cluster_started_by_hand_gives_the_single_process_raster(scene, refere
 def test_an_address_without_a_scheduler_fails_in_one_line_before_any_work(scene, tmp_path):
     address = f"tcp://127.0.0.1:{_free_port()}"
     started = time.monotonic()
-    with pytest.raises(ConfigurationError, match=f"--scheduler {address}: cannot reach a Dask scheduler"):
+    with pytest.raises(ConfigurationError, match=f"scheduler='{address}': cannot reach a Dask scheduler"):
         predict_scene(PixelNet(), CARD, scene, tmp_path / "out.tif", device="cpu", scheduler=address)
     assert time.monotonic() - started < 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
@@ -177,7 +177,7 @@ def test_gpu_workers_are_pinned_one_per_device_with_a_gpu_resource(monkeypatch):
         assert [w["nthreads"] for w in workers] == [1, 1] and executor.resources == {"GPU": 1}
     finally:
         executor.close()
-    with pytest.raises(ConfigurationError, match="--workers 3: this machine has 2 CUDA device"):
+    with pytest.raises(ConfigurationError, match="workers=3: this machine has 2 CUDA device"):
         _local_cluster(3, ModelSource("digest", module=PixelNet()), torch.device("cuda"))
 
 

@@ -67,12 +67,13 @@ def test_cli_compile_where_torch_compile_is_unavailable_fails_before_any_work(
 
 def test_compile_on_a_cpu_without_a_cxx_compiler_names_the_fix(monkeypatch):
     monkeypatch.setattr(acceleration.shutil, "which", lambda name: None)
-    with pytest.raises(ConfigurationError, match=r"needs a C\+\+ compiler .* or run without --compile$"):
+    with pytest.raises(ConfigurationError, match=r"needs a C\+\+ compiler .* or run without compile=True$"):
         check_compile(CPU)
 
 
 def test_compile_on_mps_is_refused():
-    with pytest.raises(ConfigurationError, match="torch.compile does not support mps; run without --compile"):
+    refused = "torch.compile does not support mps; run without compile=True"
+    with pytest.raises(ConfigurationError, match=refused):
         check_compile(torch.device("mps"))
 
 
@@ -206,6 +207,7 @@ def test_compile_of_a_network_without_torch_parameters_fails_before_any_work(sha
 
     card = ModelCard(classes=[ClassInfo("a", (0, 0, 0)), ClassInfo("b", (9, 9, 9))], tile_size=64, overlap=16)
     scene = shared_data / "variants" / "colorado_hro_0p15m.tif"
-    with pytest.raises(ConfigurationError, match=r"no torch parameters to compile .* run without --compile$"):
+    refused = r"no torch parameters to compile .* run without compile=True$"
+    with pytest.raises(ConfigurationError, match=refused):
         predict([scene], tmp_path / "c.tif", model=Session(), card=card, device="cpu", compile=True)
     assert list(tmp_path.iterdir()) == []

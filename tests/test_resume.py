@@ -114,7 +114,7 @@ def test_a_changed_option_refuses_to_resume_and_says_what_changed(scene, tmp_pat
         predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True, overlap=32, margin=8)
     message = str(refused.value)
     assert "cannot resume, the options overlap changed from 16 to 32" in message
-    assert f"delete {tmp_path / WORK} or drop --resume" in message and "\n" not in message
+    assert f"delete {tmp_path / WORK} or drop resume=True" in message and "\n" not in message
     with pytest.raises(ConfigurationError, match="the options border margin changed from 8 to 0"):
         predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True, margin=0)
     with pytest.raises(ConfigurationError, match="the model changed"):

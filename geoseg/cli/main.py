@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import click
 
 from geoseg import __version__
-from geoseg.errors import GeosegError
+from geoseg.errors import GeosegError, one_line
 
 # command name -> module under geoseg.cli holding a click command of the same name
 COMMANDS = {
@@ -82,8 +82,11 @@ def stop_signals_raise() -> Iterator[None]:
             signal.signal(signum, old)
 
 
-def _one_line(message: str) -> str:
-    return " ".join(str(message).split())
+def _one_line(message: object) -> str:
+    """An error or warning as the CLI shows it: one line, the library's parameters as their flags."""
+    from geoseg.cli.options import flags_for_parameters
+
+    return flags_for_parameters(one_line(message))
 
 
 class GeosegGroup(click.Group):

@@ -46,6 +46,35 @@ device_option = click.option(
     show_default=True,
     help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU.",
 )
+# The library's errors name a parameter as the Python API spells it (``workers=0``, ``compile=True``); the CLI
+# shows the flag that sets it. One table for every command.
+PARAMETER_FLAGS = {
+    "batch_size": "--batch-size",
+    "compile": "--compile",
+    "resume": "--resume",
+    "scheduler": "--scheduler",
+    "workers": "--workers",
+}
+
+
+def flags_for_parameters(message: str) -> str:
+    """``message`` with each ``parameter=value`` of :data:`PARAMETER_FLAGS` as its flag: ``workers=0`` ->
+    ``--workers 0``, ``scheduler='tcp://h:8786'`` -> ``--scheduler tcp://h:8786``, ``compile=True`` ->
+    ``--compile``."""
+    import re
+
+    def flag(match: re.Match) -> str:
+        name = PARAMETER_FLAGS[match["parameter"]]
+        value = match["quoted"] if match["quoted"] is not None else match["bare"]
+        return name if value == "True" else f"{name} {value}"
+
+    names = "|".join(PARAMETER_FLAGS)
+    pattern = (
+        rf"\b(?P<parameter>{names})=(?:'(?P<quoted>[^']*)'|\"(?P<doubled>[^\"]*)\"|(?P<bare>[^\s,;:)]+))"
+    )
+    return re.sub(pattern, flag, message)
+
+
 precision_option = click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),

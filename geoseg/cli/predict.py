@@ -18,6 +18,7 @@ from geoseg.cli.options import (
     device_option,
     emit_json,
     engine_option,
+    flags_for_parameters,
     json_option,
     model_option,
     overlap_option,
@@ -257,7 +258,7 @@ def predict(
             with contextlib.nullcontext() if callback is None else callback.above():
                 if result.error is not None:
                     failures += 1
-                    click.echo(f"Error: {result.error}", err=True)
+                    click.echo(f"Error: {flags_for_parameters(result.error)}", err=True)
                 if as_json:
                     emit_json(result.to_dict())
                 elif result.status == "skipped" and not quiet:

@@ -56,24 +56,24 @@ def check_compile(device: torch.device) -> None:
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
         raise ConfigurationError(
             f"torch.compile is not available with Python {version} and torch {torch.__version__}; "
-            "run without --compile"
+            "run without compile=True"
         )
     if device.type == "cpu":
         compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
         if not any(name and shutil.which(name) for name in compilers):
             raise ConfigurationError(
                 "torch.compile on the CPU needs a C++ compiler (g++ or clang++) on the PATH; install one "
-                "or run without --compile"
+                "or run without compile=True"
             )
     elif device.type == "cuda":
         from torch.utils._triton import has_triton
 
         if not has_triton():
             raise ConfigurationError(
-                "torch.compile on CUDA needs triton (pip install triton); run without --compile"
+                "torch.compile on CUDA needs triton (pip install triton); run without compile=True"
             )
     else:
-        raise ConfigurationError(f"torch.compile does not support {device.type}; run without --compile")
+        raise ConfigurationError(f"torch.compile does not support {device.type}; run without compile=True")
 
 
 class AcceleratedNetwork(torch.nn.Module):
@@ -356,7 +356,7 @@ class HalvingBatches:
             if learnt:
                 warnings.warn(
                     f"out of GPU memory with {failed_at} tiles per batch: running {limit} tile(s) at a time "
-                    f"from now on (set --batch-size {limit} to start there)",
+                    f"from now on (set batch_size={limit} to start there)",
                     GeosegWarning,
                     stacklevel=2,
                 )

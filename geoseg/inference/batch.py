@@ -20,7 +20,7 @@ import torch
 
 from geoseg.atomic import OutputSet
 from geoseg.device import resolve_device, resolve_precision
-from geoseg.errors import ConfigurationError, GeosegError
+from geoseg.errors import ConfigurationError, GeosegError, one_line
 from geoseg.export.cpu_engine import resolve_engine
 from geoseg.inference.acceleration import check_compile, resolve_batch_size
 from geoseg.inference.executors import LocalExecutor, open_executor
@@ -138,7 +138,7 @@ def iter_predict(
     if o.compile and next(network.parameters(), None) is None:
         raise ConfigurationError(
             "this model has no torch parameters to compile (an ONNX export runs in onnxruntime); "
-            "run without --compile"
+            "run without compile=True"
         )
 
     scenes: list[tuple[str, OutputPaths, ScenePlan | GeosegError | None]] = []
@@ -362,7 +362,7 @@ def _skipped(source: str, paths: OutputPaths, device: torch.device) -> PredictRe
 
 
 def _failure(source: str, device: torch.device, error: BaseException) -> PredictResult:
-    message = " ".join(str(error).split())
+    message = one_line(error)
     if not isinstance(error, GeosegError):
         message = f"{source}: {type(error).__name__}: {message}"
     return PredictResult(

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from geoseg.device import resolve_device
-from geoseg.errors import ConfigurationError, GeosegError
+from geoseg.errors import ConfigurationError, GeosegError, one_line
 from geoseg.inference.plan import ScenePlan
 from geoseg.inference.stream import prepare_network, run_task
 from geoseg.inference.tasks import ModelSource, Network, Progress, RegionResult, RegionTask
@@ -194,7 +194,7 @@ def _start_local_cluster(workers: int, source: ModelSource, device: torch.device
     if device.type == "cuda":
         gpus = torch.cuda.device_count()
         if workers > gpus:
-            raise ConfigurationError(f"--workers {workers}: this machine has {gpus} CUDA device(s)")
+            raise ConfigurationError(f"workers={workers}: this machine has {gpus} CUDA device(s)")
         spec = {
             i: {
                 "cls": Nanny,
@@ -262,9 +262,9 @@ def _remote(address: str, source: ModelSource, device: torch.device) -> DaskExec
     try:
         client = Client(address, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError, ValueError, TypeError) as error:
-        detail = " ".join(str(error).split()) or type(error).__name__
+        detail = one_line(error) or type(error).__name__
         raise ConfigurationError(
-            f"--scheduler {address}: cannot reach a Dask scheduler there ({detail[:160]}); start one with "
+            f"scheduler={address!r}: cannot reach a Dask scheduler there ({detail[:160]}); start one with "
             "'dask scheduler' and check the address (tcp://HOST:8786)"
         ) from error
     try:
@@ -272,7 +272,7 @@ def _remote(address: str, source: ModelSource, device: torch.device) -> DaskExec
     except (TimeoutError, OSError) as error:
         client.close()
         raise ConfigurationError(
-            f"--scheduler {address}: no worker joined within {WORKERS_TIMEOUT_S} s; start some with "
+            f"scheduler={address!r}: no worker joined within {WORKERS_TIMEOUT_S} s; start some with "
             f"'dask worker {address}'"
         ) from error
     gpu = any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())

@@ -84,7 +84,7 @@ def open_executor(
             workers = torch.cuda.device_count() if device.type == "cuda" else 1
         workers = int(workers)
         if workers < 1:
-            raise ConfigurationError(f"--workers {workers}: give at least 1 (or auto)")
+            raise ConfigurationError(f"workers={workers}: give at least 1 (or auto)")
         if workers == 1:
             return LocalExecutor(model, device, compile=source.compile)
     from geoseg.inference.dask import open_dask

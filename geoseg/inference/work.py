@@ -93,13 +93,13 @@ class WorkFolder:
         except (OSError, ValueError, KeyError, TypeError) as error:
             raise ConfigurationError(
                 f"{self.path}: the work folder's manifest is unreadable ({error}); delete the folder or drop "
-                "--resume"
+                "resume=True"
             ) from error
         changed = _differences(saved, manifest)
         if changed:
             raise ConfigurationError(
                 f"{self.output}: cannot resume, {'; '.join(changed)} since the interrupted run; delete "
-                f"{self.path} or drop --resume to start over"
+                f"{self.path} or drop resume=True to start over"
             )
         return regions
 

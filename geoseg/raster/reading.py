@@ -22,7 +22,7 @@ from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NodataShadowWarning, NotGeoreferencedWarning, RasterioError
 from rasterio.windows import Window
 
-from geoseg.errors import GeosegWarning, InputError
+from geoseg.errors import GeosegWarning, InputError, one_line
 
 Scale = tuple[float, float] | Literal["auto"] | None
 
@@ -72,7 +72,7 @@ def gdal_message(error: BaseException) -> str:
     reason (a truncated tile, a failed decompression) in the exception's cause."""
     cause = error.__cause__
     message = str(cause) if cause is not None and str(cause).strip() else str(error)
-    return " ".join(message.split()) or type(error).__name__
+    return one_line(message) or type(error).__name__
 
 
 def open_raster(
@@ -94,7 +94,7 @@ def open_raster(
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = rasterio.open(text)
     except RasterioError as error:
-        message = " ".join(str(error).split())
+        message = one_line(error)
         raise InputError(f"{text}: {unreadable} ({message})") from error
     if dataset.count == 0 and require_bands:
         subdatasets = dataset.subdatasets

@@ -25,7 +25,7 @@ from rasterio.shutil import copy as gdal_copy
 from rasterio.windows import Window
 
 from geoseg.atomic import atomic_output
-from geoseg.errors import ConfigurationError, GeosegWarning, OutputError
+from geoseg.errors import ConfigurationError, GeosegWarning, OutputError, one_line
 from geoseg.raster.grids import placement
 
 BLOCK_SIZE = 512
@@ -144,7 +144,7 @@ def open_tiled(path: str | os.PathLike, profile: dict, gcps=None):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             dataset = rasterio.open(path, "w", **profile)
     except RasterioError as error:
-        raise OutputError(f"{path}: cannot create output ({' '.join(str(error).split())})") from error
+        raise OutputError(f"{path}: cannot create output ({one_line(error)})") from error
     if gcps is not None:
         dataset.gcps = gcps
     return dataset
@@ -197,7 +197,7 @@ def to_cog(
                 **cog_options(codec, categorical),
             )
     except RasterioError as error:
-        raise OutputError(f"{target}: cannot write output ({' '.join(str(error).split())})") from error
+        raise OutputError(f"{target}: cannot write output ({one_line(error)})") from error
 
 
 def category_names_xml(names: Sequence[str]) -> str:
