@@ -154,7 +154,7 @@ def compile_break_even(model, tiles, value_range, card, amp, batch: int) -> None
 
 def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
     """Bare and end-to-end seconds per tile and agreement for each engine and precision, side by side."""
-    from geoseg.export.cpu_engine import calibration_tiles, onnx_network
+    from geoseg.export.cpu_engine import calibration_tiles, onnx_network, resolve_engine
     from geoseg.model.loading import model_digest
 
     network, card = load_model(model, None, None)
@@ -171,6 +171,10 @@ def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
     rows["onnxruntime int8"] = (int8.network, None, "onnxruntime", "int8")
     print(f"\n{scene.name}: {len(tiles)} tiles of {tiles.shape[-1]} px, batch {batch}; "
           f"int8 keeps in float32: {', '.join(int8.network.float32_layers) or 'nothing'}")  # fmt: skip
+    default = resolve_engine("auto", "auto", CPU, network)
+    amp = autocast_dtype("auto", CPU) if default == "torch" else None
+    print(f"  the default here (--engine auto --precision auto): {default} "
+          f"{'fp32' if amp is None else str(amp).removeprefix('torch.')}")  # fmt: skip
     bare: dict[str, list[float]] = {name: [] for name in rows}
     e2e: dict[str, list[float]] = {name: [] for name in rows}
     with tempfile.TemporaryDirectory() as tmp:

@@ -155,10 +155,9 @@ def calibration_tiles(
 ) -> list[np.ndarray]:
     """Up to ``count`` tiles spread evenly over the grids of ``plans`` (planned scenes: the scene itself or
     a ``--calibration`` set), skipping tiles of one value (no-data collars), prepared as the graph takes
-    them."""
-    from rasterio.windows import Window
-
-    from geoseg.raster.reading import open_raster, read_bands
+    them. Each is read as the engine reads it: a whole tile, mirrored where it reaches past the scene's edge
+    (grids start at ``-margin``; a window cut at the edge is a size the network cannot take)."""
+    from geoseg.raster.reading import open_raster, read_mirrored
 
     places = [(plan, y, x) for plan in plans for y in plan.grid.ys for x in plan.grid.xs]
     if not places:
@@ -167,9 +166,8 @@ def calibration_tiles(
     tiles: list[np.ndarray] = []
     for index in picks:
         plan, y, x = places[index]
-        grid = plan.grid
         with open_raster(plan.path) as dataset:
-            values = read_bands(dataset, Window(x, y, grid.tile_width, grid.tile_height), plan.bands)
+            values = read_mirrored(dataset, y, x, plan.grid.tile, plan.grid.tile, plan.bands)
         if values.min() == values.max():
             continue
         batch = torch.from_numpy(np.ascontiguousarray(values)[None])
