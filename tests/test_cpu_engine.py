@@ -8,20 +8,27 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime
 import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from helpers import PixelNet, write_small_checkpoint
+from helpers import PixelNet, write_scene, write_small_checkpoint
 
 import geoseg.export.exporter
 import geoseg.export.metadata
+import geoseg.export.quantize
 from geoseg.cli.main import cli
 from geoseg.device import resolve_precision
 from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.export.cache import cached_file
-from geoseg.export.cpu_engine import resolve_engine
+from geoseg.export.cpu_engine import calibration_tiles, resolve_engine
+from geoseg.export.metadata import OUTPUT_KIND_KEY
 from geoseg.export.quantize import quantize_int8
+from geoseg.export.runtime import load_onnx
+from geoseg.inference.plan import plan_scene
+from geoseg.model.card import ModelCard
 from geoseg.model.manet import build_manet
 
 CPU = torch.device("cpu")
@@ -231,19 +238,6 @@ def test_an_onnx_model_reports_float32_on_a_native_bf16_cpu(checkpoint, crop, tm
     assert "float32_layers" not in record
 
 
-@pytest.mark.slow
-def test_int8_reports_the_layers_kept_in_float32(checkpoint, crop, tmp_path):
-    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--device", "cpu",
-                      "--precision", "int8", "--calibration", SCENE)  # fmt: skip
-    if result.exit_code == 1:  # a random network may not keep its classes in int8: then one line says so
-        assert result.stderr.startswith("Error: --precision int8: the int8 network keeps the classes of")
-        return
-    record = json.loads(result.stdout)
-    assert (record["precision"], record["engine"]) == ("int8", "onnxruntime")
-    assert isinstance(record["float32_layers"], list)
-    assert all(name.startswith("convolutions ") for name in record["float32_layers"])
-
-
 def test_int8_below_the_agreement_is_refused_and_writes_nothing(tmp_path):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 1))
@@ -253,3 +247,97 @@ def test_int8_below_the_agreement_is_refused_and_writes_nothing(tmp_path):
     with pytest.raises(ConfigurationError, match="keeps the classes of .* of the calibration pixels only"):
         quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", tiles, min_agreement=1.01)
     assert not (tmp_path / "q.onnx").exists()
+
+
+# --- int8 ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory):
+    """A two-convolution network exported as geoseg exports checkpoints (dynamic batch, raw pixels in,
+    logits out), with its card: int8's mechanics in seconds."""
+    from geoseg.export.exporter import export_program, write_onnx
+    from geoseg.model.presets import preset_card
+
+    card = ModelCard.from_dict({**preset_card("loveda").to_dict(), "tile_size": 64, "overlap": 16})
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 7, 1))
+    path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
+    write_onnx(export_program(net, card, logits=True), card, {OUTPUT_KIND_KEY: "logits"}, path)
+    return path, card
+
+
+def test_an_int8_model_keeps_the_dynamic_batch(tiny_export, tmp_path):
+    """A scene's last batch is short (7 tiles after batches of 8): the int8 graph takes any batch."""
+    path, _ = tiny_export
+    tiles = [np.random.default_rng(i).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32) for i in range(8)]
+    quantize_int8(path, tmp_path / "q.onnx", tiles, min_agreement=0.0)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    assert [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim[:1]] == [0]  # symbolic
+    session = onnxruntime.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"])
+    for count in (1, 7, 8):
+        batch = np.random.default_rng(count).uniform(0, 255, (count, 3, 64, 64)).astype(np.float32)
+        assert session.run(None, {"pixels": batch})[0].shape == (count, 7, 64, 64)
+
+
+def test_calibration_tiles_are_whole_tiles_mirrored_at_the_scene_edge(tiny_export, tmp_path):
+    """Before: the grid's first tile starts at -margin (-8 here) and was read cut to 56 px, which MANet
+    cannot take (its int8 calibration failed on "broadcast ... 7 by 8"); the engine reads it whole,
+    mirrored about the scene's edge."""
+    path, card = tiny_export
+    values = write_scene(tmp_path / "s.tif", width=150, height=100)
+    plan = plan_scene(card, tmp_path / "s.tif")
+    assert (plan.grid.ys[0], plan.grid.xs[0]) == (-8, -8)
+    network, _ = load_onnx(path, card=card)
+    tiles = calibration_tiles([plan], network)
+    assert [t.shape for t in tiles] == [(1, 3, 64, 64)] * len(tiles) and len(tiles) == 8
+    first = tiles[0][0]  # the tile at (-8, -8): row/column 8 is the scene's first, 7 its second (mirror)
+    assert np.array_equal(first[:, 8, 8:], values[:, 0, :56].astype(np.float32))
+    assert np.array_equal(first[:, 7, 8:], values[:, 1, :56].astype(np.float32))
+    assert np.array_equal(first[:, 8:, 7], values[:, :56, 1].astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def decisive_checkpoint(tmp_path_factory):
+    """The small MANet with its last convolution's bias giving class 3 a margin of 1000 over the others:
+    its int8 version keeps every class, on any CPU."""
+    from geoseg.model.checkpoint import load_checkpoint, save_checkpoint
+
+    network, card = load_checkpoint(write_small_checkpoint(tmp_path_factory.mktemp("m") / "a.safetensors"))
+    with torch.no_grad():
+        network.finalconv3.bias.zero_()
+        network.finalconv3.bias[3] = 1000.0
+    return save_checkpoint(network, card, tmp_path_factory.mktemp("m") / "decisive.safetensors")
+
+
+@pytest.mark.slow
+def test_int8_reports_the_layers_kept_in_float32(decisive_checkpoint, crop, tmp_path):
+    model = ["-m", str(decisive_checkpoint), "--device", "cpu"]
+    fp32 = _predict(
+        str(crop), "-o", str(tmp_path / "f.tif"), *model, "--engine", "torch", "--precision", "fp32"
+    )
+    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), *model, "--precision", "int8",
+                      "--calibration", SCENE)  # fmt: skip
+    assert (fp32.exit_code, result.exit_code) == (0, 0), result.output
+    record = json.loads(result.stdout)
+    assert (record["precision"], record["engine"], record["float32_layers"]) == ("int8", "onnxruntime", [])
+    assert np.array_equal(_classes(tmp_path / "c.tif"), _classes(tmp_path / "f.tif"))
+    assert set(np.unique(_classes(tmp_path / "f.tif"))) <= {3, 255}
+
+
+@pytest.mark.slow
+def test_int8_under_the_agreement_is_refused_in_one_line(decisive_checkpoint, crop, tmp_path, monkeypatch):
+    """The measured agreement forced under the threshold (the threshold above any agreement): one line,
+    no output, no int8 model left in the cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(geoseg.export.quantize, "MIN_AGREEMENT", 1.01)
+    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(decisive_checkpoint),
+                      "--device", "cpu", "--precision", "int8")  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: --precision int8: the int8 network keeps the classes of 100.00% of the calibration pixels "
+        "only (at least 101.0% needed, 0 of 8 layer groups in float32); use --precision fp32 or auto, or "
+        "other tiles (--calibration)"
+    ]
+    assert not (tmp_path / "c.tif").exists()
+    assert [p.name for p in (tmp_path / "cache" / "geoseg").glob("*int8*.onnx")] == []

@@ -71,12 +71,13 @@ def quantize_int8(
     output: Path,
     tiles: Sequence[np.ndarray],
     *,
-    min_agreement: float = MIN_AGREEMENT,
+    min_agreement: float | None = None,
     status: Callable[[str], None] | None = None,
 ) -> Quantized:
     """Write the int8 version of the float32 model ``float_path`` to ``output``, calibrated on ``tiles``
     (each 1×C×H×W, as the graph takes them); raises :class:`ConfigurationError` where it cannot keep
-    ``min_agreement`` of the calibration pixels' classes."""
+    ``min_agreement`` (default :data:`MIN_AGREEMENT`) of the calibration pixels' classes."""
+    min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
     ort = require("onnxruntime")
     quantization = require("onnxruntime.quantization")
     tell = status or (lambda _text: None)
