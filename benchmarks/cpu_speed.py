@@ -51,6 +51,7 @@ import torch
 
 import geoseg.device
 from geoseg.device import autocast_dtype, resolve_precision
+from geoseg.errors import ConfigurationError
 from geoseg.inference.acceleration import accelerate, channels_last_pays
 from geoseg.inference.batch import predict
 from geoseg.inference.grid import tile_starts
@@ -163,14 +164,21 @@ def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
     plan = plan_scene(card, scene)
     digest = model_digest(network)
     fp32 = onnx_network(network, card, digest).network
-    int8 = onnx_network(network, card, digest, int8=True, calibration=lambda n: calibration_tiles([plan], n))
+    try:
+        int8 = onnx_network(
+            network, card, digest, int8=True, calibration=lambda n: calibration_tiles([plan], n)
+        )
+    except ConfigurationError as refusal:  # the scene's classes do not hold in int8: a figure too
+        int8, kept = None, f"int8 refused here: {refusal}"
+    else:
+        kept = f"int8 keeps in float32: {', '.join(int8.network.float32_layers) or 'nothing'}"
     rows = {"torch fp32 eager": (network, None, "torch", "fp32")}
     if geoseg.device.cpu_features().native_bf16:
         rows["torch bf16 (default before)"] = (accelerate(network, CPU), torch.bfloat16, "torch", "bf16")
     rows["onnxruntime fp32"] = (fp32.network, None, "onnxruntime", "fp32")
-    rows["onnxruntime int8"] = (int8.network, None, "onnxruntime", "int8")
-    print(f"\n{scene.name}: {len(tiles)} tiles of {tiles.shape[-1]} px, batch {batch}; "
-          f"int8 keeps in float32: {', '.join(int8.network.float32_layers) or 'nothing'}")  # fmt: skip
+    if int8 is not None:
+        rows["onnxruntime int8"] = (int8.network, None, "onnxruntime", "int8")
+    print(f"\n{scene.name}: {len(tiles)} tiles of {tiles.shape[-1]} px, batch {batch}; {kept}")
     default = resolve_engine("auto", "auto", CPU, network)
     amp = autocast_dtype("auto", CPU) if default == "torch" else None
     print(f"  the default here (--engine auto --precision auto): {default} "
