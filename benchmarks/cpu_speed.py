@@ -153,7 +153,7 @@ def compile_break_even(model, tiles, value_range, card, amp, batch: int) -> None
         print("compile break-even: never (compiled tiles are not faster here)")
 
 
-def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
+def engines_table(scene: Path, model: Path, batch: int, repeats: int, with_int8: bool = True) -> None:
     """Bare and end-to-end seconds per tile and agreement for each engine and precision, side by side."""
     from geoseg.export.cpu_engine import calibration_tiles, onnx_network, resolve_engine
     from geoseg.model.loading import model_digest
@@ -163,15 +163,16 @@ def engines_table(scene: Path, model: Path, batch: int, repeats: int) -> None:
     tiles, value_range = scene_tiles(scene, card)
     plan = plan_scene(card, scene)
     digest = model_digest(network)
-    fp32 = onnx_network(network, card, digest).network
+    fp32 = onnx_network(network, card, digest)
+    int8, kept = None, "int8 not measured (--skip-int8)"
     try:
-        int8 = onnx_network(
-            network, card, digest, int8=True, calibration=lambda n: calibration_tiles([plan], n)
-        )
+        if with_int8:
+            int8 = onnx_network(
+                network, card, digest, int8=True, calibration=lambda n: calibration_tiles([plan], n)
+            )
+            kept = f"int8 keeps in float32: {', '.join(int8.network.float32_layers) or 'nothing'}"
     except ConfigurationError as refusal:  # the scene's classes do not hold in int8: a figure too
-        int8, kept = None, f"int8 refused here: {refusal}"
-    else:
-        kept = f"int8 keeps in float32: {', '.join(int8.network.float32_layers) or 'nothing'}"
+        kept = f"int8 refused here: {refusal}"
     rows = {"torch fp32 eager": (network, None, "torch", "fp32")}
     if geoseg.device.cpu_features().native_bf16:
         rows["torch bf16 (default before)"] = (accelerate(network, CPU), torch.bfloat16, "torch", "bf16")
@@ -236,6 +237,9 @@ def main() -> None:
         "--engines", action="store_true", help="torch fp32/bf16 and onnxruntime fp32/int8 side by side"
     )
     parser.add_argument(
+        "--skip-int8", action="store_true", help="--engines without int8 (its calibration takes minutes)"
+    )
+    parser.add_argument(
         "--emulate-native-bf16",
         action="store_true",
         help="--force-bf16 with bf16 convolutions computed as native bf16 does, fast; agreement only",
@@ -257,7 +261,7 @@ def main() -> None:
           f"native bf16: {native}{forced}")  # fmt: skip
     if args.engines:
         for scene in args.scene or [SAMPLE]:
-            engines_table(scene, model_path, args.batch_size, args.repeats)
+            engines_table(scene, model_path, args.batch_size, args.repeats, not args.skip_int8)
         return
     layout = "channels_last" if channels_last_pays(CPU) else "contiguous"
     print(f"default here: precision {precision}, {layout}, compile {args.compile}")
