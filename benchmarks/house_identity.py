@@ -37,7 +37,7 @@ class _Stop:
             raise KeyboardInterrupt
 
 
-def _run(output: Path, tile: int, **options) -> None:
+def _run(output: Path, tile: int, engine: str, **options) -> None:
     from geoseg.api import predict
 
     predict(
@@ -48,6 +48,7 @@ def _run(output: Path, tile: int, **options) -> None:
         batch_size=4,
         device="cpu",
         precision="fp32",
+        engine=engine,
         confidence=True,
         probabilities=True,
         **options,
@@ -65,6 +66,7 @@ def _digests(folder: Path, run: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--engine", default="torch", help="torch (default) or onnxruntime")
     args = parser.parse_args()
     import geoseg.inference.plan as planning
 
@@ -72,24 +74,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "scene").mkdir()
-        _run(root / "scene" / "out.tif", args.tile)
+        _run(root / "scene" / "out.tif", args.tile, args.engine)
         lines += _digests(root / "scene", "scene")
 
         planning.MIN_REGION_TILES = 1  # regions of one 512-px block per side: four over the scene
         planning.RESUME_REGION_PIXELS = 512 * 512
         (root / "regions").mkdir()
-        _run(root / "regions" / "out.tif", args.tile, resume=True)
+        _run(root / "regions" / "out.tif", args.tile, args.engine, resume=True)
         lines += _digests(root / "regions", "regions")
 
         (root / "resumed").mkdir()
         try:
-            _run(root / "resumed" / "out.tif", args.tile, resume=True, progress=_Stop())
+            _run(root / "resumed" / "out.tif", args.tile, args.engine, resume=True, progress=_Stop())
         except KeyboardInterrupt:
             pass
         else:
             raise SystemExit("the first resumed run was not stopped")
         parts = sorted(p.name for p in (root / "resumed").glob(".*geoseg-work/region-*.json"))
-        _run(root / "resumed" / "out.tif", args.tile, resume=True)
+        _run(root / "resumed" / "out.tif", args.tile, args.engine, resume=True)
         lines += _digests(root / "resumed", "resumed")
         lines.append(f"# regions finished before the stop: {len(parts)} of 4")
     print("\n".join(lines))
