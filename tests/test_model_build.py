@@ -186,5 +186,5 @@ def test_init_from_a_macunet_checkpoint_copies_every_tensor_including_its_own_co
     source = _trained_like("macunet", classes=6)
     torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, tmp_path / "netG.pth")
     target = build_model("macunet", 6)
-    assert initialise_from(target, tmp_path / "netG.pth") == "netG.pth (339 of 339 tensors)"
+    assert initialise_from(target, tmp_path / "netG.pth").note == "netG.pth (339 of 339 tensors)"
     _same_outputs(source, target)

@@ -226,9 +226,57 @@ def test_short_real_training_lowers_the_loss_and_writes_a_loadable_checkpoint(ti
         "image_1.png"
     ]
     assert set(card.accuracy["validation"]) >= {"overall_accuracy", "mean_f1", "mean_iou", "per_class_iou"}
-    assert card.license.startswith("CC BY-NC-SA") and card.gsd == 0.3
+    assert card.gsd == 0.3
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 7, 64, 64)
     assert state_path_for(output).is_file()
+
+
+def test_a_model_trained_from_random_weights_claims_no_dataset_or_licence_of_the_preset(tiles, tmp_path):
+    """The preset supplies classes, bands and scaling; the card describes what this run trained on."""
+    output = tmp_path / "mine.safetensors"
+    train([tiles / "image_0.png"], [tiles / "label_0.png"], output, card=LOVEDA, config=small_config(steps=1))
+    card = load_checkpoint(output)[1]
+    assert (card.name, card.data, card.license) == (
+        "mine",
+        "geoseg train on 1 labelled image(s): image_0.png",
+        "",
+    )
+    assert card.class_names == LOVEDA.class_names and card.bands == LOVEDA.bands
+
+
+def test_weights_derived_from_an_initial_model_carry_its_licence(tiles, tmp_path):
+    from geoseg.model.checkpoint import save_checkpoint
+    from geoseg.model.manet import build_manet
+
+    start = tmp_path / "loveda_r18.safetensors"
+    save_checkpoint(build_manet(7, "resnet18"), preset_card("loveda", "resnet18"), start)
+    output = tmp_path / "finetuned.safetensors"
+    train(
+        [tiles / "image_0.png"],
+        [tiles / "label_0.png"],
+        output,
+        card=LOVEDA,
+        init=start,
+        config=small_config(steps=1),
+    )
+    card = load_checkpoint(output)[1]
+    assert card.license == (
+        "CC BY-NC-SA 4.0: no commercial use, share alike "
+        "(inherited from the initial weights loveda_r18.safetensors)"
+    )
+    assert card.data == "geoseg train on 1 labelled image(s): image_0.png" and card.name == "finetuned"
+
+
+def test_a_users_card_states_its_own_data_and_licence(tiles, tmp_path):
+    from geoseg.model.card import ModelCard
+
+    own = ModelCard.from_dict(
+        {**LOVEDA.to_dict(), "name": "", "data": "Kadaster 2023 orthos", "license": "CC0"}
+    )
+    output = tmp_path / "own.safetensors"
+    train([tiles / "image_0.png"], [tiles / "label_0.png"], output, card=own, config=small_config(steps=1))
+    card = load_checkpoint(output)[1]
+    assert (card.name, card.data, card.license) == ("own", "Kadaster 2023 orthos", "CC0")
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tiles, tmp_path):
@@ -317,7 +365,7 @@ def test_init_copies_matching_tensors_from_a_torchvision_resnet(tmp_path):
     torch.save(resnet.state_dict(), tmp_path / "resnet18.pth")
     model = build_manet(7, "resnet18")
     assert (
-        initialise_from(model, tmp_path / "resnet18.pth") == "resnet18.pth (120 of 242 tensors)"
+        initialise_from(model, tmp_path / "resnet18.pth").note == "resnet18.pth (120 of 242 tensors)"
     )  # all but fc
     assert torch.equal(model.firstconv.weight, resnet.conv1.weight)
     assert torch.equal(model.encoder4[1].bn2.running_var, resnet.layer4[1].bn2.running_var)

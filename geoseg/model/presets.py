@@ -107,6 +107,16 @@ def preset_card(name: str, backbone: str | None = None, *, architecture: str = "
     return ModelCard(classes=classes, architecture=architecture, backbone=backbone, name=key, **spec)
 
 
+def own_terms(card: ModelCard) -> tuple[str, str]:
+    """The training data and licence ``card`` states of its own: blank where they are a preset's account
+    of its published dataset (a preset card named after it), which a model trained anew with the preset's
+    classes does not inherit. A user's card file states what its author wrote."""
+    spec = _PRESETS.get(card.name.lower(), {})
+    data = "" if card.data == spec.get("data") else card.data
+    terms = "" if card.license == spec.get("license") else card.license
+    return data, terms
+
+
 def resolve_card(
     preset: str | None = None, card: ModelCard | str | os.PathLike | None = None
 ) -> ModelCard | None:

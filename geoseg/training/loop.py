@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ from geoseg.model.build import build_model
 from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import read_state_dict, save_checkpoint, torch_load_weights
 from geoseg.model.normalize import normalize
+from geoseg.model.presets import own_terms
 from geoseg.raster.reading import Scale
 from geoseg.training.dataset import (
     CropSampler,
@@ -181,8 +182,12 @@ def train(
     redrawn (atomically) after every epoch with the loss of each step and the validation scores (see
     :func:`curves_path_for`). ``label_polygons`` reads ``labels`` (and ``val_labels``) as one vector file of
     label polygons shared by all images (see :mod:`geoseg.training.vector_dataset`).
+
+    The written card describes this model, not the dataset the preset or card was made for (see
+    :func:`_trained_card`).
     """
     config = config or TrainingConfig()
+    stated_terms = own_terms(card)
     spec = get_architecture(architecture or card.architecture)
     config.check(spec)
     output = Path(output)
@@ -252,7 +257,8 @@ def train(
     rng = np.random.default_rng(config.seed)
 
     model = build_model(architecture, card.num_classes, backbone=backbone, in_channels=card.num_bands)
-    init_note = initialise_from(model, init) if init is not None and state is None else None
+    initial = initialise_from(model, init) if init is not None and state is None else None
+    init_note, init_license = (initial.note, initial.license) if initial else (None, "")
     model.to(device)
     optimizer = _optimizer(model, config)
     base_lrs = [group["lr"] for group in optimizer.param_groups]  # before a restored state changes them
@@ -265,6 +271,7 @@ def train(
     if state is not None:
         step, best_score, best, history = _restore(state, model, optimizer, scaler, rng, resume)
         earlier_seconds, init_note = float(state["seconds"]), state["init"] or None
+        init_license = state.get("init_license", "")  # a state written before licences were kept: unknown
         if step >= total:
             raise ConfigurationError(
                 f"{resume}: the run already made {step} steps; pass a larger --steps/--epochs to continue it"
@@ -335,6 +342,9 @@ def train(
                 init_note,
                 device,
                 labels_record,
+                name=output.stem,
+                stated_terms=stated_terms,
+                init_license=init_license,
             )
             save_checkpoint(model, out_card, output, half=config.half, overwrite=True)
         if curves is not None:
@@ -363,6 +373,7 @@ def train(
                     history=history,
                     seconds=seconds,
                     init=init_note,
+                    init_license=init_license,
                 ),
                 card,
             )
@@ -512,7 +523,17 @@ def _trained_card(
     init_note: str | None,
     device: torch.device,
     labels_record: dict[str, Any] | None = None,
+    *,
+    name: str,
+    stated_terms: tuple[str, str],
+    init_license: str,
 ) -> ModelCard:
+    """The card of the trained model. The starting preset or card supplies classes, bands, scaling, GSD
+    and tile; what describes a *model* is this run's: ``name`` is the output file's stem, ``data`` names
+    the images and labels it was trained on (unless the user's card states its own, ``stated_terms`` from
+    :func:`geoseg.model.presets.own_terms`), and ``license`` is claimed only where geoseg knows it: the
+    initial weights' licence carries over to weights derived from them (``init_license``, saying so),
+    next to one the user's card states; from random weights on the user's data there is none."""
     from geoseg import __version__
 
     gsds = {round(r.gsd, 6) for r in rasters if r.gsd is not None}
@@ -543,8 +564,12 @@ def _trained_card(
     if labels_record is not None:
         training["label_polygons"] = labels_record
     accuracy = {"validation": {**metrics, "images": training["validation_images"]}} if metrics else {}
+    stated_data, stated_license = stated_terms
     values = card.to_dict()
     values.update(
+        name=name,
+        data=stated_data or _data_description(rasters, labels_record),
+        license="; ".join(t for t in (stated_license, init_license) if t),
         gsd=gsd,
         training=training,
         accuracy=accuracy,
@@ -555,7 +580,27 @@ def _trained_card(
     return ModelCard.from_dict(values)
 
 
+_DATA_IMAGES_SHOWN = 5  # a card names the first few training images, not hundreds
+
+
+def _data_description(rasters: Sequence[LabelledRaster], labels_record: dict[str, Any] | None) -> str:
+    """What a run trained on, from its training record: the images (the first few) and a labels file."""
+    images = list(dict.fromkeys(r.image.name for r in rasters))
+    shown = ", ".join(images[:_DATA_IMAGES_SHOWN]) + (", …" if len(images) > _DATA_IMAGES_SHOWN else "")
+    labels = f" (labels: {Path(labels_record['labels']).name})" if labels_record else ""
+    return f"geoseg train on {len(images)} labelled image(s): {shown}{labels}"
+
+
 # --- initial weights ----------------------------------------------------------------------------------
+
+
+class Initialisation(NamedTuple):
+    """What ``--init`` loaded: a note for the training record, and the licence those weights carry over
+    (their card's, marked as inherited; empty for a file without a card or licence)."""
+
+    note: str
+    license: str
+
 
 _TORCHVISION_NAMES = (
     (re.compile(r"^conv1\."), "firstconv."),
@@ -564,12 +609,12 @@ _TORCHVISION_NAMES = (
 )
 
 
-def initialise_from(model: torch.nn.Module, path: str | os.PathLike) -> str:
+def initialise_from(model: torch.nn.Module, path: str | os.PathLike) -> Initialisation:
     """Copy every tensor of ``path`` whose name and shape match into ``model`` (fine-tuning, or an ImageNet
-    ResNet for the encoder); a file with nothing in common is an error. Returns a note for the card."""
+    ResNet for the encoder); a file with nothing in common is an error."""
 
     path = Path(path)
-    state, _ = read_state_dict(path)
+    state, embedded = read_state_dict(path)
     own = model.state_dict()
     matched = {}
     for key, tensor in state.items():
@@ -582,7 +627,11 @@ def initialise_from(model: torch.nn.Module, path: str | os.PathLike) -> str:
     if not matched:
         raise CheckpointError(f"{path}: no tensor matches the {type(model).__name__} by name and shape")
     model.load_state_dict(matched, strict=False)
-    return f"{path.name} ({len(matched)} of {len(own)} tensors)"
+    terms = embedded.license if embedded else ""
+    return Initialisation(
+        f"{path.name} ({len(matched)} of {len(own)} tensors)",
+        f"{terms} (inherited from the initial weights {path.name})" if terms else "",
+    )
 
 
 # --- state file ---------------------------------------------------------------------------------------
@@ -636,6 +685,7 @@ def _save_state(path, model, optimizer, scaler, rng, progress: dict[str, Any], c
         "history": json.dumps(progress["history"]),
         "seconds": float(progress["seconds"]),
         "init": progress["init"] or "",
+        "init_license": progress["init_license"],
         "signature": json.dumps(_signature(card)),
         "numpy_rng": json.dumps(rng.bit_generator.state),
         "torch_rng": torch.get_rng_state(),
