@@ -160,6 +160,25 @@ def test_pretrained_follows_the_cards_training_record(checkpoint, tmp_path, init
     assert stac_schema_errors(item) == []
 
 
+def test_the_description_joins_the_cards_texts_as_sentences_with_one_full_stop_each(checkpoint, tmp_path):
+    path, card, parameters = checkpoint
+    described = ModelCard.from_dict(
+        {
+            **card.to_dict(),
+            "description": "MANet (resnet18) trained with geoseg on 1 labelled image(s)",
+            "data": "LoveDA (Wang et al. 2021), urban scenes.",
+            "license": "CC BY 4.0 ",
+        }
+    )
+    out = tmp_path / "described.safetensors"
+    save_checkpoint(build_manet(2, "resnet18", in_channels=3), described, out)
+    item = model_item(read_model_file(out), href=out.name)
+    assert item["properties"]["description"] == (
+        "MANet (resnet18) trained with geoseg on 1 labelled image(s). "
+        "Training data: LoveDA (Wang et al. 2021), urban scenes. Terms: CC BY 4.0."
+    )
+
+
 @pytest.mark.parametrize(
     "suffix, framework, artifact", [(".onnx", "ONNX", "onnx"), (".pt2", "PyTorch", "torch.export.save")]
 )

@@ -198,6 +198,12 @@ def pretraining(card: ModelCard) -> dict[str, Any]:
     return {"mlm:pretrained": True}
 
 
+def _sentence(text: str) -> str:
+    """``text`` ending in exactly one full stop (or its own ! or ?), so joined parts read as sentences."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
 def model_item(model: ModelFile, *, href: str) -> dict[str, Any]:
     """The STAC Item (a GeoJSON Feature without geometry: a model has no footprint) describing ``model``."""
     from geoseg.model.architectures import ARCHITECTURES, network_label
@@ -217,11 +223,11 @@ def model_item(model: ModelFile, *, href: str) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "datetime": modified.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "description": " ".join(
-            part
+            _sentence(part)
             for part in (
-                card.description or f"{card.architecture} land-cover segmentation ({name}).",
-                f"Training data: {card.data}." if card.data else "",
-                f"Terms: {card.license}." if card.license else "",
+                card.description or f"{card.architecture} land-cover segmentation ({name})",
+                f"Training data: {card.data}" if card.data else "",
+                f"Terms: {card.license}" if card.license else "",
             )
             if part
         ),
