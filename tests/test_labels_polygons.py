@@ -150,6 +150,12 @@ def test_a_value_mapped_twice_to_different_classes_is_refused_in_text_json_and_m
     assert parse_class_map("Weg=road,weg=Road") == {"Weg": "road", "weg": "Road"}
 
 
+def test_a_class_map_to_an_unknown_class_names_the_value_as_the_user_wrote_it(tmp_path):
+    path = _write(tmp_path / "l.gpkg", [_box(0, 0, 2, 2)], ["Wasser"])
+    with pytest.raises(ConfigurationError, match=r"^--class-map Wasser: 'ocean' is no class; classes are"):
+        _labels(path, VectorLabelOptions("klasse", class_map=parse_class_map("Wasser=ocean")))
+
+
 def test_values_mapping_to_no_class_are_refused_with_their_counts(tmp_path):
     path = _write(tmp_path / "l.gpkg", [_box(0, 0, 1, 1)] * 4, ["Gebouw", "Weg", "Gebouw", "building"])
     with pytest.raises(

@@ -132,18 +132,20 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
     return dict(pairs)
 
 
-def fold_class_map(pairs: Iterable[tuple[str, str | int]], where: str) -> dict[str, str | int]:
-    """Class-map keys folded to any case, as field values are matched; a value mapped twice to different
-    classes (``Wasser=water,wasser=road``) is refused, since either choice would silently drop the other."""
-    folded: dict[str, str | int] = {}
+def fold_class_map(pairs: Iterable[tuple[str, str | int]], where: str) -> dict[str, tuple[str, str | int]]:
+    """Class-map keys folded to any case, as field values are matched, each to (the key as the user wrote
+    it, for messages; its class); a value mapped twice to different classes (``Wasser=water,wasser=road``)
+    is refused, since either choice would silently drop the other."""
+    folded: dict[str, tuple[str, str | int]] = {}
     for key, target in pairs:
-        fold = str(key).strip().casefold()
-        if fold in folded and str(folded[fold]).strip().casefold() != str(target).strip().casefold():
+        written = str(key).strip()
+        fold = written.casefold()
+        if fold in folded and str(folded[fold][1]).strip().casefold() != str(target).strip().casefold():
             raise ConfigurationError(
-                f"{where}: the value {str(key).strip()!r} is mapped twice, to {folded[fold]!r} and "
+                f"{where}: the value {written!r} is mapped twice, to {folded[fold][1]!r} and "
                 f"{target!r}; keep one"
             )
-        folded[fold] = target
+        folded[fold] = (written, target)
     return folded
 
 
@@ -316,8 +318,8 @@ def map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOp
     folded = {name.casefold(): i for i, name in enumerate(names)}
     mapping = fold_class_map((options.class_map or {}).items(), "--class-map")
     targets = {}
-    for key, target in mapping.items():
-        targets[key] = class_index(target, names, f"--class-map {key}")
+    for key, (written, target) in mapping.items():
+        targets[key] = class_index(target, names, f"--class-map {written}")
     texts = np.array(["" if _is_null(v) else _value_text(v) for v in values], dtype=object)
     unique, inverse, counts = np.unique(texts, return_inverse=True, return_counts=True)
     lookup = np.full(len(unique), -1, dtype=np.int64)
