@@ -35,10 +35,14 @@ class SampleResult:
 
     path: str
     units: dict[str, int]
-    short: dict[str, int]  # class → units asked for where the map has fewer pixels (all of them drawn)
+    short: dict[str, dict[str, int]]  # class → {"asked": units, "drawn": its pixels, all of them} where fewer
 
     def to_dict(self) -> dict:
-        return {"output": self.path, "units": dict(self.units), "short": dict(self.short)}
+        return {
+            "output": self.path,
+            "units": dict(self.units),
+            "short": {k: dict(v) for k, v in self.short.items()},
+        }
 
 
 def parse_allocation(text: str | None) -> dict[str, int] | None:
@@ -117,9 +121,13 @@ def draw_sample(
             int(c): np.sort(rng.choice(totals[c], size=min(int(wanted[c]), int(totals[c])), replace=False))
             for c in np.flatnonzero(totals)
         }
-        short = {names[c]: int(wanted[c]) for c in picks if wanted[c] > totals[c]}
+        short = {
+            names[c]: {"asked": int(wanted[c]), "drawn": int(totals[c])}
+            for c in picks
+            if wanted[c] > totals[c]
+        }
         if short:
-            listed = ", ".join(f"{name} ({totals[names.index(name)]} of {n})" for name, n in short.items())
+            listed = ", ".join(f"{name} ({n['drawn']} of {n['asked']})" for name, n in short.items())
             warnings.warn(
                 f"{classes}: fewer pixels than units asked for in {listed}; every one of them is drawn",
                 GeosegWarning,
