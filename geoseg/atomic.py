@@ -129,6 +129,7 @@ class OutputSet:
         self._files: dict[str, tuple[Path, Path]] = {}  # kind -> (final, temporary)
         self._obsolete: set[Path] = set()
         self._after: list[Callable[[], None]] = []
+        self._held = contextlib.ExitStack()
 
     def stage(
         self,
@@ -155,6 +156,11 @@ class OutputSet:
         """Run ``action`` once the set is in place (clean-up that must wait for it, as a resume folder)."""
         self._after.append(action)
 
+    def hold(self, context: contextlib.AbstractContextManager) -> None:
+        """Enter ``context`` now and leave it once the set is in place (after the :meth:`after_commit`
+        actions) or discarded: the lock that keeps another process off the set's outputs until then."""
+        self._held.enter_context(context)
+
     def files(self) -> dict[str, str]:
         """Every file of the set by kind, under its final name (in place once committed)."""
         return {kind: str(final) for kind, (final, _) in self._files.items()}
@@ -163,15 +169,16 @@ class OutputSet:
         return self
 
     def __exit__(self, kind, error, traceback) -> bool:
-        if kind is not None:
-            self.discard()
+        with self._held:
+            if kind is not None:
+                self.discard()
+                return False
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()
+                raise
             return False
-        try:
-            self.commit()
-        except BaseException:
-            self.discard()
-            raise
-        return False
 
     def commit(self) -> None:
         """Remove the obsolete files (see :meth:`stage`), then rename every file into place."""

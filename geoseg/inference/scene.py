@@ -106,15 +106,16 @@ def run_scene(
     device = options.device
     if source is None:
         source = ModelSource(model_digest(model), module=model)
-    own_executor = executor is None
-    if own_executor:
-        executor = open_executor(model, source, device, options.workers, options.scheduler)
     own_unit = unit is None
     unit = OutputSet() if own_unit else unit
     with unit if own_unit else contextlib.nullcontext(), contextlib.ExitStack() as finish:
-        if own_executor:
-            finish.callback(executor.close)
         work = WorkFolder(outputs.classes)  # beside the final name, where a resumed run finds it
+        # another process writing these outputs is refused before any work, and kept off them until this
+        # scene's files are in place (or discarded) and its work folder is gone
+        unit.hold(work.lock())
+        if executor is None:
+            executor = open_executor(model, source, device, options.workers, options.scheduler)
+            finish.callback(executor.close)
         executor.check(plan, work.path.parent)
         kinds = [kind for kind, _ in outputs.rasters()]
         manifest = work_manifest(plan, source.digest, kinds, options)
