@@ -7,7 +7,8 @@ therefore never leaves a truncated file or half a set that looks finished, and n
 files behind either; those signals wait for the few renames of a commit, which is never cut in half.
 SIGKILL cannot be caught: it can leave temporary files, whose names are hidden, random and marked ``.tmp``
 (``.NAME.<hex>.tmp.*``, never a final name, so a rerun or a resume does not take them for finished outputs;
-they are safe to delete).
+they are safe to delete), as can a scene's lock file (``.NAME.geoseg-lock``, see
+:mod:`geoseg.inference.work`; unlocked once its process is gone, removed by the next run).
 """
 
 from __future__ import annotations

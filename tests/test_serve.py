@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from rasterio.io import MemoryFile
 
 import geoseg.inference.plan as planning
 import geoseg.inference.stream as stream
+from geoseg.errors import OutputError
 from geoseg.inference.scene import predict_scene
 from geoseg.raster.classes import class_colormap
 
@@ -181,6 +183,13 @@ def test_predict_resume_after_serving_computes_only_the_regions_the_browser_has_
             server.get(f"/api/pixel/classes?lon={_lonlat(100, 100)[0]}&lat={_lonlat(100, 100)[1]}")[1]
         )
         assert click["name"] == CARD.class_names[reference[100, 100]] and 0 < click["confidence"] <= 1
+        # the server holds the output's lock while it runs: predict --resume meanwhile is refused in one line
+        with pytest.raises(OutputError) as refused:
+            predict_scene(PixelNet(), CARD, scene, output, device="cpu", resume=True)
+        assert str(refused.value) == (
+            f"{output}: another process (PID {os.getpid()}) is writing it; wait for it to finish or choose "
+            "another output name"
+        )
     finally:
         server.stop()
     work = tmp_path / ".out.tif.geoseg-work"
@@ -375,7 +384,6 @@ def test_a_host_other_than_this_machine_gets_one_warning_line(tmp_path, monkeypa
 
 
 def test_ctrl_c_stops_with_exit_130_one_line_naming_the_work_folder_and_no_other_files(tmp_path):
-    import os
     import signal
     import subprocess
     import sys

@@ -73,6 +73,8 @@ PAUSE_AT = {
     "convert": ".m.safetensors.*",
 }
 TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp")  # .NAME.<hex>.tmp.*
+# what a scene's run has beside its outputs until they are in place: temporary files and the lock it holds
+STAGED = re.compile(r"^\..+\.([0-9a-f]{8}\.tmp|geoseg-lock$)")
 
 
 @pytest.fixture(scope="module")
@@ -260,7 +262,7 @@ def test_a_signal_between_a_scenes_outputs_leaves_none_of_them(inputs, checkpoin
     out.mkdir()
     process, paused, _ = _paused(tmp_path, "..scene.polygons.gpkg.*", _scene_command(inputs, checkpoint, out))
     staged = os.listdir(out)
-    assert paused.parent == out and all(TEMPORARY.match(name) for name in staged)
+    assert paused.parent == out and all(STAGED.match(name) for name in staged)
     assert {name.split(".tmp")[0].rsplit(".", 1)[0] for name in staged} >= {
         ".scene.classes.tif",
         ".scene.confidence.tif",
@@ -284,7 +286,7 @@ def test_sigkill_between_a_scenes_outputs_leaves_no_final_name(inputs, checkpoin
     code, _ = _stop(process, signal.SIGKILL)
     assert code == -signal.SIGKILL
     left = os.listdir(out)
-    assert left and all(TEMPORARY.match(name) for name in left), left
+    assert left and all(STAGED.match(name) for name in left), left
 
 
 def test_a_signal_during_a_scenes_renames_lets_the_whole_set_arrive(inputs, checkpoint, tmp_path):
