@@ -9,9 +9,14 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from affine import Affine
+from rasterio.crs import CRS
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from geoseg.model.card import ClassInfo, ModelCard
+from geoseg.model.presets import preset_card
+from geoseg.raster.classes import NODATA_CLASS, write_class_metadata
+from geoseg.raster.writing import open_tiled, tiled_profile, to_cog
 
 # The card of the plumbing tests: six classes with distinct colours, 64 px tiles (PixelNet runs any card).
 CARD = ModelCard(
@@ -234,3 +239,97 @@ def stac_schema_errors(item: dict) -> list[str]:
             where = "/".join(str(p) for p in error.absolute_path)
             errors.append(f"{uri}: {where}: {error.message[:300]}")
     return errors
+
+
+# The class rasters of the quick-look tests (plots/test_quicklook.py and cli/test_quicklook.py).
+NAMES = ["building", "road", "tree", "low vegetation", "water"]
+COLORS = [(230, 25, 75), (255, 225, 25), (60, 180, 75), (145, 30, 180), (0, 130, 200)]
+UTM = {"crs": CRS.from_epsg(32632), "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}
+
+
+def write_classes(path, data, georef=None, names=NAMES, colors=COLORS):
+    """A class raster as geoseg predict writes it: tiled, nodata 255, colour table, names, COG overviews."""
+    georef = georef if georef is not None else UTM
+    tiled = path.with_name("tiled_" + path.name)
+    profile = tiled_profile(data.shape[1], data.shape[0], 1, NODATA_CLASS, georef)
+    with open_tiled(tiled, profile) as dst:
+        dst.write(data, 1)
+        write_class_metadata(dst, names, colors)
+    to_cog(tiled, path)
+    tiled.unlink()
+    return path
+
+
+def blocky_classes(height, width, seed=0, block=8):
+    """Random classes 0..4 in ``block``² squares (decimated reads keep the shares), nodata on the left."""
+    rng = np.random.default_rng(seed)
+    small = rng.choice(5, size=(height // block + 1, width // block + 1), p=[0.4, 0.25, 0.2, 0.1, 0.05])
+    data = np.kron(small, np.ones((block, block), dtype=np.int64))[:height, :width].astype(np.uint8)
+    data[:, : width // 5] = NODATA_CLASS
+    return data
+
+
+# --- GeoTIFFs: one writer (conftest's ``make_geotiff`` fixture is its form with names under tmp_path) -----
+
+TEST_CRS = "EPSG:32633"
+NORTH_UP = Affine(0.5, 0.0, 400000.0, 0.0, -0.5, 5800000.0)
+
+
+def write_geotiff(
+    path,
+    data,
+    *,
+    crs=TEST_CRS,
+    transform=NORTH_UP,
+    nodata=None,
+    dtype=None,
+    colorinterp=None,
+    mask=None,
+    **profile,
+) -> Path:
+    """A raster of ``data`` ((C, H, W) or (H, W)) on the test grid unless ``crs``/``transform`` say otherwise
+    (``None``: not georeferenced); ``mask`` (H, W) as an internal mask; ``profile`` adds creation options or
+    another ``driver``."""
+    data = np.asarray(data)
+    if data.ndim == 2:
+        data = data[None]
+    if dtype is not None:
+        data = data.astype(dtype)
+    count, height, width = data.shape
+    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
+    base.update(
+        {k: v for k, v in {"crs": crs, "transform": transform, "nodata": nodata}.items() if v is not None}
+    )
+    base.update(profile)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **base) as dst:
+        dst.write(data)
+        if colorinterp:
+            dst.colorinterp = colorinterp
+        if mask is not None:
+            dst.write_mask(mask)
+    return path
+
+
+# --- small class and label rasters with alpha bands (evaluate, train, vectorize, quicklook) ---------------
+
+POTSDAM_COLORS = [c.color for c in preset_card("potsdam").classes]
+
+
+def classes_and_transparency(height: int = 12, width: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Class indices 0..3 in vertical stripes, and an alpha band that hides the left quarter."""
+    classes = (np.arange(width)[None, :] * 4 // width).repeat(height, 0).astype(np.uint8)
+    alpha = np.full((height, width), 255, np.uint8)
+    alpha[:, : width // 4] = 0
+    return classes, alpha
+
+
+def expected_scores(classes: np.ndarray, alpha: np.ndarray) -> tuple[int, int, list[int]]:
+    visible = alpha > 0
+    return int(visible.sum()), int((~visible).sum()), np.bincount(classes[visible], minlength=6).tolist()
+
+
+def class_raster_with_alpha(tmp_path) -> tuple:
+    """Classes 0..3 with an alpha band hiding the left quarter, as ``gdal_translate -b 1 -b mask`` writes."""
+    classes, alpha = classes_and_transparency()
+    path = write_geotiff(tmp_path / "masked.tif", np.stack([classes, alpha]), alpha="YES")
+    return path, classes, alpha

@@ -8,6 +8,7 @@ from fractions import Fraction as F
 import numpy as np
 import pytest
 import rasterio
+from helpers import class_raster_with_alpha, expected_scores, write_geotiff
 from rasterio.transform import from_origin
 
 from geoseg.errors import ConfigurationError, InputError
@@ -300,3 +301,16 @@ def test_areas_are_true_areas_on_the_ellipsoid_and_weight_the_overall_accuracy(t
     assert areas["area_weighted_overall_accuracy"] == pytest.approx(correct / (4 * row_area.sum()), rel=1e-6)
     assert result.overall_accuracy == 13 / 16
     assert areas["area_weighted_overall_accuracy"] != pytest.approx(13 / 16, rel=1e-3)
+
+
+def test_evaluate_reads_a_class_raster_whose_alpha_band_is_its_mask(tmp_path):
+    """vectorize took a class band with an alpha band; evaluate refused it ('a class raster has 1 band, this
+    one has 2')."""
+    prediction, classes, alpha = class_raster_with_alpha(tmp_path)
+    truth = write_geotiff(tmp_path / "truth.tif", classes[None])
+
+    result = evaluate(prediction, truth).to_dict()
+
+    evaluated, ignored, _ = expected_scores(classes, alpha)
+    assert (result["pixels_evaluated"], result["pixels_ignored"]) == (evaluated, ignored)
+    assert result["overall_accuracy"] == 1.0

@@ -3,7 +3,7 @@
 Real subprocesses get real signals. To hit the worst moment deterministically, a small wrapper pauses the
 command right before the rename of a chosen temporary file (complete then) and says so through a marker file;
 the mid-stream test instead waits for predict's first hidden temporary file while its threads run. A scene's
-files are one set (see tests/test_scene_outputs.py): a stop between them leaves none, a stop during their
+files are one set (see tests/inference/test_outputs.py): a stop between them leaves none, a stop during their
 renames lets the set complete first.
 """
 
@@ -26,6 +26,7 @@ from rasterio.transform import from_origin
 
 from geoseg.model.manet import build_manet
 
+GRID = dict(crs="EPSG:32631", transform=from_origin(5e5, 6e6, 1, 1))
 GEOREF = dict(crs="EPSG:32633", transform=from_origin(500000, 4000000, 0.5, 0.5))
 
 # Runs the CLI (the arguments after the marker, the release file, the place and a file name pattern) paused,
@@ -316,3 +317,41 @@ def test_a_signal_removes_the_output_folder_predict_made_while_it_is_empty(input
     code, stderr = _stop(process, signal.SIGTERM)
     assert (code, stderr.strip().splitlines()) == (143, ["geoseg: terminated by SIGTERM"])
     assert sorted(os.listdir(tmp_path)) == ["paused"]
+
+
+@pytest.mark.parametrize(
+    "signum, line",
+    [
+        (signal.SIGINT, "geoseg: interrupted"),
+        (signal.SIGTERM, "geoseg: terminated by SIGTERM"),
+        (signal.SIGHUP, "geoseg: terminated by SIGHUP"),
+    ],
+)
+def test_a_stop_signal_to_the_process_group_with_dask_workers_prints_one_line(
+    checkpoint, tmp_path, signum, line
+):
+    """A terminal's Ctrl-C or hang-up, or ``timeout``'s SIGTERM, reach geoseg and its Dask workers alike:
+    one line, no tracebacks."""
+    write_scene(tmp_path / "large.tif", 1024, 1024, **GRID)
+    out = tmp_path / "out"
+    out.mkdir()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "geoseg.cli.main", "predict", str(tmp_path / "large.tif"), "-o",
+         str(out / "classes.tif"), "-m", str(checkpoint), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "GDAL_NUM_THREADS": "1"},
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not any(out.iterdir()):  # the work folder: the cluster runs regions
+        assert process.poll() is None, process.stderr.read()
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+    time.sleep(1)
+    os.killpg(process.pid, signum)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the command did not stop")
+    assert (process.returncode, stderr.strip().splitlines()) == (128 + signum, [line])
+    assert os.listdir(out) == []

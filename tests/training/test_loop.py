@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 import torch
-from helpers import loveda_corners, write_png
+from helpers import classes_and_transparency, loveda_corners, write_geotiff, write_png
 
 from geoseg.errors import CheckpointError, ConfigurationError, InputError
 from geoseg.labels import IGNORE
@@ -419,3 +419,23 @@ def test_palette_label_in_its_own_colour_order_trains_on_the_classes_its_colours
     [raster] = check_pairs([(tmp_path / "a.tif", tmp_path / "a_mask.tif")], ENCODING, RGB, 64)
     assert raster.label_data.tolist() == classes.tolist()
     assert raster.class_pixels.tolist() == np.bincount(classes.ravel(), minlength=7).tolist()
+
+
+def test_train_refuses_an_output_that_is_one_of_its_inputs(tmp_path):
+    """``train(..., output=image, overwrite=True)`` trained, then wrote the checkpoint over the image it
+    trained on (the CLI's .safetensors rule does not protect the API, nor an image named .safetensors)."""
+    from geoseg.errors import OutputError
+    from geoseg.training.loop import TrainingConfig, train
+
+    classes, _ = classes_and_transparency(32, 32)
+    image = write_geotiff(tmp_path / "a.tif", np.full((3, 32, 32), 100, np.uint8))
+    label = write_geotiff(tmp_path / "a_mask.tif", classes[None])
+    before = image.read_bytes()
+    config = TrainingConfig(crop=32, batch_size=1, steps=1)
+
+    with pytest.raises(OutputError, match="is also an input of this command"):
+        train([image], [label], image, card=preset_card("potsdam"), architecture="macunet", config=config,
+              overwrite=True)  # fmt: skip
+
+    assert image.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tif", "a_mask.tif"]

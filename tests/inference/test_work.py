@@ -21,7 +21,7 @@ from geoseg.inference.grid import TileGrid
 from geoseg.inference.scene import predict_scene
 from geoseg.model.card import ModelCard
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 WORK = ".out.tif.geoseg-work"
 
 

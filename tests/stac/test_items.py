@@ -143,7 +143,7 @@ def server(catalogue, tmp_path):
     log = tmp_path / "ranges.log"
     log.touch()
     process = subprocess.Popen(
-        [sys.executable, str(Path(__file__).with_name("range_server.py")), str(catalogue), str(log)],
+        [sys.executable, str(Path(__file__).parents[1] / "range_server.py"), str(catalogue), str(log)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -33,7 +33,7 @@ from geoseg.serve.server import bind, make_server  # noqa: E402
 WIDTH, HEIGHT = 1300, 1100
 TRANSFORM = Affine(0.5, 0, 5e5, 0, -0.5, 5.8e6)
 CRS = "EPSG:32633"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

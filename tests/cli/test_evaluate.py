@@ -9,8 +9,17 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from helpers import classes_and_transparency, write_geotiff
 
 from geoseg.cli.main import cli
+
+
+def evaluate_args(tmp_path) -> list[str]:
+    classes, _ = classes_and_transparency()
+    prediction = write(tmp_path / "classes.tif", classes[None])
+    truth = write(tmp_path / "truth.tif", classes[None])
+    return ["evaluate", str(prediction), str(truth), "-q"]
+
 
 # every file this module reads names its layer or holds one: a styled GeoPackage's style table is no layer
 pytestmark = pytest.mark.filterwarnings("error:More than one layer found")
@@ -398,3 +407,72 @@ def test_truth_polygons_geoseg_vectorized_read_without_a_layer_name(tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads(result.output)
     assert record["overall_accuracy"] == 1.0 and record["pixels_evaluated"] == 16
+
+
+def test_evaluate_refuses_one_file_for_both_the_confusion_csv_and_the_plot(tmp_path):
+    """``--confusion x.png --plot x.png`` wrote the CSV, then failed ('output exists') with the CSV left
+    under the picture's name."""
+    same = str(tmp_path / "scores.png")
+
+    result = CliRunner().invoke(cli, [*evaluate_args(tmp_path), "--confusion", same, "--plot", same])
+
+    assert result.exit_code == 2
+    assert "--confusion and --plot name the same file" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "truth.tif"]
+
+
+def test_evaluate_leaves_no_confusion_csv_when_the_plot_fails(tmp_path, monkeypatch):
+    """The CSV was renamed into place before the plot was drawn: a failure or a stop signal while drawing
+    left it alone, the result of a run that failed."""
+    import geoseg.api
+    from geoseg.errors import GeosegError
+
+    def failing_plot(*args, **kwargs):
+        raise GeosegError("drawing failed")
+
+    monkeypatch.setattr(geoseg.api, "plot_evaluation", failing_plot, raising=False)
+    confusion, plot = tmp_path / "confusion.csv", tmp_path / "scores.png"
+
+    result = CliRunner().invoke(
+        cli, [*evaluate_args(tmp_path), "--confusion", str(confusion), "--plot", str(plot)]
+    )
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == "Error: drawing failed"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "truth.tif"]
+
+
+def test_evaluate_writes_the_confusion_csv_and_the_plot_together(tmp_path):
+    confusion, plot = tmp_path / "confusion.csv", tmp_path / "scores.png"
+
+    result = CliRunner().invoke(
+        cli, [*evaluate_args(tmp_path), "--confusion", str(confusion), "--plot", str(plot), "--json"]
+    )
+
+    assert result.exit_code == 0, result.output
+    assert confusion.read_text().splitlines()[:2] == ["truth \\ prediction,0,1,2,3", "0,48,0,0,0"]
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "classes.tif",
+        "confusion.csv",
+        "scores.png",
+        "truth.tif",
+    ]
+
+
+def test_evaluate_of_a_prediction_without_valid_pixels_names_both_files(tmp_path):
+    """An all-nodata prediction was reported as 'truth.tif: no pixels to compare', naming the file that was
+    fine."""
+    classes, _ = classes_and_transparency()
+    prediction = write_geotiff(
+        tmp_path / "classes.tif", np.full((1, *classes.shape), 255, np.uint8), nodata=255
+    )
+    truth = write_geotiff(tmp_path / "truth.tif", classes[None])
+
+    result = CliRunner().invoke(cli, ["evaluate", str(prediction), str(truth), "-q"])
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1] == (
+        f"Error: {prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
+        "nodata in the prediction); check --ignore-index/--label-offset and the prediction's nodata"
+    )

@@ -9,9 +9,18 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import write_scene, write_small_checkpoint
+from helpers import (
+    COLORS,
+    NAMES,
+    UTM,
+    blocky_classes,
+    classes_and_transparency,
+    write_classes,
+    write_geotiff,
+    write_scene,
+    write_small_checkpoint,
+)
 from PIL import Image
-from test_plots_quicklook import COLORS, NAMES, UTM, blocky_classes, write_classes
 
 from geoseg.cli.main import cli
 
@@ -172,3 +181,19 @@ def test_png_class_raster_drawn_onto_itself_is_refused_and_kept(tmp_path):
     assert result.exit_code == 1
     assert "is also an input of this command" in result.output
     assert source.read_bytes() == before
+
+
+def test_quicklook_of_a_truncated_class_raster_is_one_line_naming_the_file(tmp_path):
+    """A class raster cut short (a copy interrupted) gave 'Error: RasterioIOError: Read failed. See previous
+    exception for details.', naming neither the file nor the cause; vectorize and evaluate named both."""
+    classes, _ = classes_and_transparency(64, 64)
+    whole = write_geotiff(tmp_path / "whole.tif", classes[None]).read_bytes()
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(whole[: len(whole) // 2])
+
+    result = CliRunner().invoke(cli, ["quicklook", str(cut), "-o", str(tmp_path / "q.png")])
+
+    assert result.exit_code == 1
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {cut}: read failed (") and "TIFFReadEncodedStrip() failed" in last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.tif", "whole.tif"]

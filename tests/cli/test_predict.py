@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -14,6 +15,13 @@ from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
 from geoseg.model.presets import preset_card
+
+GRID = dict(crs="EPSG:32631", transform=from_origin(5e5, 6e6, 1, 1))
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
 
 RESULT_KEYS = {
     "input",
@@ -448,3 +456,17 @@ def test_a_codec_this_gdal_lacks_is_one_line_naming_those_it_has(colorado, tmp_p
         result.exit_code == 2
         and "'jpeg' is not one of 'deflate', 'lzw', 'zstd', 'lerc', 'none'" in result.output
     )
+
+
+def test_cli_leaves_an_input_named_like_another_scene_output_untouched(checkpoint, tmp_path):
+    write_scene(tmp_path / "a.tif", 64, 64, **GRID)
+    (tmp_path / "out").mkdir()
+    victim = tmp_path / "out" / "a.classes.tif"
+    write_scene(victim, 64, 64, seed=1, **GRID)
+    before = _digest(victim)
+    args = ["predict", str(tmp_path / "a.tif"), str(victim), "-o", str(tmp_path / "out"), "-f"]
+    result = CliRunner().invoke(cli, [*args, "-m", str(checkpoint)])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {victim}: the output {victim} would")
+    assert _digest(victim) == before
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.classes.tif"]

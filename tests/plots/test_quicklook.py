@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import PixelNet, write_scene
+from helpers import (
+    COLORS,
+    NAMES,
+    UTM,
+    PixelNet,
+    blocky_classes,
+    class_raster_with_alpha,
+    write_classes,
+    write_scene,
+)
 from matplotlib.image import imread
 from PIL import Image
 from rasterio.crs import CRS
@@ -20,33 +29,7 @@ from geoseg.errors import ConfigurationError, GeosegError, GeosegWarning, InputE
 from geoseg.model.presets import preset_card
 from geoseg.plots.quicklook import OVERLAY_OPACITY, SMALL_MAP, quicklook
 from geoseg.raster.classes import NODATA_CLASS, write_class_metadata
-from geoseg.raster.writing import open_tiled, tiled_profile, to_cog
-
-NAMES = ["building", "road", "tree", "low vegetation", "water"]
-COLORS = [(230, 25, 75), (255, 225, 25), (60, 180, 75), (145, 30, 180), (0, 130, 200)]
-UTM = {"crs": CRS.from_epsg(32632), "transform": Affine(0.5, 0, 400000, 0, -0.5, 5000000)}
-
-
-def write_classes(path, data, georef=None, names=NAMES, colors=COLORS):
-    """A class raster as geoseg predict writes it: tiled, nodata 255, colour table, names, COG overviews."""
-    georef = georef if georef is not None else UTM
-    tiled = path.with_name("tiled_" + path.name)
-    profile = tiled_profile(data.shape[1], data.shape[0], 1, NODATA_CLASS, georef)
-    with open_tiled(tiled, profile) as dst:
-        dst.write(data, 1)
-        write_class_metadata(dst, names, colors)
-    to_cog(tiled, path)
-    tiled.unlink()
-    return path
-
-
-def blocky_classes(height, width, seed=0, block=8):
-    """Random classes 0..4 in ``block``² squares (decimated reads keep the shares), nodata on the left."""
-    rng = np.random.default_rng(seed)
-    small = rng.choice(5, size=(height // block + 1, width // block + 1), p=[0.4, 0.25, 0.2, 0.1, 0.05])
-    data = np.kron(small, np.ones((block, block), dtype=np.int64))[:height, :width].astype(np.uint8)
-    data[:, : width // 5] = NODATA_CLASS
-    return data
+from geoseg.raster.writing import open_tiled, tiled_profile
 
 
 def rgba(path):
@@ -308,3 +291,14 @@ def test_a_raster_naming_other_classes_than_the_preset_is_refused(tmp_path):
     ):
         quicklook(classes, tmp_path / "c.png", preset="loveda")
     assert not (tmp_path / "c.png").exists()
+
+
+def test_quicklook_reads_a_class_raster_whose_alpha_band_is_its_mask(tmp_path):
+    from geoseg.plots.quicklook import quicklook
+
+    path, classes, alpha = class_raster_with_alpha(tmp_path)
+
+    result = quicklook(path, tmp_path / "q.png")
+
+    shares = {entry.value: entry.share for entry in result.legend if entry.share}
+    assert shares == pytest.approx({1: 1 / 3, 2: 1 / 3, 3: 1 / 3})  # class 0 lies under the alpha

@@ -16,7 +16,7 @@ from scipy import ndimage
 
 from geoseg.vector.vectorize import vectorize
 
-NAIP = Path(__file__).parents[1].parent / "shared" / "data" / "variants" / "naip_rgbn_5m_nodata0.tif"
+NAIP = Path(__file__).parents[2].parent / "shared" / "data" / "variants" / "naip_rgbn_5m_nodata0.tif"
 PIXEL = 10.0  # metres: a land-cover map's pixel, UTM 33N at its central meridian
 MINIMUMS = ({}, {"min_area": 500.0}, {"min_pixels": 12})
 

@@ -15,6 +15,7 @@ import numpy as np
 import psutil
 import pytest
 import rasterio
+import torch
 from affine import Affine
 from click.testing import CliRunner
 from helpers import CARD, KillOnceNet, PixelNet, write_scene, write_small_checkpoint
@@ -24,7 +25,14 @@ from geoseg.cli.main import cli
 from geoseg.errors import ConfigurationError
 from geoseg.inference.scene import predict_scene
 
-TESTS = Path(__file__).resolve().parent
+
+def _blocked_signals() -> set[int]:
+    import signal
+
+    return {int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, [])}
+
+
+TESTS = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -226,3 +234,32 @@ def test_relative_paths_mean_the_clients_files_on_workers_in_another_folder(tmp_
         assert (other.width, other.height, other.transform) == (200, 150, one.transform)
         assert np.array_equal(other.read(), one.read())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["client", "model.safetensors", "scene.tif"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
+def test_local_dask_workers_do_not_hear_stop_signals():
+    """Ctrl-C reaches the whole process group: each worker process of ``--workers 2`` printed a
+    KeyboardInterrupt traceback (a hang-up: a KeyError traceback; SIGTERM: the scheduler's failed
+    broadcasts) while this process stopped them cleanly. Workers start with the stop signals blocked; this
+    process's mask is as it was."""
+    import signal
+
+    from helpers import PixelNet
+
+    from geoseg.inference.executors import open_executor
+    from geoseg.inference.tasks import ModelSource
+    from geoseg.model.loading import model_digest
+
+    before = _blocked_signals()
+    network = PixelNet()
+    executor = open_executor(
+        network, ModelSource(model_digest(network), module=network), torch.device("cpu"), workers=2
+    )
+    try:
+        assert _blocked_signals() == before
+        masks = executor.client.run(_blocked_signals)
+        assert len(masks) == 2
+        for blocked in masks.values():
+            assert {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP)} <= blocked
+    finally:
+        executor.close()

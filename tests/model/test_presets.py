@@ -15,7 +15,7 @@ from geoseg.cli.main import cli
 from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint
 from geoseg.model.presets import preset_card
 
-SAMPLE = Path(__file__).resolve().parents[1] / "sample_data" / "netherlands_0p25m_epsg28992.tif"
+SAMPLE = Path(__file__).resolve().parents[2] / "sample_data" / "netherlands_0p25m_epsg28992.tif"
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from scipy import ndimage
 from geoseg.vector.blocks import label_regions
 from geoseg.vector.sieve import sieve
 
-LABELS = Path(__file__).parents[1].parent / "shared" / "data" / "labeled"
+LABELS = Path(__file__).parents[2].parent / "shared" / "data" / "labeled"
 
 
 def noisy(n, seed, sigma=1.2, classes=4):

@@ -10,6 +10,7 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
+from helpers import write_geotiff
 from matplotlib import colormaps
 from matplotlib.image import imread
 from PIL import Image
@@ -135,3 +136,22 @@ def test_title_says_which_classes_the_means_leave_out(rasters, tmp_path, monkeyp
     plot_evaluation(evaluate(*rasters[1]), tmp_path / "all.png")
     assert "mean F1 without water 80.0 % · mIoU without water 66.7 %" in titles[0]
     assert "mean F1 73.3 % · mIoU 58.3 %" in titles[1]
+
+
+def test_evaluation_plot_of_many_classes_stays_a_picture_of_bounded_size(tmp_path):
+    """The matrix grew 62 px per class: a class raster with 255 values (no names) gave a 513-megapixel PNG
+    after ~4 minutes, which image viewers and PIL refuse as a decompression bomb."""
+    from PIL import Image
+
+    from geoseg.plots.evaluation import MAX_MATRIX_PX, plot_evaluation
+
+    values = (np.arange(60 * 40) % 60).astype(np.uint8).reshape(1, 60, 40)
+    prediction = write_geotiff(tmp_path / "classes.tif", values)
+    truth = write_geotiff(tmp_path / "truth.tif", np.roll(values, 1, axis=2))
+    result = evaluate(prediction, truth)
+    assert len(result.class_names) == 60
+
+    path = plot_evaluation(result, tmp_path / "scores.png")
+
+    width, _ = Image.open(path).size
+    assert width == 2 * MAX_MATRIX_PX + 420

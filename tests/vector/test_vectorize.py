@@ -14,6 +14,8 @@ import pyproj
 import pytest
 import rasterio
 import shapely
+from affine import Affine
+from helpers import NORTH_UP, classes_and_transparency, write_geotiff
 from pyogrio import raw
 from rasterio.transform import from_origin
 from scipy import integrate, ndimage
@@ -27,7 +29,7 @@ from geoseg.vector.vectorize import vectorize
 # reads name their layer: pyogrio's warning would mean a styled GeoPackage read by guessing its layer
 pytestmark = pytest.mark.filterwarnings("error:More than one layer found")
 
-POTSDAM = Path(__file__).parents[1].parent / "shared" / "data" / "labeled" / "potsdam"
+POTSDAM = Path(__file__).parents[2].parent / "shared" / "data" / "labeled" / "potsdam"
 POTSDAM_LABEL = POTSDAM / "top_potsdam_2_10_label_0_0_512_512.tif"
 NAMES = ["field", "building", "tree", "water"]
 
@@ -812,3 +814,42 @@ def test_predict_vectorize_refuses_an_rpc_scene_before_any_inference(tmp_path):
     with pytest.raises(InputError, match=r"rpc\.tif: is placed by RPCs, not by a geotransform; warp it"):
         predict([scene], tmp_path / "out.tif", model=Untouchable(), card=card, vectorize=tmp_path / "p.gpkg")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["rpc.tif"]
+
+
+def test_vectorize_refuses_to_write_over_its_input_raster_geopackage(tmp_path):
+    """A GeoPackage holds rasters too: ``vectorize classes.gpkg -o classes.gpkg -f`` replaced the class
+    raster it was reading by its polygons."""
+    from geoseg.errors import OutputError
+    from geoseg.vector.vectorize import vectorize
+
+    classes, _ = classes_and_transparency()
+    source = write_geotiff(tmp_path / "classes.gpkg", classes[None].astype(np.uint16), driver="GPKG")
+    before = source.read_bytes()
+
+    with pytest.raises(OutputError, match="is also an input"):
+        vectorize(source, source, overwrite=True)
+
+    assert source.read_bytes() == before
+
+
+@pytest.mark.parametrize("north_up", [True, False], ids=["north-up", "south-up"])
+def test_polygon_rings_have_one_orientation_whatever_the_transform(tmp_path, north_up):
+    """A south-up raster's polygons came out with clockwise exterior rings and counter-clockwise holes, the
+    reverse of a north-up raster's (and of GeoJSON's RFC 7946 rule), so the orientation depended on how the
+    raster was stored."""
+    from pyogrio.raw import read
+
+    from geoseg.vector.vectorize import vectorize
+
+    classes = np.zeros((1, 12, 12), np.uint8)
+    classes[0, 4:8, 4:8] = 1  # a hole in class 0
+    transform = NORTH_UP if north_up else Affine(0.5, 0.0, 400000.0, 0.0, 0.5, 5800000.0)
+    source = write_geotiff(tmp_path / "classes.tif", classes, transform=transform)
+
+    vectorize(source, tmp_path / "p.gpkg")
+
+    _, _, wkb, fields = read(tmp_path / "p.gpkg", return_fids=True)
+    polygons = dict(zip(fields[0].tolist(), shapely.from_wkb(wkb), strict=True))
+    assert [polygons[c].exterior.is_ccw for c in (0, 1)] == [True, True]
+    assert [ring.is_ccw for ring in polygons[0].interiors] == [False]
+    assert polygons[0].area == 144 * 0.25 - 16 * 0.25

@@ -20,9 +20,11 @@ from rasterio.transform import from_origin
 import geoseg.atomic as atomic
 from geoseg.atomic import OutputSet, check_output_path
 from geoseg.cli.main import Terminated, stop_signals_raise
-from geoseg.errors import OutputError
+from geoseg.errors import ConfigurationError, OutputError
 from geoseg.inference.batch import iter_predict, predict
+from geoseg.inference.outputs import prepare_outputs
 
+GRID = dict(crs="EPSG:32631", transform=from_origin(5e5, 6e6, 1, 1))
 GEOREF = dict(crs="EPSG:32631", transform=from_origin(500000, 6000000, 1, 1))
 
 
@@ -396,3 +398,31 @@ def test_a_codec_this_gdal_lacks_is_refused_before_any_tile(scenes, tmp_path, mo
     ):
         _run([scenes[0]], tmp_path / "c.tif", compress="zstd", model=model)
     assert model.calls == 0 and _names(tmp_path) == ["scenes"]
+
+
+def test_an_output_of_one_scene_that_is_another_input_is_refused(tmp_path):
+    """``predict a.tif out/a.classes.tif -o out/ -f``: scene a's class raster is the second input, which was
+    replaced by it before it was read (and then failed with 'IndexError: tuple index out of range')."""
+    write_scene(tmp_path / "a.tif", 64, 64, **GRID)
+    (tmp_path / "out").mkdir()
+    victim = tmp_path / "out" / "a.classes.tif"
+    write_scene(victim, 64, 64, seed=1, **GRID)
+    with pytest.raises(ConfigurationError, match=f"^{victim}: the output {victim} would replace this input"):
+        prepare_outputs([tmp_path / "a.tif", victim], tmp_path / "out", overwrite=True)
+
+
+def test_an_output_hard_linked_to_its_input_is_refused(tmp_path):
+    """Another name of the input's file (a hard link) is the input all the same."""
+    write_scene(tmp_path / "scene.tif", 64, 64, **GRID)
+    os.link(tmp_path / "scene.tif", tmp_path / "classes.tif")
+    with pytest.raises(ConfigurationError, match="would replace this input"):
+        prepare_outputs([tmp_path / "scene.tif"], tmp_path / "classes.tif", overwrite=True)
+
+
+@pytest.mark.parametrize("output", ["", " "])
+def test_an_empty_output_is_refused_not_taken_for_the_current_folder(tmp_path, output, monkeypatch):
+    """``-o "$OUT"`` with OUT unset wrote <stem>.classes.tif into the current folder."""
+    write_scene(tmp_path / "a.tif", 64, 64, **GRID)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigurationError, match="^-o is empty; give the class raster .tif"):
+        prepare_outputs([tmp_path / "a.tif"], output)

@@ -154,3 +154,21 @@ def test_existing_output_needs_overwrite(runner, raw_state, tmp_path):
     result = runner.invoke(cli, [*args[:-1], "vaihingen", "--overwrite"])
     assert result.exit_code == 0
     assert load_checkpoint(out)[1].name == "vaihingen"
+
+
+def test_convert_refuses_to_write_over_its_source(tmp_path):
+    """``convert model.safetensors -o model.safetensors -f --preset loveda`` replaced the checkpoint it read
+    (and its card, training record and licence with the preset's)."""
+    from helpers import write_small_checkpoint
+
+    source = write_small_checkpoint(tmp_path / "model.safetensors")
+    before = source.read_bytes()
+
+    result = CliRunner().invoke(cli, ["convert", str(source), "-o", str(source), "-f", "--preset", "loveda"])
+
+    assert result.exit_code == 1
+    assert (
+        result.output.strip().splitlines()[-1]
+        == f"Error: {source}: is also an input of this command; write the output under another name"
+    )
+    assert source.read_bytes() == before

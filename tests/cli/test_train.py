@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from helpers import loveda_corners, write_png
+from helpers import classes_and_transparency, loveda_corners, write_geotiff, write_png
 
 from geoseg.cli.main import cli
 
@@ -205,3 +205,19 @@ def test_a_run_without_any_labelled_pixel_is_refused_in_one_line_before_the_firs
         "--label-offset/--ignore-index and the image's nodata/mask"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image_0.png", "label_0.png"]
+
+
+def test_train_with_a_truncated_label_is_one_line_naming_the_file(tmp_path):
+    """``train`` gave 'Error: RasterioIOError: Read failed. See previous exception for details.' for a label
+    raster cut short: labels are read by one function, which now names the file for evaluate and train."""
+    classes, _ = classes_and_transparency(64, 64)
+    image = write_geotiff(tmp_path / "a.tif", np.full((3, 64, 64), 100, np.uint8))
+    whole = write_geotiff(tmp_path / "whole.tif", classes[None]).read_bytes()
+    label = tmp_path / "a_mask.tif"
+    label.write_bytes(whole[: len(whole) // 2])
+    args = ["train", "--images", str(image), "--labels", str(label), "--preset", "potsdam", "--crop", "32"]
+
+    result = CliRunner().invoke(cli, [*args, "--steps", "1", "-o", str(tmp_path / "m.safetensors"), "-q"])
+
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: {label}: read failed (")

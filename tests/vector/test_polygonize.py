@@ -18,7 +18,7 @@ from scipy import ndimage
 from geoseg.vector.blocks import STRUCTURES, BlockGrid, Window, label_regions
 from geoseg.vector.polygonize import polygonize_window
 
-DATA = Path(__file__).parents[1].parent / "shared" / "data"
+DATA = Path(__file__).parents[2].parent / "shared" / "data"
 LABELS = DATA / "labeled"
 
 

@@ -10,7 +10,8 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from helpers import PixelNet
+from helpers import POTSDAM_COLORS, PixelNet, classes_and_transparency, expected_scores, write_geotiff
+from rasterio.enums import ColorInterp
 from rasterio.transform import from_origin
 
 from geoseg.cli.main import cli
@@ -206,3 +207,25 @@ def test_cli_train_refuses_uint16_without_scale_and_records_the_scale_used(tmp_p
     _, card = load_checkpoint(output)
     assert card.value_range == (0.0, 4000.0)
     assert card.training["value_range_from"] == "--scale"
+
+
+def test_training_pairs_read_colour_labels_with_the_alpha_band_first(tmp_path):
+    """``train`` decodes labels with the same function: the alpha-first colour label trains on its colours,
+    and its transparent pixels count in no class."""
+    from geoseg.labels.raster import LabelEncoding
+    from geoseg.training.dataset import check_pairs
+
+    classes, alpha = classes_and_transparency(32, 32)
+    rgb = np.array(POTSDAM_COLORS, np.uint8)[classes].transpose(2, 0, 1)
+    rgb[:, alpha == 0] = 0
+    image = write_geotiff(tmp_path / "a.tif", np.full((3, 32, 32), 100, np.uint8))
+    label = write_geotiff(
+        tmp_path / "a_label.tif",
+        np.concatenate([alpha[None], rgb]),
+        colorinterp=[ColorInterp.alpha, ColorInterp.red, ColorInterp.green, ColorInterp.blue],
+    )
+    encoding = LabelEncoding(num_classes=6, colors=tuple(tuple(c) for c in POTSDAM_COLORS))
+
+    (raster,) = check_pairs([(image, label)], encoding, ["red", "green", "blue"], crop=32)
+
+    assert raster.class_pixels.tolist() == expected_scores(classes, alpha)[2]
