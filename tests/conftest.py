@@ -70,3 +70,18 @@ def export_cache(tmp_path_factory):
         os.environ.pop("XDG_CACHE_HOME", None)
     else:
         os.environ["XDG_CACHE_HOME"] = before
+
+
+@pytest.fixture
+def make_geotiff(tmp_path) -> Callable[..., Path]:
+    """The one GeoTIFF factory (rio-tiler's pattern): ``make_geotiff("a.tif", data, crs=..., transform=...,
+    nodata=..., mask=..., dtype=..., colorinterp=..., **creation_options)`` writes ``data`` ((C, H, W) or
+    (H, W)) under ``tmp_path`` (or at an absolute path) on the test grid unless told otherwise, and returns
+    the path. Module helpers that need no fixture call :func:`helpers.write_geotiff`, the same writer."""
+    from helpers import write_geotiff
+
+    def make(name: str | Path, data, **options) -> Path:
+        path = Path(name) if Path(name).is_absolute() else tmp_path / name
+        return write_geotiff(path, data, **options)
+
+    return make

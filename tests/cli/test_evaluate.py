@@ -29,14 +29,7 @@ PREDICTION = np.array([[0, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2], [2, 2, 2, 1]], 
 
 
 def write(path, data):
-    data = np.asarray(data)
-    data = data[None] if data.ndim == 2 else data
-    profile = dict(
-        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-    return str(path)
+    return str(write_geotiff(path, data, crs=None, transform=None))
 
 
 @pytest.fixture()

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
+from helpers import write_geotiff
 from rasterio.windows import Window
 
 from geoseg.errors import GeosegWarning, InputError
@@ -27,13 +28,7 @@ RGB = ["red", "green", "blue"]
 
 
 def _write(path, data, **profile):
-    count, height, width = data.shape
-    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
-    base.update(crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0))
-    base.update(profile)
-    with rasterio.open(path, "w", **base) as dst:
-        dst.write(data)
-    return path
+    return write_geotiff(path, data, **{"transform": Affine(1, 0, 0, 0, -1, 0), **profile})
 
 
 # --- opening ---------------------------------------------------------------------------------------------

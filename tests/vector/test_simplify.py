@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 import shapely
+from helpers import write_geotiff
 from pyogrio import raw
 from rasterio.transform import from_origin
 from scipy import ndimage
@@ -22,14 +23,8 @@ MINIMUMS = ({}, {"min_area": 500.0}, {"min_pixels": 12})
 
 
 def write_map(path: Path, classes: np.ndarray, nodata: int | None = 255) -> Path:
-    height, width = classes.shape
     transform = from_origin(500000, 5800000, PIXEL, PIXEL)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=width, height=height, count=1, dtype="uint8", crs="EPSG:32633",
-        transform=transform, nodata=nodata,
-    ) as dst:  # fmt: skip
-        dst.write(classes[None])
-    return path
+    return write_geotiff(path, classes, dtype="uint8", transform=transform, nodata=nodata)
 
 
 def random_map(shape: tuple[int, int], classes: int, seed: int, nodata: float) -> np.ndarray:
