@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
     sys.platform == "win32", reason="Windows has no fcntl: outputs are not locked"
 )
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 WORK, LOCK = ".out.tif.geoseg-work", ".out.tif.geoseg-lock"
 
 # predict_scene in a fresh interpreter, as another `geoseg predict` would run; at its first progress report
