@@ -74,6 +74,20 @@ def _pipe(renderer: str) -> str:
     )
 
 
+# What QGIS writes between a raster renderer's tag and its palette or shader (no stretch: values are classes)
+_RASTER_HEADER = (
+    "      <rasterTransparency/>\n"
+    "      <minMaxOrigin>\n"
+    "        <limits>None</limits>\n"
+    "        <extent>WholeRaster</extent>\n"
+    "        <statAccuracy>Estimated</statAccuracy>\n"
+    "        <cumulativeCutLower>0.02</cumulativeCutLower>\n"
+    "        <cumulativeCutUpper>0.98</cumulativeCutUpper>\n"
+    "        <stdDevFactor>2</stdDevFactor>\n"
+    "      </minMaxOrigin>\n"
+)
+
+
 def class_raster_qml(classes: Sequence[ClassInfo]) -> str:
     """A paletted renderer listing exactly ``classes`` (value = index); nodata (255) has no entry and is
     transparent, as is every other value outside the classes."""
@@ -84,15 +98,7 @@ def class_raster_qml(classes: Sequence[ClassInfo]) -> str:
     )
     renderer = (
         '    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">\n'
-        "      <rasterTransparency/>\n"
-        "      <minMaxOrigin>\n"
-        "        <limits>None</limits>\n"
-        "        <extent>WholeRaster</extent>\n"
-        "        <statAccuracy>Estimated</statAccuracy>\n"
-        "        <cumulativeCutLower>0.02</cumulativeCutLower>\n"
-        "        <cumulativeCutUpper>0.98</cumulativeCutUpper>\n"
-        "        <stdDevFactor>2</stdDevFactor>\n"
-        "      </minMaxOrigin>\n"
+        f"{_RASTER_HEADER}"
         f"      <colorPalette>\n{entries}      </colorPalette>\n"
         "    </rasterrenderer>\n"
     )
@@ -112,15 +118,7 @@ def confidence_qml() -> str:
     renderer = (
         '    <rasterrenderer type="singlebandpseudocolor" band="1" opacity="1" alphaBand="-1" nodataColor=""'
         ' classificationMin="0" classificationMax="255">\n'
-        "      <rasterTransparency/>\n"
-        "      <minMaxOrigin>\n"
-        "        <limits>None</limits>\n"
-        "        <extent>WholeRaster</extent>\n"
-        "        <statAccuracy>Estimated</statAccuracy>\n"
-        "        <cumulativeCutLower>0.02</cumulativeCutLower>\n"
-        "        <cumulativeCutUpper>0.98</cumulativeCutUpper>\n"
-        "        <stdDevFactor>2</stdDevFactor>\n"
-        "      </minMaxOrigin>\n"
+        f"{_RASTER_HEADER}"
         "      <rastershader>\n"
         '        <colorrampshader colorRampType="INTERPOLATED" classificationMode="1" clip="0"'
         ' minimumValue="0" maximumValue="255" labelPrecision="0">\n'

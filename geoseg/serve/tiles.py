@@ -105,37 +105,30 @@ def classes_tile(
         with memory.open(**profile) as dataset:
             dataset.write(classes, 1)
         with memory.open() as dataset, Reader(None, dataset=dataset) as reader:
-            try:
-                image = reader.tile(
-                    x,
-                    y,
-                    z,
-                    tilesize=TILE,
-                    resampling_method="nearest",
-                    reproject_method="nearest",
-                    vrt_options=EXACT,
-                )
-            except TileOutsideBounds:
-                return empty_tile()
-    return image.render(img_format="PNG", colormap=colormap)
+            return _nearest_tile(reader, z, x, y, colormap)
 
 
 def classes_file_tile(path: str, z: int, x: int, y: int, colormap: dict) -> bytes:
     """A tile of a finished class raster (nearest neighbour; its no-data transparent)."""
     with Reader(path) as reader:
-        try:
-            image = reader.tile(
-                x,
-                y,
-                z,
-                tilesize=TILE,
-                indexes=1,
-                resampling_method="nearest",
-                reproject_method="nearest",
-                vrt_options=EXACT,
-            )
-        except TileOutsideBounds:
-            return empty_tile()
+        return _nearest_tile(reader, z, x, y, colormap)
+
+
+def _nearest_tile(reader: Reader, z: int, x: int, y: int, colormap: dict) -> bytes:
+    """Band 1 of ``reader`` as tile z/x/y warped exactly by nearest neighbour, in ``colormap``'s colours."""
+    try:
+        image = reader.tile(
+            x,
+            y,
+            z,
+            tilesize=TILE,
+            indexes=1,
+            resampling_method="nearest",
+            reproject_method="nearest",
+            vrt_options=EXACT,
+        )
+    except TileOutsideBounds:
+        return empty_tile()
     return image.render(img_format="PNG", colormap=colormap)
 
 
