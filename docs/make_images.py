@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -52,14 +53,24 @@ def read_scene(size: int) -> np.ndarray:
     return np.moveaxis(pixels, 0, -1)
 
 
-def save_small_png(rgb: np.ndarray, path: Path) -> None:
-    """Write an RGB(A) array as a 256-colour palette PNG (a photo as plain RGB PNG would be ~1 MB)."""
-    image = Image.fromarray(rgb)
-    if image.mode == "RGBA":
-        image = image.convert("RGB")
-    image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-        path, optimize=True
+def save_small_png(rgb: np.ndarray, path: Path, keep: Sequence[Sequence[int]] = ()) -> None:
+    """Write an RGB(A) array as a 256-colour palette PNG (a photo as plain RGB PNG would be ~1 MB). The
+    colours in ``keep`` (the classes') get palette entries of their own, so legend swatches stay exactly the
+    class colours: an adaptive palette alone turned the small red swatch of "building" brown."""
+    rgb = np.ascontiguousarray(np.asarray(rgb)[..., :3])
+    kept = [tuple(int(v) for v in color) for color in dict.fromkeys(tuple(c) for c in keep)]
+    adaptive = Image.fromarray(rgb).quantize(
+        colors=256 - len(kept), method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE
     )
+    indexes = np.asarray(adaptive).copy()
+    palette = adaptive.getpalette()[: 3 * (256 - len(kept))]
+    palette += [0] * (3 * (256 - len(kept)) - len(palette))
+    for offset, color in enumerate(kept):
+        indexes[np.all(rgb == color, axis=-1)] = 256 - len(kept) + offset
+        palette += list(color)
+    image = Image.fromarray(indexes, mode="P")
+    image.putpalette(palette)
+    image.save(path, optimize=True)
     print(f"wrote {path.relative_to(REPO)} ({path.stat().st_size // 1024} KB)")
 
 
@@ -116,7 +127,7 @@ def draw_polygons(polygons: Path, classes: Path, path: Path) -> None:
         frameon=False,
         fontsize=10,
     )
-    save_small_png(figure_to_array(figure), path)
+    save_small_png(figure_to_array(figure), path, keep=[info.color for info in infos])
 
 
 def main() -> None:
@@ -130,7 +141,10 @@ def main() -> None:
     geoseg("quicklook", classes, "-o", WORK / "classes.png", "--over", SCENE, "--max-size", 900)
 
     save_small_png(read_scene(SIZE), IMAGES / "scene.png")
-    save_small_png(np.asarray(Image.open(WORK / "classes.png").convert("RGB")), IMAGES / "classes.png")
+    with rasterio.open(classes) as src:
+        class_colors = [info.color for info in read_classes(src)]
+    classes_png = np.asarray(Image.open(WORK / "classes.png").convert("RGB"))
+    save_small_png(classes_png, IMAGES / "classes.png", keep=class_colors)
     draw_polygons(polygons, classes, IMAGES / "polygons.png")
 
 
