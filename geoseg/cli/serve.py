@@ -10,6 +10,7 @@ from geoseg.cli.options import (
     card_option,
     check_tiling,
     device_option,
+    engine_option,
     model_option,
     overlap_option,
     precision_option,
@@ -38,6 +39,7 @@ from geoseg.cli.options import (
 @batch_size_option
 @device_option
 @precision_option
+@engine_option
 @tta_option
 @bands_option
 @scale_option
@@ -61,6 +63,7 @@ def serve(
     batch_size: int | str,
     device: str,
     precision: str,
+    engine: str,
     tta: str,
     bands: list[int] | None,
     scale,
@@ -108,6 +111,7 @@ def serve(
         device=device,
         precision=precision,
         batch_size=batch_size,
+        engine=engine,
     )
     try:
         sock = bind(host, port)

@@ -34,7 +34,7 @@ from geoseg.model.loading import load_model, model_digest
 from geoseg.stac.items import is_stac_item, item_scene
 
 
-def _engine_network(
+def engine_network(
     network: torch.nn.Module,
     card: ModelCard,
     source: ModelSource,
@@ -164,7 +164,7 @@ def iter_predict(
         scenes.append((source, paths, plan))
 
     planned = [p for _, _, p in scenes if isinstance(p, ScenePlan)]
-    network, model_source, prepared_s = _engine_network(
+    network, model_source, prepared_s = engine_network(
         network, model_card, model_source, runtime, options, planned, status
     )
     total = sum(p.grid.num_tiles for _, _, p in scenes if isinstance(p, ScenePlan))

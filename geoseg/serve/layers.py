@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 
 import torch
 from affine import Affine
 
-from geoseg.errors import ConfigurationError
+from geoseg.errors import ConfigurationError, GeosegWarning
 from geoseg.inference.plan import plan_scene
 from geoseg.raster.classes import class_colormap, read_class_names
 from geoseg.raster.reading import Scale, open_raster
@@ -163,6 +164,19 @@ class Layers:
         return self.queue.want(layer.cache, regions, ticket)
 
 
+def _hint_overviews(path: str, source: str) -> None:
+    """One warning line for a large scene without overviews: zoomed-out image tiles then read it at full
+    resolution (slow), which GDAL's ``gdaladdo`` fixes once."""
+    with open_raster(path) as dataset:
+        if not dataset.overviews(1) and max(dataset.width, dataset.height) > 4 * tiles.TILE * 4:
+            warnings.warn(
+                f"{source}: no overviews, so zoomed-out image tiles read it at full resolution "
+                f"(add them once with: gdaladdo {source})",
+                GeosegWarning,
+                stacklevel=2,
+            )
+
+
 def is_class_raster(path: str) -> bool:
     """A class map (geoseg predict's: one uint8 band named by class names), served without a model."""
     with open_raster(path) as dataset:
@@ -184,14 +198,20 @@ def open_layers(
     device: str | torch.device = "auto",
     precision: str = "auto",
     batch_size: int | str = "auto",
+    engine: str = "auto",
 ) -> Layers:
     """Check and open every input before a server starts (predict's one-line errors for a scene the model
     cannot read); scenes get an image and a classes layer whose regions go to the work folder of
     ``outputs`` (default ``<stem>.classes.tif`` in the current folder: what ``predict -o`` names), class
-    rasters a classes layer. The model is loaded once, and only when a scene needs it."""
+    rasters a classes layer. The model is loaded once, and only when a scene needs it; it runs in the engine
+    ``predict`` would choose (:func:`~geoseg.inference.batch.engine_network`), so a later ``predict --resume``
+    finds the regions computed by the same network at the same precision."""
+    from geoseg.export.cpu_engine import resolve_engine
+    from geoseg.inference.batch import engine_network
     from geoseg.inference.executors import LocalExecutor
     from geoseg.inference.options import PredictOptions
-    from geoseg.inference.scene import resolve_options
+    from geoseg.inference.scene import ran_precision, resolve_options
+    from geoseg.inference.tasks import ModelSource
     from geoseg.model.loading import load_model, model_digest
 
     if not inputs:
@@ -209,15 +229,32 @@ def open_layers(
     names = _layer_names(inputs)
     scenes = [i for i in inputs if not is_class_raster(i)]
     network = executor = options = None
+    plans = {}
     if scenes:
         if isinstance(model, torch.nn.Module):
             network, model_card = model, card
         else:
             network, model_card = load_model(model, preset, card)
         predict = PredictOptions(
-            tile=tile, batch_size=batch_size, device=device, precision=precision, tta=tta
+            tile=tile, batch_size=batch_size, device=device, precision=precision, tta=tta, engine=engine
         )
-        options = ComputeOptions(model_digest(network), resolve_options(predict, model_card))
+        resolved = resolve_options(predict, model_card)
+        runtime = resolve_engine(engine, precision, resolved.device, network)
+        plans = {
+            source: plan_scene(model_card, source, tile=tile, overlap=overlap, bands=bands, scale=scale)
+            for source in scenes
+        }
+        network, _, _ = engine_network(
+            network,
+            model_card,
+            ModelSource(model_digest(network)),
+            runtime,
+            predict,
+            list(plans.values()),
+            None,
+        )
+        resolved = replace(resolved, precision=ran_precision(network, resolved.precision))
+        options = ComputeOptions(model_digest(network), resolved)
     layers: dict[str, Layer] = {}
     caches: list[RegionCache] = []
     try:
@@ -225,7 +262,7 @@ def open_layers(
             if source not in scenes:
                 layers[f"{name}classes"] = _classes_file(f"{name}classes", source)
                 continue
-            plan = plan_scene(model_card, source, tile=tile, overlap=overlap, bands=bands, scale=scale)
+            plan = plans[source]
             georef = plan.georef
             if georef.get("crs") is None or georef.get("transform") is None or georef.get("gcps"):
                 raise ConfigurationError(
@@ -234,6 +271,7 @@ def open_layers(
             common = dict(
                 crs=georef["crs"], transform=georef["transform"], width=plan.width, height=plan.height
             )
+            _hint_overviews(plan.path, source)
             layers[f"{name}image"] = ImageLayer(
                 f"{name}image",
                 f"{PurePath(source).name} (image)",

@@ -46,8 +46,9 @@ def serve(layers: Layers, sock: socket.socket, ready: Callable[[], None] | None 
     """Answer requests on ``sock`` until stopped (Ctrl-C, SIGTERM); then close ``layers``."""
     from rio_tiler.errors import NoOverviewWarning
 
-    # once, not at every tile: a scene without overviews is read at full resolution at coarse zooms
-    warnings.filterwarnings("once", category=NoOverviewWarning)
+    # open_layers says it once per scene; rio-tiler would say it at every image tile (a "once" filter did
+    # not hold it back: it printed 15 lines for one page view)
+    warnings.filterwarnings("ignore", category=NoOverviewWarning)
     server = make_server(layers)
     try:
         if ready is not None:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import CARD, PixelNet, write_scene
+from helpers import CARD, PixelNet, write_scene, write_small_checkpoint
 from rasterio.io import MemoryFile
 
 import geoseg.inference.plan as planning
@@ -204,6 +204,33 @@ def test_predict_resume_after_serving_computes_only_the_regions_the_browser_has_
     with rasterio.open(output) as dataset:
         np.testing.assert_array_equal(dataset.read(1), reference)
     assert not work.exists()
+
+
+@pytest.mark.slow  # a small MANet through onnxruntime over 1300 x 1100 px: ~30 s on two loaded cores
+def test_a_checkpoint_is_served_by_the_engine_predict_chooses_so_resume_reuses_its_regions(
+    scene, tmp_path, monkeypatch
+):
+    """Before: serve ran the network in torch while predict's auto engine (onnxruntime on the CPU) ran its
+    export, so ``predict --resume`` refused the browser's regions ("the model changed")."""
+    from geoseg.inference.batch import predict
+
+    checkpoint = write_small_checkpoint(tmp_path / "net.safetensors")
+    output = tmp_path / "out.tif"
+    layers = open_layers([str(scene)], model=checkpoint, outputs=[output], device="cpu")
+    server = Server(layers)
+    try:
+        server.get("/tiles/classes/{}/{}/{}.png".format(*_tile_of(100, 100, _native_zoom())))
+        assert layers.layers["classes"].cache.done == {0}
+    finally:
+        server.stop()
+    computed = []
+    run_region = stream.run_region
+    monkeypatch.setattr(
+        stream, "run_region", lambda *a, **k: computed.append(a[3].index) or run_region(*a, **k)
+    )
+    [result] = predict([str(scene)], output, model=checkpoint, device="cpu", resume=True)
+    assert (result.engine, result.precision) == ("onnxruntime", "fp32")
+    assert computed == [1, 2, 3, 4, 5]  # region 0 came from the browser's request
 
 
 def _lonlat(row: float, col: float) -> tuple[float, float]:
