@@ -113,7 +113,7 @@ def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4
             stderr=subprocess.PIPE,
             text=True,
         )
-        watchdog = threading.Timer(120, process.kill)  # a Chromium that hangs before writing: stopped
+        watchdog = threading.Timer(300, process.kill)  # a Chromium that hangs before writing: stopped
         watchdog.start()
         try:
             # Chromium sometimes hangs on its way out after writing the file: stop it once it is written.

@@ -46,8 +46,10 @@ def crop(shared_data):
 
 
 @pytest.fixture
-def exports(monkeypatch):
-    """Counts the network exports: a cache hit makes none."""
+def exports(monkeypatch, tmp_path_factory):
+    """Counts the network exports into a cache of this test's own (a hit makes none; the session's cache may
+    already hold an export of the same model from another test)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
     count = [0]
     original = geoseg.export.exporter.export_program
 
