@@ -5,7 +5,8 @@ Prints, per tile size, the median seconds per batch of the plain and the folded 
 (plain ÷ folded: above 1 the fold pays), by the wall clock and by CPU time (on a shared machine, with
 ``--threads 1``, CPU time is the steadier), and the largest logit difference relative to the logits' range.
 Float32 and the contiguous layout unless asked (``--bf16`` autocast, ``--channels-last``); random inputs
-(speed does not depend on the pixels; ``tests/inference/test_acceleration.py`` checks the classes on real tiles).
+(speed does not depend on the pixels; ``tests/inference/test_acceleration.py`` checks the classes on real
+tiles).
 
     .venv/bin/python benchmarks/conv_bn_folding.py
     .venv/bin/python benchmarks/conv_bn_folding.py --architecture macunet --sizes 256 --rounds 5
