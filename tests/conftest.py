@@ -75,9 +75,10 @@ def export_cache(tmp_path_factory):
 @pytest.fixture
 def make_geotiff(tmp_path) -> Callable[..., Path]:
     """The one GeoTIFF factory (rio-tiler's pattern): ``make_geotiff("a.tif", data, crs=..., transform=...,
-    nodata=..., mask=..., dtype=..., colorinterp=..., **creation_options)`` writes ``data`` ((C, H, W) or
+    nodata=..., mask=..., classes=..., tags=..., **creation_options)`` writes ``data`` ((C, H, W) or
     (H, W)) under ``tmp_path`` (or at an absolute path) on the test grid unless told otherwise, and returns
-    the path. Module helpers that need no fixture call :func:`helpers.write_geotiff`, the same writer."""
+    the path; :func:`helpers.write_geotiff` lists the options. Module helpers that need no fixture call
+    that function, the same writer."""
     from helpers import write_geotiff
 
     def make(name: str | Path, data, **options) -> Path:

@@ -102,11 +102,7 @@ def write_scene(
     """Write seeded random values 0..255 as a GeoTIFF (``profile`` adds crs, transform, nodata...) and return
     them; ``mask`` (255 valid, 0 not) becomes the internal per-dataset mask."""
     data = np.random.default_rng(seed).integers(0, 256, (count, height, width)).astype(dtype)
-    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=dtype, **profile)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **base) as dst:
-        dst.write(data)
-        if mask is not None:
-            dst.write_mask(mask)
+    write_geotiff(path, data, mask=mask, **{"crs": None, "transform": None, **profile})
     return data
 
 
@@ -285,11 +281,22 @@ def write_geotiff(
     dtype=None,
     colorinterp=None,
     mask=None,
+    internal_mask=True,
+    classes=None,
+    colormap=None,
+    tags=None,
+    descriptions=None,
+    scales=None,
+    offsets=None,
     **profile,
 ) -> Path:
     """A raster of ``data`` ((C, H, W) or (H, W)) on the test grid unless ``crs``/``transform`` say otherwise
-    (``None``: not georeferenced); ``mask`` (H, W) as an internal mask; ``profile`` adds creation options or
-    another ``driver``."""
+    (``None``: not georeferenced); ``profile`` adds creation options, GCPs/RPCs or another ``driver``.
+
+    What other tools store beside the pixels: ``mask`` (H, W) as an internal mask (``internal_mask=False``: a
+    .msk side-car); ``classes`` ``(names, colours)`` as geoseg predict stores them
+    (:func:`~geoseg.raster.classes.write_class_metadata`); ``colormap`` a band 1 colour table of another tool;
+    ``tags`` dataset tags; ``descriptions``, ``scales``, ``offsets`` per band."""
     data = np.asarray(data)
     if data.ndim == 2:
         data = data[None]
@@ -301,10 +308,22 @@ def write_geotiff(
         {k: v for k, v in {"crs": crs, "transform": transform, "nodata": nodata}.items() if v is not None}
     )
     base.update(profile)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **base) as dst:
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=internal_mask), rasterio.open(path, "w", **base) as dst:
         dst.write(data)
         if colorinterp:
             dst.colorinterp = colorinterp
+        if classes is not None:
+            write_class_metadata(dst, *classes)
+        if colormap is not None:
+            dst.write_colormap(1, colormap)
+        if tags:
+            dst.update_tags(**tags)
+        for band, text in enumerate(descriptions or [], start=1):
+            dst.set_band_description(band, text)
+        if scales is not None:
+            dst.scales = scales
+        if offsets is not None:
+            dst.offsets = offsets
         if mask is not None:
             dst.write_mask(mask)
     return path

@@ -16,7 +16,6 @@ from geoseg.evaluation import evaluate, write_confusion_csv
 from geoseg.labels import IGNORE
 from geoseg.labels.raster import LabelEncoding, decode_labels
 from geoseg.model.presets import preset_card
-from geoseg.raster.classes import write_class_metadata
 
 TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]], dtype=np.uint8)
 PREDICTION = np.array([[0, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2], [2, 2, 2, 1]], dtype=np.uint8)
@@ -24,22 +23,9 @@ CRS = "EPSG:32633"
 TRANSFORM = from_origin(366976.5, 5808562.6, 0.05, 0.05)
 
 
-def write(path, data, *, crs=CRS, transform=TRANSFORM, nodata=None, names=None, colors=None):
-    data = np.asarray(data)
-    if data.ndim == 2:
-        data = data[None]
-    profile = dict(
-        driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0], dtype=data.dtype
-    )
-    if crs:
-        profile.update(crs=crs, transform=transform)
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if names:
-            write_class_metadata(dst, names, colors)
-    return str(path)
+def write(path, data, *, crs=CRS, transform=TRANSFORM, **options):
+    """``data`` on this module's grid (``crs=None``: not georeferenced); ``options`` as write_geotiff's."""
+    return str(write_geotiff(path, data, crs=crs, transform=transform if crs else None, **options))
 
 
 def test_hand_example_through_rasters_matches_fractions(tmp_path):
@@ -88,7 +74,7 @@ def test_names_and_ignore_index_come_from_the_card_and_excluded_class_leaves_mea
 def test_names_come_from_the_prediction_raster_tag(tmp_path):
     names = ["water", "land", "town"]
     prediction = write(
-        tmp_path / "p.tif", PREDICTION, names=names, colors=[(0, 0, 255), (0, 255, 0), (255, 0, 0)]
+        tmp_path / "p.tif", PREDICTION, classes=(names, [(0, 0, 255), (0, 255, 0), (255, 0, 0)])
     )
     result = evaluate(prediction, write(tmp_path / "t.tif", TRUTH))
     assert [c.name for c in result.per_class] == names
@@ -140,7 +126,7 @@ def test_truth_value_outside_the_classes_suggests_the_label_offset(tmp_path):
 
 def test_class_count_comes_from_the_names_on_the_prediction(tmp_path):
     prediction = write(
-        tmp_path / "p.tif", PREDICTION, names=["a", "b", "c"], colors=[(1, 1, 1), (2, 2, 2), (3, 3, 3)]
+        tmp_path / "p.tif", PREDICTION, classes=(["a", "b", "c"], [(1, 1, 1), (2, 2, 2), (3, 3, 3)])
     )
     with pytest.raises(
         InputError, match=r"t\.tif: 8 label pixels hold value\(s\) 3 that lie outside the 3 classes"
@@ -232,7 +218,7 @@ def test_real_loveda_labels_decode_to_the_published_class_counts(shared_data, tm
 def test_prediction_naming_other_classes_than_the_preset_is_refused_not_scored(tmp_path):
     loveda = preset_card("loveda")  # seven classes: background, building, road, ...
     prediction = write(
-        tmp_path / "p.tif", PREDICTION, names=loveda.class_names, colors=[c.color for c in loveda.classes]
+        tmp_path / "p.tif", PREDICTION, classes=(loveda.class_names, [c.color for c in loveda.classes])
     )
     truth = write(tmp_path / "t.tif", TRUTH)
     with pytest.raises(InputError, match=r"p\.tif: its 7 classes \(background, building, road.*not the 6"):
@@ -248,13 +234,9 @@ def test_palette_truth_in_its_own_colour_order_is_decoded_by_colour_not_by_store
     order = [5, 2, 0, 1, 3, 4]  # stored value k holds class order[k]
     stored = np.array([order.index(v) for v in TRUTH.ravel()], dtype=np.uint8).reshape(TRUTH.shape)
     stored[0, 0] = 9  # a black entry: ignored, as in colour labels
-    path = tmp_path / "palette.tif"
-    with rasterio.open(
-        path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs=CRS, transform=TRANSFORM
-    ) as dst:
-        dst.write(stored, 1)
-        dst.write_colormap(1, {k: (*colors[order[k]], 255) if k < 6 else (0, 0, 0, 255) for k in range(256)})
-    result = evaluate(write(tmp_path / "p.tif", PREDICTION), str(path), preset="potsdam")
+    table = {k: (*colors[order[k]], 255) if k < 6 else (0, 0, 0, 255) for k in range(256)}
+    path = write(tmp_path / "palette.tif", stored, colormap=table)
+    result = evaluate(write(tmp_path / "p.tif", PREDICTION), path, preset="potsdam")
     assert result.confusion[:3, :3].tolist() == [[2, 1, 0], [0, 3, 1], [1, 1, 6]]
     assert result.pixels_evaluated == 15 and result.pixels_ignored == 1
 
@@ -262,8 +244,8 @@ def test_palette_truth_in_its_own_colour_order_is_decoded_by_colour_not_by_store
 def test_class_raster_with_geoseg_colour_table_as_truth_is_still_read_by_index(tmp_path):
     card = preset_card("uavid")  # its clutter class is black, as the unused colour-table entries
     colors = [tuple(c.color) for c in card.classes]
-    truth = write(tmp_path / "t.tif", TRUTH, nodata=255, names=card.class_names, colors=colors)
-    prediction = write(tmp_path / "p.tif", PREDICTION, names=card.class_names, colors=colors)
+    truth = write(tmp_path / "t.tif", TRUTH, nodata=255, classes=(card.class_names, colors))
+    prediction = write(tmp_path / "p.tif", PREDICTION, classes=(card.class_names, colors))
     result = evaluate(prediction, truth, preset="uavid")
     assert result.confusion[:3, :3].tolist() == [[3, 1, 0], [0, 3, 1], [1, 1, 6]]
 
@@ -282,11 +264,7 @@ def test_areas_are_true_areas_on_the_ellipsoid_and_weight_the_overall_accuracy(t
     transform = Affine(1.0, 0, 10.0, 0, -1.0, 64.0)
     paths = []
     for name, data in (("p.tif", predicted), ("t.tif", truth)):
-        profile = dict(driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs="EPSG:4326",
-                       transform=transform)  # fmt: skip
-        with rasterio.open(tmp_path / name, "w", **profile) as dst:
-            dst.write(data[None])
-        paths.append(tmp_path / name)
+        paths.append(write_geotiff(tmp_path / name, data, crs="EPSG:4326", transform=transform))
     result = evaluate(*paths)
     areas = result.to_dict()["areas"]
     ground = GroundArea(rasterio.crs.CRS.from_epsg(4326), transform, 4, 4)

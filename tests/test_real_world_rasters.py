@@ -19,7 +19,7 @@ import shapely
 import torch
 from affine import Affine
 from click.testing import CliRunner
-from helpers import CARD, PixelNet
+from helpers import CARD, PixelNet, write_geotiff
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 
@@ -48,21 +48,10 @@ def image(seed: int = 0, height: int = HEIGHT, width: int = WIDTH) -> np.ndarray
     return np.random.default_rng(seed).integers(0, 256, (3, height, width)).astype(np.uint8)
 
 
-def write(path, data: np.ndarray, *, colorinterp=None, tags=None, scales=None, offsets=None, **profile):
-    count, height, width = data.shape
-    base = dict(driver="GTiff", width=width, height=height, count=count, dtype=data.dtype.name)
-    base.setdefault("crs", UTM)
-    base.setdefault("transform", NORTH_UP)
-    base.update(profile)
-    with rasterio.open(path, "w", **base) as dst:
-        dst.write(data)
-        if colorinterp:
-            dst.colorinterp = colorinterp
-        if tags:
-            dst.update_tags(**tags)
-        if scales:
-            dst.scales, dst.offsets = scales, offsets or [0.0] * count
-    return path
+def write(path, data: np.ndarray, *, crs=UTM, transform=NORTH_UP, **options):
+    """``data`` (C, H, W) on this module's grid unless ``crs``/``transform`` say otherwise; ``options``
+    (colorinterp, tags, scales, offsets, nodata, creation options) as write_geotiff's."""
+    return write_geotiff(path, data, crs=crs, transform=transform, **options)
 
 
 def run_predict(source, output, **options) -> np.ndarray:
@@ -455,13 +444,9 @@ def test_vectorize_of_a_crs_without_geotransform_keeps_pixel_coordinates_without
     with 'true' areas of a place they are not."""
     labels = np.zeros((1, 12, 20), np.uint8)
     labels[0, 3:10, 5:17] = 1
-    path = tmp_path / "labels.tif"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(
-            path, "w", driver="GTiff", width=20, height=12, count=1, dtype="uint8", crs=UTM
-        ) as dst:
-            dst.write(labels)
+        path = write(tmp_path / "labels.tif", labels, transform=None)
     polygons = tmp_path / "labels.gpkg"
 
     with pytest.warns(GeosegWarning) as caught:
@@ -490,15 +475,8 @@ def test_evaluate_does_not_score_pixels_an_internal_mask_leaves_out(tmp_path, ma
     prediction = np.ones((1, 10, 10), np.uint8)
     mask = np.full((10, 10), 255, np.uint8)
     mask[:, :5] = 0
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-        for name, values in (("truth", truth), ("prediction", prediction)):
-            with rasterio.open(
-                tmp_path / f"{name}.tif", "w", driver="GTiff", width=10, height=10, count=1, dtype="uint8",
-                crs=UTM, transform=NORTH_UP,
-            ) as dst:  # fmt: skip
-                dst.write(values)
-                if name == masked:
-                    dst.write_mask(mask)
+    for name, values in (("truth", truth), ("prediction", prediction)):
+        write(tmp_path / f"{name}.tif", values, mask=mask if name == masked else None)
 
     result = evaluate(tmp_path / "prediction.tif", tmp_path / "truth.tif").to_dict()
 

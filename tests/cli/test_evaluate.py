@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
+from affine import Affine
 from click.testing import CliRunner
 from helpers import classes_and_transparency, write_geotiff
 
@@ -28,8 +28,13 @@ TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]], dtype
 PREDICTION = np.array([[0, 1, 1, 1], [0, 0, 1, 2], [2, 2, 0, 2], [2, 2, 2, 1]], dtype=np.uint8)
 
 
-def write(path, data):
-    return str(write_geotiff(path, data, crs=None, transform=None))
+def write(path, data, crs=None, transform=None, **options) -> str:
+    """``data`` not georeferenced unless ``crs`` and ``transform`` place it; ``options``: write_geotiff's."""
+    return str(write_geotiff(path, data, crs=crs, transform=transform, **options))
+
+
+# a 1 m grid in the Dutch national CRS, where the truth polygons of _truth_polygons lie
+AMERSFOORT = {"crs": "EPSG:28992", "transform": Affine(1, 0, 1000, 0, -1, 2000)}
 
 
 @pytest.fixture()
@@ -114,22 +119,12 @@ def test_preset_and_card_together_are_a_usage_error(rasters, tmp_path):
     assert "either --preset or --card" in result.output
 
 
-def write_placed(path, data, crs, transform):
-    with rasterio.open(
-        path, "w", driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs=crs, transform=transform
-    ) as dst:
-        dst.write(data[None])
-    return str(path)
-
-
 def test_truth_shifted_by_one_pixel_of_a_fine_degree_grid_is_refused(tmp_path):
     from rasterio.transform import from_origin
 
     pixel = 9e-7  # ~0.1 m at the equator: one whole pixel is far below any absolute tolerance in degrees
-    prediction = write_placed(
-        tmp_path / "p.tif", PREDICTION, "EPSG:4326", from_origin(5.0, 52.0, pixel, pixel)
-    )
-    truth = write_placed(tmp_path / "t.tif", TRUTH, "EPSG:4326", from_origin(5.0, 52.0 + pixel, pixel, pixel))
+    prediction = write(tmp_path / "p.tif", PREDICTION, "EPSG:4326", from_origin(5.0, 52.0, pixel, pixel))
+    truth = write(tmp_path / "t.tif", TRUTH, "EPSG:4326", from_origin(5.0, 52.0 + pixel, pixel, pixel))
     result = run(prediction, truth)
     assert result.exit_code == 1
     assert result.output.startswith("Error: ")
@@ -144,8 +139,8 @@ def test_truth_in_the_same_crs_written_by_another_tool_is_accepted(tmp_path):
 
     transform = from_origin(500000.0, 5800000.0, 0.5, 0.5)
     esri = CRS.from_wkt(ProjCRS.from_epsg(32631).to_wkt("WKT1_ESRI"))  # no EPSG code, other names
-    prediction = write_placed(tmp_path / "p.tif", PREDICTION, "EPSG:32631", transform)
-    truth = write_placed(tmp_path / "t.tif", TRUTH, esri, transform)
+    prediction = write(tmp_path / "p.tif", PREDICTION, "EPSG:32631", transform)
+    truth = write(tmp_path / "t.tif", TRUTH, esri, transform)
     result = run(prediction, truth, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["pixels_evaluated"] == 16
@@ -158,16 +153,6 @@ def test_confusion_csv_onto_an_input_raster_is_refused_and_the_input_kept(raster
     assert result.exit_code == 1
     assert "is also an input of this command" in result.output
     assert Path(prediction).read_bytes() == before
-
-
-def _georeferenced(path, data):
-    from affine import Affine
-
-    profile = dict(driver="GTiff", width=4, height=4, count=1, dtype="uint8", crs="EPSG:28992",
-                   transform=Affine(1, 0, 1000, 0, -1, 2000))  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(np.asarray(data, dtype=np.uint8)[None])
-    return str(path)
 
 
 def _truth_polygons(path, crs="EPSG:28992"):
@@ -187,8 +172,8 @@ def _truth_polygons(path, crs="EPSG:28992"):
 
 
 def test_truth_polygons_score_as_the_truth_raster(tmp_path):
-    prediction = _georeferenced(tmp_path / "p.tif", PREDICTION)
-    truth = _georeferenced(tmp_path / "t.tif", TRUTH)
+    prediction = write(tmp_path / "p.tif", PREDICTION, **AMERSFOORT)
+    truth = write(tmp_path / "t.tif", TRUTH, **AMERSFOORT)
     polygons = _truth_polygons(tmp_path / "truth.gpkg")
     from_raster = json.loads(run(prediction, truth, "--json").output)
     result = run(prediction, polygons, "--class-field", "klasse", "--class-map", "A=0,b=1,C=2", "--json")
@@ -199,7 +184,7 @@ def test_truth_polygons_score_as_the_truth_raster(tmp_path):
 
 
 def test_truth_polygons_need_their_class_field_and_name_the_missing_one(tmp_path):
-    prediction = _georeferenced(tmp_path / "p.tif", PREDICTION)
+    prediction = write(tmp_path / "p.tif", PREDICTION, **AMERSFOORT)
     polygons = _truth_polygons(tmp_path / "truth.gpkg")
     result = run(prediction, polygons)
     assert result.exit_code == 2 and "name its class column with --class-field" in result.output
@@ -218,8 +203,8 @@ def test_errors_are_written_as_polygons_with_both_classes_and_true_areas_largest
     predicted = PREDICTION.copy()
     predicted[1, 3], predicted[2:, :] = 1, 2  # right but for (0, 1): truth 0 mapped as 1
     predicted[2, 2:] = 0  # and two neighbouring pixels of class 2 mapped as 0
-    prediction = _georeferenced(tmp_path / "p.tif", predicted)
-    truth = _georeferenced(tmp_path / "t.tif", TRUTH)
+    prediction = write(tmp_path / "p.tif", predicted, **AMERSFOORT)
+    truth = write(tmp_path / "t.tif", TRUTH, **AMERSFOORT)
     errors = tmp_path / "errors.gpkg"
     result = run(prediction, truth, "--errors", errors, "--json")
     assert result.exit_code == 0, result.output
@@ -248,8 +233,8 @@ def test_truth_whose_datum_is_only_named_differently_is_scored_with_one_warning(
         'PARAMETER["false_easting",500000],PARAMETER["false_northing",0],UNIT["metre",1]]'
     )
     transform = from_origin(500000.0, 5800000.0, 0.5, 0.5)
-    prediction = write_placed(tmp_path / "p.tif", PREDICTION, "EPSG:32632", transform)
-    truth = write_placed(tmp_path / "t.tif", TRUTH, unnamed, transform)
+    prediction = write(tmp_path / "p.tif", PREDICTION, "EPSG:32632", transform)
+    truth = write(tmp_path / "t.tif", TRUTH, unnamed, transform)
     result = run(prediction, truth, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["pixels_evaluated"] == 16
@@ -260,13 +245,8 @@ def test_truth_whose_datum_is_only_named_differently_is_scored_with_one_warning(
 
 
 def _class_map(path, data, names=("water", "building", "tree")):
-    from geoseg.raster.classes import write_class_metadata
-
-    _georeferenced(path, data)
-    with rasterio.open(path, "r+") as dst:
-        dst.nodata = 255
-        write_class_metadata(dst, list(names), [(0, 0, 255), (255, 0, 0), (0, 255, 0)])
-    return str(path)
+    classes = (list(names), [(0, 0, 255), (255, 0, 0), (0, 255, 0)])
+    return write(path, data, nodata=255, classes=classes, **AMERSFOORT)
 
 
 def test_two_maps_compare_as_a_from_to_matrix_in_hectares_and_change_polygons(tmp_path):
@@ -312,7 +292,7 @@ def test_changes_need_two_maps_of_one_class_scheme_and_one_grid(tmp_path):
     assert result.exit_code == 1 and "two maps compare only in one class scheme" in result.output
     assert not (tmp_path / "c.gpkg").exists()
     shifted = tmp_path / "shifted.tif"
-    write_placed(shifted, TRUTH, "EPSG:28992", __import__("affine").Affine(1, 0, 1001, 0, -1, 2000))
+    write(shifted, TRUTH, "EPSG:28992", Affine(1, 0, 1001, 0, -1, 2000))
     result = run(newer, shifted, "--changes", tmp_path / "c.gpkg")
     assert result.exit_code == 1 and not (tmp_path / "c.gpkg").exists()
     result = run(newer, older, "--changes", tmp_path / "c.gpkg", "--errors", tmp_path / "e.gpkg")
@@ -384,8 +364,8 @@ def test_no_styles_writes_review_polygons_without_a_style(tmp_path):
 
 
 def test_a_map_without_colours_writes_error_polygons_without_a_style(tmp_path):
-    prediction = _georeferenced(tmp_path / "p.tif", PREDICTION)
-    truth = _georeferenced(tmp_path / "t.tif", TRUTH)
+    prediction = write(tmp_path / "p.tif", PREDICTION, **AMERSFOORT)
+    truth = write(tmp_path / "t.tif", TRUTH, **AMERSFOORT)
     result = run(prediction, truth, "--errors", tmp_path / "errors.fgb")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["errors.fgb", "p.tif", "t.tif"]

@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pyogrio
 import pytest
-import rasterio
 from click.testing import CliRunner
+from helpers import write_geotiff
 from rasterio.transform import from_origin
 from scipy import ndimage
 
 from geoseg.cli.main import cli
-from geoseg.raster.classes import write_class_metadata
 
 NAMES = ["field", "building", "tree"]
 
@@ -23,24 +22,12 @@ def runner():
     return CliRunner()
 
 
-def write_raster(path, data, names=None, nodata=None):
-    count = 1 if data.ndim == 2 else data.shape[0]
-    with rasterio.open(
-        path,
-        "w",
-        driver="GTiff",
-        width=data.shape[-1],
-        height=data.shape[-2],
-        count=count,
-        dtype=data.dtype,
-        crs="EPSG:32633",
-        transform=from_origin(366976.5, 5808562.6, 0.5, 0.5),
-        nodata=nodata,
-    ) as dst:
-        dst.write(data.reshape(count, *data.shape[-2:]))
-        if names:
-            write_class_metadata(dst, names, [(0, 0, 0)] * len(names))
-    return str(path)
+GRID = {"crs": "EPSG:32633", "transform": from_origin(366976.5, 5808562.6, 0.5, 0.5)}
+
+
+def write_raster(path, data, **options) -> str:
+    """``data`` on a 0.5 m UTM grid; ``options`` as write_geotiff's."""
+    return str(write_geotiff(path, data, **GRID, **options))
 
 
 @pytest.fixture
@@ -49,7 +36,8 @@ def classes_tif(tmp_path):
     smooth = ndimage.gaussian_filter(rng.standard_normal((3, 64, 64)), 2.0, axes=(1, 2))
     classes = smooth.argmax(axis=0).astype(np.uint8)
     classes[:8, :8] = 255
-    return write_raster(tmp_path / "classes.tif", classes, NAMES, nodata=255), classes
+    named = (NAMES, [(0, 0, 0)] * len(NAMES))
+    return write_raster(tmp_path / "classes.tif", classes, classes=named, nodata=255), classes
 
 
 def counts(classes):

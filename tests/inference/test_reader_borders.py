@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import CARD, NeighbourNet, write_scene
+from helpers import CARD, NeighbourNet, write_geotiff, write_scene
 
 import geoseg.inference.plan as planning
 from geoseg.errors import ConfigurationError
@@ -31,20 +31,7 @@ MARGIN = border_margin(CARD.tile_size, CARD.overlap)  # 8 px for tile 64, overla
 def _write(path, data, mask=None, margin=0):
     """``data`` (C, h, w) as a GeoTIFF whose pixel (``margin``, ``margin``) lies on the scene's first."""
     transform = TRANSFORM * Affine.translation(-margin, -margin)
-    profile = dict(
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype="uint8",
-        crs="EPSG:32633",
-        transform=transform,
-    )
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        if mask is not None:
-            dst.write_mask(mask)
-    return path
+    return write_geotiff(path, data, dtype="uint8", crs="EPSG:32633", transform=transform, mask=mask)
 
 
 def _mirrored(data, margin):

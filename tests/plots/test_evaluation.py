@@ -7,10 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-import rasterio
-from affine import Affine
 from click.testing import CliRunner
-from helpers import write_geotiff
+from helpers import UTM, write_geotiff
 from matplotlib import colormaps
 from matplotlib.image import imread
 from PIL import Image
@@ -18,29 +16,18 @@ from PIL import Image
 from geoseg.cli.main import cli
 from geoseg.evaluation import evaluate
 from geoseg.plots.evaluation import plot_evaluation
-from geoseg.raster.classes import write_class_metadata
 
 COLORS = [(230, 25, 75), (0, 130, 200)]
 NAMES = ["building", "water"]
 DARKEST = tuple(round(255 * v) for v in colormaps["Blues"](1.0)[:3])  # a row entirely in one cell
 
 
-def write(path, data, classes=False):
-    profile = dict(
-        driver="GTiff", width=data.shape[1], height=data.shape[0], count=1, dtype="uint8",
-        crs="EPSG:32632", transform=Affine(0.5, 0, 400000, 0, -0.5, 5000000),
-    )  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
-        if classes:
-            write_class_metadata(dst, NAMES, COLORS)
-    return path
-
-
 def pair(tmp_path, name, truth, prediction):
-    return write(tmp_path / f"{name}_pred.tif", prediction, classes=True), write(
-        tmp_path / f"{name}_truth.tif", truth
+    """A prediction naming its classes as geoseg writes them, and a truth without names, on one grid."""
+    named = write_geotiff(
+        tmp_path / f"{name}_pred.tif", prediction, dtype="uint8", classes=(NAMES, COLORS), **UTM
     )
+    return named, write_geotiff(tmp_path / f"{name}_truth.tif", truth, dtype="uint8", **UTM)
 
 
 def pixels_of(path, color) -> int:

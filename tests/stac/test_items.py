@@ -15,7 +15,7 @@ import pytest
 import rasterio
 from affine import Affine
 from click.testing import CliRunner
-from helpers import CARD, PixelNet, write_small_checkpoint
+from helpers import CARD, PixelNet, write_geotiff, write_small_checkpoint
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 
@@ -34,11 +34,6 @@ def checkpoint(tmp_path_factory):
     return write_small_checkpoint(tmp_path_factory.mktemp("model") / "r18.safetensors")
 
 
-def _write(path, data, profile):
-    with rasterio.open(path, "w", **{**profile, "count": data.shape[0]}) as dst:
-        dst.write(data)
-
-
 @pytest.fixture(scope="module")
 def catalogue(tmp_path_factory):
     """Single-band COGs red/green/blue (a crop of the sample orthophoto), the same as one RGB GeoTIFF, and
@@ -46,20 +41,15 @@ def catalogue(tmp_path_factory):
     folder = tmp_path_factory.mktemp("catalogue")
     with rasterio.open(SCENE) as src:
         data = src.read(window=WINDOW)
-        profile = dict(
-            driver="COG",
-            width=96,
-            height=80,
-            dtype="uint8",
-            crs=src.crs,
-            transform=src.window_transform(WINDOW),
-        )
-    _write(folder / "rgb.tif", data, {**profile, "driver": "GTiff"})
+        crs, transform = src.crs, src.window_transform(WINDOW)
+    write_geotiff(folder / "rgb.tif", data, crs=crs, transform=transform)
     (folder / "cogs").mkdir()
     for i, name in enumerate(("red", "green", "blue")):
-        _write(folder / "cogs" / f"{name}.tif", data[i : i + 1], profile)
-    shifted = profile["transform"] * profile["transform"].translation(10, 0)
-    _write(folder / "cogs" / "blue_shifted.tif", data[2:3], {**profile, "transform": shifted})
+        write_geotiff(
+            folder / "cogs" / f"{name}.tif", data[i : i + 1], crs=crs, transform=transform, driver="COG"
+        )
+    shifted = transform * transform.translation(10, 0)
+    write_geotiff(folder / "cogs" / "blue_shifted.tif", data[2:3], crs=crs, transform=shifted, driver="COG")
     order = ("blue", "green", "red")
     v10 = {
         "type": "Feature",
@@ -239,25 +229,10 @@ def _scene(seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(1, 256, (3, HEIGHT, WIDTH)).astype(np.uint8)
 
 
-def _tif(
-    path, data, *, mask=None, side_car=False, nodata=None, interp=None, scales=None, offsets=None, **extra
-):
-    """``data`` (C, H, W) as a GeoTIFF with an internal (or ``side_car``) mask, nodata, colour
-    interpretation, scale and offset; ``extra`` goes to the profile (NBITS...)."""
-    profile = dict(driver="GTiff", width=WIDTH, height=HEIGHT, count=data.shape[0], dtype=data.dtype.name)
-    profile.update(crs=UTM, transform=NORTH_UP, nodata=nodata, **extra)
-    with (
-        rasterio.Env(GDAL_TIFF_INTERNAL_MASK=not side_car),
-        rasterio.open(path, "w", **profile) as dst,
-    ):
-        dst.write(data)
-        if interp:
-            dst.colorinterp = interp
-        if scales:
-            dst.scales, dst.offsets = scales, offsets
-        if mask is not None:
-            dst.write_mask(mask)
-    return path
+def _tif(path, data, *, crs=UTM, transform=NORTH_UP, **options):
+    """``data`` (C, H, W) on this module's grid; ``options`` (mask, internal_mask, nodata, colorinterp,
+    scales, offsets, NBITS...) as write_geotiff's."""
+    return write_geotiff(path, data, crs=crs, transform=transform, **options)
 
 
 def _item(folder, assets, version="1.0", name="item.json", links=()):
@@ -356,13 +331,13 @@ def _alpha_interp(count, first):
 VALIDITY = {
     "internal mask": lambda path, data, names: _tif(path, data, mask=_masked(slice(0, 8))),
     ".msk side-car": lambda path, data, names: _tif(
-        path, data, mask=_masked(cols=slice(0, 7)), side_car=True
+        path, data, mask=_masked(cols=slice(0, 7)), internal_mask=False
     ),
     "alpha band last": lambda path, data, names: _tif(
-        path, _alpha(data, False), interp=_alpha_interp(len(names), False), alpha="YES"
+        path, _alpha(data, False), colorinterp=_alpha_interp(len(names), False), alpha="YES"
     ),
     "alpha band first": lambda path, data, names: _tif(
-        path, _alpha(data, True), interp=_alpha_interp(len(names), True)
+        path, _alpha(data, True), colorinterp=_alpha_interp(len(names), True)
     ),
     "nodata": lambda path, data, names: _tif(path, data, nodata=0),
 }
@@ -434,7 +409,7 @@ def test_an_asset_without_band_metadata_is_read_by_its_colour_interpretation(tmp
     """A BGR file: predict picks its bands by colour interpretation; named with --assets, so does the Item."""
     data = _scene()
     interp = [ColorInterp.blue, ColorInterp.green, ColorInterp.red]
-    direct = _tif(tmp_path / "bgr.tif", data[::-1].copy(), interp=interp)
+    direct = _tif(tmp_path / "bgr.tif", data[::-1].copy(), colorinterp=interp)
     expected = _predict_classes(direct, tmp_path / "direct.tif")
     item = _item(tmp_path, {"image": (direct, None)})
     _assert_same(_predict_classes(item, tmp_path / "item.tif", assets=["image"]), expected)

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import rasterio
 import torch
 from click.testing import CliRunner
 from helpers import POTSDAM_COLORS, PixelNet, classes_and_transparency, expected_scores, write_geotiff
@@ -41,26 +40,10 @@ INVALID = np.zeros((SIZE, SIZE), bool)
 INVALID[:, :24] = True  # the left 24 columns hold no data
 
 
-def geotiff(path, data, *, crs=CRS, transform=TRANSFORM, descriptions=None, **profile):
-    data = data[None] if data.ndim == 2 else data
-    profile = dict(
-        driver="GTiff",
-        width=data.shape[2],
-        height=data.shape[1],
-        count=data.shape[0],
-        dtype=data.dtype,
-        crs=crs,
-        transform=transform,
-        **profile,
-    )
-    mask = profile.pop("mask", None)
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
-        for band, text in enumerate(descriptions or [], start=1):
-            dst.set_band_description(band, text)
-        if mask is not None:
-            dst.write_mask(mask)
-    return path
+def geotiff(path, data, *, crs=CRS, transform=TRANSFORM, **options):
+    """``data`` on this module's grid unless ``crs``/``transform`` say otherwise; ``options`` (``mask``,
+    ``descriptions``, creation options) as write_geotiff's."""
+    return write_geotiff(path, data, crs=crs, transform=transform, **options)
 
 
 def image_data(count=3, dtype="uint8", high=256, seed=0) -> np.ndarray:

@@ -21,7 +21,6 @@ from rasterio.transform import from_origin
 from scipy import integrate, ndimage
 
 from geoseg.errors import GeosegWarning, InputError, OutputError
-from geoseg.raster.classes import write_class_metadata
 from geoseg.styles import data_layers
 from geoseg.vector import vectorize as vectorize_module
 from geoseg.vector.vectorize import vectorize
@@ -34,23 +33,13 @@ POTSDAM_LABEL = POTSDAM / "top_potsdam_2_10_label_0_0_512_512.tif"
 NAMES = ["field", "building", "tree", "water"]
 
 
-def write_raster(path, classes, *, crs="EPSG:32633", transform=None, nodata=None, names=None, dtype=None):
-    transform = transform or from_origin(366976.5, 5808562.6, 0.5, 0.5)
-    profile = dict(
-        driver="GTiff",
-        width=classes.shape[-1],
-        height=classes.shape[-2],
-        count=1 if classes.ndim == 2 else classes.shape[0],
-        dtype=dtype or classes.dtype,
-        crs=crs,
-        transform=transform,
-        nodata=nodata,
-    )
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(classes if classes.ndim == 3 else classes[None])
-        if names:
-            write_class_metadata(dst, names, [(i * 40, 0, 0) for i in range(len(names))])
-    return path
+PLACE = from_origin(366976.5, 5808562.6, 0.5, 0.5)
+
+
+def write_raster(path, data, *, crs="EPSG:32633", transform=PLACE, **options):
+    """``data`` on a 0.5 m UTM grid unless ``crs``/``transform`` say otherwise; ``options`` as
+    write_geotiff's."""
+    return write_geotiff(path, data, crs=crs, transform=transform, **options)
 
 
 def texture(n=96, seed=0, classes=4):
@@ -84,7 +73,8 @@ def utm_areal_scale(x=366976.5, y=5808562.6):
 def named(tmp_path):
     classes = texture()
     classes[:10, :10] = 255  # nodata corner
-    return write_raster(tmp_path / "classes.tif", classes, nodata=255, names=NAMES), classes
+    colors = [(i * 40, 0, 0) for i in range(len(NAMES))]
+    return write_raster(tmp_path / "classes.tif", classes, nodata=255, classes=(NAMES, colors)), classes
 
 
 def test_real_label_raster_to_geopackage_counts_areas_crs_and_attributes(tmp_path):
@@ -601,11 +591,7 @@ def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
 
 
 def test_a_raster_that_breaks_while_reading_is_one_line_naming_it(tmp_path):
-    path = write_raster(tmp_path / "whole.tif", texture(256))
-    with rasterio.open(path) as src:
-        data, profile = src.read(), src.profile | dict(tiled=True, blockxsize=64, blockysize=64)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+    path = write_raster(tmp_path / "whole.tif", texture(256), tiled=True, blockxsize=64, blockysize=64)
     whole = path.read_bytes()
     (tmp_path / "cut.tif").write_bytes(whole[: len(whole) // 2])
     with pytest.raises(InputError, match=r"cut\.tif: read failed \(") as caught:
@@ -649,11 +635,9 @@ def gcps():
     ]
 
 
-def write_placed(path, **placement):
-    profile = dict(driver="GTiff", width=16, height=16, count=1, dtype="uint8")
-    with rasterio.open(path, "w", **profile, **placement) as dst:
-        dst.write(texture(16)[None])
-    return path
+def write_placed(path, crs=None, **placement):
+    """A raster without a geotransform, placed by ``placement`` (``gcps``, ``rpcs``) or by nothing."""
+    return write_geotiff(path, texture(16), crs=crs, transform=None, **placement)
 
 
 def test_a_raster_placed_by_gcps_is_refused_saying_to_warp_it(tmp_path):
