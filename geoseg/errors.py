@@ -31,6 +31,11 @@ class ConfigurationError(GeosegError):
     """Options that cannot work together, or values outside what is allowed (tile size, device...)."""
 
 
+class AgreementError(ConfigurationError):
+    """A reduced precision (int8) refused because it changes the classes of too many measured pixels: a
+    verdict on the model and the tiles measured, kept by the export cache so that a rerun refuses at once."""
+
+
 class GeosegWarning(UserWarning):
     """Something worth telling the user that does not stop the work (a raster without CRS...)."""
 

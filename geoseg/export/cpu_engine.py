@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from geoseg.errors import ConfigurationError
+from geoseg.errors import AgreementError, ConfigurationError
 from geoseg.export.cache import CachedFile, cached_file
 from geoseg.export.metadata import require
 from geoseg.export.runtime import OnnxNetwork, load_onnx
@@ -97,7 +97,7 @@ def onnx_network(
 ) -> EngineNetwork:
     """``network`` as an onnxruntime session: its float32 export from the cache (made now if missing), or
     with ``int8`` the quantized one, calibrated on ``calibration(float_network)`` (1×C×T×T arrays as the
-    graph takes them), cached per calibration set."""
+    graph takes them), cached per calibration set, as is a refusal for agreement."""
     from geoseg.export.exporter import ONNX_OPSET, export_program, write_onnx
     from geoseg.export.metadata import OUTPUT_KIND_KEY
     from geoseg.model.checkpoint import CARD_METADATA_KEY
@@ -140,7 +140,10 @@ def onnx_network(
         quantize_int8(made.path, path, tiles, status=tell)
 
     quantized = cached_file(
-        f"{label}-int8", {**parts, "float32": made.path.name, "calibration": calibrated.hexdigest()}, quantize
+        f"{label}-int8",
+        {**parts, "float32": made.path.name, "calibration": calibrated.hexdigest()},
+        quantize,
+        remember=AgreementError,  # a refusal holds for these tiles: the rerun refuses at once
     )
     return EngineNetwork(_load(quantized, card), "onnxruntime", seconds + quantized.seconds)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg.errors import ConfigurationError
+from geoseg.errors import AgreementError
 from geoseg.export.metadata import CALIBRATION_AGREEMENT_KEY, FLOAT32_LAYERS_KEY, require
 
 GROUPS = 8
@@ -75,8 +75,9 @@ def quantize_int8(
     status: Callable[[str], None] | None = None,
 ) -> Quantized:
     """Write the int8 version of the float32 model ``float_path`` to ``output``, calibrated on ``tiles``
-    (each 1×C×H×W, as the graph takes them); raises :class:`ConfigurationError` where it cannot keep
-    ``min_agreement`` (default :data:`MIN_AGREEMENT`) of the calibration pixels' classes."""
+    (each 1×C×H×W, as the graph takes them); refuses where it cannot keep
+    ``min_agreement`` (default :data:`MIN_AGREEMENT`) of the calibration pixels' classes (an
+    :class:`~geoseg.errors.AgreementError`)."""
     min_agreement = MIN_AGREEMENT if min_agreement is None else min_agreement
     ort = require("onnxruntime")
     quantization = require("onnxruntime.quantization")
@@ -108,7 +109,7 @@ def quantize_int8(
                 tell(f"int8: keeping {len(kept)} layer group(s) in float32")
                 agreed = agreement([n for i in kept for n in groups[i][1]])
         if agreed < min_agreement:
-            raise ConfigurationError(
+            raise AgreementError(
                 f"--precision int8: the int8 network keeps the classes of {agreed:.2%} of the calibration "
                 f"pixels only (at least {min_agreement:.1%} needed, {len(kept)} of {len(groups)} layer "
                 "groups in float32); use --precision fp32 or auto, or other tiles (--calibration)"

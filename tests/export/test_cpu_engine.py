@@ -21,9 +21,9 @@ import geoseg.export.metadata
 import geoseg.export.quantize
 from geoseg.cli.main import cli
 from geoseg.device import resolve_precision
-from geoseg.errors import ConfigurationError, GeosegWarning
+from geoseg.errors import AgreementError, ConfigurationError, GeosegWarning
 from geoseg.export.cache import cached_file
-from geoseg.export.cpu_engine import calibration_tiles, resolve_engine
+from geoseg.export.cpu_engine import calibration_tiles, onnx_network, resolve_engine
 from geoseg.export.metadata import OUTPUT_KIND_KEY
 from geoseg.export.quantize import quantize_int8
 from geoseg.export.runtime import load_onnx
@@ -126,6 +126,54 @@ def test_a_failed_build_leaves_nothing_in_the_cache(tmp_path):
     with pytest.raises(RuntimeError):
         cached_file("net", {"model": "a"}, failing, folder=tmp_path)
     assert list(tmp_path.glob("*.onnx")) == []
+
+
+def test_a_remembered_refusal_is_raised_again_without_building(tmp_path):
+    """A build refused for reasons its key names is not tried again; another key is, and a damaged record
+    of the refusal (bytes that no longer match its name) is dropped with one warning and the build tried."""
+    builds = [0]
+
+    def refusing(path: Path) -> None:
+        builds[0] += 1
+        path.write_bytes(b"half")
+        raise AgreementError("--precision int8: refused")
+
+    def get(parts: dict):
+        return cached_file("net-int8", parts, refusing, folder=tmp_path, remember=AgreementError)
+
+    for _ in range(2):
+        with pytest.raises(AgreementError, match="^--precision int8: refused$"):
+            get({"calibration": "a"})
+    assert builds[0] == 1
+    (refusal,) = tmp_path.glob("*.refused")
+    assert list(tmp_path.glob("*.onnx")) == [] and not list(tmp_path.glob("*.tmp*"))
+    with pytest.raises(AgreementError):
+        get({"calibration": "b"})  # other tiles: measured
+    assert builds[0] == 2
+    refusal.write_text("--precision int8: refus", encoding="utf-8")
+    with (
+        pytest.warns(GeosegWarning, match="cached refusal .* is damaged") as caught,
+        pytest.raises(AgreementError),
+    ):
+        get({"calibration": "a"})
+    assert (len(caught), builds[0], refusal.read_text(encoding="utf-8")) == (
+        1,
+        3,
+        "--precision int8: refused",
+    )
+
+
+def test_a_build_error_not_to_remember_is_tried_again(tmp_path):
+    builds = [0]
+
+    def failing(path: Path) -> None:
+        builds[0] += 1
+        raise ConfigurationError("onnx is not installed")
+
+    for _ in range(2):
+        with pytest.raises(ConfigurationError):
+            cached_file("net-int8", {"model": "a"}, failing, folder=tmp_path, remember=AgreementError)
+    assert builds[0] == 2 and list(tmp_path.glob("*.refused")) == []
 
 
 def test_an_unwritable_cache_builds_in_a_temporary_folder_with_one_warning(tmp_path, monkeypatch):
@@ -255,15 +303,23 @@ def test_int8_below_the_agreement_is_refused_and_writes_nothing(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_export(tmp_path_factory):
-    """A two-convolution network exported as geoseg exports checkpoints (dynamic batch, raw pixels in,
-    logits out), with its card: int8's mechanics in seconds."""
-    from geoseg.export.exporter import export_program, write_onnx
+def tiny_network():
+    """A two-convolution network with LoveDA's card at 64 px tiles: int8's mechanics in seconds."""
     from geoseg.model.presets import preset_card
 
     card = ModelCard.from_dict({**preset_card("loveda").to_dict(), "tile_size": 64, "overlap": 16})
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 7, 1))
+    return net.eval(), card
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory, tiny_network):
+    """:func:`tiny_network` exported as geoseg exports checkpoints (dynamic batch, raw pixels in, logits
+    out), with its card."""
+    from geoseg.export.exporter import export_program, write_onnx
+
+    net, card = tiny_network
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     write_onnx(export_program(net, card, logits=True), card, {OUTPUT_KIND_KEY: "logits"}, path)
     return path, card
@@ -297,6 +353,35 @@ def test_calibration_tiles_are_whole_tiles_mirrored_at_the_scene_edge(tiny_expor
     assert np.array_equal(first[:, 8, 8:], values[:, 0, :56].astype(np.float32))
     assert np.array_equal(first[:, 7, 8:], values[:, 1, :56].astype(np.float32))
     assert np.array_equal(first[:, 8:, 7], values[:, :56, 1].astype(np.float32))
+
+
+def test_a_refused_int8_calibration_is_remembered_for_its_tiles(tiny_network, tmp_path, monkeypatch):
+    """Before: a run refused for agreement calibrated and measured again from scratch (minutes on MANet-R50)
+    the next time; now the same model and tiles refuse at once with the same line, other tiles are tried."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(geoseg.export.quantize, "MIN_AGREEMENT", 1.01)  # above any agreement: refused
+    calls = [0]
+    original = geoseg.export.quantize.quantize_int8
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(geoseg.export.quantize, "quantize_int8", counting)
+    net, card = tiny_network
+    tiles = [np.random.default_rng(i).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32) for i in range(3)]
+
+    def refusal(chosen: list[np.ndarray]) -> str:
+        with pytest.raises(AgreementError) as caught:
+            onnx_network(net, card, "digest-a", int8=True, calibration=lambda _float: chosen)
+        return str(caught.value)
+
+    first = refusal(tiles)
+    assert first.startswith("--precision int8: the int8 network keeps the classes of ") and calls[0] == 1
+    assert refusal(tiles) == first and calls[0] == 1
+    refusal(tiles[:2])  # another calibration set: measured
+    assert calls[0] == 2
+    assert [p.name for p in (tmp_path / "cache" / "geoseg").glob("*int8*.onnx")] == []
 
 
 @pytest.fixture(scope="module")
