@@ -90,9 +90,9 @@ predict_precision_option = click.option(
     default="auto",
     show_default=True,
     help="Network precision. auto: the fastest that keeps the classes (on the CPU: float32 in onnxruntime, "
-    "see --engine; bf16 on GPUs that support it, else fp16). int8 (CPU, onnxruntime, opt-in): calibrated on "
-    "the first scene or --calibration, the layers whose int8 changes classes kept float32; refused where it "
-    "keeps fewer than 99.5 % of the calibration pixels' classes.",
+    "see --engine; bf16 on GPUs that support it, else fp16). int8 (CPU, onnxruntime, opt-in): calibrated "
+    "once per run on --calibration or on tiles spread over all the scenes, the layers whose int8 changes "
+    "classes kept float32; refused where it keeps fewer than 99.5 % of the calibration pixels' classes.",
 )
 engine_option = click.option(
     "--engine",
@@ -107,7 +107,8 @@ calibration_option = click.option(
     multiple=True,
     type=click.Path(exists=True),
     help="With --precision int8: rasters (or folders of .tif) whose tiles calibrate the int8 network "
-    "(default: tiles of the first scene). Repeatable.",
+    "(default: 8 tiles spread over all the scenes of the run; the int8 network is cached per calibration "
+    "set, so the same set, e.g. this option, reuses it across runs). Repeatable.",
 )
 compile_option = click.option(
     "--compile",

@@ -156,28 +156,34 @@ def _load(made: CachedFile, card: ModelCard) -> OnnxNetwork:
 def calibration_tiles(
     plans: Sequence, network: OnnxNetwork, count: int = CALIBRATION_TILES
 ) -> list[np.ndarray]:
-    """Up to ``count`` tiles spread evenly over the grids of ``plans`` (planned scenes: the scene itself or
-    a ``--calibration`` set), skipping tiles of one value (no-data collars), prepared as the graph takes
-    them. Each is read as the engine reads it: a whole tile, mirrored where it reaches past the scene's edge
-    (grids start at ``-margin``; a window cut at the edge is a size the network cannot take)."""
+    """Up to ``count`` tiles spread evenly over the grids of ``plans`` (the scenes of the run, or a
+    ``--calibration`` set), skipping tiles of one value (no-data collars), prepared as the graph takes
+    them, in grid order. Each is read as the engine reads it: a whole tile, mirrored where it reaches past
+    the scene's edge (grids start at ``-margin``; a window cut at the edge is a size the network cannot
+    take).
+
+    ``4 × count`` candidates are spread over the grids; every fourth is read first, the others only to
+    stand in for skipped ones, so the tiles cover every scene and the whole of each, not its first rows."""
     from geoseg.raster.reading import open_raster, read_mirrored
 
     places = [(plan, y, x) for plan in plans for y in plan.grid.ys for x in plan.grid.xs]
     if not places:
         return []
     picks = np.unique(np.linspace(0, len(places) - 1, min(len(places), 4 * count)).round().astype(int))
-    tiles: list[np.ndarray] = []
-    for index in picks:
-        plan, y, x = places[index]
+    stride = max(1, len(picks) // count)
+    order = sorted(range(len(picks)), key=lambda i: (i % stride, i))
+    tiles: dict[int, np.ndarray] = {}
+    for index in order:
+        plan, y, x = places[picks[index]]
         with open_raster(plan.path) as dataset:
             values = read_mirrored(dataset, y, x, plan.grid.tile, plan.grid.tile, plan.bands)
         if values.min() == values.max():
             continue
         batch = torch.from_numpy(np.ascontiguousarray(values)[None])
-        tiles.append(network.prepare_input(batch, plan.value_range).numpy())
+        tiles[index] = network.prepare_input(batch, plan.value_range).numpy()
         if len(tiles) == count:
             break
-    return tiles
+    return [tiles[index] for index in sorted(tiles)]
 
 
 def calibration_set(paths: Sequence[str | os.PathLike]) -> list[str]:

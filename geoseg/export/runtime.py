@@ -56,7 +56,7 @@ class OnnxNetwork(nn.Module):
         # The file's hash as a buffer: model digests (resume manifests, worker caches) tell exports apart.
         digest = hashlib.sha256(path.read_bytes()).digest()
         self.register_buffer("sha256", torch.frombuffer(bytearray(digest), dtype=torch.uint8))
-        self._sessions: dict[str, object] = {}
+        self._sessions: dict[str, tuple[int, object]] = {}  # device -> (threads it was opened with, session)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -90,21 +90,26 @@ class OnnxNetwork(nn.Module):
         return scores.clamp_min(_TINY).log() if self.outputs == "probabilities" else scores
 
     def _session(self, device: torch.device):
-        """One onnxruntime session per device: the CUDA provider for a CUDA device where it is present."""
-        key = str(device)
-        if key not in self._sessions:
+        """One onnxruntime session per device: the CUDA provider for a CUDA device where it is present. Its
+        threads are torch's when it runs (a Dask worker sets its share of the cores before each region): a
+        session opened with another count (at load, in a process whose share changed since) is replaced."""
+        key, threads = str(device), torch.get_num_threads()
+        opened = self._sessions.get(key)
+        if opened is None or opened[0] != threads:
             ort = require("onnxruntime")
             providers: list = ["CPUExecutionProvider"]
             if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
                 providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-            self._sessions[key] = ort.InferenceSession(str(self.path), _options(ort), providers=providers)
-        return self._sessions[key]
+            session = ort.InferenceSession(str(self.path), _options(ort, threads), providers=providers)
+            self._sessions[key] = opened = (threads, session)
+        return opened[1]
 
 
-def _options(ort):
-    """onnxruntime's threads as torch's (``torch.set_num_threads``, a Dask worker's share of the cores)."""
+def _options(ort, threads: int):
+    """onnxruntime's threads as torch's (``torch.set_num_threads``, a Dask worker's share of the cores):
+    onnxruntime's own default, one per physical core, oversubscribes the workers of one machine."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads
     return options
 
 
@@ -119,8 +124,9 @@ def load_onnx(
     if not path.is_file():
         raise CheckpointError(f"{path}: ONNX model not found")
     ort = require("onnxruntime")
+    threads = torch.get_num_threads()
     try:
-        session = ort.InferenceSession(str(path), _options(ort), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(path), _options(ort, threads), providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime raises its own Fail/InvalidProtobuf types
         raise CheckpointError(f"{path}: not a readable ONNX model ({str(error).splitlines()[0]})") from error
     metadata = session.get_modelmeta().custom_metadata_map
@@ -152,5 +158,5 @@ def load_onnx(
         outputs=outputs,
         float32_layers=None if float32_layers is None else json.loads(float32_layers),
     )
-    network._sessions["cpu"] = session
+    network._sessions["cpu"] = (threads, session)
     return network, chosen

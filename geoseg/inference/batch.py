@@ -44,8 +44,9 @@ def engine_network(
     status: Callable[[str], None] | None,
 ) -> tuple[torch.nn.Module, ModelSource, float]:
     """The network ``runtime`` runs, how workers get it, and the seconds it took to make: a torch network
-    for onnxruntime becomes its cached ONNX export (int8: quantized, calibrated on ``calibration`` or the
-    first scene), sent to Dask workers as the export's path."""
+    for onnxruntime becomes its cached ONNX export (int8: quantized, calibrated on ``calibration`` or on
+    tiles spread over all the scenes of ``plans``, so that one int8 network, calibrated once, serves the
+    whole run), sent to Dask workers as the export's path."""
     from geoseg.export.runtime import OnnxNetwork
 
     if runtime != "onnxruntime" or isinstance(network, OnnxNetwork):
@@ -53,7 +54,7 @@ def engine_network(
     from geoseg.export.cpu_engine import calibration_set, calibration_tiles, onnx_network
 
     def calibrating(float_network: OnnxNetwork) -> list:
-        chosen = plans[:1]
+        chosen = plans
         if options.calibration:
             chosen = [
                 plan_scene(card, path, **options.planning()) for path in calibration_set(options.calibration)
@@ -63,7 +64,10 @@ def engine_network(
     made = onnx_network(
         network, card, source.digest, int8=options.precision == "int8", calibration=calibrating, status=status
     )
-    return made.network, ModelSource(model_digest(made.network), module=made.network), made.seconds
+    # Workers load the cached export (its card inside) once each, checked readable before any work, and
+    # never export it again.
+    export = ModelSource(model_digest(made.network), str(made.network.path))
+    return made.network, export, made.seconds
 
 
 def iter_predict(
@@ -327,10 +331,10 @@ def predict(
     ``progress(done, total)`` counts tiles over all scenes (skipped ones too); each result's ``tiles``
     counts the tiles computed, without those that hold no valid input pixel (they are skipped).
     ``precision`` ``auto`` is the fastest that keeps the classes on the device (see
-    :func:`geoseg.device.resolve_precision`); ``int8`` (CPU, onnxruntime) is calibrated on ``calibration``
-    (rasters or folders of them) or the first scene. ``engine``: torch, onnxruntime or auto (see
-    :func:`geoseg.export.cpu_engine.resolve_engine`); ``compile`` runs the network through ``torch.compile``
-    (minutes once, worth it on big scenes only). ``batch_size`` ``auto``: see
+    :func:`geoseg.device.resolve_precision`); ``int8`` (CPU, onnxruntime) is calibrated once per run, on
+    ``calibration`` (rasters or folders of them) or on tiles spread over all the scenes. ``engine``: torch,
+    onnxruntime or auto (see :func:`geoseg.export.cpu_engine.resolve_engine`); ``compile`` runs the network
+    through ``torch.compile`` (minutes once, worth it on big scenes only). ``batch_size`` ``auto``: see
     :func:`geoseg.inference.acceleration.resolve_batch_size`.
     """
     return list(

@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from helpers import PixelNet, write_scene, write_small_checkpoint
+from helpers import PixelNet, write_geotiff, write_scene, write_small_checkpoint
 
 import geoseg.export.exporter
 import geoseg.export.metadata
@@ -27,6 +27,7 @@ from geoseg.export.cpu_engine import calibration_tiles, onnx_network, resolve_en
 from geoseg.export.metadata import OUTPUT_KIND_KEY
 from geoseg.export.quantize import quantize_int8
 from geoseg.export.runtime import load_onnx
+from geoseg.inference.batch import predict
 from geoseg.inference.plan import plan_scene
 from geoseg.model.card import ModelCard
 from geoseg.model.manet import build_manet
@@ -382,6 +383,50 @@ def test_a_refused_int8_calibration_is_remembered_for_its_tiles(tiny_network, tm
     refusal(tiles[:2])  # another calibration set: measured
     assert calls[0] == 2
     assert [p.name for p in (tmp_path / "cache" / "geoseg").glob("*int8*.onnx")] == []
+
+
+def test_int8_calibrates_once_on_tiles_spread_over_all_the_scenes(tiny_network, tmp_path, monkeypatch):
+    """Before: a batch with ``--precision int8`` and no ``--calibration`` calibrated on the first scene only.
+    A dark scene and a bright one: the calibration tiles come from both, quantized once for the batch."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    calibrations = []
+    original = geoseg.export.quantize.quantize_int8
+
+    def recording(float_path, output, tiles, **kwargs):
+        calibrations.append(tiles)
+        return original(float_path, output, tiles, **{**kwargs, "min_agreement": 0.0})
+
+    monkeypatch.setattr(geoseg.export.quantize, "quantize_int8", recording)
+    rng = np.random.default_rng(0)
+    dark, bright = tmp_path / "dark.tif", tmp_path / "bright.tif"
+    write_geotiff(dark, rng.integers(0, 100, (3, 100, 150)).astype(np.uint8))
+    write_geotiff(bright, rng.integers(156, 256, (3, 100, 150)).astype(np.uint8))
+    net, card = tiny_network
+    results = predict([dark, bright], tmp_path / "out", model=net, card=card, device="cpu", precision="int8")
+    assert [(r.engine, r.precision) for r in results] == [("onnxruntime", "int8")] * 2
+    (tiles,) = calibrations
+    assert len(tiles) == 8
+    assert {"dark" if t.max() < 100 else "bright" if t.min() >= 156 else "both" for t in tiles} == {
+        "dark",
+        "bright",
+    }
+
+
+def test_onnxruntime_threads_follow_torchs_when_the_network_runs(tiny_export):
+    """A Dask worker sets torch's threads to its share of the cores before each region. Before: the
+    session opened at load kept the thread count of that moment (onnxruntime's own default is one per
+    physical core), and the workers of one machine oversubscribed its cores."""
+    path, card = tiny_export
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        network, _ = load_onnx(path, card=card)
+        torch.set_num_threads(1)  # a worker's share
+        network(network.prepare_input(torch.zeros(1, 3, 64, 64), (0, 255)))
+        assert network._session(CPU).get_session_options().intra_op_num_threads == 1
+        assert len(network._sessions) == 1  # replaced, not one more session
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
