@@ -460,12 +460,23 @@ def test_int8_reports_the_layers_kept_in_float32(decisive_checkpoint, crop, tmp_
 @pytest.mark.slow
 def test_int8_under_the_agreement_is_refused_in_one_line(decisive_checkpoint, crop, tmp_path, monkeypatch):
     """The measured agreement forced under the threshold (the threshold above any agreement): one line,
-    no output, no int8 model left in the cache."""
+    no output, no int8 model left in the cache; the rerun says the same line without measuring again."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(geoseg.export.quantize, "MIN_AGREEMENT", 1.01)
+    calls = [0]
+    original = geoseg.export.quantize.quantize_int8
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(geoseg.export.quantize, "quantize_int8", counting)
     result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(decisive_checkpoint),
                       "--device", "cpu", "--precision", "int8")  # fmt: skip
-    assert result.exit_code == 1
+    again = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(decisive_checkpoint),
+                     "--device", "cpu", "--precision", "int8")  # fmt: skip
+    assert (result.exit_code, again.exit_code, calls[0]) == (1, 1, 1)
+    assert again.stderr == result.stderr
     assert result.stderr.strip().splitlines() == [
         "Error: --precision int8: the int8 network keeps the classes of 100.00% of the calibration pixels "
         "only (at least 101.0% needed, 0 of 8 layer groups in float32); use --precision fp32 or auto, or "
