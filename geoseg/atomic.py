@@ -48,7 +48,7 @@ def check_output_path(
                 f"{path}: is also an input of this command; write the output under another name"
             )
     if path.exists() and not overwrite:
-        raise OutputError(f"{path}: output exists; pass --overwrite to replace it")
+        raise OutputError(f"{path}: output exists; pass overwrite=True to replace it")
     if path.is_dir():
         raise OutputError(f"{path}: is a directory, expected a file name")
     parent = path.parent if str(path.parent) else Path(".")

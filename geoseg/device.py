@@ -25,14 +25,14 @@ def resolve_device(spec: str = "auto") -> torch.device:
         raise ConfigurationError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from error
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigurationError(f"device {spec!r} requested but CUDA is not available; use --device cpu")
+            raise ConfigurationError(f"device {spec!r} requested but CUDA is not available; use device='cpu'")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigurationError(
                 f"device {spec!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s)"
             )
     elif device.type == "mps":
         if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
-            raise ConfigurationError(f"device {spec!r} requested but MPS is not available; use --device cpu")
+            raise ConfigurationError(f"device {spec!r} requested but MPS is not available; use device='cpu'")
     elif device.type != "cpu":
         raise ConfigurationError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps")
     return device
@@ -92,7 +92,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ConfigurationError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision == "int8" and device.type != "cpu":
         raise ConfigurationError(
-            f"--precision int8 runs on the CPU (onnxruntime), not on {device.type}; use --device cpu"
+            f"precision='int8' runs on the CPU (onnxruntime), not on {device.type}; use device='cpu'"
         )
     if device.type == "cuda":
         bf16 = torch.cuda.is_bf16_supported()
@@ -100,7 +100,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             return "bf16" if bf16 else "fp16"
         if precision == "bf16" and not bf16:
             raise ConfigurationError(
-                f"{torch.cuda.get_device_name(device)} does not support bf16; use --precision fp16 or auto"
+                f"{torch.cuda.get_device_name(device)} does not support bf16; "
+                "use precision='fp16' or precision='auto'"
             )
         return precision
     if device.type == "mps":
@@ -111,11 +112,12 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and not cpu.native_bf16:
         raise ConfigurationError(
             "this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), where bf16 is emulated and slower "
-            "than float32; use --precision fp32 or auto"
+            "than float32; use precision='fp32' or precision='auto'"
         )
     if precision == "fp16" and not cpu.native_fp16:
         raise ConfigurationError(
-            "fp16 on this CPU (no AMX-FP16) is emulated and slower than float32; use --precision fp32 or auto"
+            "fp16 on this CPU (no AMX-FP16) is emulated and slower than float32; "
+            "use precision='fp32' or precision='auto'"
         )
     return precision
 

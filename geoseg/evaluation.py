@@ -346,14 +346,14 @@ def _check_range(values: np.ndarray, limit: int, prediction) -> None:
         bad = np.unique(values[(values < 0) | (values >= limit)])
         raise InputError(
             f"{prediction}: class value(s) {', '.join(str(v) for v in bad[:5])} outside the "
-            f"{limit} classes 0..{limit - 1}; check --preset/--card"
+            f"{limit} classes 0..{limit - 1}; check preset=NAME or card=FILE"
         )
 
 
 def _older_map(dataset, names: list[str] | None, path) -> tuple[int, Callable]:
     """The class limit and a window → classes reader of the older map of a comparison (IGNORE where it
     has no class: nodata, masked)."""
-    check_class_raster(dataset, str(path), "evaluate --changes")
+    check_class_raster(dataset, str(path), "a comparison (changes)")
     older = read_class_names(dataset)
     if names and older and [n.casefold() for n in older] != [n.casefold() for n in names]:
         raise InputError(
@@ -457,12 +457,12 @@ def _result(
     try:
         excluded = class_indices(names, exclude_classes)
     except ValueError as error:
-        raise ConfigurationError(f"--exclude-classes: {error}") from error
+        raise ConfigurationError(f"exclude_classes={list(exclude_classes)!r}: {error}") from error
     total = int(confusion.sum())
     if total == 0:
         raise InputError(
             f"{prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
-            "nodata in the prediction); check --ignore-index/--label-offset and the prediction's nodata"
+            "nodata in the prediction); check ignore_index=N, label_offset=N and the prediction's nodata"
         )
     scores = scores_from_confusion(confusion if scored is None else scored, excluded)
     per_class = [

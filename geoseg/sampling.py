@@ -54,7 +54,7 @@ def parse_allocation(text: str | None) -> dict[str, int] | None:
         name, sep, count = item.partition("=")
         if not sep or not name.strip() or not count.strip().isdigit():
             raise ConfigurationError(
-                f"--allocation: {item!r} is not CLASS=COUNT; write e.g. 'water=100,building=50'"
+                f"allocation: {item!r} is not CLASS=COUNT; write e.g. 'water=100,building=50'"
             )
         allocation[name.strip()] = int(count)
     return allocation
@@ -99,7 +99,7 @@ def draw_sample(
             )
         names = list(class_names or read_class_names(dataset) or [str(i) for i in range(255)])
         wanted = np.full(len(names), per_class, dtype=np.int64)
-        asked = {class_index(key, names, "--allocation"): count for key, count in (allocation or {}).items()}
+        asked = {class_index(key, names, "allocation"): count for key, count in (allocation or {}).items()}
         for c, count in asked.items():
             wanted[c] = count
         # strips of whole rows: a pixel's ordinal among its class is in row-major order, whatever the strips
@@ -225,7 +225,7 @@ def sample_units(
 
     if options.aoi or options.priority or options.all_touched or options.background is not None:
         raise ConfigurationError(
-            f"{table.source}: holds points (sample units); --aoi, --background, --all-touched and --priority "
+            f"{table.source}: holds points (sample units); aoi, background, all_touched and priority "
             "apply to truth polygons"
         )
     if crs is None:

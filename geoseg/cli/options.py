@@ -47,30 +47,81 @@ device_option = click.option(
     help="auto, cpu, cuda, cuda:N or mps. auto picks CUDA, then MPS, then the CPU.",
 )
 # The library's errors name a parameter as the Python API spells it (``workers=0``, ``compile=True``); the CLI
-# shows the flag that sets it. One table for every command.
+# shows the flag that sets it. One table for every command: each parameter below has the same flag in
+# every command that takes it (tests/cli/test_options.py checks this against the commands). A
+# ``parameter=value`` key is a value with a flag of its own (``styles=False`` is ``--no-styles``).
 PARAMETER_FLAGS = {
+    "aoi": "--aoi",
+    "all_touched": "--all-touched",
+    "allocation": "--allocation",
+    "background": "--background",
+    "bands": "--bands",
     "batch_size": "--batch-size",
+    "calibration": "--calibration",
+    "card": "--card",
+    "class_field": "--class-field",
+    "class_map": "--class-map",
     "compile": "--compile",
+    "crop": "--crop",
+    "device": "--device",
+    "engine": "--engine",
+    "epochs": "--epochs",
+    "exclude_classes": "--exclude-classes",
+    "ignore_index": "--ignore-index",
+    "keep_crs": "--keep-crs",
+    "label_offset": "--label-offset",
+    "logits": "--logits",
+    "lr": "--lr",
+    "max_size": "--max-size",
+    "over": "--over",
+    "overwrite": "--overwrite",
+    "port": "--port",
+    "precision": "--precision",
+    "preset": "--preset",
+    "priority": "--priority",
     "resume": "--resume",
+    "scale": "--scale",
     "scheduler": "--scheduler",
+    "steps": "--steps",
+    "styles=False": "--no-styles",
+    "target": "--for",
+    "tile": "--tile",
+    "val_fraction": "--val-fraction",
+    "val_images": "--val-images",
+    "val_labels": "--val-labels",
+    "vectorize": "--vectorize",
     "workers": "--workers",
 }
+
+
+def _cli_value(value: str) -> str:
+    """A Python value as a flag takes it: a list, tuple or dict as ``a,b`` or ``k=v,...``, quotes dropped."""
+    if value[:1] not in "[({" or value[-1:] not in "])}":
+        return value
+    items = [item for item in value[1:-1].split(",") if item.strip()]
+    return ",".join("=".join(part.strip().strip("'\"") for part in item.split(":", 1)) for item in items)
 
 
 def flags_for_parameters(message: str) -> str:
     """``message`` with each ``parameter=value`` of :data:`PARAMETER_FLAGS` as its flag: ``workers=0`` ->
     ``--workers 0``, ``scheduler='tcp://h:8786'`` -> ``--scheduler tcp://h:8786``, ``compile=True`` ->
-    ``--compile``."""
+    ``--compile``, ``bands=[4, 3, 2]`` -> ``--bands 4,3,2``, ``styles=False`` -> ``--no-styles``."""
     import re
 
     def flag(match: re.Match) -> str:
-        name = PARAMETER_FLAGS[match["parameter"]]
-        value = match["quoted"] if match["quoted"] is not None else match["bare"]
+        parameter = match["parameter"]
+        quoted = match["single"] if match["single"] is not None else match["double"]
+        value = quoted if quoted is not None else _cli_value(match["value"])
+        own = PARAMETER_FLAGS.get(f"{parameter}={value}")
+        if own is not None:
+            return own
+        name = PARAMETER_FLAGS[parameter]
         return name if value == "True" else f"{name} {value}"
 
-    names = "|".join(PARAMETER_FLAGS)
+    names = "|".join(dict.fromkeys(key.partition("=")[0] for key in PARAMETER_FLAGS))
     pattern = (
-        rf"\b(?P<parameter>{names})=(?:'(?P<quoted>[^']*)'|\"(?P<doubled>[^\"]*)\"|(?P<bare>[^\s,;:)]+))"
+        rf"\b(?P<parameter>{names})=(?:'(?P<single>[^']*)'|\"(?P<double>[^\"]*)\""
+        r"|(?P<value>\[[^\]]*\]|\([^)]*\)|\{[^}]*\}|[^\s,;:)\]]+))"
     )
     return re.sub(pattern, flag, message)
 

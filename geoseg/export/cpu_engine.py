@@ -57,24 +57,25 @@ def resolve_engine(
         raise ConfigurationError(f"unknown engine {engine!r}; use {', '.join(ENGINES)}")
     if isinstance(network, OnnxNetwork):
         if engine == "torch":
-            raise ConfigurationError("an .onnx model runs in onnxruntime; drop --engine torch")
+            raise ConfigurationError("an .onnx model runs in onnxruntime; drop engine='torch'")
         if precision == "int8" and network.precision != "int8":
             raise ConfigurationError(
-                "--precision int8 quantizes a checkpoint; give the .safetensors/.pth model, not an export"
+                "precision='int8' quantizes a checkpoint; give the .safetensors/.pth model, not an export"
             )
         return "onnxruntime"
     if precision == "int8" and engine == "torch":
         raise ConfigurationError(
-            "--precision int8 runs in onnxruntime; use --engine onnxruntime or auto (or another precision)"
+            "precision='int8' runs in onnxruntime; "
+            "use engine='onnxruntime' or engine='auto' (or another precision)"
         )
     if engine == "onnxruntime" or precision == "int8":
         if precision in ("bf16", "fp16"):
             raise ConfigurationError(
-                f"--engine onnxruntime runs float32 or int8, not {precision}; "
-                "use --precision fp32, int8 or auto"
+                f"engine='onnxruntime' runs float32 or int8, not {precision}; "
+                "use precision='fp32', 'int8' or 'auto'"
             )
         if compile:
-            raise ConfigurationError("--compile is for --engine torch; drop one of them")
+            raise ConfigurationError("compile=True is for engine='torch'; drop one of them")
         for module in ("onnxruntime", "onnxscript"):
             require(module)
         return "onnxruntime"
@@ -130,7 +131,7 @@ def onnx_network(
     tiles = list(calibration(float_network)) if calibration is not None else []
     if not tiles:
         raise ConfigurationError(
-            "--precision int8: no calibration tile holds valid pixels; give --calibration"
+            "precision='int8': no calibration tile holds valid pixels; give calibration=RASTERS"
         )
     calibrated = hashlib.sha256()
     for tile in tiles:
@@ -195,5 +196,5 @@ def calibration_set(paths: Sequence[str | os.PathLike]) -> list[str]:
         else:
             found.append(str(path))
     if not found:
-        raise ConfigurationError(f"--calibration {', '.join(map(str, paths))}: no raster found")
+        raise ConfigurationError(f"calibration={[str(p) for p in paths]!r}: no raster found")
     return found

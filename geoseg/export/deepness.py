@@ -34,25 +34,25 @@ def deepness_card(card: ModelCard, tile: int | None = None) -> ModelCard:
     tile = card.tile_size if tile is None else int(tile)
     if not MIN_CLASSES <= card.num_classes <= MAX_CLASSES:
         raise ConfigurationError(
-            f"--for deepness: the model has {card.num_classes} class(es); Deepness represents "
+            f"target='deepness': the model has {card.num_classes} class(es); Deepness represents "
             f"{MIN_CLASSES} to {MAX_CLASSES} classes in one softmax output (one channel is read as a "
             "sigmoid, and class ids + 1 must fit its uint8 mask)"
         )
     multiple = ARCHITECTURES[card.architecture].input_multiple
     if tile <= 0 or tile % multiple:
         raise ConfigurationError(
-            f"--for deepness: tile {tile} is not a positive multiple of {multiple} "
+            f"target='deepness': tile {tile} is not a positive multiple of {multiple} "
             f"({card.architecture}'s input multiple)"
         )
     if card.overlap >= tile:
         raise ConfigurationError(
-            f"--for deepness: the card's overlap of {card.overlap} px does not fit a tile of {tile} px; "
-            f"use --tile {(card.overlap // multiple + 1) * multiple} or larger"
+            f"target='deepness': the card's overlap of {card.overlap} px does not fit a tile of {tile} px; "
+            f"use tile={(card.overlap // multiple + 1) * multiple} or larger"
         )
     if card.gsd is None:
         raise ConfigurationError(
-            "--for deepness: the card has no gsd, and Deepness resamples the layer to the model's "
-            'resolution; pass --card FILE with "gsd" (metres per pixel) set'
+            "target='deepness': the card has no gsd, and Deepness resamples the layer to the model's "
+            'resolution; pass card=FILE with "gsd" (metres per pixel) set'
         )
     return ModelCard.from_dict({**card.to_dict(), "tile_size": tile})
 

@@ -105,8 +105,8 @@ def export_model(
         raise ConfigurationError(f"unknown export target {target!r}; known: {', '.join(TARGETS)}")
     if target == DEEPNESS and (kind != ".onnx" or logits):
         raise ConfigurationError(
-            "--for deepness: Deepness runs ONNX models that output class probabilities; "
-            "name the output .onnx and drop --logits"
+            "target='deepness': Deepness runs ONNX models that output class probabilities; "
+            "name the output .onnx and drop logits=True"
         )
     check_output_path(output, overwrite)
     if kind == ".onnx":

@@ -110,9 +110,10 @@ def quantize_int8(
                 agreed = agreement([n for i in kept for n in groups[i][1]])
         if agreed < min_agreement:
             raise AgreementError(
-                f"--precision int8: the int8 network keeps the classes of {agreed:.2%} of the calibration "
+                f"precision='int8': the int8 network keeps the classes of {agreed:.2%} of the calibration "
                 f"pixels only (at least {min_agreement:.1%} needed, {len(kept)} of {len(groups)} layer "
-                "groups in float32); use --precision fp32 or auto, or other tiles (--calibration)"
+                "groups in float32); use precision='fp32' or precision='auto', "
+                "or other tiles (calibration=RASTERS)"
             )
         float32_layers = [groups[i][0] for i in sorted(kept)]
         excluded = [n for i in kept for n in groups[i][1]]

@@ -82,7 +82,7 @@ class OnnxNetwork(nn.Module):
         if all(isinstance(d, int) for d in fixed) and list(x.shape[2:]) != fixed:
             raise CheckpointError(
                 f"{self.path}: the ONNX model takes tiles of {fixed[0]}x{fixed[1]} px only, got "
-                f"{x.shape[2]}x{x.shape[3]}; leave --tile out (or pass --tile {fixed[0]})"
+                f"{x.shape[2]}x{x.shape[3]}; leave out tile=N (or pass tile={fixed[0]})"
             )
         name = graph_input.name
         (out,) = session.run(None, {name: np.ascontiguousarray(x.detach().float().cpu().numpy())})
@@ -135,7 +135,7 @@ def load_onnx(
         if CARD_METADATA_KEY not in metadata:
             raise CheckpointError(
                 f"{path}: the ONNX model carries no geoseg card (not exported by 'geoseg export'); "
-                "pass --card FILE or --preset NAME"
+                "pass card=FILE or preset=NAME"
             )
         chosen = ModelCard.from_json(metadata[CARD_METADATA_KEY])
     (graph_input,), (graph_output, *_) = session.get_inputs(), session.get_outputs()

@@ -342,7 +342,7 @@ class HalvingBatches:
             except torch.cuda.OutOfMemoryError:
                 if limit == 1:
                     raise GeosegError(
-                        "out of GPU memory with one tile per batch; use a smaller --tile or --device cpu"
+                        "out of GPU memory with one tile per batch; use a smaller tile=N or device='cpu'"
                     ) from None
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()

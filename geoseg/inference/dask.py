@@ -120,7 +120,7 @@ class DaskExecutor:
                 except KilledWorker as error:
                     raise GeosegError(
                         f"{task.plan.path}: region {task.region.index} killed its worker several times "
-                        "(out of memory?); lower --batch-size or give the workers more memory"
+                        "(out of memory?); lower batch_size=N or give the workers more memory"
                     ) from error
                 if progress is not None:
                     tell(task.region.index, task.tiles)

@@ -113,8 +113,8 @@ def prepare_outputs(
     if vectorize is not None and vector_format is None:
         if len(inputs) > 1:
             raise ConfigurationError(
-                f"--vectorize {vectorize}: with several inputs give a format (gpkg, fgb, geojson, parquet "
-                "or shp); each scene gets <stem>.polygons.<format>"
+                f"vectorize={str(vectorize)!r}: with several inputs give a format "
+                "(gpkg, fgb, geojson, parquet or shp); each scene gets <stem>.polygons.<format>"
             )
         from geoseg.vector.output import output_driver
 
@@ -144,7 +144,7 @@ def prepare_outputs(
             if seen.get(path) == source:  # -o x.tif --vectorize x.fgb: both styles would be x.qml
                 raise ConfigurationError(
                     f"{source}: two of its outputs would write {path} (a QGIS style is named after its file "
-                    "without the suffix); give them different names, or pass --no-styles"
+                    "without the suffix); give them different names, or pass styles=False"
                 )
             if path in seen:
                 raise ConfigurationError(
@@ -214,8 +214,8 @@ def _refuse_partial(source: str, paths: OutputPaths, overwrite: bool) -> None:
     if len(exist) > 1 and missing and not overwrite:
         raise OutputError(
             f"{source}: an incomplete set of outputs, {', '.join(exist)} exist but {', '.join(missing)} "
-            f"{'is' if len(missing) == 1 else 'are'} missing (an interrupted earlier run?); pass --overwrite "
-            "to compute the scene again"
+            f"{'is' if len(missing) == 1 else 'are'} missing (an interrupted earlier run?); "
+            "pass overwrite=True to compute the scene again"
         )
 
 

@@ -167,7 +167,9 @@ def ran_precision(model: torch.nn.Module, precision: str) -> str:
     if own is not None:
         return own
     if precision == "int8":
-        raise ConfigurationError("--precision int8 runs in onnxruntime; use --engine onnxruntime or auto")
+        raise ConfigurationError(
+            "precision='int8' runs in onnxruntime; use engine='onnxruntime' or engine='auto'"
+        )
     return precision
 
 

@@ -124,11 +124,11 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
         value, sep, target = item.partition("=")
         if not sep or not value.strip() or not target.strip():
             raise ConfigurationError(
-                f"--class-map: {item!r} is not VALUE=CLASS; write 'Gebouw=building,Weg=road' "
+                f"class_map: {item!r} is not VALUE=CLASS; write 'Gebouw=building,Weg=road' "
                 "or name a JSON file"
             )
         pairs.append((value.strip(), target.strip()))
-    fold_class_map(pairs, "--class-map")
+    fold_class_map(pairs, "class_map")
     return dict(pairs)
 
 
@@ -197,7 +197,7 @@ def read_vector(spec: str | os.PathLike, role: str, field_name: str | None = Non
     if field_name is not None and columns is None:
         raise InputError(
             f"{text}: no field {field_name!r}; its fields are {', '.join(fields) or '(none)'}; "
-            "name one with --class-field"
+            "name one with class_field=FIELD"
         )
     if len(geometries) == 0:
         raise InputError(f"{text}: the {role} layer holds no features")
@@ -316,10 +316,10 @@ def _polygonal_part(geometry):
 def map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOptions, source: str):
     """Field values → class indices; values mapping to no class are refused with their counts."""
     folded = {name.casefold(): i for i, name in enumerate(names)}
-    mapping = fold_class_map((options.class_map or {}).items(), "--class-map")
+    mapping = fold_class_map((options.class_map or {}).items(), "class_map")
     targets = {}
     for key, (written, target) in mapping.items():
-        targets[key] = class_index(target, names, f"--class-map {written}")
+        targets[key] = class_index(target, names, f"class_map[{written!r}]")
     texts = np.array(["" if _is_null(v) else _value_text(v) for v in values], dtype=object)
     unique, inverse, counts = np.unique(texts, return_inverse=True, return_counts=True)
     lookup = np.full(len(unique), -1, dtype=np.int64)
@@ -338,7 +338,7 @@ def map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOp
         more = f" and {unknown.size - 10} more" if unknown.size > 10 else ""
         raise InputError(
             f"{source}: {unknown.size} value(s) of field {options.class_field!r} map to no class: "
-            f"{listed}{more}; classes are {_listed(names)}; map them with --class-map 'VALUE=CLASS,…'"
+            f"{listed}{more}; classes are {_listed(names)}; map them with class_map={'VALUE': 'CLASS', …}"
         )
     return lookup[inverse.ravel()]
 
@@ -391,7 +391,7 @@ def load_label_polygons(
     table = table if table is not None else read_vector(spec, "label", options.class_field)
     geometries, kept = _polygons(table, "label")
     classes = map_classes(table.values[kept], names, options, table.source)
-    priority = [class_index(p, names, "--priority") for p in options.priority]
+    priority = [class_index(p, names, "priority") for p in options.priority]
     aoi = aoi_crs = background = None
     if options.aoi is not None:
         aoi_table = read_vector(options.aoi, "AOI")
@@ -399,14 +399,14 @@ def load_label_polygons(
         aoi_crs = aoi_table.crs
         background = _background(options.background, names)
     elif options.background is not None:
-        raise ConfigurationError("--background applies inside areas of interest: give --aoi too")
+        raise ConfigurationError("background=CLASS applies inside areas of interest: give aoi=FILE too")
     rank = _burn_rank(geometries, classes, priority)
     overlaps = _count_overlaps(geometries, classes)
     if overlaps:
         rule = (
-            f"--priority {', '.join(names[p] for p in priority)} first, then the smaller polygon"
+            f"priority={tuple(names[p] for p in priority)} first, then the smaller polygon"
             if priority
-            else "the smaller polygon wins (--priority CLASS,… ranks classes first)"
+            else "the smaller polygon wins (priority=(CLASS, …) ranks classes first)"
         )
         warnings.warn(
             f"{table.source}: {overlaps} pair(s) of label polygons of different classes overlap; {rule}",
@@ -430,13 +430,13 @@ def load_label_polygons(
 
 def _background(value: str | int | None, names: Sequence[str]) -> int:
     if value is not None:
-        return class_index(value, names, "--background")
+        return class_index(value, names, "background")
     folded = [n.casefold() for n in names]
     if "background" in folded:
         return folded.index("background")
     raise ConfigurationError(
-        "--aoi makes labels exhaustive: name the class of unlabelled pixels inside the AOIs with "
-        f"--background CLASS (one of {', '.join(names)})"
+        "aoi=FILE makes labels exhaustive: name the class of unlabelled pixels inside the AOIs with "
+        f"background=CLASS (one of {', '.join(names)})"
     )
 
 

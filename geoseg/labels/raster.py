@@ -99,8 +99,8 @@ def _decode_indices(
         where = f", less the label offset {encoding.offset}, fall" if encoding.offset else " lie"
         raise InputError(
             f"{source}: {int(bad.sum())} label pixels hold value(s) {listed} that{where} outside the "
-            f"{encoding.limit} classes 0..{encoding.limit - 1}; pass --label-offset N when labels start at N "
-            "(1 for ISPRS/LoveDA index labels, where 0 is unlabelled) or --ignore-index V"
+            f"{encoding.limit} classes 0..{encoding.limit - 1}; pass label_offset=N when labels start at N "
+            "(1 for ISPRS/LoveDA index labels, where 0 is unlabelled) or ignore_index=V"
         )
     out = values.astype(np.uint8)
     out[ignored] = IGNORE
@@ -111,7 +111,7 @@ def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str, valid
     if encoding.colors is None:
         raise InputError(
             f"{source}: is a colour label raster ({data.shape[0]} bands) but no class colours are known; "
-            "pass --preset or --card"
+            "pass preset=NAME or card=FILE"
         )
     if not np.issubdtype(data.dtype, np.integer) or data.dtype.itemsize > 2:
         raise InputError(f"{source}: colour labels must be 8-bit RGB, got {data.dtype}")
@@ -140,7 +140,7 @@ def _decode_colors(data: np.ndarray, encoding: LabelEncoding, source: str, valid
         raise InputError(
             f"{source}: {int(unknown.sum())} label pixels have colours that are not class colours, "
             f"e.g. {colour} ({len(found)} unknown colour(s)); class colours are {known}; "
-            "check --preset/--card"
+            "check preset=NAME or card=FILE"
         )
     out = classes.astype(np.uint8)
     if encoding.ignore_index is not None:

@@ -103,7 +103,7 @@ def load_checkpoint(
     if chosen is None:
         raise CheckpointError(
             f"{path}: a foreign checkpoint carries no class names, colours or bands; "
-            "pass --preset NAME or --card FILE"
+            "pass preset=NAME or card=FILE"
         )
     found = infer_architecture(state, path)
     if preset:

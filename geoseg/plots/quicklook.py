@@ -91,7 +91,7 @@ def quicklook(
     """
     if max_size < MIN_MAX_SIZE:
         raise ConfigurationError(
-            f"--max-size {max_size} is too small for a legible legend; use {MIN_MAX_SIZE}+"
+            f"max_size={max_size} is too small for a legible legend; use {MIN_MAX_SIZE}+"
         )
     check_png_output(output, overwrite, inputs=[classes] + ([over] if over is not None else []))
     model_card = resolve_card(preset, card)
@@ -135,7 +135,7 @@ def quicklook(
 
 
 def _check_class_raster(dataset, name: str, with_image: bool) -> None:
-    hint = "" if with_image else "; to draw classes over an image pass the image with --over"
+    hint = "" if with_image else "; to draw classes over an image pass the image as over=IMAGE"
     check_class_raster(dataset, name, "quicklook", hint)
 
 

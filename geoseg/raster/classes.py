@@ -74,8 +74,8 @@ def check_card_matches(card, dataset, path: str, command: str) -> None:
 
     raise InputError(
         f"{path}: its {len(own)} classes ({listed(own)}) are not the {len(card.class_names)} of "
-        f"--preset/--card ({listed(card.class_names)}); "
-        f"drop --preset/--card to {command} it with its own classes"
+        f"the card ({listed(card.class_names)}); "
+        f"drop preset=NAME or card=FILE to {command} it with its own classes"
     )
 
 

@@ -150,12 +150,13 @@ def select_bands(
         bands = [int(b) for b in bands]
         if len(bands) != len(wanted):
             raise InputError(
-                f"{path}: --bands lists {len(bands)} band(s) but the model expects {len(wanted)} ({listing})"
+                f"{path}: bands={bands} lists {len(bands)} band(s) but the model expects {len(wanted)} "
+                f"({listing})"
             )
         bad = [b for b in bands if not 1 <= b <= dataset.count]
         if bad:
             raise InputError(
-                f"{path}: --bands {','.join(map(str, bad))} out of range; "
+                f"{path}: bands={bands}: {','.join(map(str, bad))} out of range; "
                 f"the raster has bands 1..{dataset.count}"
             )
         check_imagery(dataset, bands, path)
@@ -182,7 +183,7 @@ def select_bands(
         seen = ",".join(n or "?" for i, n in zip(dataset.indexes, names, strict=True) if i in data)
         warnings.warn(
             f"{path}: the bands are labelled {seen} (colour interpretation) and the model expects {listing}; "
-            f"using bands {','.join(map(str, data))} in that order (choose others with --bands)",
+            f"using bands {','.join(map(str, data))} in that order (choose others with bands=[...])",
             GeosegWarning,
             stacklevel=2,
         )
@@ -192,13 +193,13 @@ def select_bands(
         missing = [w for w in wanted if len(by_name.get(w, [])) != 1]
         raise InputError(
             f"{path}: the model expects bands {listing} but the raster's bands are {described} "
-            f"(no single {'/'.join(missing)} band); choose them with --bands, e.g. --bands {example}"
+            f"(no single {'/'.join(missing)} band); choose them with bands=[{example}]"
         )
     if len(data) == len(wanted):
         return data
     raise InputError(
         f"{path}: the raster has {len(data)} data band(s) but the model expects {len(wanted)} ({listing}); "
-        f"choose them with --bands, e.g. --bands {example}"
+        f"choose them with bands=[{example}]"
     )
 
 
@@ -484,11 +485,11 @@ def stretch_range(
     """The ``low``..``high`` percentile range of sampled ``values`` (of one image, or pooled from a training
     set's images), refusing what no stretch can map: no values, or a constant image."""
     if values.size == 0:
-        raise InputError(f"{source}: no valid pixels to estimate --scale auto from")
+        raise InputError(f"{source}: no valid pixels to estimate scale='auto' from")
     lo, hi = np.percentile(values, [low, high]).tolist()
     if not hi > lo:
         raise InputError(
-            f"{source}: --scale auto found a constant image (value {lo:g}); pass --scale MIN,MAX instead"
+            f"{source}: scale='auto' found a constant image (value {lo:g}); pass scale=(MIN, MAX) instead"
         )
     return float(lo), float(hi)
 
@@ -513,11 +514,11 @@ def resolve_value_range(
             return percentile_range(dataset, indexes)
         except RasterioError as error:
             message = gdal_message(error)
-            raise InputError(f"{path}: --scale auto could not read the pixels ({message})") from error
+            raise InputError(f"{path}: scale='auto' could not read the pixels ({message})") from error
     if scale is not None:
         lo, hi = float(scale[0]), float(scale[1])
         if not hi > lo:
-            raise InputError(f"{path}: --scale {lo:g},{hi:g} needs MAX > MIN")
+            raise InputError(f"{path}: scale=({lo:g}, {hi:g}) needs MAX > MIN")
         return lo, hi
     dtype = band_dtype(dataset, indexes)
     bits = min(int(dataset.tags(i, ns="IMAGE_STRUCTURE").get("NBITS", 8)) for i in indexes)
@@ -525,7 +526,7 @@ def resolve_value_range(
         top = 2**bits - 1  # GDAL's NBITS: a 4-bit band holds 0..15, which 0..255 would show nearly black
         raise InputError(
             f"{path}: {bits}-bit values 0..{top} but the model expects 8-bit values 0..255; "
-            f"pass --scale 0,{top}"
+            f"pass scale=(0, {top})"
         )
     if dtype == np.uint8 or tuple(model_range) != EIGHT_BIT_RANGE:
         return float(model_range[0]), float(model_range[1])
@@ -534,10 +535,10 @@ def resolve_value_range(
         scale, offset = dataset.scales[indexes[0] - 1], dataset.offsets[indexes[0] - 1]
         raise InputError(
             f"{path}: {stored.name} data with scale {scale:g} and offset {offset:g} (read as stored × scale "
-            f"+ offset) but the model expects 8-bit values 0..255; pass --scale MIN,MAX in those units "
-            f"(e.g. --scale 0,0.3 for reflectance) or --scale auto (2-98 percentile stretch)"
+            f"+ offset) but the model expects 8-bit values 0..255; pass scale=(MIN, MAX) in those units "
+            f"(e.g. scale=(0, 0.3) for reflectance) or scale='auto' (2-98 percentile stretch)"
         )
     raise InputError(
-        f"{path}: {dtype.name} data but the model expects 8-bit values 0..255; pass --scale MIN,MAX "
-        f"(raw values mapped to 0..255, e.g. --scale 0,4000) or --scale auto (2-98 percentile stretch)"
+        f"{path}: {dtype.name} data but the model expects 8-bit values 0..255; pass scale=(MIN, MAX) "
+        f"(raw values mapped to 0..255, e.g. scale=(0, 4000)) or scale='auto' (2-98 percentile stretch)"
     )

@@ -23,7 +23,7 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         raise ConfigurationError(
-            f"cannot listen on {host}:{port} ({error.strerror}); try another --port"
+            f"cannot listen on {host}:{port} ({error.strerror}); try another port=N"
         ) from error
     sock.listen(128)
     sock.set_inheritable(True)

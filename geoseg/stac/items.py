@@ -236,7 +236,7 @@ def select_bands(
             raise InputError(
                 f"{source}: no asset has a band with common name {wanted!r} (the model takes "
                 f"{','.join(bands)}; the item offers {', '.join(offered) or 'no common names'}); "
-                "name the assets with --assets"
+                "name the assets with assets=[...]"
             )
         chosen.append((*found[0], wanted))
     return chosen
@@ -253,9 +253,9 @@ def _expand(
 
     counts = [len(data_band_indexes(opened[key].dataset)) if band is None else 1 for key, band, _ in chosen]
     if sum(counts) != len(bands):
-        given = ",".join(dict.fromkeys(key for key, _, _ in chosen))
+        given = list(dict.fromkeys(key for key, _, _ in chosen))
         raise InputError(
-            f"{source}: --assets {given} give {sum(counts)} bands, the model takes {len(bands)} "
+            f"{source}: assets={given} give {sum(counts)} bands, the model takes {len(bands)} "
             f"({','.join(bands)})"
         )
     result: list[ItemBand] = []

@@ -71,8 +71,8 @@ def read_model_file(path: str | os.PathLike) -> ModelFile:
 
 def _no_card(path: Path) -> CardError:
     return CardError(
-        f"{path}: a foreign model has no card to describe; convert it first with "
-        "'geoseg convert MODEL -o OUT.safetensors --preset NAME' (or --card FILE)"
+        f"{path}: a foreign model has no card to describe; convert it first (geoseg convert, "
+        "geoseg.api.convert_checkpoint) with preset=NAME or card=FILE"
     )
 
 

@@ -266,7 +266,7 @@ def check_pairs(
             if min(image.width, image.height) < crop:
                 raise InputError(
                     f"{image_path}: is {image.width}×{image.height} pixels, smaller than the {crop}-pixel "
-                    "crop; pass a smaller --crop or leave this image out"
+                    "crop; pass a smaller crop=N or leave this image out"
                 )
             pair_encoding = LabelEncoding(
                 num_classes=encoding.num_classes,
@@ -289,7 +289,7 @@ def check_pairs(
             if counts[:-1].sum() == 0:
                 raise InputError(
                     f"{label_path}: every pixel is ignored or invalid in its image; "
-                    "check --label-offset/--ignore-index and the image's nodata/mask"
+                    "check label_offset=N, ignore_index=N and the image's nodata/mask"
                 )
             checked.append(
                 LabelledRaster(
@@ -384,7 +384,7 @@ class CropSampler:
                 share = 100 * labelled / sum(r.pixels for r in self.rasters)
                 raise InputError(
                     f"{MAX_EMPTY_CROPS} training crops in a row had no labelled pixel (the labels cover "
-                    f"{share:.2g} % of the training images); label more of them or use a larger --crop"
+                    f"{share:.2g} % of the training images); label more of them or use a larger crop=N"
                 )
         images, labels = zip(*crops, strict=True)
         return torch.stack(images), torch.stack(labels)

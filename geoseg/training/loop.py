@@ -86,21 +86,21 @@ class TrainingConfig:
         multiple = architecture.input_multiple
         if self.crop < multiple or self.crop % multiple:
             raise ConfigurationError(
-                f"--crop must be a positive multiple of {multiple} ({architecture.label}'s input multiple), "
-                f"got {self.crop}"
+                f"crop={self.crop}: give a positive multiple of {multiple} "
+                f"({architecture.label}'s input multiple)"
             )
         if self.batch_size < 1:
-            raise ConfigurationError(f"--batch-size must be at least 1, got {self.batch_size}")
+            raise ConfigurationError(f"batch_size={self.batch_size}: give at least 1")
         if self.epochs is not None and self.steps is not None:
-            raise ConfigurationError("give either --epochs or --steps, not both")
+            raise ConfigurationError("give either epochs=N or steps=N, not both")
         for name in ("epochs", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigurationError(f"--{name} must be at least 1, got {value}")
         if not self.lr > 0:
-            raise ConfigurationError(f"--lr must be positive, got {self.lr}")
+            raise ConfigurationError(f"lr={self.lr}: give a positive rate")
         if not 0 <= self.val_fraction < 1:
-            raise ConfigurationError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
+            raise ConfigurationError(f"val_fraction={self.val_fraction}: give a fraction in [0, 1)")
         lo, hi = self.scales
         if not 0 < lo <= hi:
             raise ConfigurationError(f"scale range must be 0 < low <= high, got {self.scales}")
@@ -274,7 +274,8 @@ def train(
         init_license = state.get("init_license", "")  # a state written before licences were kept: unknown
         if step >= total:
             raise ConfigurationError(
-                f"{resume}: the run already made {step} steps; pass a larger --steps/--epochs to continue it"
+                f"{resume}: the run already made {step} steps; "
+                "pass a larger steps=N or epochs=N to continue it"
             )
     sampler = CropSampler(rasters, config.crop, rng, config.scales)
     started, last_state_save = time.monotonic(), time.monotonic()
@@ -299,7 +300,7 @@ def train(
         value = float(loss.detach())
         if not math.isfinite(value):
             raise ConfigurationError(
-                f"the loss became {value} at step {step}; try a lower --lr or --precision fp32"
+                f"the loss became {value} at step {step}; try a lower lr=RATE or precision='fp32'"
             )
         losses.append(value)
         epoch_losses.append(value)
@@ -399,10 +400,12 @@ def train(
 def _split_pairs(images, labels, val_images, val_labels, config: TrainingConfig):
     pairs = pair_files(expand_paths(images, "image"), expand_paths(labels, "label"))
     if bool(val_images) != bool(val_labels):
-        raise ConfigurationError("give both --val-images and --val-labels, or neither")
+        raise ConfigurationError("give both val_images=FILES and val_labels=FILES, or neither")
     if val_images:
         if config.val_fraction:
-            raise ConfigurationError("give either --val-images/--val-labels or --val-fraction, not both")
+            raise ConfigurationError(
+                "give either val_images=FILES and val_labels=FILES or val_fraction=F, not both"
+            )
         val_pairs = pair_files(
             expand_paths(val_images, "validation image"), expand_paths(val_labels, "label")
         )
@@ -413,8 +416,8 @@ def _split_pairs(images, labels, val_images, val_labels, config: TrainingConfig)
     if config.val_fraction:
         if len(pairs) < 2:
             raise ConfigurationError(
-                "--val-fraction holds out whole images but only one pair was given; "
-                "pass --val-images/--val-labels or more pairs"
+                "val_fraction=F holds out whole images but only one pair was given; "
+                "pass val_images=FILES and val_labels=FILES, or more pairs"
             )
         count = min(len(pairs) - 1, max(1, round(config.val_fraction * len(pairs))))
         chosen = set(
@@ -428,13 +431,15 @@ def _split_pairs(images, labels, val_images, val_labels, config: TrainingConfig)
 
 def _vector_inputs(images, labels, val_images, val_labels, config: TrainingConfig):
     """The image files of a run whose labels are one vector file (and its validation images)."""
-    for role, given in (("--labels", labels), ("--val-labels", val_labels)):
+    for role, given in (("labels", labels), ("val_labels", val_labels)):
         if len(given) > 1:
             raise ConfigurationError(f"{role}: give one vector file of label polygons, not {len(given)}")
     if bool(val_images) != bool(val_labels):
-        raise ConfigurationError("give both --val-images and --val-labels, or neither")
+        raise ConfigurationError("give both val_images=FILES and val_labels=FILES, or neither")
     if val_images and config.val_fraction:
-        raise ConfigurationError("give either --val-images/--val-labels or --val-fraction, not both")
+        raise ConfigurationError(
+            "give either val_images=FILES and val_labels=FILES or val_fraction=F, not both"
+        )
     image_paths = expand_paths(images, "image")
     val_paths = expand_paths(val_images, "validation image") if val_images else []
     overlap = set(image_paths) & set(val_paths)

@@ -73,7 +73,7 @@ def vector_training_sets(
             if min(image.width, image.height) < crop:
                 raise InputError(
                     f"{image_path}: is {image.width}×{image.height} pixels, smaller than the {crop}-pixel "
-                    "crop; pass a smaller --crop or leave this image out"
+                    "crop; pass a smaller crop=N or leave this image out"
                 )
             grid, hits = on_grid(
                 polygons, image.crs, image.transform, image.width, image.height, ignore_index
@@ -147,8 +147,8 @@ def _held_out(count: int, fraction: float | None, seed: int) -> set[int]:
         return set()
     if count < 2:
         raise ConfigurationError(
-            "--val-fraction holds out whole spatial units (AOIs or clusters of label polygons) but the "
-            "labels form only one; pass --val-images/--val-labels, or labels in separate areas"
+            "val_fraction=F holds out whole spatial units (AOIs or clusters of label polygons) but the "
+            "labels form only one; pass val_images=FILES and val_labels=FILES, or labels in separate areas"
         )
     n = min(count - 1, max(1, round(fraction * count)))
     return set(np.random.default_rng(seed).choice(count, size=n, replace=False).tolist())

@@ -78,7 +78,9 @@ def check_vector_output(
     if final.suffix.lower() == ".shp" and not overwrite:
         for ext in SHAPEFILE_SIDECARS:  # a .dbf alone may be someone's table: replaced only when asked
             if final.with_suffix(ext).exists():
-                raise OutputError(f"{final.with_suffix(ext)}: output exists; pass --overwrite to replace it")
+                raise OutputError(
+                    f"{final.with_suffix(ext)}: output exists; pass overwrite=True to replace it"
+                )
     check_output_path(final, overwrite, inputs)
     style = style_sidecar(final) if styled else None
     if style is not None:
@@ -86,7 +88,7 @@ def check_vector_output(
             if os.path.abspath(style_sidecar(source) or "") == os.path.abspath(style):
                 raise OutputError(
                     f"{final}: its QGIS style {style} would replace the style of {source}; give the output "
-                    "another name, or pass --no-styles"
+                    "another name, or pass styles=False"
                 )
         check_output_path(style, overwrite)
     return style

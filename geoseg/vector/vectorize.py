@@ -313,7 +313,7 @@ def _check_geojson_crs(dataset, path: Path, output_path: Path, keep_crs: bool) -
     if to_lonlat and not keep_crs:
         return
     if keep_crs:
-        instead = "drop --keep-crs (WGS84 longitude/latitude) or " if to_lonlat else ""
+        instead = "drop keep_crs=True (WGS84 longitude/latitude) or " if to_lonlat else ""
         reason = "GeoJSON can only name a CRS by its EPSG code and"
         raise OutputError(f"{output_path}: {reason} the CRS of {path} has none; {instead}write .gpkg or .fgb")
     raise OutputError(
