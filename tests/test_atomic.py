@@ -35,7 +35,7 @@ def test_failure_or_interrupt_removes_the_temporary_file_and_keeps_the_old_outpu
 
 def test_existing_output_without_overwrite_and_missing_folder_are_refused(tmp_path):
     (tmp_path / "out.tif").write_text("x")
-    with pytest.raises(OutputError, match="output exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="output exists; pass overwrite=True"):
         check_output_path(tmp_path / "out.tif", overwrite=False)
     with pytest.raises(OutputError, match="does not exist"):
         check_output_path(tmp_path / "nope" / "out.tif", overwrite=False)

@@ -48,7 +48,9 @@ def test_auto_on_a_cpu_without_native_bf16_is_fp32(cpu_bf16):
 
 def test_explicit_bf16_on_a_cpu_without_it_fails_naming_fp32(cpu_bf16):
     cpu_bf16(False)
-    with pytest.raises(ConfigurationError, match=r"no native bf16 .*use --precision fp32 or auto"):
+    with pytest.raises(
+        ConfigurationError, match=r"no native bf16 .*use precision='fp32' or precision='auto'"
+    ):
         resolve_precision("bf16", CPU)
 
 
@@ -65,7 +67,9 @@ def test_fp32_is_fp32_everywhere(cpu_bf16):
 
 def test_fp16_on_a_cpu_without_amx_fp16_fails(pretend_cpu):
     pretend_cpu(avx512=True, native_bf16=True, native_fp16=False)
-    with pytest.raises(ConfigurationError, match=r"fp16 on this CPU .*use --precision fp32 or auto"):
+    with pytest.raises(
+        ConfigurationError, match=r"fp16 on this CPU .*use precision='fp32' or precision='auto'"
+    ):
         resolve_precision("fp16", CPU)
 
 
@@ -92,7 +96,8 @@ def test_auto_on_a_gpu_is_bf16_where_supported_else_fp16(cuda_bf16):
 def test_explicit_bf16_on_a_gpu_without_it_fails_naming_fp16(cuda_bf16):
     cuda_bf16(False)
     with pytest.raises(
-        ConfigurationError, match=r"^Tesla T4 does not support bf16; use --precision fp16 or auto$"
+        ConfigurationError,
+        match=r"^Tesla T4 does not support bf16; use precision='fp16' or precision='auto'$",
     ):
         resolve_precision("bf16", CUDA)
 
@@ -139,5 +144,5 @@ def test_native_fp16_follows_what_torch_reports(monkeypatch, amx_fp16):
 
 def test_resolve_device_refuses_cuda_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigurationError, match="CUDA is not available; use --device cpu"):
+    with pytest.raises(ConfigurationError, match="CUDA is not available; use device='cpu'"):
         resolve_device("cuda")

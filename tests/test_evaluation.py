@@ -106,7 +106,7 @@ def test_colour_not_in_the_table_is_an_error_naming_it():
 
 def test_colour_truth_without_colours_asks_for_a_preset(tmp_path):
     colour = np.zeros((3, 4, 4), dtype=np.uint8)
-    with pytest.raises(InputError, match="colour label raster .* pass --preset or --card"):
+    with pytest.raises(InputError, match="colour label raster .* pass preset=NAME or card=FILE"):
         evaluate(write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", colour))
 
 
@@ -119,7 +119,7 @@ def test_decode_labels_offset_ignore_index_and_nodata():
 def test_truth_value_outside_the_classes_suggests_the_label_offset(tmp_path):
     truth = TRUTH + 5  # 5 = clutter, 6 = the preset's ignore index, 7 = no class
     with pytest.raises(
-        InputError, match=r"t\.tif: 8 label pixels hold value\(s\) 7 that lie outside .*--label-offset"
+        InputError, match=r"t\.tif: 8 label pixels hold value\(s\) 7 that lie outside .*label_offset=N"
     ):
         evaluate(write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", truth), preset="potsdam")
 

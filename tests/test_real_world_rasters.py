@@ -170,8 +170,8 @@ def test_scaled_uint16_for_an_8_bit_model_is_refused_naming_its_scale(tmp_path):
         run_predict(source, tmp_path / "classes.tif")
     assert str(caught.value) == (
         f"{source}: uint16 data with scale 0.0001 and offset 0 (read as stored × scale + offset) but the "
-        "model expects 8-bit values 0..255; pass --scale MIN,MAX in those units (e.g. --scale 0,0.3 for "
-        "reflectance) or --scale auto (2-98 percentile stretch)"
+        "model expects 8-bit values 0..255; pass scale=(MIN, MAX) in those units (e.g. scale=(0, 0.3) for "
+        "reflectance) or scale='auto' (2-98 percentile stretch)"
     )
     assert not (tmp_path / "classes.tif").exists()
 

@@ -182,7 +182,7 @@ def test_a_raster_without_class_names_gives_unstyled_polygons(tmp_path):
 
 def test_an_existing_style_is_replaced_only_when_asked(classes_tif, tmp_path):
     (tmp_path / "p.qml").write_text("mine")
-    with pytest.raises(OutputError, match="p.qml: output exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="p.qml: output exists; pass overwrite=True"):
         vectorize(classes_tif, tmp_path / "p.fgb")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif", "p.qml"]
     vectorize(classes_tif, tmp_path / "p.fgb", overwrite=True)
@@ -194,7 +194,7 @@ def test_polygons_named_like_their_raster_would_replace_its_style_and_are_refuse
         vectorize(classes_tif, tmp_path / "classes.fgb")
     assert str(caught.value) == (
         f"{tmp_path / 'classes.fgb'}: its QGIS style {tmp_path / 'classes.qml'} would replace the style of "
-        f"{classes_tif}; give the output another name, or pass --no-styles"
+        f"{classes_tif}; give the output another name, or pass styles=False"
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["classes.tif"]
     vectorize(classes_tif, tmp_path / "classes.fgb", styles=False)

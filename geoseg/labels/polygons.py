@@ -338,7 +338,7 @@ def map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOp
         more = f" and {unknown.size - 10} more" if unknown.size > 10 else ""
         raise InputError(
             f"{source}: {unknown.size} value(s) of field {options.class_field!r} map to no class: "
-            f"{listed}{more}; classes are {_listed(names)}; map them with class_map={'VALUE': 'CLASS', …}"
+            f"{listed}{more}; classes are {_listed(names)}; map them with class_map={{'VALUE': 'CLASS', …}}"
         )
     return lookup[inverse.ravel()]
 

@@ -19,10 +19,60 @@ from geoseg.errors import one_line
         ("(set batch_size=2 to start there)", "(set --batch-size 2 to start there)"),
         ("delete w or drop resume=True to start over", "delete w or drop --resume to start over"),
         ("the options overlap changed from 16 to 32", "the options overlap changed from 16 to 32"),
+        # a bare, single-quoted and double-quoted value, and True: the flag alone
+        ("max_size=100 is too small", "--max-size 100 is too small"),
+        (
+            "precision='int8' runs on the CPU; use device='cpu'",
+            "--precision int8 runs on the CPU; use --device cpu",
+        ),
+        ('drop engine="torch"; then', "drop --engine torch; then"),
+        ("output exists; pass overwrite=True to replace it", "output exists; pass --overwrite to replace it"),
+        # a value that has a flag of its own, and parameters spelled differently on the command line
+        ("or pass styles=False", "or pass --no-styles"),
+        ("target='deepness': tile 500", "--for deepness: tile 500"),
+        # lists, tuples and dicts as a flag takes them
+        ("bands=[4, 3, 2] lists 3 band(s)", "--bands 4,3,2 lists 3 band(s)"),
+        ("pass scale=(0, 4000) or scale='auto'", "pass --scale 0,4000 or --scale auto"),
+        ("priority=('building',) first", "--priority building first"),
+        ("map them with class_map={'VALUE': 'CLASS', …}", "map them with --class-map VALUE=CLASS,…"),
+        # placeholders: the flag and its metavar
+        ("pass preset=NAME or card=FILE", "pass --preset NAME or --card FILE"),
     ],
 )
 def test_the_cli_shows_each_parameter_as_its_flag(library, cli):
     assert flags_for_parameters(library) == cli
+
+
+def test_a_parameter_of_the_table_has_its_flag_in_every_command_that_takes_it():
+    """One table serves every command: a command whose option is named like a parameter of the table (the
+    click name is the function's parameter) offers that parameter's flag, so no command means another."""
+    import click
+
+    flags = {key.partition("=")[0]: flag for key, flag in PARAMETER_FLAGS.items()}
+    commands = {name: cli.get_command(None, name) for name in cli.list_commands(None)}
+    offered = set()
+    for name, command in commands.items():
+        for param in command.params:
+            if isinstance(param, click.Option):
+                offered.update(param.opts)
+                if param.name in flags and flags[param.name] != "--no-styles":
+                    assert flags[param.name] in param.opts, (name, param.name, param.opts)
+    assert set(PARAMETER_FLAGS.values()) <= offered
+
+
+def test_quicklook_names_overwrite_in_python_and_its_flag_on_the_command_line(tmp_path):
+    from helpers import blocky_classes, write_classes
+
+    from geoseg.api import quicklook
+    from geoseg.errors import OutputError
+
+    classes = write_classes(tmp_path / "c.tif", blocky_classes(40, 60))
+    (tmp_path / "c.png").write_bytes(b"old")
+    with pytest.raises(OutputError, match=r"c\.png: output exists; pass overwrite=True to replace it$"):
+        quicklook(classes, tmp_path / "c.png")
+    result = CliRunner().invoke(cli, ["quicklook", str(classes), "-o", str(tmp_path / "c.png")])
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {tmp_path / 'c.png'}: output exists; pass --overwrite to replace it\n"
 
 
 def test_every_parameter_maps_to_a_flag_of_its_own():

@@ -240,16 +240,17 @@ def test_int8_with_engine_torch_fails_in_one_line(checkpoint, crop, tmp_path):
                       "--precision", "int8", "--engine", "torch")  # fmt: skip
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
-        "Error: --precision int8 runs in onnxruntime; use --engine onnxruntime or auto (or another precision)"
+        "Error: --precision int8 runs in onnxruntime; "
+        "use --engine onnxruntime or --engine auto (or another precision)"
     ]
 
 
 def test_int8_on_a_gpu_is_refused():
     with pytest.raises(
-        ConfigurationError, match=r"^--precision int8 runs on the CPU \(onnxruntime\), not on cuda"
+        ConfigurationError, match=r"^precision='int8' runs on the CPU \(onnxruntime\), not on cuda"
     ):
         resolve_precision("int8", torch.device("cuda"))
-    with pytest.raises(ConfigurationError, match="int8 runs in onnxruntime"):
+    with pytest.raises(ConfigurationError, match="'int8' runs in onnxruntime"):
         resolve_engine("torch", "int8", CPU, build_manet(6, "resnet18"))
 
 

@@ -107,7 +107,7 @@ def test_a_compiled_network_stops_padding_to_a_batch_that_ran_out_of_memory():
 def test_not_even_one_tile_fitting_is_a_one_line_error(tmp_path):
     _scene(tmp_path / "scene.tif")
     with (
-        pytest.raises(GeosegError, match=r"^out of GPU memory with one tile per batch; use a smaller --tile"),
+        pytest.raises(GeosegError, match=r"^out of GPU memory with one tile per batch; use a smaller tile=N"),
         warnings.catch_warnings(),
     ):
         warnings.simplefilter("ignore", GeosegWarning)

@@ -44,7 +44,7 @@ def test_cli_bf16_on_a_cpu_without_native_bf16_fails_before_any_work(
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         "Error: this CPU has no native bf16 (AVX512-BF16, AMX or Arm BF16), where bf16 is emulated and "
-        "slower than float32; use --precision fp32 or auto"
+        "slower than float32; use --precision fp32 or --precision auto"
     ]
     assert list(tmp_path.iterdir()) == []
 

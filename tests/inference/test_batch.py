@@ -247,7 +247,7 @@ def test_existing_outputs_fail_before_any_work(shared_data, tmp_path):
         shared_data / "aerial" / "netherlands_0p25m_epsg28992.tif",
     ]
     with pytest.raises(
-        OutputError, match=r"netherlands_0p25m_epsg28992\.classes\.tif: output exists; pass --overwrite"
+        OutputError, match=r"netherlands_0p25m_epsg28992\.classes\.tif: output exists; pass overwrite=True"
     ):
         _run(sources, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["netherlands_0p25m_epsg28992.classes.tif"]

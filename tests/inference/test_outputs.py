@@ -342,7 +342,7 @@ def test_a_scene_finished_without_styles_by_an_older_geoseg_is_still_skipped(sce
 def test_a_style_file_in_the_way_is_refused_before_any_tile(scenes, tmp_path):
     (tmp_path / "classes.confidence.qml").write_text("mine")
     model = CountingNet()
-    with pytest.raises(OutputError, match="classes.confidence.qml: output exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="classes.confidence.qml: output exists; pass overwrite=True"):
         _run([scenes[0]], tmp_path / "classes.tif", confidence=True, model=model)
     assert model.calls == 0
 
@@ -355,7 +355,7 @@ def test_two_outputs_of_a_scene_with_one_style_name_are_refused_before_any_tile(
         _run([scenes[0]], tmp_path / "x.tif", vectorize=tmp_path / "x.fgb", model=model)
     assert str(caught.value) == (
         f"{scenes[0]}: two of its outputs would write {tmp_path / 'x.qml'} (a QGIS style is named after its "
-        "file without the suffix); give them different names, or pass --no-styles"
+        "file without the suffix); give them different names, or pass styles=False"
     )
     assert model.calls == 0
     _run([scenes[0]], tmp_path / "x.tif", vectorize=tmp_path / "x.fgb", model=model, styles=False)

@@ -119,7 +119,7 @@ def test_inside_aois_unlabelled_pixels_are_background_outside_ignored(tmp_path):
 def test_aoi_needs_a_background_class_when_none_is_named_background(tmp_path):
     labels_path = _write(tmp_path / "l.gpkg", [_box(2, 2, 4, 4)], ["building"])
     aoi = _write(tmp_path / "aoi.gpkg", [_box(0, 0, 10, 10)])
-    with pytest.raises(ConfigurationError, match="--background CLASS"):
+    with pytest.raises(ConfigurationError, match="background=CLASS"):
         load_label_polygons(labels_path, VectorLabelOptions("klasse", aoi=str(aoi)), ["building", "road"])
 
 
@@ -152,7 +152,7 @@ def test_a_value_mapped_twice_to_different_classes_is_refused_in_text_json_and_m
 
 def test_a_class_map_to_an_unknown_class_names_the_value_as_the_user_wrote_it(tmp_path):
     path = _write(tmp_path / "l.gpkg", [_box(0, 0, 2, 2)], ["Wasser"])
-    with pytest.raises(ConfigurationError, match=r"^--class-map Wasser: 'ocean' is no class; classes are"):
+    with pytest.raises(ConfigurationError, match=r"^class_map\['Wasser'\]: 'ocean' is no class; classes are"):
         _labels(path, VectorLabelOptions("klasse", class_map=parse_class_map("Wasser=ocean")))
 
 

@@ -149,7 +149,7 @@ def test_tile_and_crop_sizes_follow_the_networks_input_multiple():
         with pytest.raises(CardError, match=f"tile_size must be a positive multiple of 32 \\({label}'s"):
             ModelCard(CLASSES, architecture=name, tile_size=48, overlap=16)
         with pytest.raises(
-            ConfigurationError, match=f"--crop must be a positive multiple of 32 \\({label}'s"
+            ConfigurationError, match=f"crop=\\d+: give a positive multiple of 32 \\({label}'s"
         ):
             TrainingConfig(crop=48).check(ARCHITECTURES[name])
         with pytest.raises(ConfigurationError, match="tile size 48 is not a positive multiple of 32"):

@@ -125,7 +125,7 @@ def test_card_contradicting_the_weights_is_refused(tmp_path):
 
 def test_foreign_checkpoint_without_preset_or_card_says_what_to_pass(tmp_path):
     torch.save(_trained_like().state_dict(), tmp_path / "raw.pt")
-    with pytest.raises(CheckpointError, match="pass --preset NAME or --card FILE"):
+    with pytest.raises(CheckpointError, match="pass preset=NAME or card=FILE"):
         load_checkpoint(tmp_path / "raw.pt")
 
 

@@ -112,7 +112,7 @@ def test_curves_are_redrawn_after_every_epoch_and_survive_resume(tiles, tmp_path
 def test_existing_curves_need_overwrite_before_any_work(tiles, tmp_path):
     output = tmp_path / "model.safetensors"
     curves_path_for(output).write_bytes(b"old")
-    with pytest.raises(Exception, match="output exists; pass --overwrite"):
+    with pytest.raises(Exception, match="output exists; pass overwrite=True"):
         train(
             [tiles / "image_0.png"],
             [tiles / "label_0.png"],

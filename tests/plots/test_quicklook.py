@@ -227,11 +227,11 @@ def test_output_problems_fail_before_reading(tmp_path):
     with pytest.raises(OutputError, match="does not exist"):
         quicklook(classes, tmp_path / "missing" / "map.png")
     (tmp_path / "map.png").write_bytes(b"old")
-    with pytest.raises(OutputError, match="pass --overwrite"):
+    with pytest.raises(OutputError, match="pass overwrite=True"):
         quicklook(classes, tmp_path / "map.png")
     with pytest.raises(ConfigurationError, match="name the file .png"):
         quicklook(classes, tmp_path / "map.jpg")
-    with pytest.raises(ConfigurationError, match="--max-size 100"):
+    with pytest.raises(ConfigurationError, match="max_size=100"):
         quicklook(classes, tmp_path / "other.png", max_size=100)
     assert (tmp_path / "map.png").read_bytes() == b"old"
 
@@ -286,9 +286,7 @@ def test_legend_share_of_a_class_short_of_the_whole_map_never_reads_100_percent(
 def test_a_raster_naming_other_classes_than_the_preset_is_refused(tmp_path):
     classes = write_classes(tmp_path / "c.tif", np.zeros((60, 60), np.uint8))
 
-    with pytest.raises(
-        InputError, match=r"its 5 classes \(building, road, .*\) are not the 7 of --preset/--card"
-    ):
+    with pytest.raises(InputError, match=r"its 5 classes \(building, road, .*\) are not the 7 of the card"):
         quicklook(classes, tmp_path / "c.png", preset="loveda")
     assert not (tmp_path / "c.png").exists()
 

@@ -129,7 +129,7 @@ def test_a_grey_raster_for_an_rgb_model_suggests_only_bands_that_exist(tmp_path)
         with pytest.raises(
             InputError,
             match=r"grey\.tif: the raster has 1 data band\(s\) but the model expects 3 \(red,green,blue\); "
-            r"choose them with --bands, e\.g\. --bands 1,1,1$",
+            r"choose them with bands=\[1,1,1\]$",
         ):
             select_bands(d, RGB)
         assert select_bands(d, RGB, [1, 1, 1]) == [1, 1, 1]
@@ -150,9 +150,11 @@ def test_a_gdal_read_failure_is_described_by_gdals_own_reason(tmp_path):
 
 def test_band_list_is_checked_against_the_model_and_the_raster(shared_data):
     with rasterio.open(shared_data / "variants" / "colorado_hro_0p15m.tif") as d:
-        with pytest.raises(InputError, match=r"--bands lists 2 band\(s\) but the model expects 3"):
+        with pytest.raises(InputError, match=r"bands=\[1, 2\] lists 2 band\(s\) but the model expects 3"):
             select_bands(d, RGB, [1, 2])
-        with pytest.raises(InputError, match=r"--bands 5 out of range; the raster has bands 1\.\.3"):
+        with pytest.raises(
+            InputError, match=r"bands=\[1, 2, 5\]: 5 out of range; the raster has bands 1\.\.3"
+        ):
             select_bands(d, RGB, [1, 2, 5])
 
 
@@ -167,7 +169,8 @@ def test_eight_bit_data_uses_the_models_range(shared_data):
 def test_sixteen_bit_data_without_a_scale_is_refused(shared_data):
     with rasterio.open(shared_data / "variants" / "landsat_rgb_uint16_60m.tif") as d:
         with pytest.raises(
-            InputError, match=r"uint16 data but the model expects 8-bit values 0\.\.255; pass --scale"
+            InputError,
+            match=r"uint16 data but the model expects 8-bit values 0\.\.255; pass scale=\(MIN, MAX\)",
         ):
             resolve_value_range(d, [1, 2, 3], None)
         assert resolve_value_range(d, [1, 2, 3], (0, 40000)) == (0.0, 40000.0)
@@ -332,7 +335,7 @@ def test_scale_auto_on_a_damaged_raster_names_the_file_and_gdals_reason(tmp_path
         with pytest.raises(InputError) as refused:
             resolve_value_range(d, [1, 2, 3], "auto", path=str(cut))
     message = str(refused.value)
-    assert message.startswith(f"{cut}: --scale auto could not read the pixels (cut.tif, band ")
+    assert message.startswith(f"{cut}: scale='auto' could not read the pixels (cut.tif, band ")
     assert message.endswith("TIFFReadEncodedTile() failed.)")
     assert isinstance(refused.value.__cause__, rasterio.errors.RasterioIOError)
 
@@ -418,7 +421,7 @@ def test_fewer_than_8_bits_need_a_scale_that_says_their_range(tmp_path):
         with pytest.raises(InputError) as refused:
             resolve_value_range(d, indexes, None, path=str(path))
         assert str(refused.value) == (
-            f"{path}: 4-bit values 0..15 but the model expects 8-bit values 0..255; pass --scale 0,15"
+            f"{path}: 4-bit values 0..15 but the model expects 8-bit values 0..255; pass scale=(0, 15)"
         )
         assert resolve_value_range(d, indexes, (0, 15), path=str(path)) == (0.0, 15.0)
 

@@ -399,7 +399,7 @@ def test_an_item_reads_its_assets_nbits(tmp_path, layout):
     assert (
         messages[0]
         == messages[1]
-        == "4-bit values 0..15 but the model expects 8-bit values 0..255; pass --scale 0,15"
+        == "4-bit values 0..15 but the model expects 8-bit values 0..255; pass scale=(0, 15)"
     )
     expected = _expected(direct, tmp_path / "direct.tif", layouts[layout], scale=(0.0, 15.0))
     _assert_same(_predict_classes(item, tmp_path / "item.tif", scale=(0.0, 15.0)), expected)

@@ -125,7 +125,9 @@ def test_bands_are_chosen_by_name_or_by_number_as_in_predict(tmp_path):
     label = geotiff(tmp_path / "label.tif", LABELS)
     assert check_pairs([(image, label)], ENCODING, RGB, 32)[0].indexes == [2, 3, 4]
     assert check_pairs([(image, label)], ENCODING, RGB, 32, bands=[1, 2, 3])[0].indexes == [1, 2, 3]
-    with pytest.raises(InputError, match=r"image\.tif: --bands 5 out of range; the raster has bands 1\.\.4"):
+    with pytest.raises(
+        InputError, match=r"image\.tif: bands=\[5, 2, 3\]: 5 out of range; the raster has bands 1\.\.4"
+    ):
         check_pairs([(image, label)], ENCODING, RGB, 32, bands=[5, 2, 3])
 
 

@@ -121,7 +121,7 @@ def test_image_without_the_model_bands_fails_as_in_predict(tiles):
     with pytest.raises(
         InputError,
         match=r"image_0\.png: the model expects bands red,green,blue,nir but the raster's bands are "
-        r"red,green,blue \(no single nir band\); choose them with --bands, e.g. --bands 1,2,3,1",
+        r"red,green,blue \(no single nir band\); choose them with bands=\[1,2,3,1\]",
     ):
         check_pairs([(tiles / "image_0.png", tiles / "label_0.png")], ENCODING, [*RGB, "nir"], 32)
 
@@ -321,7 +321,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tiles, tmp_path):
 def test_existing_output_needs_overwrite_before_any_work(tiles, tmp_path):
     output = tmp_path / "model.safetensors"
     output.write_bytes(b"x")
-    with pytest.raises(Exception, match="output exists; pass --overwrite"):
+    with pytest.raises(Exception, match="output exists; pass overwrite=True"):
         train([tiles / "image_0.png"], [tiles / "label_0.png"], output, card=LOVEDA, config=small_config())
 
 
@@ -351,7 +351,7 @@ def test_resume_with_other_classes_is_refused(tiles, tmp_path):
 def test_bad_configuration_is_refused():
     with pytest.raises(ConfigurationError, match="multiple of 32"):
         small_config(crop=100).check(ARCHITECTURES["manet"])
-    with pytest.raises(ConfigurationError, match="either --epochs or --steps"):
+    with pytest.raises(ConfigurationError, match="either epochs=N or steps=N"):
         small_config(epochs=2).check(ARCHITECTURES["manet"])
 
 

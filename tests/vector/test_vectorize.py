@@ -567,7 +567,7 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_it_not_the_temporar
 def test_a_shapefile_side_car_left_alone_needs_overwrite_too(tmp_path, named):
     table = tmp_path / "out.dbf"  # no out.shp: vectorize replaced it silently before
     table.write_bytes(b"someone's table")
-    with pytest.raises(OutputError, match=r"out.dbf: output exists; pass --overwrite"):
+    with pytest.raises(OutputError, match=r"out.dbf: output exists; pass overwrite=True"):
         vectorize(named[0], tmp_path / "out.shp")
     assert table.read_bytes() == b"someone's table"
     assert not (tmp_path / "out.shp").exists()
@@ -579,7 +579,7 @@ def test_existing_output_needs_overwrite_and_is_left_alone(tmp_path, named):
     path, _ = named
     out = tmp_path / "x.gpkg"
     out.write_text("keep me")
-    with pytest.raises(OutputError, match="output exists; pass --overwrite"):
+    with pytest.raises(OutputError, match="output exists; pass overwrite=True"):
         vectorize(path, out)
     assert out.read_text() == "keep me"
     result = vectorize(path, out, overwrite=True)
