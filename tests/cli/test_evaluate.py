@@ -193,7 +193,7 @@ def test_truth_polygons_need_their_class_field_and_name_the_missing_one(tmp_path
     assert (
         result.output.strip()
         .splitlines()[-1]
-        .endswith("no field 'class'; its fields are klasse; name one with --class-field")
+        .endswith("no field 'class'; its fields are klasse; name one with --class-field FIELD")
     )
 
 
@@ -447,5 +447,5 @@ def test_evaluate_of_a_prediction_without_valid_pixels_names_both_files(tmp_path
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1] == (
         f"Error: {prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
-        "nodata in the prediction); check --ignore-index/--label-offset and the prediction's nodata"
+        "nodata in the prediction); check --ignore-index N, --label-offset N and the prediction's nodata"
     )

@@ -196,8 +196,7 @@ def test_vectorize_writes_polygons_of_the_class_raster(checkpoint, colorado, tmp
         (
             lambda d, tmp: d / "variants" / "naip_rgbn_5m_nodata0.tif",
             [],
-            "has 4 data band(s) but the model expects 3 (red,green,blue); "
-            "choose them with --bands, e.g. --bands 1,2,3",
+            "has 4 data band(s) but the model expects 3 (red,green,blue); choose them with --bands 1,2,3",
         ),
         (
             lambda d, tmp: d / "variants" / "landsat_rgb_uint16_60m.tif",
@@ -217,7 +216,7 @@ def test_vectorize_writes_polygons_of_the_class_raster(checkpoint, colorado, tmp
         (
             lambda d, tmp: d / "variants" / "colorado_hro_0p15m.tif",
             ["--bands", "1,2,9"],
-            "--bands 9 out of range; the raster has bands 1..3",
+            "--bands 1,2,9: 9 out of range; the raster has bands 1..3",
         ),
     ],
 )

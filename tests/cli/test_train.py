@@ -105,7 +105,7 @@ def test_crop_not_a_multiple_of_32_fails(tiles, tmp_path):
     args[args.index("--crop") + 1] = "50"
     result = run(*args)
     assert result.exit_code == 1
-    assert "--crop must be a positive multiple of 32" in result.output
+    assert "--crop 50: give a positive multiple of 32" in result.output
 
 
 def test_classes_must_be_named(tiles, tmp_path):
@@ -202,7 +202,7 @@ def test_a_run_without_any_labelled_pixel_is_refused_in_one_line_before_the_firs
     assert result.exit_code == 1
     assert result.stderr.splitlines() == [
         f"Error: {tmp_path / 'label_0.png'}: every pixel is ignored or invalid in its image; check "
-        "--label-offset/--ignore-index and the image's nodata/mask"
+        "--label-offset N, --ignore-index N and the image's nodata/mask"
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["image_0.png", "label_0.png"]
 
