@@ -379,7 +379,7 @@ def test_a_refused_int8_calibration_is_remembered_for_its_tiles(tiny_network, tm
         return str(caught.value)
 
     first = refusal(tiles)
-    assert first.startswith("--precision int8: the int8 network keeps the classes of ") and calls[0] == 1
+    assert first.startswith("precision='int8': the int8 network keeps the classes of ") and calls[0] == 1
     assert refusal(tiles) == first and calls[0] == 1
     refusal(tiles[:2])  # another calibration set: measured
     assert calls[0] == 2
@@ -480,8 +480,8 @@ def test_int8_under_the_agreement_is_refused_in_one_line(decisive_checkpoint, cr
     assert again.stderr == result.stderr
     assert result.stderr.strip().splitlines() == [
         "Error: --precision int8: the int8 network keeps the classes of 100.00% of the calibration pixels "
-        "only (at least 101.0% needed, 0 of 8 layer groups in float32); use --precision fp32 or auto, or "
-        "other tiles (--calibration)"
+        "only (at least 101.0% needed, 0 of 8 layer groups in float32); use --precision fp32 or --precision "
+        "auto, or other tiles (--calibration RASTERS)"
     ]
     assert not (tmp_path / "c.tif").exists()
     assert [p.name for p in (tmp_path / "cache" / "geoseg").glob("*int8*.onnx")] == []
