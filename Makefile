@@ -1,10 +1,11 @@
-# Two commands: `make demo` and `make test`. Both set up .venv on first use.
+# Two commands: `make demo` and `make test` (`make quick`: the same without the slow tests). All set up .venv
+# on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test quick lint format clean
 
 # torch/torchvision: the pair this machine's wheel store holds; elsewhere any release in pyproject's range.
 $(STAMP): pyproject.toml
@@ -33,6 +34,12 @@ test: $(STAMP)
 	$(BIN)/ruff check geoseg tests benchmarks docs/make_images.py
 	$(BIN)/ruff format --check geoseg tests benchmarks docs/make_images.py
 	$(BIN)/python -m pytest -q
+
+# The quick check while working: ruff and the tests not marked slow (pyproject.toml says which those are).
+quick: $(STAMP)
+	$(BIN)/ruff check geoseg tests benchmarks docs/make_images.py
+	$(BIN)/ruff format --check geoseg tests benchmarks docs/make_images.py
+	$(BIN)/python -m pytest -q -m "not slow"
 
 format: $(STAMP)
 	$(BIN)/ruff format geoseg tests benchmarks docs/make_images.py

@@ -72,6 +72,7 @@ def models(tmp_path_factory):
     return {"bundled": (bundled, card), "converted": load_checkpoint(output)}
 
 
+@pytest.mark.slow
 def test_converted_authors_checkpoint_is_the_bundled_network(models, shared_data, monkeypatch):
     """Same logits in float32 once the bundled stem pads with the normalised value of a raw 0 (what the
     converted network's zero padding of raw ÷255 input is): the key mapping and the ÷255 card are right."""
@@ -93,6 +94,7 @@ def test_converted_authors_checkpoint_is_the_bundled_network(models, shared_data
 
 
 @pytest.mark.parametrize("which", ["bundled", "converted"])
+@pytest.mark.slow
 def test_bf16_classes_agree_with_float32_on_every_real_crop(models, shared_data, which):
     model, card = models[which]
     shares = []

@@ -163,11 +163,11 @@ def _commands(inputs: Path, checkpoint: Path, out: Path) -> dict[str, list[str]]
 @pytest.mark.parametrize(
     "command, signum",
     [
-        ("predict", signal.SIGTERM),
-        ("vectorize", signal.SIGTERM),
-        ("train", signal.SIGTERM),
-        ("convert", signal.SIGTERM),
-        ("convert", signal.SIGHUP),
+        pytest.param("predict", signal.SIGTERM, marks=pytest.mark.slow),
+        ("vectorize", signal.SIGTERM),  # the one that loads no torch: seconds, the quick check keeps it
+        pytest.param("train", signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param("convert", signal.SIGTERM, marks=pytest.mark.slow),
+        pytest.param("convert", signal.SIGHUP, marks=pytest.mark.slow),
     ],
 )
 def test_a_signal_right_before_the_rename_leaves_nothing(inputs, checkpoint, tmp_path, command, signum):
@@ -184,6 +184,7 @@ def test_a_signal_right_before_the_rename_leaves_nothing(inputs, checkpoint, tmp
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM])
+@pytest.mark.slow
 def test_a_signal_while_the_engine_threads_run_leaves_nothing(inputs, checkpoint, tmp_path, signum):
     out = tmp_path / "out"
     out.mkdir()
@@ -200,6 +201,7 @@ def test_a_signal_while_the_engine_threads_run_leaves_nothing(inputs, checkpoint
     assert os.listdir(out) == []
 
 
+@pytest.mark.slow
 def test_sigkill_leaves_only_a_hidden_temporary_name_never_the_final_one(inputs, checkpoint, tmp_path):
     """SIGKILL cannot be caught: what it leaves must not pass for a finished output."""
     out = tmp_path / "out"
@@ -257,6 +259,7 @@ def _scene_command(inputs: Path, checkpoint: Path, out: Path) -> list[str]:
     "signum, line",
     [(signal.SIGTERM, "geoseg: terminated by SIGTERM"), (signal.SIGINT, "geoseg: interrupted")],
 )
+@pytest.mark.slow
 def test_a_signal_between_a_scenes_outputs_leaves_none_of_them(inputs, checkpoint, tmp_path, signum, line):
     """Paused as the polygons are written: class raster and confidence complete, the quick-look not begun."""
     out = tmp_path / "out"
@@ -280,6 +283,7 @@ def test_a_signal_between_a_scenes_outputs_leaves_none_of_them(inputs, checkpoin
     assert sorted(os.listdir(out)) == SCENE_FILES
 
 
+@pytest.mark.slow
 def test_sigkill_between_a_scenes_outputs_leaves_no_final_name(inputs, checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -290,6 +294,7 @@ def test_sigkill_between_a_scenes_outputs_leaves_no_final_name(inputs, checkpoin
     assert left and all(STAGED.match(name) for name in left), left
 
 
+@pytest.mark.slow
 def test_a_signal_during_a_scenes_renames_lets_the_whole_set_arrive(inputs, checkpoint, tmp_path):
     """Paused at the rename of the staged confidence, after the class raster's: the set completes, then the
     signal stops the command."""
@@ -308,6 +313,7 @@ def test_a_signal_during_a_scenes_renames_lets_the_whole_set_arrive(inputs, chec
     assert sorted(os.listdir(out)) == SCENE_FILES
 
 
+@pytest.mark.slow
 def test_a_signal_removes_the_output_folder_predict_made_while_it_is_empty(inputs, checkpoint, tmp_path):
     new = tmp_path / "new"
     scenes = [str(inputs / "scene.tif"), str(inputs / "large.tif")]
@@ -327,6 +333,7 @@ def test_a_signal_removes_the_output_folder_predict_made_while_it_is_empty(input
         (signal.SIGHUP, "geoseg: terminated by SIGHUP"),
     ],
 )
+@pytest.mark.slow
 def test_a_stop_signal_to_the_process_group_with_dask_workers_prints_one_line(
     checkpoint, tmp_path, signum, line
 ):

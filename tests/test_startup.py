@@ -105,6 +105,7 @@ def test_help_does_not_import_torch(command):
     assert record["torch"] is False
 
 
+@pytest.mark.slow
 def test_the_probe_sees_torch_where_a_network_is_loaded():
     record = _run("info", str(default_checkpoint_path()), "--json")
     assert record["exit_code"] == 0, record["output"]

@@ -46,6 +46,7 @@ def scene(tmp_path_factory):
 @pytest.mark.parametrize(
     "architecture, label", [("macunet", "MACU-Net"), ("maresunet", "MAResU-Net (resnet34)")]
 )
+@pytest.mark.slow
 def test_a_converted_sibling_predicts_and_evaluates_like_manet(tmp_path, scene, architecture, label):
     raw = _authors_state_dict(architecture, tmp_path / "netG.pth")
     converted = tmp_path / f"{architecture}.safetensors"
@@ -113,6 +114,7 @@ def test_train_architecture_macunet_writes_a_macunet_checkpoint_with_the_authors
     assert info["card"]["description"].startswith("MACU-Net trained with geoseg")
 
 
+@pytest.mark.slow
 def test_train_maresunet_starts_from_a_torchvision_resnet34_you_hold(tiles, tmp_path):
     import torchvision
 

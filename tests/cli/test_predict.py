@@ -396,6 +396,7 @@ def test_vectorize_with_several_inputs_takes_a_format(checkpoint, shared_data, t
     assert not (tmp_path / "one.tif").exists()
 
 
+@pytest.mark.slow
 def test_probabilities_of_a_four_band_scene_print_no_gdal_error(checkpoint, tmp_path):
     """GDAL's C-level messages bypass Python: run the real command and read its stderr file descriptor. The
     fault (a libtiff 'ExtraSamples' error from threaded part compression, on an RGB TIFF with an extra band)

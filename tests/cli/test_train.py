@@ -32,6 +32,7 @@ def base_args(tiles: Path, output: Path) -> list:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_short_run_writes_a_checkpoint_that_predict_can_use(tiles, tmp_path):
     output = tmp_path / "m.safetensors"
     result = run(
@@ -176,6 +177,7 @@ def sparse_labels(tiles, tmp_path_factory) -> Path:
 SKIPPED = 114  # seed 0: 6 crops with labelled pixels drawn among 120
 
 
+@pytest.mark.slow
 def test_training_windows_whose_labels_are_all_ignored_are_skipped_and_counted(sparse_labels, tmp_path):
     output = tmp_path / "m.safetensors"
     args = base_args(sparse_labels, output)

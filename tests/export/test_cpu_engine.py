@@ -257,6 +257,7 @@ def test_int8_on_a_gpu_is_refused():
 # --- runs, and what they report --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_onnxruntime_keeps_torch_float32_classes_and_exports_once(checkpoint, crop, tmp_path, exports):
     torch_out, ort_out, again = tmp_path / "torch.tif", tmp_path / "ort.tif", tmp_path / "again.tif"
     common = ["-m", str(checkpoint), "--device", "cpu"]
@@ -277,6 +278,7 @@ def test_onnxruntime_keeps_torch_float32_classes_and_exports_once(checkpoint, cr
     assert np.array_equal(_classes(again), _classes(ort_out))
 
 
+@pytest.mark.slow
 def test_an_onnx_model_reports_float32_on_a_native_bf16_cpu(checkpoint, crop, tmp_path, pretend_cpu):
     """Before: ``-m model.onnx`` said "bf16" where the CPU has native bf16, though onnxruntime ran float32."""
     pretend_cpu(native_bf16=True)

@@ -55,6 +55,7 @@ def deepness_classes(model_path, tiles_nhwc: np.ndarray) -> np.ndarray:
     return np.argmax(result, axis=1)
 
 
+@pytest.mark.slow
 def test_deepness_metadata_is_what_the_plugin_parses(tmp_path):
     source = _checkpoint(tmp_path / "net.safetensors")
     out = tmp_path / "deepness.onnx"
@@ -76,6 +77,7 @@ def test_deepness_metadata_is_what_the_plugin_parses(tmp_path):
     assert graph_input.shape[1:] == [3, 64, 64] and graph_output.shape[1:] == [3, 64, 64]
 
 
+@pytest.mark.slow
 def test_tile_option_fixes_the_deepness_tile_and_the_overlap_percentage(tmp_path):
     source = _checkpoint(tmp_path / "net.safetensors")
     out = tmp_path / "deepness.onnx"
@@ -120,6 +122,7 @@ def _deepness_agreement(checkpoint, tmp_path, tile: int) -> float:
     return float((theirs == ours).mean())
 
 
+@pytest.mark.slow
 def test_deepness_preprocessing_gives_geosegs_classes(tmp_path):
     source = _checkpoint(tmp_path / "net.safetensors", classes=6)
     assert _deepness_agreement(source, tmp_path, 128) >= 0.999
@@ -130,6 +133,7 @@ def test_deepness_preprocessing_gives_the_bundled_models_classes_on_a_real_crop(
     assert _deepness_agreement(default_checkpoint_path(), tmp_path, 512) >= 0.999
 
 
+@pytest.mark.slow
 def test_predict_runs_a_deepness_export_and_refuses_another_tile(tmp_path):
     source = _checkpoint(tmp_path / "net.safetensors")
     out = tmp_path / "deepness.onnx"

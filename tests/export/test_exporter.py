@@ -68,6 +68,7 @@ def onnx_logits(checkpoint, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_onnx_logits_match_pytorch_on_real_tiles(checkpoint, tiles, onnx_logits):
     _, network, card = checkpoint
     session = ort.InferenceSession(str(onnx_logits), providers=["CPUExecutionProvider"])
@@ -79,6 +80,7 @@ def test_onnx_logits_match_pytorch_on_real_tiles(checkpoint, tiles, onnx_logits)
         assert np.abs(reference).max() > 1  # the comparison is not between two near-zero maps
 
 
+@pytest.mark.slow
 def test_onnx_carries_the_card_opset_and_dynamic_dims(checkpoint, onnx_logits):
     model = onnx.load(str(onnx_logits))
     metadata = {p.key: p.value for p in model.metadata_props}
@@ -95,6 +97,7 @@ def test_onnx_carries_the_card_opset_and_dynamic_dims(checkpoint, onnx_logits):
     assert not [i.name for i in model.graph.initializer if i.data_type in half]
 
 
+@pytest.mark.slow
 def test_info_describes_an_onnx_export_on_its_own(checkpoint, onnx_logits):
     result = CliRunner().invoke(cli, ["info", str(onnx_logits), "--json"])
     assert result.exit_code == 0, result.output
@@ -107,6 +110,7 @@ def test_info_describes_an_onnx_export_on_its_own(checkpoint, onnx_logits):
     assert shape[1] == 6
 
 
+@pytest.mark.slow
 def test_pt2_logits_match_pytorch_and_carry_the_card(checkpoint, tiles, tmp_path):
     path = tmp_path / "net.pt2"
     export_model(checkpoint[0], path, logits=True)
@@ -136,6 +140,7 @@ def onnx_probabilities(checkpoint, tmp_path_factory):
     return path, json.loads(result.output)
 
 
+@pytest.mark.slow
 def test_cli_export_onnx_outputs_probabilities(checkpoint, tiles, onnx_probabilities):
     path, record = onnx_probabilities
     assert record["output"] == str(path) and record["outputs"] == "probabilities" and record["opset"] == 18
@@ -175,6 +180,7 @@ def _predict(scene, model, out, *args):
     return json.loads(result.output.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_predict_with_an_onnx_export_matches_the_checkpoint(checkpoint, onnx_probabilities, scene, tmp_path):
     from_checkpoint = _predict(scene, checkpoint[0], tmp_path / "a.tif", "--probabilities")
     from_onnx = _predict(scene, onnx_probabilities[0], tmp_path / "b.tif", "--probabilities")
@@ -192,6 +198,7 @@ def test_predict_with_an_onnx_export_matches_the_checkpoint(checkpoint, onnx_pro
     assert difference.max() <= 1
 
 
+@pytest.mark.slow
 def test_predict_with_an_onnx_model_without_card_asks_for_one(onnx_logits, scene, tmp_path):
     bare = onnx.load(str(onnx_logits))
     del bare.metadata_props[:]

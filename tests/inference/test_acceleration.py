@@ -192,6 +192,7 @@ def _classes(network, x: torch.Tensor, amp: torch.dtype | None) -> torch.Tensor:
         return network(x).float().argmax(1)
 
 
+@pytest.mark.slow
 def test_folding_keeps_the_bundled_models_classes_on_real_tiles(shared_data):
     model, card = load_checkpoint(default_checkpoint_path())
     x = _real_tiles(shared_data, card)

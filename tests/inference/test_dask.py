@@ -145,6 +145,7 @@ def test_a_cluster_started_by_hand_gives_the_single_process_raster(scene, refere
     assert result.tiles > reference[0].tiles  # two workers: two regions
 
 
+@pytest.mark.slow
 def test_an_address_without_a_scheduler_fails_in_one_line_before_any_work(scene, tmp_path):
     address = f"tcp://127.0.0.1:{_free_port()}"
     started = time.monotonic()
@@ -237,6 +238,7 @@ def test_relative_paths_mean_the_clients_files_on_workers_in_another_folder(tmp_
 
 
 @pytest.mark.skipif(not hasattr(__import__("signal"), "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.slow
 def test_local_dask_workers_do_not_hear_stop_signals():
     """Ctrl-C reaches the whole process group: each worker process of ``--workers 2`` printed a
     KeyboardInterrupt traceback (a hang-up: a KeyError traceback; SIGTERM: the scheduler's failed

@@ -109,6 +109,7 @@ def _read(path: Path):
         return dataset.read(), dataset.read_masks(), dataset.profile
 
 
+@pytest.mark.slow
 def test_a_second_run_on_the_same_output_is_refused_in_one_line_and_the_first_finishes_intact(
     scene, tmp_path
 ):
@@ -137,6 +138,7 @@ def test_a_second_run_on_the_same_output_is_refused_in_one_line_and_the_first_fi
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.slow
 def test_a_sigkilled_run_does_not_block_a_later_resume_and_the_lock_file_goes_after_it(scene, tmp_path):
     killed = _start(tmp_path, scene, KILL, resume=True)
     assert killed.wait(timeout=60) == -9

@@ -55,6 +55,7 @@ def test_the_registry_and_the_card_and_presets_import_no_torch():
     assert not {m for m in modules if m == "torch" or m.startswith("torch.")}
 
 
+@pytest.mark.slow
 def test_the_siblings_take_shared_blocks_from_layers_not_from_manet():
     modules = _imported_after("import geoseg.model.macunet, geoseg.model.maresunet")
     assert "geoseg.model.layers" in modules

@@ -145,6 +145,7 @@ def test_kernel_attention_stays_finite_in_fp16_autocast_where_half_precision_ove
     torch.testing.assert_close(mixed, reference, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.slow
 def test_resnet50_logits_stay_finite_under_bf16_autocast_on_a_real_size_tile():
     """(float16 autocast of a whole ResNet-50 has no fast CPU kernels; the layer test above covers fp16.)"""
     torch.manual_seed(4)

@@ -40,6 +40,7 @@ def test_bundled_model_is_resnet50_manet_with_a_complete_loveda_card(bundled):
     assert card.training["steps"] > 0
 
 
+@pytest.mark.slow
 def test_predict_without_a_model_uses_the_bundled_one_and_keeps_the_grid(tmp_path, bundled):
     """A 256 px corner of the sample scene, one 256 px tile: the real network, end to end."""
     corner = tmp_path / "corner.tif"

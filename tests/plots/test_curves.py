@@ -58,6 +58,7 @@ def test_validation_lines_are_drawn_only_with_validation_data(tmp_path):
     assert Image.open(with_scores).info["Title"] == "m.safetensors training curves"
 
 
+@pytest.mark.slow
 def test_curves_are_redrawn_after_every_epoch_and_survive_resume(tiles, tmp_path):
     images = [tiles / "image_0.png", tiles / "image_1.png"]
     labels = [tiles / "label_0.png", tiles / "label_1.png"]

@@ -410,6 +410,7 @@ def test_a_host_other_than_this_machine_gets_one_warning_line(tmp_path, monkeypa
     assert opened.stdout == ""
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_exit_130_one_line_naming_the_work_folder_and_no_other_files(tmp_path):
     import signal
     import subprocess

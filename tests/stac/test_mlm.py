@@ -182,6 +182,7 @@ def test_the_description_joins_the_cards_texts_as_sentences_with_one_full_stop_e
 @pytest.mark.parametrize(
     "suffix, framework, artifact", [(".onnx", "ONNX", "onnx"), (".pt2", "PyTorch", "torch.export.save")]
 )
+@pytest.mark.slow
 def test_info_stac_describes_geosegs_own_exports(checkpoint, tmp_path, suffix, framework, artifact):
     from geoseg.export.exporter import export_model
 

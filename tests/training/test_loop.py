@@ -231,6 +231,7 @@ def test_short_real_training_lowers_the_loss_and_writes_a_loadable_checkpoint(ti
     assert state_path_for(output).is_file()
 
 
+@pytest.mark.slow
 def test_a_model_trained_from_random_weights_claims_no_dataset_or_licence_of_the_preset(tiles, tmp_path):
     """The preset supplies classes, bands and scaling; the card describes what this run trained on."""
     output = tmp_path / "mine.safetensors"
@@ -244,6 +245,7 @@ def test_a_model_trained_from_random_weights_claims_no_dataset_or_licence_of_the
     assert card.class_names == LOVEDA.class_names and card.bands == LOVEDA.bands
 
 
+@pytest.mark.slow
 def test_weights_derived_from_an_initial_model_carry_its_licence(tiles, tmp_path):
     from geoseg.model.checkpoint import save_checkpoint
     from geoseg.model.manet import build_manet
@@ -267,6 +269,7 @@ def test_weights_derived_from_an_initial_model_carry_its_licence(tiles, tmp_path
     assert card.data == "geoseg train on 1 labelled image(s): image_0.png" and card.name == "finetuned"
 
 
+@pytest.mark.slow
 def test_a_users_card_states_its_own_data_and_licence(tiles, tmp_path):
     from geoseg.model.card import ModelCard
 

@@ -88,6 +88,7 @@ def assert_every_combination_keeps_a_coverage(
     ("shape", "classes", "seed", "nodata"),
     [((40, 56), 4, 2, 0.0), ((64, 48), 6, 3, 0.02)],
 )
+@pytest.mark.slow
 def test_simplified_polygons_tile_the_map_without_overlaps_gaps_or_small_polygons_with_every_option(
     tmp_path, shape, classes, seed, nodata
 ):

@@ -756,6 +756,7 @@ def test_simplify_keeps_the_pixel_outline_of_a_polygon_it_would_shrink_under_min
     assert shapely.area(polygons).min() >= 40
 
 
+@pytest.mark.slow
 def test_memory_stays_flat_when_one_region_spans_the_scene(tmp_path, monkeypatch):
     # a background class touching every cell, with many holes: peak Python memory (numpy included) of the
     # whole run at 256^2 and 1024^2 pixels, 16 times the area, with 128-pixel cells and small write batches
