@@ -11,13 +11,14 @@ import rasterio
 import shapely
 from affine import Affine
 from click.testing import CliRunner
+from helpers import write_geotiff
 
 from geoseg.area_estimation import stratified_estimates
 from geoseg.cli.main import cli
-from geoseg.raster.classes import write_class_metadata
 from geoseg.sampling import draw_sample
 
 NAMES = ["water", "building", "tree"]
+COLOURS = [(0, 0, 255), (255, 0, 0), (0, 255, 0)]
 TRANSFORM = Affine(0.5, 0, 120_000, 0, -0.5, 487_000)  # RD New, 0.5 m pixels
 
 
@@ -27,11 +28,7 @@ def _map(path, nodata_corner=True):
     data[:10], data[10:30] = 0, 1
     if nodata_corner:
         data[:4, :4] = 255
-    profile = dict(driver="GTiff", width=60, height=40, count=1, dtype="uint8", crs="EPSG:28992",
-                   transform=TRANSFORM, nodata=255)  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data[None])
-        write_class_metadata(dst, NAMES, [(0, 0, 255), (255, 0, 0), (0, 255, 0)])
+    write_geotiff(path, data, crs="EPSG:28992", transform=TRANSFORM, nodata=255, classes=(NAMES, COLOURS))
     return str(path), data
 
 
@@ -177,9 +174,8 @@ def test_every_geopackage_geoseg_writes_is_version_1_2(tmp_path):
 
     classes, data = _map(tmp_path / "map.tif")
     older = tmp_path / "older.tif"
-    with rasterio.open(classes) as src, rasterio.open(older, "w", **src.profile) as dst:
-        dst.write(np.roll(data, 3, axis=1)[None])
-        write_class_metadata(dst, NAMES, [(0, 0, 255), (255, 0, 0), (0, 255, 0)])
+    with rasterio.open(classes) as src:
+        write_geotiff(older, np.roll(data, 3, axis=1), classes=(NAMES, COLOURS), **src.profile)
     draw_sample(classes, tmp_path / "samples.gpkg", per_class=3, seed=0)
     runner = CliRunner()
     errors = runner.invoke(cli, ["evaluate", classes, str(older), "--errors", str(tmp_path / "errors.gpkg")])

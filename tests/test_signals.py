@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import torch
-from helpers import write_png, write_scene, write_small_checkpoint
+from helpers import write_geotiff, write_png, write_scene, write_small_checkpoint
 from rasterio.transform import from_origin
 
 from geoseg.model.manet import build_manet
@@ -89,10 +88,7 @@ def inputs(tmp_path_factory) -> Path:
     write_scene(folder / "scene.tif", width=96, height=96, **GEOREF)
     write_scene(folder / "large.tif", width=1024, height=1024, **GEOREF)
     classes = np.random.default_rng(1).integers(0, 7, (1, 64, 64)).astype("uint8")
-    with rasterio.open(
-        folder / "classes.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="uint8", **GEOREF
-    ) as dst:
-        dst.write(classes)
+    write_geotiff(folder / "classes.tif", classes, **GEOREF)
     rng = np.random.default_rng(2)
     write_png(folder / "image.png", rng.integers(0, 256, (3, 96, 96)).astype("uint8"))
     write_png(folder / "label.png", rng.integers(1, 8, (96, 96)).astype("uint8"))

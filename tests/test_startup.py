@@ -12,8 +12,8 @@ import sys
 
 import numpy as np
 import pytest
-import rasterio
 from affine import Affine
+from helpers import write_geotiff
 
 from geoseg.model.checkpoint import default_checkpoint_path
 
@@ -40,9 +40,8 @@ def class_rasters(tmp_path):
     paths = []
     for name in ("classes.tif", "truth.tif"):
         path = tmp_path / name
-        profile = dict(driver="GTiff", width=40, height=30, count=1, dtype="uint8", crs="EPSG:32631")
-        with rasterio.open(path, "w", transform=Affine(0.5, 0, 5e5, 0, -0.5, 6e6), **profile) as dst:
-            dst.write(rng.integers(0, 3, (1, 30, 40)).astype("uint8"))
+        data = rng.integers(0, 3, (1, 30, 40)).astype("uint8")
+        write_geotiff(path, data, crs="EPSG:32631", transform=Affine(0.5, 0, 5e5, 0, -0.5, 6e6))
         paths.append(str(path))
     return paths
 

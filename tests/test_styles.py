@@ -10,11 +10,12 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import rasterio
+from helpers import write_geotiff
 from rasterio.transform import from_origin
 
 from geoseg.errors import OutputError
 from geoseg.model.card import ClassInfo
-from geoseg.raster.classes import read_classes, write_class_metadata
+from geoseg.raster.classes import read_classes
 from geoseg.styles import (
     class_raster_qml,
     confidence_qml,
@@ -117,13 +118,10 @@ def classes_tif(tmp_path):
     values[:, 50:] = 2
     values[:5, :5] = 255
     path = tmp_path / "classes.tif"
-    profile = dict(driver="GTiff", width=60, height=40, count=1, dtype="uint8", nodata=255)
-    with rasterio.open(
-        path, "w", crs="EPSG:32633", transform=from_origin(500000, 6000000, 1, 1), **profile
-    ) as dst:
-        dst.write(values[np.newaxis])
-        write_class_metadata(dst, [c.name for c in CLASSES], [c.color for c in CLASSES])
-    return path
+    return write_geotiff(
+        path, values, crs="EPSG:32633", transform=from_origin(500000, 6000000, 1, 1), nodata=255,
+        classes=([c.name for c in CLASSES], [c.color for c in CLASSES]),
+    )  # fmt: skip
 
 
 def test_classes_are_read_back_from_a_class_raster(classes_tif):
@@ -171,11 +169,9 @@ def test_no_styles_writes_none(classes_tif, tmp_path):
 
 def test_a_raster_without_class_names_gives_unstyled_polygons(tmp_path):
     path = tmp_path / "ids.tif"
-    with rasterio.open(
-        path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", crs="EPSG:32633",
-        transform=from_origin(500000, 6000000, 1, 1),
-    ) as dst:  # fmt: skip
-        dst.write(np.ones((1, 8, 8), np.uint8))
+    write_geotiff(
+        path, np.ones((1, 8, 8), np.uint8), crs="EPSG:32633", transform=from_origin(500000, 6000000, 1, 1)
+    )
     assert vectorize(path, tmp_path / "p.fgb").style is None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ids.tif", "p.fgb"]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
-from helpers import set_tiff_compression_tag
+from helpers import set_tiff_compression_tag, write_geotiff
 from rasterio.transform import from_origin
 
 from geoseg import __version__
@@ -84,10 +84,7 @@ def _refuse_constant(name: str):
 @pytest.mark.parametrize("nodata, written", [(float("nan"), "nan"), (float("inf"), "inf"), (-np.inf, "-inf")])
 def test_info_json_is_strict_json_for_non_finite_nodata(runner, tmp_path, nodata, written):
     path = tmp_path / "dem.tif"
-    with rasterio.open(
-        path, "w", driver="GTiff", width=4, height=4, count=1, dtype="float32", nodata=nodata, **GEOREF
-    ) as dst:
-        dst.write(np.zeros((1, 4, 4), np.float32))
+    write_geotiff(path, np.zeros((1, 4, 4), np.float32), nodata=nodata, **GEOREF)
     result = runner.invoke(cli, ["info", str(path), "--json"])
     assert result.exit_code == 0, result.output
     described = json.loads(result.stdout, parse_constant=_refuse_constant)
@@ -98,8 +95,7 @@ def test_info_json_is_strict_json_for_non_finite_nodata(runner, tmp_path, nodata
 @pytest.mark.parametrize("code, name", [(32766, "NEXT"), (32809, "THUNDERSCAN"), (34676, "SGILOG")])
 def test_info_reports_compressions_that_rasterio_has_no_name_for(runner, tmp_path, code, name):
     path = tmp_path / "old.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="uint8", **GEOREF) as dst:
-        dst.write(np.zeros((1, 8, 8), np.uint8))
+    write_geotiff(path, np.zeros((1, 8, 8), np.uint8), **GEOREF)
     set_tiff_compression_tag(path, code)
     result = runner.invoke(cli, ["info", str(path), "--json"])
     assert result.exit_code == 0, result.output
@@ -110,8 +106,7 @@ def test_info_reports_compressions_that_rasterio_has_no_name_for(runner, tmp_pat
 
 def test_info_on_a_raster_without_georeferencing_speaks_only_in_its_own_words(runner, tmp_path):
     path = tmp_path / "photo.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=3, dtype="uint8") as dst:
-        dst.write(np.zeros((3, 8, 8), np.uint8))
+    write_geotiff(path, np.zeros((3, 8, 8), np.uint8), crs=None, transform=None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = runner.invoke(cli, ["info", str(path), "--json"])
@@ -124,14 +119,10 @@ def test_info_on_a_raster_without_georeferencing_speaks_only_in_its_own_words(ru
 
 def _placed_elsewhere(path, *, gcps=None, rpcs=None):
     """An 8×6 raster placed only by GCPs or RPCs (GDAL reports an identity transform for it)."""
+    points, crs = gcps if gcps is not None else (None, None)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path, "w", driver="GTiff", width=8, height=6, count=1, dtype="uint8") as dst:
-            dst.write(np.zeros((1, 6, 8), np.uint8))
-            if gcps is not None:
-                dst.gcps = gcps
-            if rpcs is not None:
-                dst.rpcs = rpcs
+        write_geotiff(path, np.zeros((1, 6, 8), np.uint8), crs=crs, transform=None, gcps=points, rpcs=rpcs)
     return str(path)
 
 
@@ -181,8 +172,7 @@ def test_info_reports_rpcs_instead_of_pixel_bounds(runner, tmp_path):
 
 def test_info_says_a_transform_places_an_ordinary_raster(runner, tmp_path):
     path = tmp_path / "ortho.tif"
-    with rasterio.open(path, "w", driver="GTiff", width=8, height=6, count=1, dtype="uint8", **GEOREF) as dst:
-        dst.write(np.zeros((1, 6, 8), np.uint8))
+    write_geotiff(path, np.zeros((1, 6, 8), np.uint8), **GEOREF)
     described = json.loads(runner.invoke(cli, ["info", str(path), "--json"]).stdout)
     assert described["georeferencing"] == "transform"
     assert described["bounds"] == [500000.0, 3999997.0, 500004.0, 4000000.0]

@@ -105,15 +105,11 @@ def undecodable(tmp_path_factory):
     """A 3-band image and a 1-band class raster whose headers open but whose pixels GDAL cannot decode (NeXT
     compression), without georeferencing (which every command would otherwise warn about first)."""
     import numpy as np
-    import rasterio
-    from helpers import set_tiff_compression_tag
+    from helpers import set_tiff_compression_tag, write_geotiff
 
     folder = tmp_path_factory.mktemp("undecodable")
     for name, count in [("image.tif", 3), ("classes.tif", 1)]:
-        with rasterio.open(
-            folder / name, "w", driver="GTiff", width=64, height=64, count=count, dtype="uint8"
-        ) as dst:
-            dst.write(np.zeros((count, 64, 64), np.uint8))
+        write_geotiff(folder / name, np.zeros((count, 64, 64), np.uint8), crs=None, transform=None)
         set_tiff_compression_tag(folder / name, 32766)
     return folder
 

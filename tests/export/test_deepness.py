@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from helpers import write_geotiff
 
 from geoseg.cli.main import cli
 from geoseg.export.exporter import export_model
@@ -141,8 +142,7 @@ def test_predict_runs_a_deepness_export_and_refuses_another_tile(tmp_path):
     scene = tmp_path / "scene.tif"
     with rasterio.open(SCENE) as src:
         profile = {**src.profile, "width": 150, "height": 100}
-        with rasterio.open(scene, "w", **profile) as dst:
-            dst.write(src.read(window=((0, 100), (0, 150))))
+        write_geotiff(scene, src.read(window=((0, 100), (0, 150))), **profile)
     result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "a.tif"), "-m", str(out)])
     assert result.exit_code == 0, result.output
     with rasterio.open(tmp_path / "a.tif") as classes:

@@ -15,6 +15,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
+from helpers import write_geotiff
 
 from geoseg.cli.main import cli
 from geoseg.export.exporter import export_model
@@ -166,8 +167,7 @@ def scene(tmp_path_factory):
     with rasterio.open(SCENE) as src:
         profile = {**src.profile, "width": 150, "height": 110, "transform": src.window_transform(window)}
         profile.pop("blockxsize", None), profile.pop("blockysize", None), profile.pop("tiled", None)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(src.read(window=window))
+        write_geotiff(path, src.read(window=window), **profile)
     return path
 
 

@@ -9,6 +9,7 @@ import rasterio
 import torch
 from affine import Affine
 from click.testing import CliRunner
+from helpers import write_geotiff
 from rasterio.windows import Window
 
 from geoseg.cli.main import cli
@@ -178,11 +179,7 @@ def test_bf16_classes_agree_with_float32_on_real_crops(shared_data, tmp_path, pr
         with rasterio.open(shared_data / name) as src:
             parts.append(src.read([1, 2, 3], window=Window(col, row, 256, 256)))
     mosaic = np.concatenate(parts, axis=2)
-    profile = dict(driver="GTiff", width=768, height=256, count=3, dtype="uint8", crs="EPSG:3857")
-    with rasterio.open(
-        tmp_path / "mosaic.tif", "w", transform=Affine(0.25, 0, 0, 0, -0.25, 0), **profile
-    ) as dst:
-        dst.write(mosaic)
+    write_geotiff(tmp_path / "mosaic.tif", mosaic, crs="EPSG:3857", transform=Affine(0.25, 0, 0, 0, -0.25, 0))
     model, card = load_checkpoint(default_checkpoint_path())
     classes = {}
     for precision in ("auto", "fp32"):

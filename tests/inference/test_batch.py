@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import PixelNet, write_scene
+from helpers import PixelNet, write_geotiff, write_scene
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 
@@ -329,10 +329,7 @@ def test_float_imagery_needs_a_scale_and_uses_it(tmp_path):
     data = np.random.default_rng(1).random((3, 80, 120), dtype=np.float32)
     profile = dict(crs="EPSG:32633", transform=Affine(1, 0, 0, 0, -1, 0))
     for name, values in (("unit.tif", data), ("bytes.tif", data * 255)):
-        with rasterio.open(
-            tmp_path / name, "w", driver="GTiff", width=120, height=80, count=3, dtype="float32", **profile
-        ) as dst:
-            dst.write(values)
+        write_geotiff(tmp_path / name, values, dtype="float32", **profile)
     with pytest.raises(InputError, match="float32 data but the model expects 8-bit values"):
         _run(tmp_path / "unit.tif", tmp_path / "a.tif")
     _run(tmp_path / "unit.tif", tmp_path / "unit_classes.tif", scale=(0.0, 1.0))

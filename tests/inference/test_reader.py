@@ -8,7 +8,7 @@ import pytest
 import rasterio
 import torch
 from affine import Affine
-from helpers import CARD, PixelNet, write_scene
+from helpers import CARD, PixelNet, write_geotiff, write_scene
 
 from geoseg.errors import InputError
 from geoseg.inference import reader as reader_module
@@ -146,9 +146,7 @@ def test_the_cpu_gets_a_second_reader_only_when_decoding_is_costly(
     monkeypatch.setattr(reader_module.os, "cpu_count", lambda: 8)
     path = tmp_path / "scene.tif"
     data = np.random.default_rng(0).integers(0, 256, (3, 64, 64), dtype=np.uint8)
-    profile = dict(driver="GTiff", width=64, height=64, count=3, dtype="uint8", compress=compression)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data)
+    write_geotiff(path, data, crs=None, transform=None, compress=compression)
     with rasterio.open(path) as src:
         assert default_readers(src, CPU) == expected
         assert default_readers(src, torch.device("cuda")) == 4

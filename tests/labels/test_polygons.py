@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import shapely
 from affine import Affine
+from helpers import write_geotiff
 from pyproj import Transformer
 from rasterio.crs import CRS
 
@@ -183,14 +184,10 @@ def test_multi_layer_geopackage_needs_a_layer_name_listing_the_layers(tmp_path):
 
 def _class_map(path, classes):
     """A class raster on TRANSFORM that names its classes in NAMES with colours, as geoseg predict writes."""
-    from geoseg.raster.classes import write_class_metadata
-
-    profile = dict(driver="GTiff", width=classes.shape[1], height=classes.shape[0], count=1, dtype="uint8",
-                   crs=CRS_RD, transform=TRANSFORM, nodata=255)  # fmt: skip
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(classes[None])
-        write_class_metadata(dst, NAMES, [(0, 0, 0), (255, 0, 0), (128, 128, 128)])
-    return path
+    colours = [(0, 0, 0), (255, 0, 0), (128, 128, 128)]
+    return write_geotiff(
+        path, classes, crs=CRS_RD, transform=TRANSFORM, nodata=255, dtype="uint8", classes=(NAMES, colours)
+    )
 
 
 def test_geosegs_own_styled_geopackage_reads_without_a_layer_name(tmp_path):
@@ -408,9 +405,7 @@ def _index_copy(source, target, data=None):
         profile = src.profile
         values = src.read(1) if data is None else data
     profile.update(photometric=None)
-    with rasterio.open(target, "w", **profile) as dst:
-        dst.write(values, 1)
-    return target
+    return write_geotiff(target, values, **profile)
 
 
 @pytest.mark.parametrize("reproject_to", [None, "EPSG:4326"])

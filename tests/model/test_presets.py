@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from helpers import write_geotiff
 from rasterio.windows import Window
 
 from geoseg.cli.main import cli
@@ -48,8 +49,7 @@ def test_predict_without_a_model_uses_the_bundled_one_and_keeps_the_grid(tmp_pat
         window = Window(0, 0, 256, 256)
         profile = src.profile | {"width": 256, "height": 256, "transform": src.window_transform(window)}
         profile.update(compress="deflate", photometric="rgb")
-        with rasterio.open(corner, "w", **profile) as dst:
-            dst.write(src.read(window=window))
+        write_geotiff(corner, src.read(window=window), **profile)
     out = tmp_path / "corner.classes.tif"
     args = ["predict", str(corner), "-o", str(out), "--tile", "256", "--overlap", "0", "--json", "--quiet"]
     result = CliRunner().invoke(cli, args)

@@ -18,6 +18,7 @@ from helpers import (
     blocky_classes,
     class_raster_with_alpha,
     write_classes,
+    write_geotiff,
     write_scene,
 )
 from matplotlib.image import imread
@@ -189,9 +190,7 @@ def test_card_colours_override_the_rasters(tmp_path):
 def test_raster_without_names_or_colours_gets_numbers_and_the_default_palette(tmp_path):
     path = tmp_path / "plain.tif"
     data = np.array([[0, 3], [3, 7]], np.uint8).repeat(20, 0).repeat(20, 1)
-    profile = dict(driver="GTiff", width=40, height=40, count=1, dtype="uint8", **UTM)
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
+    write_geotiff(path, data, **UTM)
     result = quicklook(path, tmp_path / "plain.png")
     assert [(e.value, e.name) for e in result.legend] == [(0, "0"), (3, "3"), (7, "7")]
     assert len({e.color for e in result.legend}) == 3

@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 import rasterio
+from helpers import write_geotiff
 from pyproj import CRS as ProjCRS
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
@@ -49,20 +50,12 @@ def gcps(shift: float = 0.0) -> list[GroundControlPoint]:
 
 
 def raster(path, width=12, height=10, *, crs=None, transform=None, gcps=None, rpcs=None):
-    """A tiny GeoTIFF placed as asked (nothing given: pixel space)."""
-    profile = dict(driver="GTiff", width=width, height=height, count=1, dtype="uint8")
-    if crs is not None and gcps is None:
-        profile["crs"] = crs
-    if transform is not None:
-        profile["transform"] = transform
+    """A tiny GeoTIFF placed as asked (nothing given: pixel space; with ``gcps``, ``crs`` is theirs)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        with rasterio.open(path, "w", **profile) as dst:
-            dst.write(np.zeros((1, height, width), np.uint8))
-            if gcps is not None:
-                dst.gcps = (gcps, CRS.from_user_input(crs) if crs else None)
-            if rpcs is not None:
-                dst.rpcs = rpcs
+        write_geotiff(
+            path, np.zeros((height, width), np.uint8), crs=crs, transform=transform, gcps=gcps, rpcs=rpcs
+        )
     return str(path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import rasterio
+from helpers import write_geotiff
 from rasterio.control import GroundControlPoint
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
@@ -148,18 +149,13 @@ def test_ground_control_points_are_copied(tmp_path):
         GroundControlPoint(0, 700, 500210, 5800000),
         GroundControlPoint(600, 0, 500000, 5799820),
     ]
-    with rasterio.open(
+    write_geotiff(
         tmp_path / "gcp.tif",
-        "w",
-        driver="GTiff",
-        width=700,
-        height=600,
-        count=1,
-        dtype="uint8",
-        gcps=gcps,
+        np.zeros((600, 700), np.uint8),
         crs=CRS.from_epsg(32633),
-    ) as src:
-        src.write(np.zeros((1, 600, 700), np.uint8))
+        transform=None,
+        gcps=gcps,
+    )
     with rasterio.open(tmp_path / "gcp.tif") as src:
         georef = georeferencing(src)
     with rasterio.open(_finished(tmp_path, georef)) as out:

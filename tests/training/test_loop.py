@@ -411,14 +411,14 @@ def test_palette_label_in_its_own_colour_order_trains_on_the_classes_its_colours
     colors = [tuple(c.color) for c in LOVEDA.classes]
     classes = np.repeat(np.arange(7, dtype=np.uint8), 64 * 64 // 7 + 1)[: 64 * 64].reshape(64, 64)
     order = [6, 5, 4, 3, 2, 1, 0]  # stored value k is drawn in the colour of class order[k]
-    profile = dict(driver="GTiff", width=64, height=64, dtype="uint8")
-    with rasterio.open(tmp_path / "a.tif", "w", count=3, **profile) as dst:
-        dst.write(np.full((3, 64, 64), 128, np.uint8))
-    with rasterio.open(tmp_path / "a_mask.tif", "w", count=1, **profile) as dst:
-        dst.write(
-            np.array(order, np.uint8)[classes], 1
-        )  # class c stored as order[c] (order is its own inverse)
-        dst.write_colormap(1, {k: (*colors[order[k]], 255) if k < 7 else (0, 0, 0, 255) for k in range(256)})
+    unplaced = dict(crs=None, transform=None)
+    write_geotiff(tmp_path / "a.tif", np.full((3, 64, 64), 128, np.uint8), **unplaced)
+    write_geotiff(
+        tmp_path / "a_mask.tif",
+        np.array(order, np.uint8)[classes],  # class c stored as order[c] (order is its own inverse)
+        colormap={k: (*colors[order[k]], 255) if k < 7 else (0, 0, 0, 255) for k in range(256)},
+        **unplaced,
+    )
     [raster] = check_pairs([(tmp_path / "a.tif", tmp_path / "a_mask.tif")], ENCODING, RGB, 64)
     assert raster.label_data.tolist() == classes.tolist()
     assert raster.class_pixels.tolist() == np.bincount(classes.ravel(), minlength=7).tolist()

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import shapely
 from click.testing import CliRunner
+from helpers import write_geotiff
 from pyogrio.raw import write
 from pyproj import Transformer
 
@@ -129,8 +130,7 @@ def test_images_without_labels_are_skipped_and_labels_on_no_image_counted(potsda
         profile = src.profile
         data = src.read()
     profile.update(transform=src.transform * rasterio.Affine.translation(100_000, 0))
-    with rasterio.open(other, "w", **profile) as dst:
-        dst.write(data)
+    write_geotiff(other, data, **profile)
     path = _boxes(image, tmp_path, [(10, 10, 40, 40), (-5000, 10, -4000, 40)], ["building", "tree"])
     with pytest.warns(GeosegWarning) as record:
         sets = vector_training_sets(

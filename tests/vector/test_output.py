@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import rasterio
 from helpers import classes_and_transparency, write_geotiff
 
 
@@ -16,8 +15,7 @@ def test_overwriting_a_shapefile_with_one_without_crs_leaves_no_stale_prj(tmp_pa
     classes, _ = classes_and_transparency()
     placed = write_geotiff(tmp_path / "placed.tif", classes[None])
     unplaced = tmp_path / "unplaced.tif"
-    with rasterio.open(unplaced, "w", driver="GTiff", width=16, height=12, count=1, dtype="uint8") as dst:
-        dst.write(classes[None])
+    write_geotiff(unplaced, classes[None], crs=None, transform=None)
     output = tmp_path / "out" / "map.shp"
     output.parent.mkdir()
     vectorize(placed, output)

@@ -122,10 +122,6 @@ def test_a_real_land_cover_map_simplified_keeps_a_coverage(tmp_path):
     crop = classes[160:320, 480:640]
     path = tmp_path / "landcover.tif"
     transform = profile["transform"] * rasterio.Affine.translation(480, 160)
-    with rasterio.open(
-        path, "w", driver="GTiff", width=160, height=160, count=1, dtype="uint8", nodata=255,
-        crs=profile["crs"], transform=transform,
-    ) as dst:  # fmt: skip
-        dst.write(crop[None])
+    write_geotiff(path, crop, crs=profile["crs"], transform=transform, nodata=255)
     minimums = ({"min_area": 100.0}, {"min_pixels": 5})
     assert_every_combination_keeps_a_coverage(path, tmp_path, (10.0,), minimums, splits=(0,))
