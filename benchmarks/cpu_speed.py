@@ -55,12 +55,12 @@ from geoseg.device import autocast_dtype, resolve_precision
 from geoseg.errors import ConfigurationError
 from geoseg.inference.acceleration import accelerate, channels_last_pays
 from geoseg.inference.batch import predict
-from geoseg.inference.grid import tile_starts
 from geoseg.inference.plan import plan_scene
 from geoseg.model.checkpoint import convert_checkpoint, default_checkpoint_path, load_checkpoint
 from geoseg.model.loading import load_model
 from geoseg.model.normalize import normalize
 from geoseg.model.presets import preset_card
+from geoseg.raster.reading import open_raster, read_mirrored
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the authors' checkpoint format and the bf16 kernels of the tests
@@ -71,20 +71,15 @@ CPU = torch.device("cpu")
 
 
 def scene_tiles(path: Path, card) -> tuple[torch.Tensor, tuple[float, float]]:
-    """Every tile of the scene's grid (uint8, N×C×T×T) and its value range: what predict computes."""
+    """Every tile of the scene's grid (uint8, N×C×T×T) and its value range: what predict computes, border
+    context included (the grid starts at -margin; tiles reaching past the edge are mirrored, as the engine
+    reads them), so bare and end-to-end seconds per tile divide the same work."""
     plan = plan_scene(card, path)
     grid = plan.grid
-    tile, stride = grid.tile, grid.stride
-    with rasterio.open(path) as src:
-        data = src.read(plan.bands)
-    if data.shape[1] < tile or data.shape[2] < tile:
-        pad = ((0, 0), (0, max(0, tile - data.shape[1])), (0, max(0, tile - data.shape[2])))
-        data = np.pad(data, pad, mode="reflect")
-    tiles = [
-        data[:, y : y + tile, x : x + tile]
-        for y in tile_starts(data.shape[1], tile, stride)
-        for x in tile_starts(data.shape[2], tile, stride)
-    ]
+    with open_raster(path) as dataset:
+        tiles = [
+            read_mirrored(dataset, y, x, grid.tile, grid.tile, plan.bands) for y in grid.ys for x in grid.xs
+        ]
     return torch.from_numpy(np.stack(tiles)), plan.value_range
 
 
