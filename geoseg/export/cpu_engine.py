@@ -1,12 +1,14 @@
 """Which runtime computes the network (``--engine``), and a checkpoint's network as an onnxruntime session.
 
-Measured on one 2-core AVX512-BF16 host with the bundled MANet-R50 (README, ``benchmarks/cpu_speed.py``):
-onnxruntime runs the float32 export ~1.8× faster than PyTorch's float32 eager network and faster than its
-bf16 autocast, with float32's classes; on CPUs without native bf16, where PyTorch's default is plain
-float32, the gap is as large. So ``auto`` is onnxruntime on the CPU for geoseg's own networks (MANet,
-MACU-Net, MAResU-Net, which the exporter handles) where onnxruntime and onnxscript are installed and neither
-``--compile`` nor an explicit ``--precision bf16/fp16`` asks for PyTorch; PyTorch everywhere else (GPUs,
-networks of the Python API that are not geoseg's, a missing extra).
+``auto`` takes the fastest path that keeps float32's classes exactly. Measured on a 2-core AVX512-BF16 host
+with the bundled MANet-R50 on a 2,048² scene (docs/performance.md, ``benchmarks/cpu_speed.py --engines``):
+onnxruntime's float32 runs 1.19× faster end to end than geoseg's torch float32 (BN folded, channels-last)
+and 1.60× PyTorch's naive float32 eager network, with identical classes; torch's bf16 is ~7 % faster still
+but changes 0.02-0.14 % of the classes, and CPUs without native bf16 have no fast bf16 at all. So ``auto`` is
+onnxruntime on the CPU for geoseg's own networks (MANet, MACU-Net, MAResU-Net, which the exporter handles)
+where onnxruntime and onnxscript are installed and neither ``compile`` nor an explicit bf16/fp16 precision
+asks for PyTorch; PyTorch everywhere else (GPUs, networks of the Python API that are not geoseg's, a missing
+extra).
 
 The export is made once per model and export option into the cache (:mod:`geoseg.export.cache`), its
 first-run cost reported to the caller; ``int8`` quantizes it (:mod:`geoseg.export.quantize`), calibrated on
