@@ -352,3 +352,17 @@ def class_raster_with_alpha(tmp_path) -> tuple:
     classes, alpha = classes_and_transparency()
     path = write_geotiff(tmp_path / "masked.tif", np.stack([classes, alpha]), alpha="YES")
     return path, classes, alpha
+
+
+def count_calls(monkeypatch, owner, name: str) -> list[int]:
+    """Replace ``owner.name`` (a module's function) for the test by a wrapper that counts its calls into the
+    returned one-item list: how tests see that an export or a calibration ran once, or not at all."""
+    count = [0]
+    original = getattr(owner, name)
+
+    def counting(*args, **kwargs):
+        count[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counting)
+    return count

@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import torch
 from click.testing import CliRunner
-from helpers import PixelNet, write_geotiff, write_scene, write_small_checkpoint
+from helpers import PixelNet, count_calls, write_geotiff, write_scene, write_small_checkpoint
 
 import geoseg.export.exporter
 import geoseg.export.metadata
@@ -51,15 +51,7 @@ def exports(monkeypatch, tmp_path_factory):
     """Counts the network exports into a cache of this test's own (a hit makes none; the session's cache may
     already hold an export of the same model from another test)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-    count = [0]
-    original = geoseg.export.exporter.export_program
-
-    def counting(*args, **kwargs):
-        count[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(geoseg.export.exporter, "export_program", counting)
-    return count
+    return count_calls(monkeypatch, geoseg.export.exporter, "export_program")
 
 
 def _predict(*args: str):
@@ -364,14 +356,7 @@ def test_a_refused_int8_calibration_is_remembered_for_its_tiles(tiny_network, tm
     the next time; now the same model and tiles refuse at once with the same line, other tiles are tried."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(geoseg.export.quantize, "MIN_AGREEMENT", 1.01)  # above any agreement: refused
-    calls = [0]
-    original = geoseg.export.quantize.quantize_int8
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(geoseg.export.quantize, "quantize_int8", counting)
+    calls = count_calls(monkeypatch, geoseg.export.quantize, "quantize_int8")
     net, card = tiny_network
     tiles = [np.random.default_rng(i).uniform(0, 255, (1, 3, 64, 64)).astype(np.float32) for i in range(3)]
 
@@ -466,14 +451,7 @@ def test_int8_under_the_agreement_is_refused_in_one_line(decisive_checkpoint, cr
     no output, no int8 model left in the cache; the rerun says the same line without measuring again."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(geoseg.export.quantize, "MIN_AGREEMENT", 1.01)
-    calls = [0]
-    original = geoseg.export.quantize.quantize_int8
-
-    def counting(*args, **kwargs):
-        calls[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(geoseg.export.quantize, "quantize_int8", counting)
+    calls = count_calls(monkeypatch, geoseg.export.quantize, "quantize_int8")
     result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(decisive_checkpoint),
                       "--device", "cpu", "--precision", "int8")  # fmt: skip
     again = _predict(str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(decisive_checkpoint),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 from affine import Affine
-from helpers import write_scene, write_small_checkpoint
+from helpers import count_calls, write_scene, write_small_checkpoint
 
 import geoseg.export.exporter
 from geoseg.inference.batch import predict
@@ -18,15 +18,7 @@ from geoseg.inference.batch import predict
 def exports(monkeypatch, tmp_path):
     """Counts the client's network exports into a cache of this test's own (inherited by the workers)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    count = [0]
-    original = geoseg.export.exporter.export_program
-
-    def counting(*args, **kwargs):
-        count[0] += 1
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(geoseg.export.exporter, "export_program", counting)
-    return count
+    return count_calls(monkeypatch, geoseg.export.exporter, "export_program")
 
 
 def _classes(path) -> np.ndarray:
