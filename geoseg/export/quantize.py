@@ -66,8 +66,9 @@ def float32_runs(
     quantized alone and the runs are kept, those flipping most classes first, until ``target`` is reached
     or half of them are kept. Then each kept run is halved while one half alone still reaches ``target``:
     the first convolutions of a network work at full resolution and cost the most, so keeping one of them
-    instead of ten is much of int8's speed (MANet-R50: 1 instead of 11 convolutions, ~12 % faster, see
-    :func:`quantize_int8`). Measurements: ``len(runs) + 1`` and about 2·log2(run length) per kept run."""
+    instead of ten is much of int8's speed (MANet-R50 on the Brazil scene: the stem alone in float32 ran
+    ~12 % faster than convolutions 1-11, docs/performance.md). Measurements: ``len(runs) + 1``, then about
+    log2(run length) per kept run, two where the first half does not suffice."""
     everything = [i for run in runs for i in run]
     agreed = agreement([])
     if agreed >= target:
