@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -10,6 +11,16 @@ import torch
 
 from geoseg import device
 from geoseg.device import CpuFeatures
+
+
+def pytest_configure(config) -> None:
+    """Ctrl-C as a terminal sends it, whatever started the suite: a shell without job control (``nohup``,
+    ``cmd &`` in a script) starts it with SIGINT ignored, which its subprocesses inherit, and the signal
+    tests then saw a geoseg that never hears Ctrl-C. Python's own handler (not inherited across exec) puts
+    it back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
 
 # One intra-op thread: on a shared machine torch's thread pool makes small operations ~100x slower under
 # load, and the tests are about results, not speed (the benchmarks measure speed).
