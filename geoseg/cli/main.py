@@ -89,8 +89,33 @@ def _one_line(message: object) -> str:
     return flags_for_parameters(one_line(message))
 
 
+class OneLineUsageError(click.ClickException):
+    """A usage error shown as click shows any error, ``Error: <message>``, without click's ``Usage:`` and
+    ``Try '... --help'`` preamble: bad input gets one line, whichever parser refused it."""
+
+    exit_code = 2
+
+
+@contextlib.contextmanager
+def usage_errors_one_line() -> Iterator[None]:
+    """Inside, a click usage error (a bad value, a missing argument, an unknown option or command) becomes
+    a :class:`OneLineUsageError` with click's own message, which names the option. A bare ``geoseg`` still
+    shows the help."""
+    try:
+        yield
+    except click.exceptions.NoArgsIsHelpError:
+        raise
+    except click.UsageError as error:
+        raise OneLineUsageError(one_line(error.format_message())) from None
+
+
 class GeosegGroup(click.Group):
     """Lazily loads commands and turns every failure into one line on stderr, never a traceback."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The group's own options (``geoseg --bogus``); the commands' are parsed inside ``invoke``.
+        with usage_errors_one_line():
+            return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -112,7 +137,8 @@ class GeosegGroup(click.Group):
 
     def _invoke_reporting(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with usage_errors_one_line():
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:

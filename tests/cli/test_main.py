@@ -49,10 +49,42 @@ def test_every_registered_command_loads_and_has_help():
         assert "Usage: " in result.output
 
 
-def test_unknown_command_is_a_usage_error():
-    result = CliRunner().invoke(cli, ["segment"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ("segment", "Error: No such command 'segment'."),
+        ("--bogus info", "Error: No such option '--bogus'."),
+        ("predict {scene} -o {out}.tif --tile 0", "Error: Invalid value for '--tile': 0 is"),
+        ("predict {scene} -o {out}.tif --overlap -5", "Error: Invalid value for '--overlap':"),
+        ("predict {scene} -o {out}.tif --workers 0", "Error: Invalid value for '--workers':"),
+        ("predict {scene} -o {out}.tif --tta bogus", "Error: Invalid value for '--tta':"),
+        ("predict {scene}", "Error: Missing option '-o' / '--output'."),
+        ("predict {scene} -o {out}.tif --tiel 5", "Error: No such option '--tiel'."),
+        ("vectorize {scene} -o {out}.gpkg --min-area -1", "Error: Invalid value for '--min-area':"),
+        ("vectorize {scene} -o {out}.gpkg --min-area 2 --min-pixels 5", "Error: give either"),
+        ("vectorize", "Error: Missing argument 'CLASSES'."),
+        ("serve {scene} --port 99999", "Error: Invalid value for '--port': 99999 is not in the range"),
+        ("info {scene} -o {out}.json", "Error: -o/--output writes the STAC Item: add --stac"),
+        ("export {scene} -o {out}.onnx --for qgis", "Error: Invalid value for '--for':"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_option_and_exit_2(tmp_path, args, message):
+    """Click's own refusals too: no ``Usage:`` / ``Try '... --help'`` preamble, the project's one line."""
+    scene = tmp_path / "scene.tif"
+    scene.write_bytes(b"")
+    args = [arg.format(scene=scene, out=tmp_path / "out") for arg in args.split()]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2
-    assert "No such command 'segment'" in result.output
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(message)
+    assert result.stdout == ""
+
+
+def test_a_bare_geoseg_still_shows_the_help():
+    result = CliRunner().invoke(cli, [], prog_name="geoseg")
+    assert result.exit_code == 2
+    assert "Usage: geoseg [OPTIONS] COMMAND" in result.output
+    assert "geoseg predict scene.tif -o classes.tif" in result.output
 
 
 def test_stop_signals_raise_once_in_the_main_thread_and_the_old_handlers_come_back():
