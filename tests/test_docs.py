@@ -40,6 +40,49 @@ def _documented_flags(command: click.Command) -> list[str]:
     return [flag for flag in flags if flag != "--help"]
 
 
+LONG_FLAG = re.compile(r"(?<![\w-])--[a-z][\w-]*")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(])|\n\s*\n")  # and paragraph ends
+
+
+def _accepted_flags(command: click.Command) -> set[str]:
+    """Every flag the command's parser takes, hidden ones and ``--help`` included."""
+    return {
+        flag
+        for param in command.get_params(click.Context(command))
+        if isinstance(param, click.Option)
+        for flag in (*param.opts, *param.secondary_opts)
+    }
+
+
+def _written_flags(text: str, page_command: str) -> list[tuple[str, str]]:
+    """``(command, --flag)`` for every long flag a page writes, each given to the command it is written for.
+
+    In a code block, a line (with its backslash continuations) runs ``geoseg NAME`` (``""``: the group
+    itself); lines that run no geoseg command are skipped. In prose and tables, a code span that runs a
+    command (``predict --resume``, ``geoseg predict IN -o OUT --resume``) owns its own flags; a span that
+    only names a command (``evaluate``, ``geoseg sample``), not as a link to its page, makes it the subject
+    of the rest of its sentence; every other flag is the page's command's."""
+    written = []
+    blocks = re.findall(r"```[^\n]*\n(.*?)```", text, flags=re.DOTALL)
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            run = re.search(rf"\bgeoseg(?:\s+({'|'.join(COMMANDS)})\b)?(.*)", line)
+            if run:
+                written += [(run.group(1) or "", flag) for flag in LONG_FLAG.findall(run.group(2))]
+    prose = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    for sentence in SENTENCE_END.split(prose.replace("|", "\n\n")):
+        subject = page_command
+        for link, span in re.findall(r"(\[?)`([^`]+)`", sentence):
+            named = re.match(rf"(?:geoseg\s+)?({'|'.join(COMMANDS)})(?![\w-])(.*)", span, flags=re.DOTALL)
+            if named and not named.group(2).strip():
+                subject = subject if link else named.group(1)  # a link to a command's page names no subject
+            elif named:
+                written += [(named.group(1), flag) for flag in LONG_FLAG.findall(named.group(2))]
+            else:
+                written += [(subject, flag) for flag in LONG_FLAG.findall(span)]
+    return written
+
+
 def _relative_links(path: Path) -> list[str]:
     text = path.read_text(encoding="utf-8")
     text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)  # code blocks hold no links
@@ -57,6 +100,24 @@ def test_every_command_has_a_page_naming_every_option(name: str) -> None:
     text = page.read_text(encoding="utf-8")
     missing = [flag for flag in _documented_flags(COMMANDS[name]) if not re.search(rf"{flag}(?![\w-])", text)]
     assert not missing, f"docs/commands/{name}.md does not mention {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_option_a_page_writes_is_one_its_command_takes(name: str) -> None:
+    """The reverse of the test above: a page cannot document an option its command lacks (a paragraph copied
+    from another page), nor show another command with a flag that command lacks."""
+    text = (COMMAND_PAGES / f"{name}.md").read_text(encoding="utf-8")
+    accepted = {"": _accepted_flags(cli)} | {
+        other: _accepted_flags(command) for other, command in COMMANDS.items()
+    }
+    wrong = sorted(
+        {
+            f"{command or 'geoseg'} {flag}"
+            for command, flag in _written_flags(text, name)
+            if flag not in accepted[command]
+        }
+    )
+    assert not wrong, f"docs/commands/{name}.md writes options these commands do not take: {', '.join(wrong)}"
 
 
 def test_every_page_under_commands_is_a_command() -> None:
