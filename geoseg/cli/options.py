@@ -126,24 +126,32 @@ def flags_for_parameters(message: str) -> str:
     return re.sub(pattern, flag, message)
 
 
-precision_option = click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="Network precision. auto: the fastest that keeps the classes (bf16 on GPUs that support it, else "
-    "fp16; bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32). MANet keeps its stem, first "
-    "encoder stage and attention in float32, which keeps the classes.",
+def _precision_option(choices: list[str], auto: str, more: str = "") -> Callable:
+    return click.option(
+        "--precision",
+        type=click.Choice(choices),
+        default="auto",
+        show_default=True,
+        help=f"Network precision. auto: the fastest that keeps the classes ({auto}).{more}",
+    )
+
+
+_TORCH_AUTO = (
+    "bf16 on GPUs that support it, else fp16; bf16 on CPUs with native bf16 (AVX512-BF16, AMX), else fp32"
 )
-predict_precision_option = click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
-    default="auto",
-    show_default=True,
-    help="Network precision. auto: the fastest that keeps the classes (on the CPU: float32 in onnxruntime, "
-    "see --engine; bf16 on GPUs that support it, else fp16). int8 (CPU, onnxruntime, opt-in): calibrated "
-    "once per run on --calibration or on tiles spread over all the scenes, the layers whose int8 changes "
-    "classes kept float32; refused where it keeps fewer than 99.5 % of the calibration pixels' classes.",
+_UNDER_BF16 = (
+    " MANet keeps its stem, first encoder stage and attention in float32 under bf16, which keeps the classes."
+)
+_ENGINE_AUTO = "on the CPU: float32 in onnxruntime, see --engine; bf16 on GPUs that support it, else fp16"
+# train runs PyTorch; serve runs the engine predict would (--engine), without int8's calibration.
+precision_option = _precision_option(["auto", "fp32", "bf16", "fp16"], _TORCH_AUTO, _UNDER_BF16)
+serve_precision_option = _precision_option(["auto", "fp32", "bf16", "fp16"], _ENGINE_AUTO, _UNDER_BF16)
+predict_precision_option = _precision_option(
+    ["auto", "fp32", "bf16", "fp16", "int8"],
+    _ENGINE_AUTO,
+    " int8 (CPU, onnxruntime, opt-in): calibrated once per run on --calibration or on tiles spread over "
+    "all the scenes, the layers whose int8 changes classes kept float32; refused where it keeps fewer than "
+    "99.5 % of the calibration pixels' classes.",
 )
 engine_option = click.option(
     "--engine",

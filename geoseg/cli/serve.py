@@ -13,9 +13,9 @@ from geoseg.cli.options import (
     engine_option,
     model_option,
     overlap_option,
-    precision_option,
     preset_option,
     scale_option,
+    serve_precision_option,
     tile_option,
     tta_option,
 )
@@ -38,7 +38,7 @@ from geoseg.cli.options import (
 @overlap_option
 @batch_size_option
 @device_option
-@precision_option
+@serve_precision_option
 @engine_option
 @tta_option
 @bands_option
