@@ -44,3 +44,12 @@ def one_line(message: object) -> str:
     """``message`` (an error, or text) on one line, its runs of whitespace as single spaces: how the CLI, a
     ``--keep-going`` scene's error and a remote failure's detail all show an error."""
     return " ".join(str(message).split())
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a random seed numpy cannot take (it raises a bare ``ValueError`` for a negative one), naming
+    the parameter; ``None`` draws a fresh seed."""
+    import numbers
+
+    if seed is not None and not (isinstance(seed, numbers.Integral) and seed >= 0):
+        raise ConfigurationError(f"seed={seed!r}: give a whole number, 0 or more")

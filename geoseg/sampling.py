@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
+from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError, check_seed
 from geoseg.labels.polygons import VectorLabelOptions, VectorTable, class_index, map_classes, reproject
 from geoseg.raster.classes import check_class_raster, mapped_mask, read_class_names
 from geoseg.raster.grids import block_windows, placement
@@ -54,7 +54,7 @@ def parse_allocation(text: str | None) -> dict[str, int] | None:
         name, sep, count = item.partition("=")
         if not sep or not name.strip() or not count.strip().isdigit():
             raise ConfigurationError(
-                f"allocation: {item!r} is not CLASS=COUNT; write e.g. 'water=100,building=50'"
+                f"allocation={text!r}: {item!r} is not CLASS=COUNT; write e.g. 'water=100,building=50'"
             )
         allocation[name.strip()] = int(count)
     return allocation
@@ -85,7 +85,11 @@ def draw_sample(
     from geoseg.vector.output import atomic_vector_output, creation_options, output_driver
 
     if per_class < 0:
-        raise ConfigurationError(f"-n must be 0 or more units per class, got {per_class}")
+        raise ConfigurationError(f"per_class={per_class}: give 0 or more units per class")
+    for key, count in (allocation or {}).items():
+        if count < 0:
+            raise ConfigurationError(f"allocation={{{key!r}: {count!r}}}: give 0 or more units")
+    check_seed(seed)
     if output_driver(output) == "Parquet":
         raise OutputError(f"{output}: write the sample as .gpkg, .fgb, .geojson or .shp")
     check_output_path(output, overwrite, [classes])
@@ -99,7 +103,7 @@ def draw_sample(
             )
         names = list(class_names or read_class_names(dataset) or [str(i) for i in range(255)])
         wanted = np.full(len(names), per_class, dtype=np.int64)
-        asked = {class_index(key, names, "allocation"): count for key, count in (allocation or {}).items()}
+        asked = {class_index(key, names, f"allocation={{{key!r}: {count!r}}}"): count for key, count in (allocation or {}).items()}
         for c, count in asked.items():
             wanted[c] = count
         # strips of whole rows: a pixel's ordinal among its class is in row-major order, whatever the strips

@@ -10,9 +10,11 @@ from pathlib import Path
 import geoseg
 
 PACKAGE = Path(geoseg.__file__).parent
-FLAG = re.compile(r"(?<![\w-])--[a-z]")
+# a long flag (``--tile``), or a short one (``-n 4``): a letter after a dash that starts the message or
+# follows a space or a quote, then a space (a negative number such as ``-1`` is no flag)
+FLAG = re.compile(r"(?<![\w-])--[a-z]|(?:^|(?<=[\s'\"(]))-[a-zA-Z](?=\s)")
 # Flags of other programs, which a message may quote as they are.
-OTHER_PROGRAMS = ("gdal_calc.py",)
+OTHER_PROGRAMS = ("gdal_calc.py", "gdaladdo", "pip install")
 # Text written into outputs, not raised or warned: the training record (card), ``info``'s description of a
 # model, an ONNX export's metadata and the curves picture. Changing them changes output bytes.
 RECORDS = (

@@ -186,3 +186,40 @@ def test_every_geopackage_geoseg_writes_is_version_1_2(tmp_path):
     for name in ("samples.gpkg", "errors.gpkg", "changes.gpkg"):
         with sqlite3.connect(tmp_path / name) as db:
             assert db.execute("PRAGMA user_version").fetchone() == (10200,), name
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"seed": -1}, "seed=-1: give a whole number, 0 or more"),
+        ({"per_class": -4}, "per_class=-4: give 0 or more units per class"),
+        ({"allocation": {"water": -5}}, "allocation={'water': -5}: give 0 or more units"),
+        ({"allocation": {"ocean": 5}}, "allocation={'ocean': 5}: 'ocean' is no class; classes are water, "
+                                       "building, tree"),
+    ],
+)  # fmt: skip
+def test_draw_sample_names_the_parameter_it_refuses(tmp_path, given, message):
+    from geoseg.errors import ConfigurationError
+
+    classes, _ = _map(tmp_path / "classes.tif")
+    with pytest.raises(ConfigurationError) as refused:
+        draw_sample(classes, tmp_path / "s.gpkg", **given)
+    assert str(refused.value) == message
+    assert not (tmp_path / "s.gpkg").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--seed", "-1"], "--seed -1: give a whole number, 0 or more"),
+        (["--allocation", "water=abc"], "--allocation water=abc: 'water=abc' is not CLASS=COUNT; "
+                                        "write e.g. 'water=100,building=50'"),
+        (["--allocation", "ocean=5"], "--allocation ocean=5: 'ocean' is no class; classes are water, "
+                                      "building, tree"),
+    ],
+)  # fmt: skip
+def test_sample_command_names_the_flag_it_refuses_in_one_line(tmp_path, arguments, message):
+    classes, _ = _map(tmp_path / "classes.tif")
+    result = CliRunner().invoke(cli, ["sample", classes, "-o", str(tmp_path / "s.gpkg"), *arguments])
+    assert result.exit_code == 1 and result.stderr == f"Error: {message}\n"
+

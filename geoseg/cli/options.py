@@ -73,7 +73,10 @@ PARAMETER_FLAGS = {
     "logits": "--logits",
     "lr": "--lr",
     "max_size": "--max-size",
+    "model": "-m",
+    "output": "-o",
     "over": "--over",
+    "per_class": "-n",
     "overwrite": "--overwrite",
     "port": "--port",
     "precision": "--precision",
@@ -82,6 +85,7 @@ PARAMETER_FLAGS = {
     "resume": "--resume",
     "scale": "--scale",
     "scheduler": "--scheduler",
+    "seed": "--seed",
     "steps": "--steps",
     "styles=False": "--no-styles",
     "target": "--for",
@@ -116,6 +120,8 @@ def flags_for_parameters(message: str) -> str:
         if own is not None:
             return own
         name = PARAMETER_FLAGS[parameter]
+        if value == "":  # an empty value as a shell passes it
+            return f'{name} ""'
         return name if value == "True" else f"{name} {value}"
 
     names = "|".join(dict.fromkeys(key.partition("=")[0] for key in PARAMETER_FLAGS))

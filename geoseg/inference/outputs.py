@@ -98,13 +98,13 @@ def prepare_outputs(
     output_text = str(output)
     if not output_text.strip():  # -o "$OUT" with OUT unset: Path("") is the current folder
         raise ConfigurationError(
-            "-o is empty; give the class raster .tif for one input, or a folder (. for the current one)"
+            "output='': give the class raster .tif for one input, or a folder (. for the current one)"
         )
     output = Path(output)
     into_folder = len(inputs) > 1 or output.is_dir() or output_text.endswith(("/", os.sep))
     if into_folder and output.exists() and not output.is_dir():
         why = "with several inputs" if len(inputs) > 1 else "ending in /"
-        raise OutputError(f"{output}: {why}, -o must be a folder (it is a file)")
+        raise OutputError(f"output={output_text!r}: {why}, give a folder (it is a file)")
     if not into_folder and output.suffix and output.suffix.lower() not in RASTER_SUFFIXES:
         raise ConfigurationError(
             f"{output}: predict writes cloud-optimized GeoTIFF; name the output .tif or .tiff"

@@ -124,40 +124,44 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
         value, sep, target = item.partition("=")
         if not sep or not value.strip() or not target.strip():
             raise ConfigurationError(
-                f"class_map: {item!r} is not VALUE=CLASS; write 'Gebouw=building,Weg=road' "
+                f"class_map={text!r}: {item!r} is not VALUE=CLASS; write 'Gebouw=building,Weg=road' "
                 "or name a JSON file"
             )
         pairs.append((value.strip(), target.strip()))
-    fold_class_map(pairs, "class_map")
+    fold_class_map(pairs)
     return dict(pairs)
 
 
-def fold_class_map(pairs: Iterable[tuple[str, str | int]], where: str) -> dict[str, tuple[str, str | int]]:
+def fold_class_map(
+    pairs: Iterable[tuple[str, str | int]], file: str | None = None
+) -> dict[str, tuple[str, str | int]]:
     """Class-map keys folded to any case, as field values are matched, each to (the key as the user wrote
     it, for messages; its class); a value mapped twice to different classes (``Wasser=water,wasser=road``)
-    is refused, since either choice would silently drop the other."""
+    is refused, since either choice would silently drop the other. ``file``: the JSON file they come from."""
     folded: dict[str, tuple[str, str | int]] = {}
     for key, target in pairs:
         written = str(key).strip()
         fold = written.casefold()
         if fold in folded and str(folded[fold][1]).strip().casefold() != str(target).strip().casefold():
+            first, other = folded[fold]
+            where = file or f"class_map={{{first!r}: {other!r}, {written!r}: {target!r}}}"
             raise ConfigurationError(
-                f"{where}: the value {written!r} is mapped twice, to {folded[fold][1]!r} and "
-                f"{target!r}; keep one"
+                f"{where}: the value {written!r} is mapped twice, to {other!r} and {target!r}; keep one"
             )
         folded[fold] = (written, target)
     return folded
 
 
-def class_index(value: str | int, names: Sequence[str], what: str) -> int:
-    """A class name (any case) or id → its index; anything else is an error listing the classes."""
+def class_index(value: str | int, names: Sequence[str], given: str) -> int:
+    """A class name (any case) or id → its index; anything else is an error naming ``given``, the
+    parameter as the caller wrote it (``priority='nosuch'``), and listing the classes."""
     text = str(value).strip()
     folded = {name.casefold(): i for i, name in enumerate(names)}
     if text.casefold() in folded:
         return folded[text.casefold()]
     if text.lstrip("-").isdigit() and 0 <= int(text) < len(names):
         return int(text)
-    raise ConfigurationError(f"{what}: {text!r} is no class; classes are {_listed(names)}")
+    raise ConfigurationError(f"{given}: {text!r} is no class; classes are {_listed(names)}")
 
 
 def _listed(names: Sequence[str]) -> str:
@@ -316,10 +320,10 @@ def _polygonal_part(geometry):
 def map_classes(values: np.ndarray, names: Sequence[str], options: VectorLabelOptions, source: str):
     """Field values → class indices; values mapping to no class are refused with their counts."""
     folded = {name.casefold(): i for i, name in enumerate(names)}
-    mapping = fold_class_map((options.class_map or {}).items(), "class_map")
+    mapping = fold_class_map((options.class_map or {}).items())
     targets = {}
     for key, (written, target) in mapping.items():
-        targets[key] = class_index(target, names, f"class_map[{written!r}]")
+        targets[key] = class_index(target, names, f"class_map={{{written!r}: {target!r}}}")
     texts = np.array(["" if _is_null(v) else _value_text(v) for v in values], dtype=object)
     unique, inverse, counts = np.unique(texts, return_inverse=True, return_counts=True)
     lookup = np.full(len(unique), -1, dtype=np.int64)
@@ -391,7 +395,7 @@ def load_label_polygons(
     table = table if table is not None else read_vector(spec, "label", options.class_field)
     geometries, kept = _polygons(table, "label")
     classes = map_classes(table.values[kept], names, options, table.source)
-    priority = [class_index(p, names, "priority") for p in options.priority]
+    priority = [class_index(p, names, f"priority={p!r}") for p in options.priority]
     aoi = aoi_crs = background = None
     if options.aoi is not None:
         aoi_table = read_vector(options.aoi, "AOI")
@@ -430,7 +434,7 @@ def load_label_polygons(
 
 def _background(value: str | int | None, names: Sequence[str]) -> int:
     if value is not None:
-        return class_index(value, names, "background")
+        return class_index(value, names, f"background={value!r}")
     folded = [n.casefold() for n in names]
     if "background" in folded:
         return folded.index("background")

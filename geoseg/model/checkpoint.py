@@ -40,11 +40,11 @@ _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
 
 
 def default_checkpoint_path() -> Path:
-    """The checkpoint shipped in ``models/``; an error that says to pass ``-m`` when there is none."""
+    """The checkpoint shipped in ``models/``; an error that says to pass ``model`` when there is none."""
     path = MODELS_DIR / BUNDLED_MODEL_NAME
     if not path.is_file():
         raise CheckpointError(
-            f"no bundled model at {path}; pass -m MODEL.safetensors "
+            f"no bundled model at {path}; pass model=MODEL.safetensors "
             "(train one with 'geoseg train' or convert a published one with 'geoseg convert')"
         )
     return path

@@ -26,7 +26,7 @@ import torch
 
 from geoseg.atomic import atomic_output, check_output_path
 from geoseg.device import autocast_dtype, resolve_device
-from geoseg.errors import CheckpointError, ConfigurationError, InputError
+from geoseg.errors import CheckpointError, ConfigurationError, InputError, check_seed
 from geoseg.labels import IGNORE
 from geoseg.labels.polygons import VectorLabelOptions, split_layer
 from geoseg.labels.raster import LabelEncoding
@@ -96,7 +96,8 @@ class TrainingConfig:
         for name in ("epochs", "steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ConfigurationError(f"--{name} must be at least 1, got {value}")
+                raise ConfigurationError(f"{name}={value}: give at least 1")
+        check_seed(self.seed)
         if not self.lr > 0:
             raise ConfigurationError(f"lr={self.lr}: give a positive rate")
         if not 0 <= self.val_fraction < 1:

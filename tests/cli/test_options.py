@@ -35,6 +35,13 @@ from geoseg.errors import one_line
         ("pass scale=(0, 4000) or scale='auto'", "pass --scale 0,4000 or --scale auto"),
         ("priority=('building',) first", "--priority building first"),
         ("map them with class_map={'VALUE': 'CLASS', …}", "map them with --class-map VALUE=CLASS,…"),
+        # short flags, an empty value, and the one form of class names and counts (a dict entry)
+        ("per_class=-4: give 0 or more units per class", "-n -4: give 0 or more units per class"),
+        ("output='': give the class raster", '-o "": give the class raster'),
+        ("seed=-1: give a whole number, 0 or more", "--seed -1: give a whole number, 0 or more"),
+        ("class_map={'water': 'ocean'}: 'ocean' is no class", "--class-map water=ocean: 'ocean' is no class"),
+        ("allocation={'nosuch': 5}: 'nosuch' is no class", "--allocation nosuch=5: 'nosuch' is no class"),
+        ("allocation='water=abc': 'water=abc' is not", "--allocation water=abc: 'water=abc' is not"),
         # placeholders: the flag and its metavar
         ("pass preset=NAME or card=FILE", "pass --preset NAME or --card FILE"),
     ],
@@ -76,7 +83,7 @@ def test_quicklook_names_overwrite_in_python_and_its_flag_on_the_command_line(tm
 
 
 def test_every_parameter_maps_to_a_flag_of_its_own():
-    assert all(flag.startswith("--") for flag in PARAMETER_FLAGS.values())
+    assert all(flag.startswith("-") for flag in PARAMETER_FLAGS.values())
     assert len(set(PARAMETER_FLAGS.values())) == len(PARAMETER_FLAGS)
 
 

@@ -295,7 +295,7 @@ def test_an_output_under_a_file_names_the_file_not_a_missing_folder(checkpoint, 
     result = _invoke(colorado, "-o", f"{tmp_path / 'notes.txt'}/", "-m", checkpoint)
     assert result.exit_code == 1
     assert (
-        result.stderr == f"Error: {tmp_path / 'notes.txt'}: ending in /, -o must be a folder (it is a file)\n"
+        result.stderr == f"Error: -o {tmp_path / 'notes.txt'}/: ending in /, give a folder (it is a file)\n"
     )
     assert _files(tmp_path) == ["notes.txt"]
 

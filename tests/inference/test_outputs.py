@@ -424,5 +424,5 @@ def test_an_empty_output_is_refused_not_taken_for_the_current_folder(tmp_path, o
     """``-o "$OUT"`` with OUT unset wrote <stem>.classes.tif into the current folder."""
     write_scene(tmp_path / "a.tif", 64, 64, **GRID)
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ConfigurationError, match="^-o is empty; give the class raster .tif"):
+    with pytest.raises(ConfigurationError, match="^output='': give the class raster .tif"):
         prepare_outputs([tmp_path / "a.tif"], output)

@@ -138,7 +138,11 @@ def test_class_map_from_text_or_json_maps_other_names_case_insensitively(tmp_pat
 
 
 def test_a_value_mapped_twice_to_different_classes_is_refused_in_text_json_and_mappings(tmp_path):
-    with pytest.raises(ConfigurationError, match="'wasser' is mapped twice, to 'water' and 'road'"):
+    with pytest.raises(
+        ConfigurationError,
+        match=r"^class_map=\{'Wasser': 'water', 'wasser': 'road'\}: the value 'wasser' is mapped twice, to "
+        "'water' and 'road'; keep one$",
+    ):
         parse_class_map("Wasser=water,wasser=road")
     mapping = tmp_path / "map.json"
     mapping.write_text('{"Weg": "road", "Weg": "building"}')
@@ -153,7 +157,7 @@ def test_a_value_mapped_twice_to_different_classes_is_refused_in_text_json_and_m
 
 def test_a_class_map_to_an_unknown_class_names_the_value_as_the_user_wrote_it(tmp_path):
     path = _write(tmp_path / "l.gpkg", [_box(0, 0, 2, 2)], ["Wasser"])
-    with pytest.raises(ConfigurationError, match=r"^class_map\['Wasser'\]: 'ocean' is no class; classes are"):
+    with pytest.raises(ConfigurationError, match=r"^class_map=\{'Wasser': 'ocean'\}: 'ocean' is no class; classes are"):
         _labels(path, VectorLabelOptions("klasse", class_map=parse_class_map("Wasser=ocean")))
 
 
