@@ -103,7 +103,10 @@ def draw_sample(
             )
         names = list(class_names or read_class_names(dataset) or [str(i) for i in range(255)])
         wanted = np.full(len(names), per_class, dtype=np.int64)
-        asked = {class_index(key, names, f"allocation={{{key!r}: {count!r}}}"): count for key, count in (allocation or {}).items()}
+        asked = {
+            class_index(key, names, f"allocation={{{key!r}: {count!r}}}"): count
+            for key, count in (allocation or {}).items()
+        }
         for c, count in asked.items():
             wanted[c] = count
         # strips of whole rows: a pixel's ordinal among its class is in row-major order, whatever the strips

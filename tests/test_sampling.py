@@ -222,4 +222,3 @@ def test_sample_command_names_the_flag_it_refuses_in_one_line(tmp_path, argument
     classes, _ = _map(tmp_path / "classes.tif")
     result = CliRunner().invoke(cli, ["sample", classes, "-o", str(tmp_path / "s.gpkg"), *arguments])
     assert result.exit_code == 1 and result.stderr == f"Error: {message}\n"
-

@@ -449,3 +449,20 @@ def test_evaluate_of_a_prediction_without_valid_pixels_names_both_files(tmp_path
         f"Error: {prediction} vs {truth}: no pixels to compare (every pixel is ignored in the truth or "
         "nodata in the prediction); check --ignore-index N, --label-offset N and the prediction's nodata"
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--class-map", "bad"], "--class-map bad: 'bad' is not VALUE=CLASS; "
+                                 "write 'Gebouw=building,Weg=road' or name a JSON file"),
+        (["--class-map", "A=nosuch"], "--class-map A=nosuch: 'nosuch' is no class; classes are water, "
+                                      "building, tree"),
+        (["--class-map", "A=0,b=1,c=2", "--priority", "nosuch"], "--priority nosuch: 'nosuch' is no class; "
+                                                                 "classes are water, building, tree"),
+    ],
+)  # fmt: skip
+def test_class_names_the_polygons_refuse_are_shown_as_the_flag_that_gave_them(tmp_path, arguments, message):
+    prediction = _class_map(tmp_path / "p.tif", PREDICTION)
+    result = run(prediction, _truth_polygons(tmp_path / "truth.gpkg"), "--class-field", "klasse", *arguments)
+    assert result.exit_code == 1 and result.stderr == f"Error: {message}\n"

@@ -157,7 +157,9 @@ def test_a_value_mapped_twice_to_different_classes_is_refused_in_text_json_and_m
 
 def test_a_class_map_to_an_unknown_class_names_the_value_as_the_user_wrote_it(tmp_path):
     path = _write(tmp_path / "l.gpkg", [_box(0, 0, 2, 2)], ["Wasser"])
-    with pytest.raises(ConfigurationError, match=r"^class_map=\{'Wasser': 'ocean'\}: 'ocean' is no class; classes are"):
+    with pytest.raises(
+        ConfigurationError, match=r"^class_map=\{'Wasser': 'ocean'\}: 'ocean' is no class; classes are"
+    ):
         _labels(path, VectorLabelOptions("klasse", class_map=parse_class_map("Wasser=ocean")))
 
 
