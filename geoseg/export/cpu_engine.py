@@ -48,11 +48,19 @@ class EngineNetwork:
 
 
 def resolve_engine(
-    engine: str, precision: str, device: torch.device, network: torch.nn.Module, *, compile: bool = False
+    engine: str,
+    precision: str,
+    device: torch.device,
+    network: torch.nn.Module,
+    *,
+    compile: bool = False,
+    int8: bool = True,
 ) -> str:
     """``torch`` or ``onnxruntime`` for ``engine`` (see the module's rule for ``auto``); a combination that
     cannot run fails here in one line, before any work. ``precision`` is what the user asked for, already
-    checked against the device (:func:`geoseg.device.resolve_precision`: int8 on the CPU only)."""
+    checked against the device (:func:`geoseg.device.resolve_precision`: int8 on the CPU only); ``int8``:
+    whether the caller runs int8 at all (``serve`` does not), so that a message suggests only what it
+    can use."""
     engine = (engine or "auto").lower()
     precision = (precision or "auto").lower()
     if engine not in ENGINES:
@@ -72,9 +80,11 @@ def resolve_engine(
         )
     if engine == "onnxruntime" or precision == "int8":
         if precision in ("bf16", "fp16"):
+            usable = ("fp32", "int8", "auto") if int8 else ("fp32", "auto")
+            listed = [f"precision={p!r}" for p in usable]
             raise ConfigurationError(
-                f"engine='onnxruntime' runs float32 or int8, not {precision}; "
-                "use precision='fp32', 'int8' or 'auto'"
+                f"engine='onnxruntime' runs float32{' or int8' if int8 else ''}, not {precision}; "
+                f"use {', '.join(listed[:-1])} or {listed[-1]}"
             )
         if compile:
             raise ConfigurationError("compile=True is for engine='torch'; drop one of them")

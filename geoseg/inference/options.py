@@ -56,6 +56,12 @@ class PredictOptions:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        if self.calibration and str(self.precision).lower() != "int8":
+            paths = [str(path) for path in self.calibration]
+            given = paths[0] if len(paths) == 1 else paths
+            raise ConfigurationError(
+                f"calibration={given!r} is for precision='int8' only; drop it or pass precision='int8'"
+            )
         if self.tta not in TTA_MODES:
             raise ConfigurationError(f"unknown test-time augmentation {self.tta!r}; use none, flip or d4")
         object.__setattr__(self, "batch_size", check_batch_size(self.batch_size))

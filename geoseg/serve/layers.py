@@ -239,7 +239,7 @@ def open_layers(
             tile=tile, batch_size=batch_size, device=device, precision=precision, tta=tta, engine=engine
         )
         resolved = resolve_options(predict, model_card)
-        runtime = resolve_engine(engine, precision, resolved.device, network)
+        runtime = resolve_engine(engine, precision, resolved.device, network, int8=False)
         plans = {
             source: plan_scene(model_card, source, tile=tile, overlap=overlap, bands=bands, scale=scale)
             for source in scenes

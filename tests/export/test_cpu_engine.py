@@ -465,3 +465,42 @@ def test_int8_under_the_agreement_is_refused_in_one_line(decisive_checkpoint, cr
     ]
     assert not (tmp_path / "c.tif").exists()
     assert [p.name for p in (tmp_path / "cache" / "geoseg").glob("*int8*.onnx")] == []
+
+
+def test_onnxruntime_at_half_precision_suggests_only_the_precisions_the_command_runs(
+    checkpoint, crop, tmp_path, pretend_cpu
+):
+    pretend_cpu(native_bf16=True)  # a bf16 the device runs, so the engine is what refuses
+    common = ["-m", str(checkpoint), "--device", "cpu", "--engine", "onnxruntime", "--precision", "bf16"]
+    result = _predict(str(crop), "-o", str(tmp_path / "c.tif"), *common)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: --engine onnxruntime runs float32 or int8, not bf16; "
+        "use --precision fp32, --precision int8 or --precision auto\n"
+    )
+    result = CliRunner().invoke(
+        cli, ["serve", str(crop), "-o", str(tmp_path / "s.tif"), "--port", "0", *common]
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: --engine onnxruntime runs float32, not bf16; use --precision fp32 or --precision auto\n"
+    )
+
+
+def test_calibration_without_int8_is_refused_not_ignored(checkpoint, crop, tmp_path):
+    from geoseg.inference.options import PredictOptions
+
+    with pytest.raises(ConfigurationError) as refused:
+        PredictOptions(precision="fp32", calibration=["tiles"])
+    assert (
+        str(refused.value)
+        == "calibration='tiles' is for precision='int8' only; drop it or pass precision='int8'"
+    )
+    result = _predict(
+        str(crop), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--calibration", str(crop)
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: --calibration {crop} is for --precision int8 only; drop it or pass --precision int8\n"
+    )
+    assert not (tmp_path / "c.tif").exists()
