@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from geoseg.model.architectures import SMALLEST_INPUT_MULTIPLE
 from geoseg.model.presets import PRESET_NAMES
 from geoseg.raster.writing import CODECS, DEFAULT_CODEC
 
@@ -76,6 +75,7 @@ PARAMETER_FLAGS = {
     "model": "-m",
     "output": "-o",
     "over": "--over",
+    "overlap": "--overlap",
     "per_class": "-n",
     "overwrite": "--overwrite",
     "port": "--port",
@@ -477,17 +477,6 @@ model_option = click.option(
 )
 
 
-def _check_tile(ctx, param, value: int | None) -> int | None:
-    """Refuse a size no network takes; the model's own input multiple is checked once it is loaded."""
-    multiple = SMALLEST_INPUT_MULTIPLE
-    if value is not None and (value <= 0 or value % multiple):
-        lower = max(multiple, value // multiple * multiple)
-        raise click.BadParameter(
-            f"{value} is not a positive multiple of {multiple} (no network takes it); try {lower}"
-        )
-    return value
-
-
 def _check_batch_size(ctx, param, value: str) -> int | str:
     """A positive number of tiles per batch, or ``auto`` (on CUDA what fits, else 4)."""
     text = str(value).strip().lower()
@@ -502,9 +491,7 @@ def _check_batch_size(ctx, param, value: str) -> int | str:
     return size
 
 
-tile_option = click.option(
-    "--tile", type=int, default=None, callback=_check_tile, help="Tile size in px. Default: the card's."
-)
+tile_option = click.option("--tile", type=int, default=None, help="Tile size in px. Default: the card's.")
 overlap_option = click.option(
     "--overlap",
     type=click.IntRange(min=0),

@@ -38,12 +38,8 @@ def deepness_card(card: ModelCard, tile: int | None = None) -> ModelCard:
             f"{MIN_CLASSES} to {MAX_CLASSES} classes in one softmax output (one channel is read as a "
             "sigmoid, and class ids + 1 must fit its uint8 mask)"
         )
+    ARCHITECTURES[card.architecture].check_tile(tile)
     multiple = ARCHITECTURES[card.architecture].input_multiple
-    if tile <= 0 or tile % multiple:
-        raise ConfigurationError(
-            f"target='deepness': tile {tile} is not a positive multiple of {multiple} "
-            f"({card.architecture}'s input multiple)"
-        )
     if card.overlap >= tile:
         raise ConfigurationError(
             f"target='deepness': the card's overlap of {card.overlap} px does not fit a tile of {tile} px; "

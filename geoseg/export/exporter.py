@@ -29,6 +29,7 @@ from geoseg.atomic import atomic_output, check_output_path
 from geoseg.errors import ConfigurationError
 from geoseg.export.deepness import DEEPNESS, deepness_card, deepness_metadata
 from geoseg.export.metadata import OUTPUT_KIND_KEY, require
+from geoseg.model.architectures import ARCHITECTURES
 from geoseg.model.card import ModelCard
 from geoseg.model.checkpoint import CARD_METADATA_KEY, load_checkpoint
 from geoseg.model.normalize import normalize
@@ -117,6 +118,7 @@ def export_model(
         model_card = deepness_card(model_card, tile)
         tile, extra = model_card.tile_size, deepness_metadata(model_card)
     elif tile is not None:
+        ARCHITECTURES[model_card.architecture].check_tile(int(tile))
         model_card = ModelCard.from_dict({**model_card.to_dict(), "tile_size": int(tile)})
     start = time.perf_counter()
     program = export_program(network, model_card, logits=logits, tile=tile)

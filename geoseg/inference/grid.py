@@ -30,18 +30,13 @@ DEFAULT_CHUNK = 1024
 CHUNK_MULTIPLE = 512  # the output's block size: chunks write whole blocks, never a block twice
 
 
-def check_tiling(tile: int, overlap: int, multiple: int) -> None:
-    """Tile sizes the network (input ``multiple``) accepts and overlaps that leave a positive stride."""
-    if tile <= 0 or tile % multiple:
-        lower = max(multiple, tile // multiple * multiple)
-        raise ConfigurationError(
-            f"tile size {tile} is not a positive multiple of {multiple} (the network needs it); "
-            f"use e.g. {lower} or {lower + multiple}"
-        )
+def check_tiling(tile: int, overlap: int) -> None:
+    """A positive tile and an overlap that leaves a positive stride (the network's input multiple:
+    :meth:`~geoseg.model.architectures.Architecture.check_tile`)."""
+    if tile <= 0:
+        raise ConfigurationError(f"tile={tile}: give a positive tile size")
     if not 0 <= overlap < tile:
-        raise ConfigurationError(
-            f"overlap {overlap} must be at least 0 and smaller than the tile size {tile}"
-        )
+        raise ConfigurationError(f"overlap={overlap}: give 0 or more, less than the tile ({tile} px)")
 
 
 def check_margin(margin: int, tile: int) -> None:
@@ -164,7 +159,7 @@ class TileGrid:
         region: Region | None = None,
         margin: int = 0,
     ):
-        check_tiling(tile, overlap, 1)  # the network's input multiple is checked by the plan, which knows it
+        check_tiling(tile, overlap)  # the network's input multiple is checked by the plan, which knows it
         check_margin(margin, tile)
         if height <= 0 or width <= 0:
             raise ConfigurationError(f"scene size {width}x{height} is empty")

@@ -78,7 +78,8 @@ def plan_scene(
     """
     tile = card.tile_size if tile is None else int(tile)
     overlap = card.overlap if overlap is None else int(overlap)
-    check_tiling(tile, overlap, ARCHITECTURES[card.architecture].input_multiple)
+    ARCHITECTURES[card.architecture].check_tile(tile)
+    check_tiling(tile, overlap)
     margin = border_margin(tile, overlap) if margin is None else int(margin)
     check_margin(margin, tile)
     path = str(input_path)

@@ -9,7 +9,6 @@ command-line parsing stay light.
 from __future__ import annotations
 
 import importlib
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +54,17 @@ class Architecture:
         options: dict[str, Any] = {} if self.backbones == (None,) else {"backbone": backbone}
         return builder(num_classes, in_channels=in_channels, **options)
 
+    def check_tile(self, size: int, parameter: str = "tile") -> None:
+        """Refuse a tile (or training ``crop``) this network cannot take, naming the parameter: the one
+        check of predict, serve, export and train, with this network's input multiple."""
+        multiple = self.input_multiple
+        if size < multiple or size % multiple:
+            lower = max(multiple, size // multiple * multiple)
+            raise ConfigurationError(
+                f"{parameter}={size}: give a positive multiple of {multiple} "
+                f"({self.label}'s input multiple), e.g. {lower} or {lower + multiple}"
+            )
+
 
 ARCHITECTURES: dict[str, Architecture] = {
     spec.name: spec
@@ -92,8 +102,6 @@ ARCHITECTURES: dict[str, Architecture] = {
 BACKBONES: tuple[str, ...] = tuple(
     dict.fromkeys(b for spec in ARCHITECTURES.values() for b in spec.backbones if b is not None)
 )
-# sizes no network takes are not a multiple of this: what can be refused before the network is known
-SMALLEST_INPUT_MULTIPLE = math.gcd(*(spec.input_multiple for spec in ARCHITECTURES.values()))
 
 
 def get_architecture(name: str) -> Architecture:

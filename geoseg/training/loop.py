@@ -83,12 +83,7 @@ class TrainingConfig:
 
     def check(self, architecture: Architecture) -> None:
         """Refuse settings no run can use, the crop size as ``architecture``'s input needs it."""
-        multiple = architecture.input_multiple
-        if self.crop < multiple or self.crop % multiple:
-            raise ConfigurationError(
-                f"crop={self.crop}: give a positive multiple of {multiple} "
-                f"({architecture.label}'s input multiple)"
-            )
+        architecture.check_tile(self.crop, "crop")
         if self.batch_size < 1:
             raise ConfigurationError(f"batch_size={self.batch_size}: give at least 1")
         if self.epochs is not None and self.steps is not None:

@@ -8,18 +8,16 @@ import importlib
 import subprocess
 import sys
 
-import click
 import pytest
 import torch
 
+from geoseg.cli.options import flags_for_parameters
 from geoseg.cli.predict import predict as predict_command
 from geoseg.cli.train import train as train_command
 from geoseg.errors import CardError, ConfigurationError
-from geoseg.inference.grid import check_tiling
 from geoseg.model.architectures import (
     ARCHITECTURES,
     BACKBONES,
-    SMALLEST_INPUT_MULTIPLE,
     get_architecture,
     network_label,
 )
@@ -72,7 +70,6 @@ def test_the_registry_holds_the_three_published_networks():
         "maresunet": ("MAResU-Net", ("resnet34",), "resnet34", 32),
     }
     assert BACKBONES == ("resnet18", "resnet34", "resnet50", "resnet101")
-    assert SMALLEST_INPUT_MULTIPLE == 16
     assert [network_label(n, s.default_backbone) for n, s in ARCHITECTURES.items()] == [
         "MANet (resnet50)",
         "MACU-Net",
@@ -145,7 +142,7 @@ def test_tile_and_crop_sizes_follow_the_networks_input_multiple():
     """48 px suits MACU-Net (16) but not MANet or MAResU-Net (32): in the card, the tile grid and training."""
     assert ModelCard(CLASSES, architecture="macunet", tile_size=48, overlap=16).tile_size == 48
     TrainingConfig(crop=48).check(ARCHITECTURES["macunet"])
-    check_tiling(48, 16, ARCHITECTURES["macunet"].input_multiple)
+    ARCHITECTURES["macunet"].check_tile(48)
     for name, label in [("manet", "MANet"), ("maresunet", "MAResU-Net")]:
         with pytest.raises(CardError, match=f"tile_size must be a positive multiple of 32 \\({label}'s"):
             ModelCard(CLASSES, architecture=name, tile_size=48, overlap=16)
@@ -153,8 +150,12 @@ def test_tile_and_crop_sizes_follow_the_networks_input_multiple():
             ConfigurationError, match=f"crop=\\d+: give a positive multiple of 32 \\({label}'s"
         ):
             TrainingConfig(crop=48).check(ARCHITECTURES[name])
-        with pytest.raises(ConfigurationError, match="tile size 48 is not a positive multiple of 32"):
-            check_tiling(48, 16, ARCHITECTURES[name].input_multiple)
+        with pytest.raises(ConfigurationError) as refused:
+            ARCHITECTURES[name].check_tile(48)
+        assert (
+            str(refused.value)
+            == f"tile=48: give a positive multiple of 32 ({label}'s input multiple), e.g. 32 or 64"
+        )
 
 
 def test_command_line_choices_list_exactly_the_registrys_entries():
@@ -163,13 +164,16 @@ def test_command_line_choices_list_exactly_the_registrys_entries():
     assert list(options["backbone"].type.choices) == list(BACKBONES)
 
 
-def test_predict_refuses_at_parse_time_only_tiles_no_network_takes():
+def test_one_tile_check_serves_the_command_line_and_the_library_with_the_networks_multiple():
+    """Before: the CLI refused --tile 100 as no multiple of 16 ("try 96"), the library tile=100 as no multiple
+    of 32; now the network's check alone, named as the parameter, shown as the flag."""
     tile = {param.name: param for param in predict_command.params}["tile"]
-    assert tile.callback(None, tile, 48) == 48  # MACU-Net takes it; a MANet card refuses it on loading
-    with pytest.raises(
-        click.BadParameter, match=r"40 is not a positive multiple of 16 \(no network takes it\)"
-    ):
-        tile.callback(None, tile, 40)
+    assert tile.callback is None  # no parse-time check of its own
+    with pytest.raises(ConfigurationError) as refused:
+        ARCHITECTURES["manet"].check_tile(100)
+    assert flags_for_parameters(str(refused.value)) == (
+        "--tile 100: give a positive multiple of 32 (MANet's input multiple), e.g. 96 or 128"
+    )
 
 
 # --- presets ----------------------------------------------------------------------------------------------
