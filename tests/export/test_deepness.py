@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from helpers import write_geotiff
 
 from geoseg.cli.main import cli
+from geoseg.errors import ConfigurationError
 from geoseg.export.exporter import export_model
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
@@ -151,3 +152,19 @@ def test_predict_runs_a_deepness_export_and_refuses_another_tile(tmp_path):
         cli, ["predict", str(scene), "-o", str(tmp_path / "b.tif"), "-m", str(out), "--tile", "96"]
     )
     assert result.exit_code == 1 and "takes tiles of 64x64 px only, got 96x96" in result.output
+
+
+@pytest.mark.parametrize("target", [[], ["--for", "deepness"]])
+def test_a_tile_the_network_cannot_take_names_the_parameter_in_python_and_the_flag_on_the_command_line(
+    tmp_path, target
+):
+    """Before: export tile=100 said 'card: tile_size must be ...', a card the user never wrote."""
+    source = _checkpoint(tmp_path / "net.safetensors")
+    out = tmp_path / "model.onnx"
+    wanted = "tile=100: give a positive multiple of 32 (MANet's input multiple), e.g. 96 or 128"
+    with pytest.raises(ConfigurationError) as refused:
+        export_model(source, out, tile=100, target="deepness" if target else None)
+    assert str(refused.value) == wanted
+    result = CliRunner().invoke(cli, ["export", str(source), "-o", str(out), "--tile", "100", *target])
+    assert result.exit_code == 1 and result.stderr == f"Error: --{wanted.replace('=', ' ', 1)}\n"
+    assert not out.exists()
