@@ -278,7 +278,7 @@ def check_batch_size(batch_size: int | str) -> int | str:
         return batch_size
     size = int(batch_size)
     if size < 1:
-        raise ConfigurationError(f"batch size {size} must be at least 1 (or auto)")
+        raise ConfigurationError(f"batch_size={size}: give at least 1 (or auto)")
     return size
 
 

@@ -43,7 +43,7 @@ class LabelEncoding:
 
     def __post_init__(self) -> None:
         if self.offset < 0:
-            raise InputError(f"label offset must be 0 or more, got {self.offset}")
+            raise InputError(f"label_offset={self.offset}: give 0 or more")
         if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
             raise InputError(f"number of classes must be 1..{MAX_CLASSES}, got {self.num_classes}")
 

@@ -248,17 +248,17 @@ def _check_options(
     min_area: float | None, min_pixels: int | None, simplify: float | None, connectivity: int, split: int
 ) -> None:
     if connectivity not in (4, 8):
-        raise ConfigurationError(f"connectivity must be 4 or 8, not {connectivity}")
+        raise ConfigurationError(f"connectivity={connectivity}: give 4 or 8")
     if min_area is not None and min_pixels is not None:
-        raise ConfigurationError("give either a minimum area or a minimum number of pixels, not both")
+        raise ConfigurationError("give either min_area=M2 or min_pixels=N, not both")
     if min_area is not None and not min_area >= 0:
-        raise ConfigurationError(f"minimum area must be zero or more square metres, not {min_area}")
+        raise ConfigurationError(f"min_area={min_area}: give zero or more square metres")
     if min_pixels is not None and min_pixels < 0:
-        raise ConfigurationError(f"minimum pixels must be zero or more, not {min_pixels}")
+        raise ConfigurationError(f"min_pixels={min_pixels}: give zero or more")
     if simplify is not None and not simplify >= 0:
-        raise ConfigurationError(f"simplify tolerance must be zero or more metres, not {simplify}")
+        raise ConfigurationError(f"simplify={simplify}: give zero or more metres")
     if split != 0 and split < 16:
-        raise ConfigurationError(f"the split grid must be 0 (never split) or at least 16 pixels, not {split}")
+        raise ConfigurationError(f"split_polygons_at={split}: give 0 (never split) or at least 16 pixels")
 
 
 def _first_line(error: Exception) -> str:

@@ -106,3 +106,37 @@ def test_a_checkpoint_is_never_written_under_an_export_suffix(tmp_path, command)
         in result.output
     )
     assert not output.exists()
+
+
+@pytest.mark.parametrize(
+    ("call", "cli"),
+    [
+        (lambda: _vectorize(min_area=-1), "--min-area -1: give zero or more square metres"),
+        (lambda: _vectorize(simplify=-2), "--simplify -2: give zero or more metres"),
+        (
+            lambda: _vectorize(min_area=2, min_pixels=5),
+            "give either --min-area M2 or --min-pixels N, not both",
+        ),
+        (lambda: _vectorize(connectivity=6), "--connectivity 6: give 4 or 8"),
+        (lambda: _label_encoding(offset=-1), "--label-offset -1: give 0 or more"),
+    ],
+)
+def test_values_the_library_refuses_are_named_as_their_parameter_and_shown_as_their_flag(call, cli):
+    """Before: 'minimum area must be zero or more square metres, not -1', 'label offset must be ...'."""
+    from geoseg.errors import GeosegError
+
+    with pytest.raises(GeosegError) as refused:
+        call()
+    assert flags_for_parameters(str(refused.value)) == cli
+
+
+def _vectorize(**options):
+    from geoseg.vector.vectorize import vectorize
+
+    vectorize("missing.tif", "out.gpkg", **options)
+
+
+def _label_encoding(**options):
+    from geoseg.labels.raster import LabelEncoding
+
+    LabelEncoding(**options)

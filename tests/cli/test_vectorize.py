@@ -89,7 +89,7 @@ def test_split_grid_reaches_the_library_and_a_too_small_one_is_one_line(runner, 
     assert sum(cut.values()) > sum(whole.values())
     result = runner.invoke(cli, [*args, "--split-polygons-at", "8", "--overwrite"])
     assert result.exit_code == 1
-    assert result.stderr == "Error: the split grid must be 0 (never split) or at least 16 pixels, not 8\n"
+    assert result.stderr == "Error: --split-polygons-at 8: give 0 (never split) or at least 16 pixels\n"
 
 
 def test_summary_line_without_json(runner, tmp_path, classes_tif):

@@ -140,7 +140,7 @@ def test_auto_on_cuda_is_the_power_of_two_that_fits_free_memory(monkeypatch, fre
 
 def test_an_explicit_batch_size_is_kept_and_checked():
     assert resolve_batch_size(3, torch.device("cpu"), 512) == 3
-    with pytest.raises(GeosegError, match=r"batch size 0 must be at least 1 \(or auto\)"):
+    with pytest.raises(GeosegError, match=r"^batch_size=0: give at least 1 \(or auto\)$"):
         resolve_batch_size(0, torch.device("cpu"), 512)
 
 
