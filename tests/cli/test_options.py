@@ -119,6 +119,8 @@ def test_a_checkpoint_is_never_written_under_an_export_suffix(tmp_path, command)
         ),
         (lambda: _vectorize(connectivity=6), "--connectivity 6: give 4 or 8"),
         (lambda: _label_encoding(offset=-1), "--label-offset -1: give 0 or more"),
+        (lambda: _training(seed=-1), "--seed -1: give a whole number, 0 or more"),
+        (lambda: _training(epochs=0), "--epochs 0: give at least 1"),
     ],
 )
 def test_values_the_library_refuses_are_named_as_their_parameter_and_shown_as_their_flag(call, cli):
@@ -140,3 +142,10 @@ def _label_encoding(**options):
     from geoseg.labels.raster import LabelEncoding
 
     LabelEncoding(**options)
+
+
+def _training(**options):
+    from geoseg.model.architectures import ARCHITECTURES
+    from geoseg.training.loop import TrainingConfig
+
+    TrainingConfig(**options).check(ARCHITECTURES["manet"])
