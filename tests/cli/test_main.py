@@ -54,7 +54,7 @@ def test_every_registered_command_loads_and_has_help():
     [
         ("segment", "Error: No such command 'segment'."),
         ("--bogus info", "Error: No such option '--bogus'."),
-        ("predict {scene} -o {out}.tif --tile 0", "Error: Invalid value for '--tile': 0 is"),
+        ("predict {scene} -o {out}.tif --tile abc", "Error: Invalid value for '--tile': 'abc' is not"),
         ("predict {scene} -o {out}.tif --overlap -5", "Error: Invalid value for '--overlap':"),
         ("predict {scene} -o {out}.tif --workers 0", "Error: Invalid value for '--workers':"),
         ("predict {scene} -o {out}.tif --tta bogus", "Error: Invalid value for '--tta':"),
