@@ -89,6 +89,11 @@ def draw_sample(
     for key, count in (allocation or {}).items():
         if count < 0:
             raise ConfigurationError(f"allocation={{{key!r}: {count!r}}}: give 0 or more units")
+    if per_class == 0 and not any((allocation or {}).values()):  # 0 is for leaving out what allocation omits
+        raise ConfigurationError(
+            "per_class=0 with no count in an allocation draws an empty sample; give per_class=1 or more, "
+            "or counts such as allocation={'water': 100}"
+        )
     check_seed(seed)
     if output_driver(output) == "Parquet":
         raise OutputError(f"{output}: write the sample as .gpkg, .fgb, .geojson or .shp")

@@ -194,6 +194,9 @@ def test_every_geopackage_geoseg_writes_is_version_1_2(tmp_path):
         ({"seed": -1}, "seed=-1: give a whole number, 0 or more"),
         ({"per_class": -4}, "per_class=-4: give 0 or more units per class"),
         ({"allocation": {"water": -5}}, "allocation={'water': -5}: give 0 or more units"),
+        ({"per_class": 0, "allocation": {"water": 0}}, "per_class=0 with no count in an allocation draws an "
+                                                      "empty sample; give per_class=1 or more, or counts such "
+                                                      "as allocation={'water': 100}"),
         ({"allocation": {"ocean": 5}}, "allocation={'ocean': 5}: 'ocean' is no class; classes are water, "
                                        "building, tree"),
     ],
@@ -212,6 +215,8 @@ def test_draw_sample_names_the_parameter_it_refuses(tmp_path, given, message):
     ("arguments", "message"),
     [
         (["--seed", "-1"], "--seed -1: give a whole number, 0 or more"),
+        (["-n", "0"], "-n 0 with no count in an allocation draws an empty sample; give -n 1 or more, or "
+                      "counts such as --allocation water=100"),
         (["--allocation", "water=abc"], "--allocation water=abc: 'water=abc' is not CLASS=COUNT; "
                                         "write e.g. 'water=100,building=50'"),
         (["--allocation", "ocean=5"], "--allocation ocean=5: 'ocean' is no class; classes are water, "
@@ -222,3 +227,9 @@ def test_sample_command_names_the_flag_it_refuses_in_one_line(tmp_path, argument
     classes, _ = _map(tmp_path / "classes.tif")
     result = CliRunner().invoke(cli, ["sample", classes, "-o", str(tmp_path / "s.gpkg"), *arguments])
     assert result.exit_code == 1 and result.stderr == f"Error: {message}\n"
+
+
+def test_per_class_0_leaves_out_the_classes_the_allocation_does_not_name(tmp_path):
+    classes, _ = _map(tmp_path / "classes.tif")
+    result = draw_sample(classes, tmp_path / "s.gpkg", per_class=0, allocation={"water": 4}, seed=1)
+    assert result.units == {"water": 4, "building": 0, "tree": 0}

@@ -53,6 +53,7 @@ PARAMETER_FLAGS = {
     "aoi": "--aoi",
     "all_touched": "--all-touched",
     "allocation": "--allocation",
+    "assets": "--assets",
     "background": "--background",
     "bands": "--bands",
     "batch_size": "--batch-size",

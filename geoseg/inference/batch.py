@@ -106,6 +106,10 @@ def iter_predict(
         raise ConfigurationError("no input rasters given")
     options = replace(options, **keywords) if options is not None else PredictOptions(**keywords)
     o = options
+    if o.assets is not None:  # asset keys name bands of an Item; a raster's bands are chosen by bands=
+        raster = next((source for source in inputs if not is_stac_item(source)), None)
+        if raster is not None:
+            raise ConfigurationError(f"assets={o.assets!r} is for STAC Item inputs; {raster} is a raster")
     plans = prepare_outputs(
         inputs,
         output,

@@ -127,6 +127,22 @@ def test_assets_override_the_band_choice(checkpoint, catalogue, reference, tmp_p
         assert not np.array_equal(dataset.read(1), reference[0])  # blue fed as red: another answer
 
 
+def test_assets_for_a_raster_input_are_refused_before_any_work(checkpoint, catalogue, tmp_path):
+    """A raster's bands are chosen by bands=; asset keys would be silently ignored for it."""
+    from geoseg.errors import ConfigurationError
+
+    rgb = catalogue / "rgb.tif"
+    with pytest.raises(ConfigurationError) as raised:
+        predict([catalogue / "item.json", rgb], tmp_path / "out", model=checkpoint, assets=["B2", "B1", "B0"])
+    assert str(raised.value) == f"assets=['B2', 'B1', 'B0'] is for STAC Item inputs; {rgb} is a raster"
+    result = CliRunner().invoke(
+        cli, ["predict", str(rgb), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--assets", "B2,B1,B0"]
+    )
+    assert result.exit_code == 1
+    assert result.output == f"Error: --assets B2,B1,B0 is for STAC Item inputs; {rgb} is a raster\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture
 def server(catalogue, tmp_path):
     """The catalogue served on 127.0.0.1 with range requests, in its own process; yields (URL, range log)."""
