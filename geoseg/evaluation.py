@@ -24,7 +24,7 @@ from geoseg.area_estimation import Z95, StratifiedEstimates, stratified_estimate
 from geoseg.atomic import atomic_output
 from geoseg.errors import ConfigurationError, InputError
 from geoseg.labels import IGNORE, MAX_CLASSES
-from geoseg.labels.raster import LabelEncoding, read_labels
+from geoseg.labels.raster import LabelEncoding, check_ignore_index, read_labels
 from geoseg.metrics import class_indices, confusion_matrix, scores_from_confusion
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.model.presets import resolve_card
@@ -210,6 +210,7 @@ def evaluate(
     pixels are written there as polygons. With ``styles``, those polygons are styled for QGIS by the map's
     class (``predicted``, ``to``) in the class colours, when the classes have colours.
     """
+    check_ignore_index(ignore_index)  # the truth polygons' and older map's paths build no LabelEncoding
     model_card = resolve_card(preset, card)
     if block_size <= 0:
         raise ConfigurationError(f"block size must be positive, got {block_size}")

@@ -116,6 +116,23 @@ def test_decode_labels_offset_ignore_index_and_nodata():
     assert decode_labels(stored, encoding, "x").tolist() == [[IGNORE, 0, 1, IGNORE, IGNORE]]
 
 
+@pytest.mark.parametrize("ignore_index", [300, -1, 2.5])
+def test_an_ignore_index_no_label_can_hold_is_refused_naming_the_parameter(tmp_path, ignore_index):
+    from geoseg.errors import ConfigurationError
+
+    prediction, truth = write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", TRUTH)
+    with pytest.raises(ConfigurationError) as refused:
+        evaluate(prediction, truth, ignore_index=ignore_index)
+    assert str(refused.value) == f"ignore_index={ignore_index}: give a label index 0..255"
+
+
+def test_ignore_index_255_is_a_label_index_as_uavid_s_card_says(tmp_path):
+    truth = TRUTH.copy()
+    truth[0] = 255  # the first row unlabelled: left out of the scores
+    result = evaluate(write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", truth), ignore_index=255)
+    assert result.confusion.sum() == 12
+
+
 def test_truth_value_outside_the_classes_suggests_the_label_offset(tmp_path):
     truth = TRUTH + 5  # 5 = clutter, 6 = the preset's ignore index, 7 = no class
     with pytest.raises(

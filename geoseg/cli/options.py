@@ -235,7 +235,7 @@ label_offset_option = click.option(
 )
 ignore_index_option = click.option(
     "--ignore-index",
-    type=click.IntRange(0, 254),
+    type=int,  # its range is the library's check (geoseg.labels.raster.check_ignore_index)
     default=None,
     help="Label class index (after --label-offset) left out of the loss and the scores. Default: the card's.",
 )

@@ -119,6 +119,9 @@ def parse_class_map(text: str | None) -> dict[str, str] | None:
         pairs = [(str(k), str(v)) for k, v in pairs]
         fold_class_map(pairs, text)
         return dict(pairs)
+    if "=" not in text and (text.lower().endswith(".json") or "/" in text or os.sep in text):
+        problem = "is a folder, not a JSON file" if os.path.isdir(text) else "the file does not exist"
+        raise ConfigurationError(f"class_map={text!r}: {problem}")
     pairs = []
     for item in text.split(","):
         value, sep, target = item.partition("=")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg.errors import InputError
+from geoseg.errors import ConfigurationError, InputError
 from geoseg.labels import IGNORE, MAX_CLASSES
 from geoseg.raster.classes import check_stored_as_is
 from geoseg.raster.reading import data_band_indexes, read_failures, read_valid_mask
@@ -44,12 +44,24 @@ class LabelEncoding:
     def __post_init__(self) -> None:
         if self.offset < 0:
             raise InputError(f"label_offset={self.offset}: give 0 or more")
+        check_ignore_index(self.ignore_index)
         if self.num_classes is not None and not 1 <= self.num_classes <= MAX_CLASSES:
             raise InputError(f"number of classes must be 1..{MAX_CLASSES}, got {self.num_classes}")
 
     @property
     def limit(self) -> int:
         return self.num_classes if self.num_classes is not None else MAX_CLASSES
+
+
+def check_ignore_index(ignore_index: int | None) -> None:
+    """Refuse an ignore index no label can hold: labels decode to uint8 class indices, so 0..255 (255 is
+    :data:`IGNORE` itself, UAVid's); one check for training and evaluation, from Python or the CLI."""
+    import numbers
+
+    if ignore_index is not None and not (
+        isinstance(ignore_index, numbers.Integral) and 0 <= ignore_index <= IGNORE
+    ):
+        raise ConfigurationError(f"ignore_index={ignore_index!r}: give a label index 0..{IGNORE}")
 
 
 def decode_labels(

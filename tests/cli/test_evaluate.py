@@ -458,6 +458,9 @@ def test_evaluate_of_a_prediction_without_valid_pixels_names_both_files(tmp_path
                                  "write 'Gebouw=building,Weg=road' or name a JSON file"),
         (["--class-map", "A=nosuch"], "--class-map A=nosuch: 'nosuch' is no class; classes are water, "
                                       "building, tree"),
+        (["--class-map", "missing.json"], "--class-map missing.json: the file does not exist"),
+        (["--class-map", "maps/"], "--class-map maps/: the file does not exist"),
+        (["--class-map", "A=0", "--ignore-index", "300"], "--ignore-index 300: give a label index 0..255"),
         (["--class-map", "A=0,b=1,c=2", "--priority", "nosuch"], "--priority nosuch: 'nosuch' is no class; "
                                                                  "classes are water, building, tree"),
     ],
