@@ -14,6 +14,7 @@ they are safe to delete), as can a scene's lock file (``.NAME.geoseg-lock``, see
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import threading
@@ -52,17 +53,25 @@ def check_output_path(
     if path.is_dir():
         raise OutputError(f"{path}: is a directory, expected a file name")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        problem = "is not a folder" if parent.exists() else "does not exist"
-        raise OutputError(f"{path}: folder {parent} {problem}")
     if writable_folders is not None and parent in writable_folders:
         return path
-    reason = cannot_create_in(parent)
-    if reason is not None:
-        raise OutputError(f"{path}: folder {parent} is not writable ({reason})")
+    problem = folder_problem(parent)
+    if problem is not None:
+        raise OutputError(f"{path}: folder {parent} {problem}")
     if writable_folders is not None:
         writable_folders.add(parent)
     return path
+
+
+def folder_problem(folder: Path) -> str | None:
+    """What stops a file being created in ``folder``, worded to follow its name: "does not exist", "is a
+    file, not a folder" or "is not writable (why)"; None when nothing does. Every output check words it so."""
+    if not folder.is_dir():
+        return "is a file, not a folder" if folder.exists() else "does not exist"
+    reason = cannot_create_in(folder)
+    if reason is None:
+        return None
+    return f"is not writable ({reason})" if folder.is_dir() else "does not exist"  # removed meanwhile
 
 
 def cannot_create_in(folder: Path) -> str | None:
@@ -73,6 +82,8 @@ def cannot_create_in(folder: Path) -> str | None:
     try:
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as error:
+        if error.errno == errno.ENOENT and folder.is_dir():  # /proc: there, yet it takes no new names
+            return "its file system takes no new files"
         return error.strerror or type(error).__name__
     with contextlib.suppress(OSError):
         probe.unlink()

@@ -45,7 +45,7 @@ def test_existing_output_without_overwrite_and_missing_folder_are_refused(tmp_pa
 
 def test_an_output_under_a_file_says_the_folder_is_a_file(tmp_path):
     (tmp_path / "scene.tif").write_text("x")
-    with pytest.raises(OutputError, match=r"folder .*scene\.tif is not a folder"):
+    with pytest.raises(OutputError, match=r"folder .*scene\.tif is a file, not a folder"):
         check_output_path(tmp_path / "scene.tif" / "out.tif", overwrite=False)
 
 
@@ -87,4 +87,4 @@ def test_many_scenes_into_one_folder_probe_it_once(tmp_path, monkeypatch):
     prepare_outputs(inputs, tmp_path / "out", confidence=True, quicklook=True, vectorize="gpkg")
 
     assert len(plans) == 50
-    assert probed == [tmp_path / "out"]
+    assert probed == [tmp_path, tmp_path / "out"]  # the new folder's parent, then the folder: once each

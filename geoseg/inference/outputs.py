@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
 
-from geoseg.atomic import cannot_create_in, check_output_path
+from geoseg.atomic import check_output_path, folder_problem
 from geoseg.errors import ConfigurationError, OutputError
 from geoseg.raster.reading import is_gdal_path
 from geoseg.styles import style_sidecar
@@ -159,15 +159,9 @@ def prepare_outputs(
 
     new_folder = into_folder and not output.exists()
     if new_folder:
-        parent = output.parent
-        if not parent.is_dir():
-            what = "is a file, not a folder" if parent.exists() else "does not exist"
-            raise OutputError(f"{output}: cannot create the output folder, {parent} {what}")
-        reason = cannot_create_in(parent)
-        if reason is not None:
-            raise OutputError(
-                f"{output}: cannot create the output folder, {parent} is not writable ({reason})"
-            )
+        problem = folder_problem(output.parent)
+        if problem is not None:
+            raise OutputError(f"{output}: cannot create the output folder, {output.parent} {problem}")
     writable_folders: set[Path] = set()
     for source, paths in zip(inputs, plans, strict=True):
         if skip_existing and outputs_exist(paths):

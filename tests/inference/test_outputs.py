@@ -142,9 +142,42 @@ def test_a_committed_set_removes_stale_statistics_of_the_files_it_replaces(tmp_p
 
 
 def test_an_output_folder_nobody_can_create_files_in_is_refused_for_root_too():
-    """``/proc`` is writable to root by its mode bits (os.access says yes), yet takes no new files."""
-    with pytest.raises(OutputError, match=r"^/proc/p\.gpkg: folder /proc is not writable \("):
+    """``/proc`` is writable to root by its mode bits (os.access says yes), yet takes no new files; the
+    folder is there, so the reason never reads "No such file or directory" (what the kernel answers root)."""
+    with pytest.raises(OutputError, match=r"^/proc/p\.gpkg: folder /proc is not writable \(") as refused:
         check_output_path("/proc/p.gpkg", overwrite=False)
+    assert "No such file" not in str(refused.value)
+
+
+def test_a_folder_that_takes_no_new_files_is_worded_alike_for_a_file_and_a_new_output_folder(
+    tmp_path, monkeypatch
+):
+    """One wording (geoseg.atomic.folder_problem) for an output file's folder and a new output folder's
+    parent: there but refusing new names (ENOENT, as /proc answers root) is unwritable, not missing."""
+    import errno
+
+    from geoseg.inference.outputs import prepare_outputs
+
+    real_open = os.open
+
+    def refuse(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse)
+    reason = "is not writable (its file system takes no new files)"
+    with pytest.raises(OutputError) as refused:
+        check_output_path(tmp_path / "p.gpkg", overwrite=False)
+    assert str(refused.value) == f"{tmp_path / 'p.gpkg'}: folder {tmp_path} {reason}"
+    with pytest.raises(OutputError) as refused:
+        prepare_outputs([str(tmp_path / "scene.tif")], f"{tmp_path / 'out'}/")
+    assert str(refused.value) == f"{tmp_path / 'out'}: cannot create the output folder, {tmp_path} {reason}"
+    with pytest.raises(OutputError) as refused:
+        prepare_outputs([str(tmp_path / "scene.tif")], f"{tmp_path / 'gone' / 'out'}/")
+    assert str(refused.value) == (
+        f"{tmp_path / 'gone' / 'out'}: cannot create the output folder, {tmp_path / 'gone'} does not exist"
+    )
 
 
 # --- predict: one scene, one unit ---------------------------------------------------------------------------
@@ -277,7 +310,8 @@ def test_an_unwritable_vectorize_target_is_refused_before_any_tile(scenes, tmp_p
     for output in (tmp_path / "out" / "classes.tif", f"{tmp_path / 'new'}/"):
         if isinstance(output, Path):
             output.parent.mkdir(exist_ok=True)
-        with pytest.raises(OutputError, match=f"^{vectorize}: folder {vectorize.parent} is not"):
+        problem = "is a file, not a folder" if target == "under_a_file" else "is not writable"
+        with pytest.raises(OutputError, match=f"^{vectorize}: folder {vectorize.parent} {problem}"):
             _run([scenes[0]], output, vectorize=vectorize, model=model)
     assert model.calls == 0
     assert _names(tmp_path) == ["a_file", "out", "scenes"] and _names(tmp_path / "out") == []
