@@ -129,7 +129,9 @@ def test_an_ignore_index_no_label_can_hold_is_refused_naming_the_parameter(tmp_p
 def test_ignore_index_255_is_a_label_index_as_uavid_s_card_says(tmp_path):
     truth = TRUTH.copy()
     truth[0] = 255  # the first row unlabelled: left out of the scores
-    result = evaluate(write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", truth), ignore_index=255)
+    result = evaluate(
+        write(tmp_path / "p.tif", PREDICTION), write(tmp_path / "t.tif", truth), ignore_index=255
+    )
     assert result.confusion.sum() == 12
 
 

@@ -76,7 +76,8 @@ from geoseg.cli.options import (
 @click.option(
     "--keep-crs",
     is_flag=True,
-    help="GeoJSON: keep the raster's CRS instead of WGS84 longitude/latitude (RFC 7946).",
+    help="GeoJSON: keep the raster's CRS instead of WGS84 longitude/latitude (RFC 7946). Every other format "
+    "keeps it anyway (the flag changes nothing there).",
 )
 @styles_option
 @overwrite_option

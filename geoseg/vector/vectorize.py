@@ -99,7 +99,8 @@ def vectorize(
     ``min_area`` (square metres) or ``min_pixels`` first merges smaller regions into their neighbours, so no
     polygon is smaller, also after ``simplify`` (ground metres, about the largest boundary shift), which
     simplifies each shared boundary once, so neighbours keep no gaps or overlaps. GeoJSON is written in
-    WGS84 longitude/latitude (RFC 7946) unless ``keep_crs``; every other format keeps the raster's CRS.
+    WGS84 longitude/latitude (RFC 7946) unless ``keep_crs``; every other format keeps the raster's CRS, so
+    ``keep_crs`` asks what it does anyway and is accepted (a caller may pass it whatever the format).
     ``styles``: for a raster that names its classes, colour the polygons by class for QGIS (a GeoPackage
     holds the style, other formats get a ``.qml`` beside them; see :mod:`geoseg.styles`).
     ``progress(done, total)`` counts cells. ``read_from``: the file holding ``classes_path`` while it is

@@ -136,7 +136,8 @@ def test_assets_for_a_raster_input_are_refused_before_any_work(checkpoint, catal
         predict([catalogue / "item.json", rgb], tmp_path / "out", model=checkpoint, assets=["B2", "B1", "B0"])
     assert str(raised.value) == f"assets=['B2', 'B1', 'B0'] is for STAC Item inputs; {rgb} is a raster"
     result = CliRunner().invoke(
-        cli, ["predict", str(rgb), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--assets", "B2,B1,B0"]
+        cli,
+        ["predict", str(rgb), "-o", str(tmp_path / "c.tif"), "-m", str(checkpoint), "--assets", "B2,B1,B0"],
     )
     assert result.exit_code == 1
     assert result.output == f"Error: --assets B2,B1,B0 is for STAC Item inputs; {rgb} is a raster\n"

@@ -246,6 +246,23 @@ def test_geojson_keeps_the_raster_crs_when_asked(tmp_path, named):
     assert shapely.get_coordinates(polygons)[:, 1].max() == pytest.approx(5808562.6)
 
 
+def test_keep_crs_for_a_format_that_keeps_the_crs_anyway_writes_the_same_polygons(tmp_path, named):
+    """Accepted, not refused: the caller asked for the raster's CRS and gets it (a script may pass it for
+    every format); the output is what it is without the flag."""
+    path, _ = named
+    vectorize(path, tmp_path / "plain.gpkg")
+    vectorize(path, tmp_path / "keep.gpkg", keep_crs=True)
+    (meta, polygons, table), (kept_meta, kept, kept_table) = (
+        read_layer(tmp_path / "plain.gpkg"),
+        read_layer(tmp_path / "keep.gpkg"),
+    )
+    assert meta["crs"] == kept_meta["crs"] == "EPSG:32633"
+    assert shapely.equals_exact(polygons, kept, tolerance=0).all()
+    assert table.keys() == kept_table.keys()
+    for column in table:
+        np.testing.assert_array_equal(table[column], kept_table[column])
+
+
 def test_geojson_refuses_to_keep_a_crs_it_cannot_name(tmp_path):
     # GeoJSON names a CRS only by its code: without one, readers would place these feet as degrees
     custom = (
