@@ -194,9 +194,9 @@ def test_every_geopackage_geoseg_writes_is_version_1_2(tmp_path):
         ({"seed": -1}, "seed=-1: give a whole number, 0 or more"),
         ({"per_class": -4}, "per_class=-4: give 0 or more units per class"),
         ({"allocation": {"water": -5}}, "allocation={'water': -5}: give 0 or more units"),
-        ({"per_class": 0, "allocation": {"water": 0}}, "per_class=0 with no count in an allocation draws an "
-                                                      "empty sample; give per_class=1 or more, or counts such "
-                                                      "as allocation={'water': 100}"),
+        ({"per_class": 0, "allocation": {"water": 0}}, "per_class=0 with no count in an allocation draws "
+                                                      "an empty sample; give per_class=1 or more, or counts "
+                                                      "such as allocation={'water': 100}"),
         ({"allocation": {"ocean": 5}}, "allocation={'ocean': 5}: 'ocean' is no class; classes are water, "
                                        "building, tree"),
     ],
