@@ -46,10 +46,19 @@ def one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
-def check_seed(seed: object) -> None:
-    """Refuse a random seed numpy cannot take (it raises a bare ``ValueError`` for a negative one), naming
-    the parameter; ``None`` draws a fresh seed."""
+def check_whole_number(parameter: str, value: object, low: int, high: int | None, advice: str) -> None:
+    """Refuse ``value`` unless it is None or a whole number in ``low..high`` (``high`` None: no upper
+    bound), naming the parameter: what numpy and GDAL would refuse later with a bare ``ValueError``."""
     import numbers
 
-    if seed is not None and not (isinstance(seed, numbers.Integral) and seed >= 0):
-        raise ConfigurationError(f"seed={seed!r}: give a whole number, 0 or more")
+    if value is None:
+        return
+    if isinstance(value, numbers.Integral) and value >= low and (high is None or value <= high):
+        return
+    raise ConfigurationError(f"{parameter}={value!r}: {advice}")
+
+
+def check_seed(seed: object) -> None:
+    """Refuse a random seed numpy cannot take (it raises a bare ``ValueError`` for a negative one);
+    ``None`` draws a fresh seed."""
+    check_whole_number("seed", seed, 0, None, "give a whole number, 0 or more")

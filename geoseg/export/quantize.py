@@ -73,7 +73,7 @@ def float32_runs(
     agreed = agreement([])
     if agreed >= target:
         return [], agreed
-    flips = [1.0 - agreement([i for i in everything if i not in set(run)]) for run in runs]
+    flips = [1.0 - agreement([i for i in everything if i not in alone]) for alone in map(set, runs)]
     kept: list[list[int]] = []
     for index in np.argsort(flips)[::-1]:
         if agreed >= target or len(kept) >= len(runs) // 2 or flips[index] <= 0:
@@ -123,7 +123,8 @@ def quantize_int8(
     tell = status or (lambda _text: None)
     reference = _classes(ort, float_path, tiles)
     nodes = _quantizable_nodes(float_path)
-    runs = [[int(i) for i in run] for run in np.array_split(np.arange(len(nodes)), min(GROUPS, len(nodes)))]
+    count = min(GROUPS, len(nodes))  # a network without convolutions has nothing to quantize: no runs
+    runs = [[int(i) for i in run] for run in np.array_split(np.arange(len(nodes)), count)] if count else []
     with tempfile.TemporaryDirectory(prefix="geoseg-int8-") as scratch:
         ranges = Path(scratch) / "ranges.json"
         trial = Path(scratch) / "trial.onnx"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoseg.errors import ConfigurationError, InputError
+from geoseg.errors import InputError, check_whole_number
 from geoseg.labels import IGNORE, MAX_CLASSES
 from geoseg.raster.classes import check_stored_as_is
 from geoseg.raster.reading import data_band_indexes, read_failures, read_valid_mask
@@ -56,12 +56,7 @@ class LabelEncoding:
 def check_ignore_index(ignore_index: int | None) -> None:
     """Refuse an ignore index no label can hold: labels decode to uint8 class indices, so 0..255 (255 is
     :data:`IGNORE` itself, UAVid's); one check for training and evaluation, from Python or the CLI."""
-    import numbers
-
-    if ignore_index is not None and not (
-        isinstance(ignore_index, numbers.Integral) and 0 <= ignore_index <= IGNORE
-    ):
-        raise ConfigurationError(f"ignore_index={ignore_index!r}: give a label index 0..{IGNORE}")
+    check_whole_number("ignore_index", ignore_index, 0, IGNORE, f"give a label index 0..{IGNORE}")
 
 
 def decode_labels(

@@ -55,3 +55,19 @@ def test_a_network_that_needs_more_than_half_its_groups_ends_under_the_target():
     measured = Measured({index * 10: 0.002 for index in range(6)})
     kept, agreed = float32_runs(RUNS, measured)
     assert len(kept) == 4 and agreed == pytest.approx(0.996) and agreed < TARGET
+
+
+def test_a_network_without_convolutions_is_written_whole_in_float32(tmp_path):
+    """Nothing to quantize: no layer group, nothing kept in float32, the classes all kept (was a crash in
+    numpy's array_split with 0 sections)."""
+    import numpy as np
+    import torch
+
+    from geoseg.export.quantize import quantize_int8
+
+    torch.onnx.export(torch.nn.ReLU(), (torch.zeros(1, 3, 16, 16),), str(tmp_path / "f.onnx"), dynamo=False,
+                      input_names=["pixels"])  # fmt: skip
+    tiles = [np.random.default_rng(i).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32) for i in range(2)]
+    quantized = quantize_int8(tmp_path / "f.onnx", tmp_path / "q.onnx", tiles)
+    assert (quantized.float32_layers, quantized.agreement) == ([], 1.0)
+    assert (tmp_path / "q.onnx").is_file()
