@@ -24,7 +24,7 @@ from geoseg.errors import ConfigurationError, GeosegError, one_line
 from geoseg.export.cpu_engine import resolve_engine
 from geoseg.inference.acceleration import check_compile, resolve_batch_size
 from geoseg.inference.executors import LocalExecutor, open_executor
-from geoseg.inference.options import PredictOptions
+from geoseg.inference.options import PredictOptions, path_list
 from geoseg.inference.outputs import OutputPaths, outputs_exist, prepare_outputs, shapefile_sidecars
 from geoseg.inference.plan import ScenePlan, plan_scene
 from geoseg.inference.scene import run_scene
@@ -71,7 +71,7 @@ def engine_network(
 
 
 def iter_predict(
-    inputs: Sequence[str | os.PathLike],
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
     options: PredictOptions | None = None,
     *,
@@ -101,7 +101,7 @@ def iter_predict(
     a GeoPackage), see :mod:`geoseg.styles`. Options: ``options``, or its fields as ``keywords`` (see
     :class:`~geoseg.inference.options.PredictOptions`).
     """
-    inputs = [str(i) for i in inputs]
+    inputs = path_list(inputs)
     if not inputs:
         raise ConfigurationError("no input rasters given")
     options = replace(options, **keywords) if options is not None else PredictOptions(**keywords)
@@ -312,7 +312,7 @@ class _TilesDone:
 
 
 def predict(
-    inputs: Sequence[str | os.PathLike],
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
     output: str | os.PathLike,
     options: PredictOptions | None = None,
     *,
@@ -325,9 +325,10 @@ def predict(
 ) -> list[PredictResult]:
     """Segment GeoTIFFs (or anything GDAL reads) into class rasters aligned pixel for pixel with the inputs.
 
-    One input writes the file ``output``; several write ``<stem>.classes.tif`` (and ``.confidence.tif``,
-    ``.probabilities.tif``) into the folder ``output``. ``model`` is a checkpoint path (None: the bundled
-    one); ``preset``/``card`` describe a foreign checkpoint. Tile size and overlap default to the card's.
+    ``inputs``: one path, or several. One input writes the file ``output``; several write
+    ``<stem>.classes.tif`` (and ``.confidence.tif``, ``.probabilities.tif``) into the folder ``output``.
+    ``model`` is a checkpoint path (None: the bundled one); ``preset``/``card`` describe a foreign
+    checkpoint. Tile size and overlap default to the card's.
     ``margin`` (px) mirrors each scene about its own edges so that its border pixels have context (None:
     :func:`~geoseg.inference.plan.border_margin`; 0: none).
     ``scale`` is ``(min, max)`` of the raw values or ``"auto"`` (2-98 percentile). ``vectorize`` also writes

@@ -23,6 +23,14 @@ from geoseg.raster.writing import DEFAULT_CODEC, check_codec
 TTA_MODES = ("none", "flip", "d4")
 
 
+def path_list(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """One path or several, as a list of strings: ``predict("scene.tif", ...)`` means one scene, not one
+    per character of its name (a string is a sequence too)."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [os.fspath(paths)]
+    return [os.fspath(path) for path in paths]
+
+
 @dataclass(frozen=True)
 class PredictOptions:
     """How to predict: tiling, batching, device, outputs, runs. ``None`` tile/overlap: the card's;
@@ -35,7 +43,7 @@ class PredictOptions:
     device: str | torch.device = "auto"
     precision: str = "auto"
     engine: str = "auto"
-    calibration: Sequence[str | os.PathLike] | None = None
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | None = None
     compile: bool = False
     tta: str = "none"
     bands: list[int] | None = None
@@ -56,6 +64,8 @@ class PredictOptions:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.calibration, (str, os.PathLike)):  # one raster or folder, not its characters
+            object.__setattr__(self, "calibration", path_list(self.calibration))
         if self.calibration and str(self.precision).lower() != "int8":
             paths = [str(path) for path in self.calibration]
             given = paths[0] if len(paths) == 1 else paths

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from rasterio.enums import MaskFlags
 
 from geoseg.errors import ConfigurationError, GeosegWarning, InputError, OutputError
 from geoseg.inference.batch import predict
+from geoseg.inference.options import PredictOptions
 from geoseg.model.card import ClassInfo, ModelCard
 from geoseg.raster.classes import read_class_names
 
@@ -234,6 +236,23 @@ def test_one_input_puts_optional_outputs_beside_the_output(shared_data, tmp_path
         "classes.qml": str(tmp_path / "map.qml"),
         "confidence.qml": str(tmp_path / "map.confidence.qml"),
     }
+
+
+def test_one_path_not_in_a_list_is_one_scene(tmp_path):
+    """Before: ``predict("scene.tif", "out.tif")`` took the string as a list of one-letter scenes."""
+    _synthetic(tmp_path / "scene.tif")
+    for given in (str(tmp_path / "scene.tif"), tmp_path / "scene.tif"):
+        [result] = predict(given, tmp_path / "c.tif", model=MODEL, card=CARD, overwrite=True)
+        assert (result.input, result.outputs["classes"]) == (
+            str(tmp_path / "scene.tif"),
+            str(tmp_path / "c.tif"),
+        )
+
+
+def test_one_calibration_path_not_in_a_list_is_one_raster():
+    with pytest.raises(ConfigurationError, match=r"^calibration='cal\.tif' is for precision='int8' only"):
+        PredictOptions(calibration="cal.tif")
+    assert PredictOptions(calibration=Path("cal"), precision="int8").calibration == ["cal"]
 
 
 # --- failing well ----------------------------------------------------------------------------------------
