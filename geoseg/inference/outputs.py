@@ -184,12 +184,20 @@ def _file_identity(path: str | os.PathLike) -> tuple[int, int] | None:
 
 
 def _file_identities(inputs: Sequence[str]) -> dict[tuple[int, int], str]:
-    """Local input files by identity (one stat each, however many scenes write how many outputs)."""
-    found = {}
+    """Local input files by identity (one stat each, however many scenes write how many outputs). A scene
+    given twice (the same name, or another name of the same file) is refused here, before its outputs are
+    named: both would write the same files."""
+    found: dict[tuple[int, int], str] = {}
+    given: dict[object, str] = {}
     for source in inputs:
         identity = None if is_gdal_path(source) else _file_identity(source)
+        key = source if identity is None else identity
+        if key in given:
+            same = "" if given[key] == source else f" (as {given[key]})"
+            raise ConfigurationError(f"{source}: given twice{same}; give each scene once")
+        given[key] = source
         if identity is not None:
-            found.setdefault(identity, source)
+            found[identity] = source
     return found
 
 

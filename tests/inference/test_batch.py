@@ -291,6 +291,19 @@ def test_two_inputs_with_the_same_name_are_refused(shared_data, tmp_path):
         _run([tmp_path / "a" / "scene.tif", tmp_path / "b" / "scene.tif"], tmp_path / "out")
 
 
+def test_a_scene_given_twice_is_refused_as_such(tmp_path):
+    """Before: "two of its outputs would write ... (a QGIS style is named ...) pass styles=False", which
+    cannot help; a link is the same scene under another name."""
+    _synthetic(tmp_path / "scene.tif")
+    (tmp_path / "link.tif").symlink_to(tmp_path / "scene.tif")
+    scene = str(tmp_path / "scene.tif")
+    with pytest.raises(ConfigurationError, match=r"scene\.tif: given twice; give each scene once$"):
+        _run([scene, scene], tmp_path / "out")
+    with pytest.raises(ConfigurationError, match=r"link\.tif: given twice \(as .*scene\.tif\); give each"):
+        _run([scene, str(tmp_path / "link.tif")], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_keep_going_reports_a_failing_scene_and_finishes_the_others(shared_data, tmp_path):
     (tmp_path / "broken.tif").write_bytes(b"II*\x00garbage")
     sources = [tmp_path / "broken.tif", shared_data / "variants" / "colorado_hro_0p15m.tif"]
