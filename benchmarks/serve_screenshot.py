@@ -17,6 +17,7 @@ pixel is nearest, and it must be the raster's class there.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -94,6 +95,8 @@ def view_of(bounds: list[float], width: int, height: int) -> tuple[int, float, f
 
 def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4000) -> None:
     """Headless Chromium's screenshot of ``url`` after ``budget_ms`` of the page's (virtual) time."""
+    # Chromium's helper processes (renderer, crash handler) outlive the browser and write to its profile:
+    # they run in a session of their own and are all stopped before the profile is removed.
     with tempfile.TemporaryDirectory(prefix="geoseg-chromium-") as profile:
         process = subprocess.Popen(
             [
@@ -112,6 +115,7 @@ def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            start_new_session=True,
         )
         watchdog = threading.Timer(300, process.kill)  # a Chromium that hangs before writing: stopped
         watchdog.start()
@@ -130,6 +134,17 @@ def screenshot(url: str, path: Path, width: int, height: int, budget_ms: int = 4
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+            _stop_session(process.pid)
+
+
+def _stop_session(leader: int, timeout_s: float = 10) -> None:
+    """SIGKILL every process left in the session ``leader`` started, and wait until none is left."""
+    deadline = time.monotonic() + timeout_s
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(leader, signal.SIGKILL)
+        while time.monotonic() < deadline:
+            os.killpg(leader, 0)  # ProcessLookupError once the last one is gone
+            time.sleep(0.05)
 
 
 def wait_for_regions(address: str, timeout_s: float) -> dict:
